@@ -1,0 +1,40 @@
+# Two commands for a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+# A portable x86-64 (AVX2) llama.cpp build. A native build enables AMX on CPUs
+# that have it, and its kernels crash under some sandboxes and hypervisors.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+
+.PHONY: install serve test lint typecheck check clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -c "import llama_cpp, sentence_transformers, modelyard"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: install
+	$(BIN)/modelyard prepare
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/modelyard serve --host $(HOST) --port $(PORT)
+
+test: install
+	$(BIN)/modelyard prepare
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+check: lint test
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

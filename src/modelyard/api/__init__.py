@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP surface. Knows HTTP; knows nothing else."""

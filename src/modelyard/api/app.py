@@ -1,0 +1,206 @@
+"""The Starlette application: routes, error rendering, readiness."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import Response as HTTPResponse
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+
+from modelyard.api import parse, render
+from modelyard.api.middleware import RequestContextMiddleware
+from modelyard.config import FleetConfig
+from modelyard.errors import InvalidRequest, ModelyardError, ModelNotFound, NotReady, PayloadTooLarge
+from modelyard.pipeline.fleet import FleetRuntime
+from modelyard.pipeline.types import Handler, Request, Response
+
+log = logging.getLogger("modelyard.api")
+
+
+class JSONResponse(HTTPResponse):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(exc: ModelyardError) -> JSONResponse:
+    headers = {}
+    if exc.retry_after is not None:
+        headers["retry-after"] = str(max(1, round(exc.retry_after)))
+    return JSONResponse(exc.to_body(), status_code=exc.status, headers=headers)
+
+
+async def read_body(request: HTTPRequest, limit: int) -> bytes:
+    """The body, refusing (413) as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"The request body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    """The HTTP handlers, bound to one pipeline and fleet."""
+
+    handler: Handler
+    fleet: FleetRuntime
+    config: FleetConfig
+
+    def _headers(self, request: HTTPRequest) -> dict[str, str]:
+        return {k: v for k, v in request.headers.items() if k.startswith("x-modelyard-")}
+
+    def _note(self, http: HTTPRequest, request: Request, response: Response | None = None) -> None:
+        state = http.scope["state"]
+        state.update(requested_model=request.model, workload=request.workload)
+        if response is not None:
+            state.update(served_model=response.model, deployment=response.deployment, route_reason=response.route_reason)
+
+    def _model_headers(self, response: Response) -> dict[str, str]:
+        return {"x-modelyard-model": response.model, "x-modelyard-deployment": response.deployment, "x-modelyard-route": response.route_reason}
+
+    async def generate(self, http: HTTPRequest, parser: Callable[..., tuple[Request, bool]], kind: str) -> HTTPResponse:
+        body = parse.parse_json(await read_body(http, self.config.server.max_body_bytes))
+        request, include_usage = parser(body, http.scope["state"]["request_id"], self._headers(http))
+        self._note(http, request)
+        response = await self.handler(request)
+        self._note(http, request, response)
+        headers = self._model_headers(response)
+        first = await _first_chunk(response.streams[0])  # errors before any byte keep their status code
+        if request.stream:
+            ctx = render.StreamContext(kind, request.request_id, response.model, include_usage=include_usage, record=http.scope["state"])
+            events = render.stream_events(ctx, response.streams, first)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers | {"cache-control": "no-cache"})
+        choices = await render.collect(response.streams, first)
+        http.scope["state"]["usage"] = render.total_usage(choices)
+        build = render.chat_body if kind == "chat" else render.completion_body
+        return JSONResponse(build(request.request_id, response, choices, int(time.time())), headers=headers)
+
+    async def chat(self, http: HTTPRequest) -> HTTPResponse:
+        return await self.generate(http, parse.chat_request, "chat")
+
+    async def completions(self, http: HTTPRequest) -> HTTPResponse:
+        return await self.generate(http, parse.completion_request, "completion")
+
+    async def embeddings(self, http: HTTPRequest) -> HTTPResponse:
+        body = parse.parse_json(await read_body(http, self.config.server.max_body_bytes))
+        request, encoding = parse.embedding_request(body, http.scope["state"]["request_id"], self._headers(http))
+        self._note(http, request)
+        response = await self.handler(request)
+        self._note(http, request, response)
+        assert response.embeddings is not None
+        from modelyard.protocol import Usage
+
+        http.scope["state"]["usage"] = Usage(response.embeddings.prompt_tokens, 0)
+        return JSONResponse(render.embeddings_body(response, response.embeddings, encoding), headers=self._model_headers(response))
+
+    def _model_entry(self, name: str, kind: str, description: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": 0, "owned_by": "modelyard", "kind": kind, "description": description}
+
+    def _entries(self) -> list[dict[str, Any]]:
+        models = [self._model_entry(m.name, m.kind, m.description) for m in self.config.models]
+        aliases = [self._model_entry(a.name, "alias", a.description or f"alias of {', '.join(a.targets)}") for a in self.config.aliases]
+        return models + aliases
+
+    async def list_models(self, http: HTTPRequest) -> HTTPResponse:
+        return JSONResponse({"object": "list", "data": self._entries()})
+
+    async def get_model(self, http: HTTPRequest) -> HTTPResponse:
+        model_id = http.path_params["model_id"]
+        for entry in self._entries():
+            if entry["id"] == model_id:
+                return JSONResponse(entry)
+        raise ModelNotFound(f"The model '{model_id}' does not exist", param="model")
+
+    async def healthz(self, http: HTTPRequest) -> HTTPResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, http: HTTPRequest) -> HTTPResponse:
+        if not self.fleet.ready():
+            raise NotReady("the fleet is not ready", retry_after=5.0)
+        return JSONResponse({"status": "ready"})
+
+    async def fleet_status(self, http: HTTPRequest) -> HTTPResponse:
+        return JSONResponse({"ready": self.fleet.ready(), "deployments": self.fleet.describe()})
+
+
+async def _first_chunk(stream: AsyncIterator[Any]) -> Any:
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return None
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await stream.aclose()  # type: ignore[attr-defined]
+        raise
+
+
+async def _modelyard_error(request: HTTPRequest, exc: Exception) -> HTTPResponse:
+    assert isinstance(exc, ModelyardError)
+    request.scope.setdefault("state", {})["error"] = exc.error_type
+    return error_response(exc)
+
+
+async def _http_error(request: HTTPRequest, exc: Exception) -> HTTPResponse:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(_not_found_route(request))
+    if exc.status_code == 405:
+        err = InvalidRequest(f"Method {request.method} is not allowed on {request.url.path}", code="method_not_allowed")
+        err.status = 405
+        return error_response(err)
+    err = ModelyardError(str(exc.detail))
+    err.status = exc.status_code
+    return error_response(err)
+
+
+def _not_found_route(request: HTTPRequest) -> ModelyardError:
+    from modelyard.errors import NotFound
+
+    return NotFound(f"Unknown request URL: {request.method} {request.url.path}", code="unknown_url")
+
+
+async def _unexpected(request: HTTPRequest, exc: Exception) -> HTTPResponse:
+    log.exception("unhandled error on %s", request.url.path)
+    request.scope.setdefault("state", {})["error"] = "server_error"
+    return error_response(ModelyardError(f"internal error ({type(exc).__name__}); see the server log"))
+
+
+def create_app(handler: Handler, fleet: FleetRuntime, config: FleetConfig, lifespan: Any = None) -> Starlette:
+    """The ASGI app for one pipeline. ``lifespan`` starts and stops the fleet."""
+    api = Api(handler, fleet, config)
+    routes = [
+        Route("/v1/chat/completions", api.chat, methods=["POST"]),
+        Route("/v1/completions", api.completions, methods=["POST"]),
+        Route("/v1/embeddings", api.embeddings, methods=["POST"]),
+        Route("/v1/models", api.list_models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", api.get_model, methods=["GET"]),
+        Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/readyz", api.readyz, methods=["GET"]),
+        Route("/admin/fleet", api.fleet_status, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={ModelyardError: _modelyard_error, HTTPException: _http_error, Exception: _unexpected},
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestContextMiddleware)
+    return app
+
+
+__all__ = ["AsyncIterator", "create_app"]

@@ -1,0 +1,87 @@
+"""Pure ASGI middleware: request ids and one structured access-log line per request."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+access_log = logging.getLogger("modelyard.access")
+REQUEST_ID_HEADER = b"x-request-id"
+MAX_REQUEST_ID = 128
+
+
+class RequestContextMiddleware:
+    """Gives every request an id (the client's ``x-request-id`` if sane) and logs it once when done."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _client_request_id(scope) or uuid.uuid4().hex
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        started = time.perf_counter()
+        status = 0
+        logged = False
+
+        def log_once() -> None:
+            nonlocal logged
+            if not logged:
+                logged = True
+                _log(scope, state, status, started)
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                log_once()
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            if status == 0:
+                status = 499  # the client went away before any response
+            log_once()
+
+
+def _client_request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == REQUEST_ID_HEADER:
+            text = value.decode("latin-1")
+            if 0 < len(text) <= MAX_REQUEST_ID and text.isprintable():
+                return text
+    return None
+
+
+def _log(scope: Scope, state: dict[str, Any], status: int, started: float) -> None:
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    usage = state.get("usage")
+    line = {
+        "ts": round(time.time(), 3),
+        "request_id": state.get("request_id"),
+        "method": scope.get("method"),
+        "path": scope.get("path"),
+        "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        "model": state.get("requested_model"),
+        "served_model": state.get("served_model"),
+        "deployment": state.get("deployment"),
+        "route": state.get("route_reason"),
+        "workload": state.get("workload"),
+        "prompt_tokens": usage.prompt_tokens if usage else None,
+        "completion_tokens": usage.completion_tokens if usage else None,
+        "error": state.get("error"),
+    }
+    access_log.info(orjson.dumps(line).decode())

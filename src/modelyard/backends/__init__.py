@@ -1,0 +1,1 @@
+"""Backends: one small contract (:class:`~modelyard.backends.base.Backend`), many adapters."""

@@ -1,0 +1,215 @@
+"""Any OpenAI-compatible server: vLLM, SGLang, llama-server, Ollama, hosted APIs.
+
+One pooled ``httpx.AsyncClient`` per deployment. Streams are passed through
+chunk by chunk. Every httpx error and upstream status is translated here into
+modelyard's error tree; nothing above this module sees httpx.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import httpx
+import orjson
+
+from modelyard.backends.base import BackendContext, Capabilities, Health, build_options
+from modelyard.config import DeploymentConfig, ModelConfig
+from modelyard.errors import (
+    AuthenticationFailed,
+    ContextWindowExceeded,
+    InvalidRequest,
+    ModelyardError,
+    NotReady,
+    Overloaded,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from modelyard.protocol import Chunk, Embeddings, ModelCall, TokenLogprob, Usage
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAICompatOptions:
+    """Fields of a ``backend: openai`` deployment."""
+
+    base_url: str
+    upstream_model: str | None = None  # the name the upstream knows; default: the modelyard model name
+    api_key_env: str | None = None
+    tools: bool = True
+    max_connections: int = 100
+
+
+class OpenAICompatBackend:
+    """The ``openai`` adapter."""
+
+    def __init__(self, deployment: DeploymentConfig, model: ModelConfig, context: BackendContext) -> None:
+        where = f"models.{model.name}.deployments[{model.deployments.index(deployment)}]"
+        self.options = build_options(OpenAICompatOptions, deployment.options, where, context.config_source)
+        self.deployment = deployment
+        self.model = model
+        self.upstream_model = self.options.upstream_model or model.name
+        embeds = model.kind == "embedding"
+        self.capabilities = Capabilities(
+            chat=model.kind == "chat", completion=not embeds, embeddings=embeds, tools=self.options.tools, logprobs=True, json_schema=True
+        )
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        headers = {}
+        if self.options.api_key_env:
+            key = os.environ.get(self.options.api_key_env)
+            if not key:
+                raise RuntimeError(f"deployment {self.deployment.name}: environment variable {self.options.api_key_env} is not set")
+            headers["Authorization"] = f"Bearer {key}"
+        t = self.deployment.timeouts
+        self._client = httpx.AsyncClient(
+            base_url=self.options.base_url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(connect=t.connect_s, read=t.first_token_s, write=t.connect_s, pool=t.first_token_s),
+            limits=httpx.Limits(max_connections=self.options.max_connections, max_keepalive_connections=self.options.max_connections),
+        )
+
+    def health(self) -> Health:
+        return Health(ready=self._client is not None)
+
+    def _client_or_fail(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise NotReady(f"deployment {self.deployment.name} is not started")
+        return self._client
+
+    def _body(self, call: ModelCall) -> dict[str, Any]:
+        s = call.sampling
+        body: dict[str, Any] = {"model": self.upstream_model, "stream": True, "stream_options": {"include_usage": True}}
+        if call.kind == "chat":
+            body["messages"] = list(call.messages)
+        else:
+            body["prompt"] = call.prompt
+        optional = {
+            "max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p, "seed": s.seed,
+            "stop": list(s.stop) or None, "response_format": call.response_format, "user": call.user,
+            "tools": list(call.tools) or None, "tool_choice": call.tool_choice,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        if s.logprobs:
+            body["logprobs"] = True if call.kind == "chat" else max(1, s.top_logprobs)
+            if call.kind == "chat" and s.top_logprobs:
+                body["top_logprobs"] = s.top_logprobs
+        return body
+
+    async def generate(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        if call.tools and not self.options.tools:
+            raise InvalidRequest(f"model {self.model.name!r} does not support tools", param="tools")
+        path = "/chat/completions" if call.kind == "chat" else "/completions"
+        client = self._client_or_fail()
+        usage: Usage | None = None
+        finish: str | None = None
+        try:
+            async with client.stream("POST", path, content=orjson.dumps(self._body(call)), headers={"content-type": "application/json"}) as response:
+                if response.status_code >= 400:
+                    raise _status_error(response.status_code, await response.aread(), response.headers, self.deployment.name)
+                async for data in _sse_data(response):
+                    event = orjson.loads(data)
+                    if event.get("usage"):
+                        u = event["usage"]
+                        usage = Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+                    for choice in event.get("choices") or ():
+                        chunk = _choice_chunk(choice, call.kind)
+                        finish = choice.get("finish_reason") or finish
+                        if chunk is not None:
+                            yield chunk
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(f"deployment {self.deployment.name} timed out ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"deployment {self.deployment.name}: {type(exc).__name__}: {exc}") from None
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"deployment {self.deployment.name} sent a malformed stream event") from None
+        if finish is None:
+            raise UpstreamError(f"deployment {self.deployment.name} ended the stream without a finish reason")
+        yield Chunk(finish_reason=finish, usage=usage or Usage())
+
+    async def embed(self, texts: list[str]) -> Embeddings:
+        client = self._client_or_fail()
+        try:
+            response = await client.post("/embeddings", content=orjson.dumps({"model": self.upstream_model, "input": texts}), headers={"content-type": "application/json"})
+        except httpx.TimeoutException:
+            raise UpstreamTimeout(f"deployment {self.deployment.name} timed out") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"deployment {self.deployment.name}: {type(exc).__name__}: {exc}") from None
+        if response.status_code >= 400:
+            raise _status_error(response.status_code, response.content, response.headers, self.deployment.name)
+        try:
+            body = orjson.loads(response.content)
+            rows = sorted(body["data"], key=lambda r: r["index"])
+            return Embeddings([r["embedding"] for r in rows], int((body.get("usage") or {}).get("prompt_tokens") or 0))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise UpstreamError(f"deployment {self.deployment.name} sent a malformed embeddings response") from None
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+async def _sse_data(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The ``data:`` payloads of an SSE stream, up to ``[DONE]``."""
+    buffer = b""
+    async for raw in response.aiter_bytes():
+        buffer += raw
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            line = line.rstrip(b"\r")
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                return
+            if data:
+                yield data
+
+
+def _choice_chunk(choice: dict[str, Any], kind: str) -> Chunk | None:
+    if kind == "chat":
+        delta = choice.get("delta") or {}
+        text = delta.get("content") or ""
+        tool_calls = tuple(delta.get("tool_calls") or ())
+        lp = choice.get("logprobs") or {}
+        logprobs = tuple(
+            TokenLogprob(t["token"], float(t["logprob"]), tuple((a["token"], float(a["logprob"])) for a in t.get("top_logprobs") or ()))
+            for t in lp.get("content") or ()
+        )
+    else:
+        text = choice.get("text") or ""
+        tool_calls = ()
+        lp = choice.get("logprobs") or {}
+        logprobs = tuple(
+            TokenLogprob(tok, float(val)) for tok, val in zip(lp.get("tokens") or (), lp.get("token_logprobs") or ()) if val is not None
+        )
+    if not text and not tool_calls and not logprobs:
+        return None
+    return Chunk(text=text, tool_calls=tool_calls, logprobs=logprobs)
+
+
+def _status_error(status: int, body: bytes, headers: httpx.Headers, deployment: str) -> ModelyardError:
+    try:
+        error = orjson.loads(body).get("error") or {}
+        message = error.get("message") or body.decode("utf-8", "replace")[:300]
+        code = error.get("code")
+    except (orjson.JSONDecodeError, AttributeError):
+        message, code = body.decode("utf-8", "replace")[:300], None
+    text = f"deployment {deployment} answered {status}: {message}"
+    if status == 429:
+        retry = headers.get("retry-after")
+        return Overloaded(text, retry_after=float(retry) if retry and retry.replace(".", "", 1).isdigit() else None)
+    if status in (401, 403):
+        return UpstreamError(f"deployment {deployment} rejected modelyard's credentials ({status})")
+    if code == "context_length_exceeded":
+        return ContextWindowExceeded(text)
+    if status in (400, 404, 422):
+        return InvalidRequest(text)
+    if status == 504:
+        return UpstreamTimeout(text)
+    return UpstreamError(text)
+
+
+__all__ = ["AuthenticationFailed", "OpenAICompatBackend", "OpenAICompatOptions"]

@@ -1,0 +1,150 @@
+"""The ``modelyard`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+# Set before torch or llama.cpp load anywhere in this process: spinning OpenMP
+# threads slowed inference 10-40x on small shared machines.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from modelyard.config import ConfigError, FleetConfig, load_config  # noqa: E402
+from modelyard.config.defaults import default_fleet  # noqa: E402
+
+
+def _load(path: str | None) -> FleetConfig:
+    return load_config(path) if path else default_fleet()
+
+
+def _check_backends(config: FleetConfig) -> None:
+    """Let each backend validate its own options (no I/O, nothing started)."""
+    from pathlib import Path
+
+    from modelyard.backends.base import BackendContext
+    from modelyard.backends.registry import backend_factory
+
+    context = BackendContext(models_dir=Path("."), config_source=config.source)
+    for model in config.models:
+        for i, d in enumerate(model.deployments):
+            try:
+                factory = backend_factory(d.backend)
+            except KeyError as exc:
+                raise ConfigError(config.source, f"models.{model.name}.deployments[{i}].backend", str(exc.args[0])) from None
+            factory(d, model, context)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from modelyard import server
+    from modelyard.fleet.artifacts import ArtifactError
+
+    config = _load(args.config)
+    _check_backends(config)
+    server.configure_logging(args.log_level)
+    data_dir = server.data_dir_of(config, args.data_dir)
+    try:
+        server.prepare_artifacts(config, data_dir)
+    except ArtifactError as exc:
+        print(f"modelyard: cannot start: {exc}", file=sys.stderr)
+        return 2
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    server.run(config, host, port, data_dir, args.log_level)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    _check_backends(config)
+    deployments = sum(len(m.deployments) for m in config.models)
+    print(f"{config.source}: OK ({len(config.models)} models, {len(config.aliases)} aliases, {deployments} deployments)")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    rows = [("NAME", "KIND", "DEPLOYMENTS", "DESCRIPTION")]
+    for m in config.models:
+        rows.append((m.name, m.kind, ", ".join(f"{d.name} ({d.backend})" for d in m.deployments), m.description))
+    for a in config.aliases:
+        rows.append((a.name, "alias", " | ".join(a.targets), a.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from modelyard import server
+    from modelyard.fleet.artifacts import ArtifactError
+
+    config = _load(args.config)
+    try:
+        for name, path in server.prepare_artifacts(config, server.data_dir_of(config, args.data_dir)):
+            print(f"{name}: {path}")
+    except ArtifactError as exc:
+        print(f"modelyard: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_fake_upstream(args: argparse.Namespace) -> int:
+    from modelyard.testing.fake_upstream import FakeScript, serve_fake
+
+    serve_fake(FakeScript(latency_ms=args.latency_ms, tokens=args.tokens, token_interval_ms=args.token_interval_ms), args.host, args.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelyard", description="One OpenAI-compatible endpoint in front of a fleet of models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def config_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="fleet YAML file (default: the embedded default fleet)")
+
+    p = sub.add_parser("serve", help="serve the fleet over HTTP", description="Start the fleet and serve the OpenAI-compatible API.")
+    config_arg(p)
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to bind (default 8000)")
+    p.add_argument("--data-dir", help="where assembled models and state live (default ~/.cache/modelyard)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check", help="validate a fleet file without starting anything")
+    config_arg(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("models", help="list the fleet's models and aliases")
+    config_arg(p)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("prepare", help="assemble and verify the fleet's model files")
+    config_arg(p)
+    p.add_argument("--data-dir", help="where assembled models live (default ~/.cache/modelyard)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("fake-upstream", help="run a fake OpenAI-compatible server (for tests and benchmarks)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--latency-ms", type=float, default=0.0, help="delay before the first token")
+    p.add_argument("--tokens", type=int, default=16, help="tokens per completion")
+    p.add_argument("--token-interval-ms", type=float, default=0.0, help="delay between streamed tokens")
+    p.set_defaults(func=cmd_fake_upstream)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"modelyard: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

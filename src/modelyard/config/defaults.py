@@ -1,0 +1,66 @@
+"""The embedded default fleet: what ``modelyard serve`` runs with no config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelyard.config.loader import parse_config
+from modelyard.config.schema import FleetConfig
+
+# Self-hosted prices are per replica-hour; the figures are a small CPU VM's
+# share, so the cost accounting has something honest to multiply.
+DEFAULT_FLEET: dict[str, Any] = {
+    "models": {
+        "smollm2-135m": {
+            "kind": "chat",
+            "context_window": 8192,
+            "description": "SmolLM2-135M-Instruct (Q4_1), the cheap chat model",
+            "deployments": [
+                {
+                    "backend": "llamacpp",
+                    "model_file": "builtin:smollm2-135m",
+                    "workers": 1,
+                    "n_ctx": 4096,
+                    "price": {"replica_hour": 0.02},
+                }
+            ],
+        },
+        "qwen2.5-0.5b": {
+            "kind": "chat",
+            "context_window": 32768,
+            "description": "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M), the stronger chat model",
+            "deployments": [
+                {
+                    "backend": "llamacpp",
+                    "model_file": "builtin:qwen2.5-coder-0.5b",
+                    "workers": 1,
+                    "n_ctx": 4096,
+                    "price": {"replica_hour": 0.04},
+                }
+            ],
+        },
+        "minilm-l6": {
+            "kind": "embedding",
+            "context_window": 256,
+            "description": "all-MiniLM-L6-v2 sentence embeddings, 384 dimensions",
+            "deployments": [
+                {
+                    "backend": "sentence-transformers",
+                    "model_path": "builtin:all-minilm-l6-v2",
+                    "price": {"replica_hour": 0.01},
+                }
+            ],
+        },
+    },
+    "aliases": {
+        "auto": {
+            "targets": ["smollm2-135m", "qwen2.5-0.5b"],
+            "description": "cheap model for short chat, stronger model for code, JSON and long prompts",
+        }
+    },
+}
+
+
+def default_fleet() -> FleetConfig:
+    """The validated embedded default fleet."""
+    return parse_config(DEFAULT_FLEET, source="<embedded default fleet>")

@@ -1,0 +1,230 @@
+"""Turn a YAML fleet file (or a mapping) into a validated :class:`FleetConfig`.
+
+Every error names the file, the field path and what is wrong, e.g.
+``fleet.yaml: models.chat.deployments[0].max_concurrency: expected an integer >= 1, got 'two'``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import yaml
+
+from modelyard.config.schema import (
+    AliasConfig,
+    DeploymentConfig,
+    FleetConfig,
+    ModelConfig,
+    Price,
+    ServerConfig,
+    Timeouts,
+)
+
+MODEL_KINDS = ("chat", "completion", "embedding")
+DEPLOYMENT_COMMON_KEYS = {"name", "backend", "max_concurrency", "max_queue", "price", "timeouts"}
+
+
+class ConfigError(ValueError):
+    """The fleet configuration is invalid; the message says where and why."""
+
+    def __init__(self, source: str, path: str, problem: str) -> None:
+        self.source = source
+        self.path = path
+        self.problem = problem
+        where = f"{source}: {path}" if path else source
+        super().__init__(f"{where}: {problem}")
+
+
+class _Reader:
+    """Typed access to one mapping of the file, with the path for messages."""
+
+    def __init__(self, source: str, path: str, data: Any) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigError(source, path, f"expected a mapping, got {_show(data)}")
+        self.source, self.path, self.data = source, path, data
+        self.used: set[str] = set()
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.source, self.at(key), problem)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.used.add(key)
+        return self.data.get(key, default)
+
+    def string(self, key: str, default: str | None = None) -> str:
+        value = self.get(key, default)
+        if value is None:
+            raise self.fail(key, "is required")
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, f"expected a non-empty string, got {_show(value)}")
+        return value
+
+    def integer(self, key: str, default: int, minimum: int = 1) -> int:
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(key, f"expected an integer >= {minimum}, got {_show(value)}")
+        return value
+
+    def number(self, key: str, default: float, minimum: float = 0.0) -> float:
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+            raise self.fail(key, f"expected a number >= {minimum:g}, got {_show(value)}")
+        return float(value)
+
+    def child(self, key: str) -> _Reader:
+        return _Reader(self.source, self.at(key), self.get(key, {}) or {})
+
+    def reject_unknown(self, allowed: set[str] | None = None) -> None:
+        known = self.used if allowed is None else allowed
+        for key in self.data:
+            if key not in known:
+                raise self.fail(str(key), f"unknown field (known: {', '.join(sorted(known))})")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def load_config(path: str | Path) -> FleetConfig:
+    """Read and validate a YAML fleet file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read file: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, "", f"invalid YAML: {where}{problem}") from None
+    return parse_config(data, source=source)
+
+
+def parse_config(data: Any, source: str = "<config>") -> FleetConfig:
+    """Validate an already-parsed mapping (YAML or the embedded default)."""
+    root = _Reader(source, "", data if data is not None else {})
+    models = _parse_models(root)
+    aliases = _parse_aliases(root, models)
+    server = _parse_server(root.child("server"))
+    root.reject_unknown({"models", "aliases", "server"})
+    return FleetConfig(models=models, aliases=aliases, server=server, source=source)
+
+
+def _parse_models(root: _Reader) -> tuple[ModelConfig, ...]:
+    raw = root.get("models")
+    if not isinstance(raw, Mapping) or not raw:
+        raise root.fail("models", "expected a non-empty mapping of model name to model")
+    models = []
+    for name, body in raw.items():
+        reader = _Reader(root.source, f"models.{name}", body)
+        models.append(_parse_model(str(name), reader))
+    return tuple(models)
+
+
+def _parse_model(name: str, r: _Reader) -> ModelConfig:
+    kind = r.string("kind", "chat")
+    if kind not in MODEL_KINDS:
+        raise r.fail("kind", f"expected one of {', '.join(MODEL_KINDS)}, got {_show(kind)}")
+    raw_deployments = r.get("deployments")
+    if not isinstance(raw_deployments, list) or not raw_deployments:
+        raise r.fail("deployments", "expected a non-empty list of deployments")
+    deployments = tuple(
+        _parse_deployment(_Reader(r.source, f"{r.at('deployments')}[{i}]", d), f"{name}/{i}")
+        for i, d in enumerate(raw_deployments)
+    )
+    names = [d.name for d in deployments]
+    if len(set(names)) != len(names):
+        raise r.fail("deployments", "deployment names must be unique within a model")
+    model = ModelConfig(
+        name=name,
+        kind=kind,  # type: ignore[arg-type]
+        deployments=deployments,
+        context_window=r.integer("context_window", 4096),
+        description=str(r.get("description", "") or ""),
+    )
+    r.reject_unknown()
+    return model
+
+
+def _parse_deployment(r: _Reader, default_name: str) -> DeploymentConfig:
+    price_r = r.child("price")
+    price = Price(
+        input_per_1m=price_r.number("input_per_1m", 0.0),
+        output_per_1m=price_r.number("output_per_1m", 0.0),
+        replica_hour=price_r.number("replica_hour", 0.0),
+    )
+    price_r.reject_unknown()
+    timeouts_r = r.child("timeouts")
+    default = Timeouts()
+    timeouts = Timeouts(
+        connect_s=timeouts_r.number("connect_s", default.connect_s, 0.001),
+        first_token_s=timeouts_r.number("first_token_s", default.first_token_s, 0.001),
+        total_s=timeouts_r.number("total_s", default.total_s, 0.001),
+    )
+    timeouts_r.reject_unknown()
+    options = {k: v for k, v in r.data.items() if k not in DEPLOYMENT_COMMON_KEYS}
+    return DeploymentConfig(
+        name=r.string("name", default_name),
+        backend=r.string("backend"),
+        max_concurrency=r.integer("max_concurrency", 8),
+        max_queue=r.integer("max_queue", 64, minimum=0),
+        price=price,
+        timeouts=timeouts,
+        options=MappingProxyType(dict(options)),
+    )
+
+
+def _parse_aliases(root: _Reader, models: tuple[ModelConfig, ...]) -> tuple[AliasConfig, ...]:
+    raw = root.get("aliases") or {}
+    if not isinstance(raw, Mapping):
+        raise root.fail("aliases", "expected a mapping of alias name to alias")
+    by_name = {m.name: m for m in models}
+    aliases = []
+    for name, body in raw.items():
+        r = _Reader(root.source, f"aliases.{name}", body)
+        if name in by_name:
+            raise r.fail("", f"alias {name!r} has the same name as a model")
+        targets = r.get("targets")
+        if not isinstance(targets, list) or not targets:
+            raise r.fail("targets", "expected a non-empty list of model names")
+        for i, target in enumerate(targets):
+            model = by_name.get(target)
+            if model is None:
+                raise r.fail(f"targets[{i}]", f"unknown model {_show(target)}")
+            if model.kind != "chat":
+                raise r.fail(f"targets[{i}]", f"model {target!r} is not a chat model")
+        strategy = r.string("strategy", "rule")
+        if strategy != "rule":
+            raise r.fail("strategy", f"expected 'rule', got {_show(strategy)}")
+        aliases.append(
+            AliasConfig(
+                name=str(name),
+                targets=tuple(targets),
+                strategy="rule",
+                long_prompt_chars=r.integer("long_prompt_chars", 2000),
+                description=str(r.get("description", "") or ""),
+            )
+        )
+        r.reject_unknown()
+    return tuple(aliases)
+
+
+def _parse_server(r: _Reader) -> ServerConfig:
+    defaults = ServerConfig()
+    server = ServerConfig(
+        host=r.string("host", defaults.host),
+        port=r.integer("port", defaults.port, minimum=0),
+        max_body_bytes=r.integer("max_body_bytes", defaults.max_body_bytes),
+        grace_period_s=r.number("grace_period_s", defaults.grace_period_s),
+        data_dir=r.string("data_dir", defaults.data_dir),
+    )
+    r.reject_unknown()
+    return server

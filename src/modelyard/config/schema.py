@@ -1,0 +1,108 @@
+"""The fleet file's shape: small frozen dataclasses with named defaults.
+
+Every field here is documented in docs/configuration.md. Backend-specific
+options (model file, base URL, ...) live in each backend's own options class
+and are kept here as a plain mapping until that backend validates them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, Mapping
+
+ModelKind = Literal["chat", "completion", "embedding"]
+AliasStrategy = Literal["rule"]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_GRACE_PERIOD_S = 30.0
+DEFAULT_MAX_CONCURRENCY = 8
+DEFAULT_MAX_QUEUE = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """What a deployment costs: per token for APIs, per replica-hour when self-hosted."""
+
+    input_per_1m: float = 0.0
+    output_per_1m: float = 0.0
+    replica_hour: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-deployment limits, in seconds."""
+
+    connect_s: float = 5.0
+    first_token_s: float = 120.0
+    total_s: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentConfig:
+    """One place a model runs: a backend plus its options."""
+
+    name: str
+    backend: str
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_queue: int = DEFAULT_MAX_QUEUE
+    price: Price = field(default_factory=Price)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """A model name clients can ask for, served by one or more deployments."""
+
+    name: str
+    kind: ModelKind
+    deployments: tuple[DeploymentConfig, ...]
+    context_window: int = 4096
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AliasConfig:
+    """A name that resolves to one of several models per request."""
+
+    name: str
+    targets: tuple[str, ...]
+    strategy: AliasStrategy = "rule"
+    long_prompt_chars: int = 2000
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """HTTP server and process settings."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    grace_period_s: float = DEFAULT_GRACE_PERIOD_S
+    data_dir: str = "~/.cache/modelyard"
+
+
+@dataclass(frozen=True, slots=True)
+class FleetConfig:
+    """The whole fleet: models, aliases and server settings."""
+
+    models: tuple[ModelConfig, ...]
+    aliases: tuple[AliasConfig, ...] = ()
+    server: ServerConfig = field(default_factory=ServerConfig)
+    source: str = "<embedded default fleet>"
+
+    def model(self, name: str) -> ModelConfig | None:
+        for m in self.models:
+            if m.name == name:
+                return m
+        return None
+
+    def alias(self, name: str) -> AliasConfig | None:
+        for a in self.aliases:
+            if a.name == name:
+                return a
+        return None

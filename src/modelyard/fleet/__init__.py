@@ -1,0 +1,1 @@
+"""Beside the request path: model artifacts and worker-process supervision."""

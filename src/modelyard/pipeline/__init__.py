@@ -1,0 +1,1 @@
+"""The request pipeline: ordered stages around one handler type."""

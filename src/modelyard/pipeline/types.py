@@ -1,0 +1,60 @@
+"""What flows through the pipeline: one Request in, one Response out."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Awaitable, Callable, Literal
+
+from modelyard.protocol import Chunk, Embeddings, ModelCall
+
+Operation = Literal["chat", "completion", "embedding"]
+WORKLOAD_CLASSES = ("interactive", "agent", "batch", "embedding", "background")
+
+
+class Lifecycle(enum.IntEnum):
+    """Where a request is; one ordered state instead of scattered booleans."""
+
+    RECEIVED = 1
+    CLASSIFIED = 2
+    ROUTED = 3
+    RUNNING = 4
+    STREAMING = 5
+    COMPLETED = 6
+    FAILED = 7
+    CANCELLED = 8
+
+
+@dataclass(slots=True)
+class Request:
+    """One client request as the pipeline sees it (no HTTP left in it)."""
+
+    operation: Operation
+    model: str
+    request_id: str
+    call: ModelCall | None = None
+    inputs: list[str] = field(default_factory=list)
+    n: int = 1
+    stream: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+    workload: str = "interactive"
+    session: str | None = None
+    state: Lifecycle = Lifecycle.RECEIVED
+    served_model: str | None = None
+    deployment: str | None = None
+    route_reason: str = ""
+
+
+@dataclass(slots=True)
+class Response:
+    """Generation streams (one per choice) or embeddings, plus who served them."""
+
+    model: str
+    deployment: str
+    route_reason: str
+    streams: list[AsyncIterator[Chunk]] = field(default_factory=list)
+    embeddings: Embeddings | None = None
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+Stage = Callable[[Handler], Handler]

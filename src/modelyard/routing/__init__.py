@@ -1,0 +1,1 @@
+"""Routing decisions: which model and which deployment. Plain data in, decisions out; no I/O."""

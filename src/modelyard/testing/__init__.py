@@ -1,0 +1,1 @@
+"""Test and benchmark helpers that are real servers, not stubs."""

@@ -1,0 +1,126 @@
+"""A fake OpenAI-compatible upstream: a real HTTP server with scripted behaviour.
+
+Defaults come from :class:`FakeScript`; each request can override them with
+headers, so one server can script many cases:
+
+- ``x-fake-latency-ms``: delay before the first byte
+- ``x-fake-tokens``: tokens in the completion
+- ``x-fake-status``: answer with this HTTP error status instead (e.g. 429, 500)
+- ``x-fake-fail-after``: stream this many tokens, then drop the connection
+- ``x-fake-retry-after``: ``Retry-After`` value sent with a 429
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel")
+
+
+@dataclass(frozen=True, slots=True)
+class FakeScript:
+    """Default behaviour of every request."""
+
+    latency_ms: float = 0.0
+    tokens: int = 16
+    token_interval_ms: float = 0.0
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
+
+
+def _setting(request: Request, name: str, default: float) -> float:
+    value = request.headers.get(name)
+    return float(value) if value is not None else default
+
+
+def create_fake_app(script: FakeScript) -> Starlette:
+    counter = {"requests": 0}
+
+    async def generate(request: Request) -> Response:
+        counter["requests"] += 1
+        body = orjson.loads(await request.body())
+        chat = request.url.path.endswith("/chat/completions")
+        latency = _setting(request, "x-fake-latency-ms", script.latency_ms) / 1000
+        tokens = int(_setting(request, "x-fake-tokens", body.get("max_tokens") or script.tokens))
+        tokens = min(tokens, int(body.get("max_tokens") or tokens))
+        status = int(_setting(request, "x-fake-status", 0))
+        if latency:
+            await asyncio.sleep(latency)
+        if status:
+            headers = {"retry-after": request.headers.get("x-fake-retry-after", "1")} if status == 429 else None
+            return _json({"error": {"message": f"scripted failure {status}", "type": "fake", "code": None}}, status, headers)
+        words = [WORDS[i % len(WORDS)] for i in range(tokens)]
+        model = body.get("model", "fake")
+        prompt_tokens = _prompt_tokens(body)
+        if body.get("stream"):
+            fail_after = int(_setting(request, "x-fake-fail-after", -1))
+            interval = _setting(request, "x-fake-token-interval-ms", script.token_interval_ms) / 1000
+            return StreamingResponse(_stream(chat, model, words, prompt_tokens, body, fail_after, interval), media_type="text/event-stream")
+        text = " ".join(words)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
+        return _json({"id": "fake-1", "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+                      "model": model, "choices": [choice | {"finish_reason": "length" if tokens else "stop"}], "usage": usage})
+
+    async def embeddings(request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [{"object": "embedding", "index": i, "embedding": [float(len(t) % 7), 1.0, 0.5]} for i, t in enumerate(inputs)]
+        n = sum(len(t.split()) for t in inputs)
+        return _json({"object": "list", "data": data, "model": body.get("model"), "usage": {"prompt_tokens": n, "total_tokens": n}})
+
+    async def models(request: Request) -> Response:
+        return _json({"object": "list", "data": [{"id": "fake", "object": "model", "created": 0, "owned_by": "fake"}]})
+
+    async def stats(request: Request) -> Response:
+        return _json(counter)
+
+    return Starlette(routes=[
+        Route("/v1/chat/completions", generate, methods=["POST"]),
+        Route("/v1/completions", generate, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/stats", stats, methods=["GET"]),
+    ])
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    text = body.get("prompt") or " ".join(str(m.get("content") or "") for m in body.get("messages") or [])
+    return len(str(text).split())
+
+
+async def _stream(chat: bool, model: str, words: list[str], prompt_tokens: int, body: dict[str, Any], fail_after: int, interval: float) -> AsyncIterator[bytes]:
+    def event(payload: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+    base = {"id": "fake-1", "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()), "model": model}
+    for i, word in enumerate(words):
+        if i == fail_after:
+            raise ConnectionResetError("scripted mid-stream failure")
+        text = word if i == 0 else " " + word
+        choice = {"index": 0, "delta": {"content": text}, "finish_reason": None} if chat else {"index": 0, "text": text, "finish_reason": None}
+        yield event(base | {"choices": [choice]})
+        if interval:
+            await asyncio.sleep(interval)
+    last = {"index": 0, "delta": {}, "finish_reason": "length"} if chat else {"index": 0, "text": "", "finish_reason": "length"}
+    yield event(base | {"choices": [last]})
+    if (body.get("stream_options") or {}).get("include_usage"):
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words), "total_tokens": prompt_tokens + len(words)}
+        yield event(base | {"choices": [], "usage": usage})
+    yield b"data: [DONE]\n\n"
+
+
+def serve_fake(script: FakeScript, host: str, port: int) -> None:
+    uvicorn.run(create_fake_app(script), host=host, port=port, log_level="warning", access_log=False, loop="uvloop", http="httptools")
