@@ -53,8 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    server.run(config, host, port, data_dir, args.log_level)
-    return 0
+    return server.run(config, host, port, data_dir, args.log_level)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

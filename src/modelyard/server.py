@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 from pathlib import Path
-from typing import AsyncIterator
-
 import uvicorn
-from starlette.applications import Starlette
+import uvloop
 
 from modelyard.api.app import create_app
 from modelyard.config import FleetConfig
@@ -35,25 +32,6 @@ def prepare_artifacts(config: FleetConfig, data_dir: Path) -> list[tuple[str, Pa
     return resolved
 
 
-def build_app(config: FleetConfig, data_dir: Path) -> Starlette:
-    """The ASGI app; the fleet starts and stops with the app's lifespan."""
-    fleet = FleetRuntime(config, data_dir)
-    handler = build_pipeline(fleet, config)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        log.info("starting %d deployment(s) from %s", len(fleet.deployments), config.source)
-        await fleet.start()
-        log.info("fleet ready: %s", ", ".join(m.name for m in config.models))
-        try:
-            yield
-        finally:
-            log.info("stopping the fleet")
-            await fleet.aclose()
-
-    return create_app(handler, fleet, config, lifespan=lifespan)
-
-
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     access = logging.getLogger("modelyard.access")
@@ -64,21 +42,43 @@ def configure_logging(level: str) -> None:
     access.setLevel(logging.INFO)
 
 
-def run(config: FleetConfig, host: str, port: int, data_dir: Path, log_level: str = "info") -> None:
-    """Serve until SIGINT/SIGTERM; in-flight requests get the configured grace period."""
-    app = build_app(config, data_dir)
+async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path, log_level: str = "info") -> int:
+    """Start the fleet, serve until SIGINT/SIGTERM, then stop the fleet.
+
+    The fleet starts before the port opens, so a startup failure is one clear
+    line and exit code 3. On SIGTERM uvicorn stops accepting, in-flight
+    requests get ``server.grace_period_s``, then every worker is stopped.
+    """
+    fleet = FleetRuntime(config, data_dir)
+    log.info("starting %d deployment(s) from %s", len(fleet.deployments), config.source)
+    try:
+        await fleet.start()
+    except Exception as exc:  # every startup failure is reported the same way, without a traceback
+        log.debug("startup failure", exc_info=True)
+        log.error("cannot start: %s", exc)
+        return 3
+    app = create_app(build_pipeline(fleet, config), fleet, config)
     uv_config = uvicorn.Config(
         app,
         host=host,
         port=port,
-        loop="uvloop",
+        loop="none",
         http="httptools",
-        lifespan="on",
+        lifespan="off",
         access_log=False,
         log_level=log_level,
         timeout_graceful_shutdown=int(config.server.grace_period_s),
     )
     server = uvicorn.Server(uv_config)
-    server.run()
-    if not server.started:
-        raise SystemExit(3)
+    try:
+        log.info("fleet ready: %s", ", ".join(m.name for m in config.models))
+        await server.serve()
+    finally:
+        log.info("stopping the fleet")
+        await fleet.aclose()
+    return 0 if server.started else 3
+
+
+def run(config: FleetConfig, host: str, port: int, data_dir: Path, log_level: str = "info") -> int:
+    """Blocking entry point used by ``modelyard serve``."""
+    return uvloop.run(serve_fleet(config, host, port, data_dir, log_level))

@@ -12,6 +12,7 @@ printing goes to stderr so it can never corrupt the protocol.
          {"ev": "done", "id": ..., "finish_reason": ..., "usage": {...}}
          {"ev": "error", "id": ..., "kind": "context_window"|"invalid"|"internal", "message": ...}
          {"ev": "pong"}
+         {"ev": "fatal", "message": ...}    could not load the model; exits
 
 When stdin closes (the supervisor died) the worker exits, so no orphan
 outlives its parent.
@@ -261,7 +262,13 @@ def main(argv: list[str] | None = None) -> None:
     os.dup2(2, 1)  # anything the C library prints lands on stderr
     sys.stdout = sys.stderr
     channel = Channel(protocol_out)
-    worker = Worker(args.model_file, args.n_ctx, args.threads, channel)
+    try:
+        worker = Worker(args.model_file, args.n_ctx, args.threads, channel)
+    except Exception as exc:  # llama.cpp reports a bad file as ValueError/RuntimeError
+        message = f"cannot load {args.model_file}: {exc}"
+        print(f"modelyard worker: {message}", file=sys.stderr)
+        channel.send({"ev": "fatal", "message": message})
+        sys.exit(3)
     channel.send({"ev": "ready", "n_ctx": worker.n_ctx, "chat": worker.formatter is not None})
 
     jobs: queue.Queue[Any] = queue.Queue()

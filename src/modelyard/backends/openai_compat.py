@@ -38,6 +38,7 @@ class OpenAICompatOptions:
     api_key_env: str | None = None
     tools: bool = True
     max_connections: int = 100
+    headers: dict | None = None  # extra headers sent upstream (e.g. an organisation id)
 
 
 class OpenAICompatBackend:
@@ -56,7 +57,7 @@ class OpenAICompatBackend:
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
-        headers = {}
+        headers = {str(k): str(v) for k, v in (self.options.headers or {}).items()}
         if self.options.api_key_env:
             key = os.environ.get(self.options.api_key_env)
             if not key:
@@ -98,6 +99,8 @@ class OpenAICompatBackend:
         return body
 
     async def generate(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        if self.model.kind == "embedding":
+            raise InvalidRequest(f"model {self.model.name!r} is an embedding model; use /v1/embeddings", param="model")
         if call.tools and not self.options.tools:
             raise InvalidRequest(f"model {self.model.name!r} does not support tools", param="tools")
         path = "/chat/completions" if call.kind == "chat" else "/completions"
@@ -129,6 +132,8 @@ class OpenAICompatBackend:
         yield Chunk(finish_reason=finish, usage=usage or Usage())
 
     async def embed(self, texts: list[str]) -> Embeddings:
+        if not self.capabilities.embeddings:
+            raise InvalidRequest(f"model {self.model.name!r} is not an embedding model", param="model")
         client = self._client_or_fail()
         try:
             response = await client.post("/embeddings", content=orjson.dumps({"model": self.upstream_model, "input": texts}), headers={"content-type": "application/json"})

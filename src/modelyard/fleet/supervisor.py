@@ -100,7 +100,8 @@ class SupervisedProcess:
             waiter.cancel()
             await self._kill()
             reader.cancel()
-            raise StartFailed(f"worker {self.name} did not become ready (exit code {self._proc.returncode})")
+            reason = self.last_error or f"exit code {self._proc.returncode}"
+            raise StartFailed(f"worker {self.name} did not become ready: {reason}")
         self._reader = reader
         await self._set_state(ProcessState.READY)
 
@@ -115,6 +116,8 @@ class SupervisedProcess:
             if kind == "ready":
                 self.ready_info = event
                 self._ready.set()
+            elif kind == "fatal":
+                self.last_error = str(event.get("message", "fatal error"))
             elif kind == "pong":
                 self._pong.set()
             else:

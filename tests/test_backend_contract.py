@@ -1,0 +1,174 @@
+"""One contract, every adapter: the same tests run against each backend.
+
+Generative adapters: llamacpp (real SmolLM2 in a worker process) and openai (a
+real fake upstream over HTTP). Embedding adapters: sentence-transformers (real
+MiniLM) and openai embeddings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from modelyard.backends.base import Backend, BackendContext
+from modelyard.backends.registry import BACKENDS, backend_factory
+from modelyard.config import parse_config
+from modelyard.errors import InvalidRequest, ModelyardError, Overloaded, UpstreamError, UpstreamTimeout
+from modelyard.protocol import Chunk, ModelCall, Sampling
+
+from .conftest import LiveServer
+
+MODELS_DIR = Path("~/.cache/modelyard/models").expanduser()
+
+
+def build(model: str, kind: str, deployment: dict[str, object]) -> Backend:
+    config = parse_config({"models": {model: {"kind": kind, "deployments": [deployment]}}})
+    m = config.models[0]
+    return backend_factory(m.deployments[0].backend)(m.deployments[0], m, BackendContext(models_dir=MODELS_DIR, threads_per_worker=2))
+
+
+GENERATIVE: dict[str, Callable[[str], Backend]] = {
+    "llamacpp": lambda _url: build("smollm2-135m", "chat", {"backend": "llamacpp", "model_file": "builtin:smollm2-135m", "n_ctx": 1024}),
+    "openai": lambda url: build("fake", "chat", {"backend": "openai", "base_url": url + "/v1"}),
+}
+EMBEDDING: dict[str, Callable[[str], Backend]] = {
+    "sentence-transformers": lambda _url: build("minilm", "embedding", {"backend": "sentence-transformers", "model_path": "builtin:all-minilm-l6-v2"}),
+    "openai": lambda url: build("fake-embed", "embedding", {"backend": "openai", "base_url": url + "/v1"}),
+}
+
+
+def test_every_registered_adapter_is_under_contract() -> None:
+    assert set(BACKENDS) == set(GENERATIVE) | set(EMBEDDING)
+
+
+@contextlib.asynccontextmanager
+async def started(backend: Backend) -> AsyncIterator[Backend]:
+    await backend.start()
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
+
+
+async def drain(stream: AsyncIterator[Chunk]) -> list[Chunk]:
+    return [chunk async for chunk in stream]
+
+
+def chat_call(max_tokens: int = 8, **kw: object) -> ModelCall:
+    return ModelCall(kind="chat", model="m", sampling=Sampling(max_tokens=max_tokens, temperature=0.0), messages=({"role": "user", "content": "Count: one, two,"},), **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=sorted(GENERATIVE))
+def generative(request: pytest.FixtureRequest, fake_upstream: LiveServer) -> Iterator[Backend]:
+    yield GENERATIVE[request.param](fake_upstream.url)
+
+
+@pytest.fixture(params=sorted(EMBEDDING))
+def embedding(request: pytest.FixtureRequest, fake_upstream: LiveServer) -> Iterator[Backend]:
+    yield EMBEDDING[request.param](fake_upstream.url)
+
+
+async def test_generate_streams_text_then_one_final_chunk(generative: Backend) -> None:
+    async with started(generative) as backend:
+        assert backend.health().ready
+        chunks = await drain(backend.generate(chat_call(max_tokens=6)))
+        finals = [c for c in chunks if c.finish_reason is not None]
+        assert len(finals) == 1 and chunks[-1] is finals[0]
+        assert "".join(c.text for c in chunks).strip()
+        usage = finals[0].usage
+        assert usage is not None and usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 6
+        assert finals[0].finish_reason in ("length", "stop")
+
+
+async def test_completion_kind(generative: Backend) -> None:
+    async with started(generative) as backend:
+        call = ModelCall(kind="completion", model="m", sampling=Sampling(max_tokens=4, temperature=0.0), prompt="The sky is")
+        chunks = await drain(backend.generate(call))
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 4
+
+
+async def test_abandoned_stream_frees_capacity(generative: Backend) -> None:
+    async with started(generative) as backend:
+        stream = backend.generate(chat_call(max_tokens=200))
+        first = await stream.__anext__()
+        assert first.finish_reason is None
+        await stream.aclose()  # what a client disconnect does
+        chunks = await drain(backend.generate(chat_call(max_tokens=3)))  # must not wait for the 200 tokens
+        assert chunks[-1].finish_reason is not None
+
+
+async def test_generative_adapter_rejects_embeddings(generative: Backend) -> None:
+    async with started(generative) as backend:
+        with pytest.raises(ModelyardError):
+            await backend.embed(["x"])
+
+
+async def test_embed_returns_vectors_in_order(embedding: Backend) -> None:
+    async with started(embedding) as backend:
+        assert backend.health().ready
+        result = await backend.embed(["first text", "a second, longer text here", "3"])
+        assert len(result.vectors) == 3
+        assert len({len(v) for v in result.vectors}) == 1
+        assert result.prompt_tokens > 0
+        again = await backend.embed(["a second, longer text here"])
+        assert again.vectors[0] == pytest.approx(result.vectors[1], abs=1e-5)
+
+
+async def test_embedding_adapter_rejects_generation(embedding: Backend) -> None:
+    async with started(embedding) as backend:
+        with pytest.raises(ModelyardError):
+            await drain(backend.generate(chat_call()))
+
+
+# -- adapter-specific failure translation ------------------------------------------------
+
+def fake_with(url: str, **headers: str) -> Backend:
+    return build("fake", "chat", {"backend": "openai", "base_url": url + "/v1", "headers": headers, "timeouts": {"first_token_s": 0.5}})
+
+
+@pytest.mark.parametrize(
+    ("headers", "error", "status"),
+    [
+        ({"x-fake-status": "500"}, UpstreamError, 502),
+        ({"x-fake-status": "503"}, UpstreamError, 502),
+        ({"x-fake-status": "429", "x-fake-retry-after": "7"}, Overloaded, 429),
+        ({"x-fake-status": "400"}, InvalidRequest, 400),
+        ({"x-fake-latency-ms": "2000"}, UpstreamTimeout, 504),
+    ],
+)
+async def test_openai_adapter_translates_failures(fake_upstream: LiveServer, headers: dict[str, str], error: type[ModelyardError], status: int) -> None:
+    async with started(fake_with(fake_upstream.url, **headers)) as backend:
+        with pytest.raises(error) as info:
+            await drain(backend.generate(chat_call()))
+        assert info.value.status == status
+        if error is Overloaded:
+            assert info.value.retry_after == 7
+
+
+async def test_openai_adapter_connection_refused() -> None:
+    async with started(build("fake", "chat", {"backend": "openai", "base_url": "http://127.0.0.1:9/v1"})) as backend:
+        with pytest.raises(UpstreamError):
+            await drain(backend.generate(chat_call()))
+
+
+async def test_openai_adapter_broken_stream_is_an_error(fake_upstream: LiveServer) -> None:
+    async with started(fake_with(fake_upstream.url, **{"x-fake-fail-after": "2"})) as backend:
+        chunks: list[Chunk] = []
+        with pytest.raises(UpstreamError):
+            async for chunk in backend.generate(chat_call(max_tokens=10)):
+                chunks.append(chunk)
+        assert len(chunks) == 2 and all(c.finish_reason is None for c in chunks)
+
+
+async def test_llamacpp_context_window_is_a_400() -> None:
+    backend = build("smollm2-135m", "chat", {"backend": "llamacpp", "model_file": "builtin:smollm2-135m", "n_ctx": 256})
+    async with started(backend):
+        call = ModelCall(kind="chat", model="m", sampling=Sampling(max_tokens=10), messages=({"role": "user", "content": "word " * 400},))
+        with pytest.raises(InvalidRequest) as info:
+            await drain(backend.generate(call))
+        assert info.value.code == "context_length_exceeded"
+        chunks = await drain(backend.generate(chat_call(max_tokens=2)))  # the worker is still usable
+        assert chunks[-1].finish_reason is not None

@@ -1,0 +1,80 @@
+"""DESIGN.md's layer rule: api → pipeline → (routing, scheduling, economics) → backends → fleet/core."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "modelyard"
+
+# A layer may import itself and anything to its right, never to its left.
+ORDER = ["cli", "server", "api", "pipeline", "routing", "scheduling", "economics", "backends", "fleet", "testing"]
+PEERS = {"routing", "scheduling", "economics"}  # side by side; none imports another
+CORE = {"errors", "protocol", "config", "__init__"}
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append(node.module)
+    return [name for name in found if name == "modelyard" or name.startswith("modelyard.")]
+
+
+def violations() -> list[str]:
+    bad = []
+    for path in PACKAGE.rglob("*.py"):
+        module = "modelyard." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        own = layer_of(module)
+        for target in imports(path):
+            other = layer_of(target)
+            if other in CORE or other == own:
+                continue
+            if own in CORE:
+                bad.append(f"{module} (core) imports {target}")
+            elif own in PEERS and other in PEERS:
+                bad.append(f"{module} imports its peer {target}")
+            elif own in ORDER and other in ORDER and ORDER.index(other) < ORDER.index(own):
+                bad.append(f"{module} ({own}) imports {target} ({other}), which is above it")
+            elif own == "testing" or other == "testing" and own not in ("cli",):
+                bad.append(f"{module} imports {target}: test helpers stand apart")
+    return bad
+
+
+def test_imports_point_one_way() -> None:
+    assert violations() == []
+
+
+def test_the_checker_sees_a_violation(tmp_path: Path) -> None:
+    sample = tmp_path / "x.py"
+    sample.write_text("from modelyard.api.app import create_app\nimport modelyard.pipeline.stages\n")
+    assert imports(sample) == ["modelyard.api.app", "modelyard.pipeline.stages"]
+    assert layer_of("modelyard.backends.llamacpp") == "backends"
+    assert ORDER.index("api") < ORDER.index("backends")
+
+
+def test_router_and_scheduler_do_no_io() -> None:
+    forbidden = {"httpx", "asyncio", "socket", "subprocess", "sqlite3", "aiosqlite", "asyncpg", "redis", "open"}
+    for folder in ("routing", "scheduling"):
+        for path in (PACKAGE / folder).rglob("*.py"):
+            names = {n.split(".")[0] for n in _all_imports(path)}
+            assert not names & forbidden, f"{path} imports {names & forbidden}"
+
+
+def _all_imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.append(node.module)
+    return out
