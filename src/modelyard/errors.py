@@ -11,6 +11,7 @@ renders any of them in OpenAI's error shape with :attr:`ModelyardError.status`.
     ├── AuthenticationFailed (401)
     ├── NotFound (404)
     │   └── ModelNotFound (404, code model_not_found)
+    ├── MethodNotAllowed (405)
     ├── PayloadTooLarge (413)
     ├── Overloaded (429, Retry-After)
     ├── UpstreamError (502)            retryable
@@ -88,6 +89,14 @@ class ModelNotFound(NotFound):
 
     error_type = "invalid_request_error"
     default_code = "model_not_found"
+
+
+class MethodNotAllowed(ModelyardError):
+    """The path exists but not for this HTTP method."""
+
+    status = 405
+    error_type = "invalid_request_error"
+    default_code = "method_not_allowed"
 
 
 class PayloadTooLarge(ModelyardError):

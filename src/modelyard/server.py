@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
+
 import uvicorn
 import uvloop
 
@@ -70,6 +72,10 @@ async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path,
         timeout_graceful_shutdown=int(config.server.grace_period_s),
     )
     server = uvicorn.Server(uv_config)
+    # uvicorn re-raises the signal it shut down for once it restores the previous
+    # handlers; a no-op previous handler lets the fleet stop in order afterwards.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _ignore_signal)
     try:
         log.info("fleet ready: %s", ", ".join(m.name for m in config.models))
         await server.serve()
@@ -77,6 +83,10 @@ async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path,
         log.info("stopping the fleet")
         await fleet.aclose()
     return 0 if server.started else 3
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    log.debug("signal %d during shutdown ignored", signum)
 
 
 def run(config: FleetConfig, host: str, port: int, data_dir: Path, log_level: str = "info") -> int:

@@ -19,9 +19,10 @@ from starlette.routing import Route
 from modelyard.api import parse, render
 from modelyard.api.middleware import RequestContextMiddleware
 from modelyard.config import FleetConfig
-from modelyard.errors import InvalidRequest, ModelyardError, ModelNotFound, NotReady, PayloadTooLarge
+from modelyard.errors import InvalidRequest, MethodNotAllowed, ModelNotFound, ModelyardError, NotFound, NotReady, PayloadTooLarge
 from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.pipeline.types import Handler, Request, Response
+from modelyard.protocol import Usage
 
 log = logging.getLogger("modelyard.api")
 
@@ -104,8 +105,6 @@ class Api:
         response = await self.handler(request)
         self._note(http, request, response)
         assert response.embeddings is not None
-        from modelyard.protocol import Usage
-
         http.scope["state"]["usage"] = Usage(response.embeddings.prompt_tokens, 0)
         return JSONResponse(render.embeddings_body(response, response.embeddings, encoding), headers=self._model_headers(response))
 
@@ -158,21 +157,11 @@ async def _modelyard_error(request: HTTPRequest, exc: Exception) -> HTTPResponse
 
 async def _http_error(request: HTTPRequest, exc: Exception) -> HTTPResponse:
     assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
-        return error_response(_not_found_route(request))
     if exc.status_code == 405:
-        err = InvalidRequest(f"Method {request.method} is not allowed on {request.url.path}", code="method_not_allowed")
-        err.status = 405
-        return error_response(err)
-    err = ModelyardError(str(exc.detail))
-    err.status = exc.status_code
-    return error_response(err)
-
-
-def _not_found_route(request: HTTPRequest) -> ModelyardError:
-    from modelyard.errors import NotFound
-
-    return NotFound(f"Unknown request URL: {request.method} {request.url.path}", code="unknown_url")
+        return error_response(MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}"))
+    if exc.status_code == 404:
+        return error_response(NotFound(f"Unknown request URL: {request.method} {request.url.path}", code="unknown_url"))
+    return error_response(InvalidRequest(str(exc.detail)))
 
 
 async def _unexpected(request: HTTPRequest, exc: Exception) -> HTTPResponse:
@@ -202,5 +191,3 @@ def create_app(handler: Handler, fleet: FleetRuntime, config: FleetConfig, lifes
     app.add_middleware(RequestContextMiddleware)
     return app
 
-
-__all__ = ["AsyncIterator", "create_app"]

@@ -70,9 +70,18 @@ async def collect(streams: list[AsyncIterator[Chunk]], first: Chunk | None) -> l
                 choice.add(chunk)
         return choice
 
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(run(i, s)) for i, s in enumerate(streams)]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(run(i, s)) for i, s in enumerate(streams)]
+    except BaseExceptionGroup as failures:
+        raise _first_leaf(failures) from None
     return [t.result() for t in tasks]
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    """The first real failure in a (nested) group: what the client should hear about."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def chat_body(request_id: str, response: Response, choices: list[Choice], created: int) -> dict[str, Any]:

@@ -139,7 +139,7 @@ class Worker:
             return self.llm.tokenize(call.prompt.encode("utf-8"), add_bos=True, special=False), ()
         if self.formatter is None:
             raise CallRejected("invalid", "this model has no chat template; use /v1/completions")
-        result = self.formatter(messages=list(call.messages), tools=list(call.tools) or None, tool_choice=call.tool_choice)
+        result = self.formatter(messages=list(call.messages), tools=list(call.tools) or None, tool_choice=call.tool_choice)  # type: ignore[arg-type]
         tokens = self.llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
         extra = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])
         return tokens, tuple(extra)
@@ -179,9 +179,14 @@ class Worker:
             )
         limit = wanted if wanted is not None else room
         s = call.sampling
+        if s.seed is not None:
+            # A reused KV-cache prefix changes logits in the last bits; a seeded
+            # request re-evaluates its prompt so the same seed gives the same text.
+            self.llm.reset()
         self.llm.set_seed(s.seed if s.seed is not None else random.randrange(2**31))
         recorder = LogprobRecorder(s.top_logprobs) if s.logprobs else None
-        from llama_cpp import LogitsProcessorList, llama_cpp as C
+        from llama_cpp import LogitsProcessorList
+        from llama_cpp import llama_cpp as C
 
         stops = StopMatcher(s.stop + template_stops)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")

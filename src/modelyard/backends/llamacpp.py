@@ -156,7 +156,7 @@ class LlamaCppBackend:
                 wait = min(timeouts.first_token_s, deadline - time.monotonic())
                 try:
                     event = await asyncio.wait_for(events.get(), max(0.0, wait))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise UpstreamTimeout(f"deployment {self.deployment.name} produced no token for {wait:.0f}s") from None
                 chunk = _to_chunk(event, self.deployment.name)
                 if chunk.finish_reason is not None:

@@ -188,7 +188,7 @@ def _choice_chunk(choice: dict[str, Any], kind: str) -> Chunk | None:
         tool_calls = ()
         lp = choice.get("logprobs") or {}
         logprobs = tuple(
-            TokenLogprob(tok, float(val)) for tok, val in zip(lp.get("tokens") or (), lp.get("token_logprobs") or ()) if val is not None
+            TokenLogprob(tok, float(val)) for tok, val in zip(lp.get("tokens") or (), lp.get("token_logprobs") or (), strict=False) if val is not None
         )
     if not text and not tool_calls and not logprobs:
         return None

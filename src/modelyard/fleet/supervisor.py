@@ -156,7 +156,7 @@ class SupervisedProcess:
             try:
                 await self.send({"op": "ping"})
                 await asyncio.wait_for(self._pong.wait(), self.policy.ping_timeout_s)
-            except (asyncio.TimeoutError, ConnectionError):
+            except (TimeoutError, ConnectionError):
                 self.last_error = "health check failed"
                 log.warning("worker %s failed its health check; killing it", self.name)
                 await self._kill()

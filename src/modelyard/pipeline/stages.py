@@ -13,6 +13,7 @@ from modelyard.config import FleetConfig
 from modelyard.errors import InvalidRequest
 from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.pipeline.types import WORKLOAD_CLASSES, Handler, Lifecycle, Request, Response, Stage
+from modelyard.protocol import ModelCall
 from modelyard.routing.router import PromptFeatures, pick_deployment, resolve_model
 
 CLASS_HEADER = "x-modelyard-class"
@@ -91,10 +92,17 @@ def call_backend(fleet: FleetRuntime) -> Handler:
             return response
         assert request.call is not None
         call = dataclasses.replace(request.call, model=request.served_model)
-        response.streams = [fleet.generate(request.deployment, call) for _ in range(request.n)]
+        response.streams = [fleet.generate(request.deployment, _nth_choice(call, i)) for i in range(request.n)]
         return response
 
     return handle
+
+
+def _nth_choice(call: ModelCall, index: int) -> ModelCall:
+    """Choices of one seeded request differ from each other but repeat across requests."""
+    if index == 0 or call.sampling.seed is None:
+        return call
+    return dataclasses.replace(call, sampling=dataclasses.replace(call.sampling, seed=call.sampling.seed + index))
 
 
 def build_pipeline(fleet: FleetRuntime, config: FleetConfig, extra: list[Stage] | None = None) -> Handler:

@@ -1,0 +1,206 @@
+"""The official OpenAI SDK against a live ``modelyard serve`` on the default fleet.
+
+Real llama.cpp inference on both embedded chat models, real MiniLM embeddings,
+over real HTTP. Prompts are short so the suite stays quick.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+
+import httpx
+import openai
+import pytest
+
+from .conftest import LiveServer
+
+
+@pytest.fixture(scope="module")
+def client(default_server: LiveServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=default_server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.mark.parametrize("model", ["smollm2-135m", "qwen2.5-0.5b"])
+def test_chat_plain(client: openai.OpenAI, model: str) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "What is the capital of France? Answer in one word."}], max_tokens=12, temperature=0
+    )
+    completion = raw.parse()
+    assert raw.headers["x-modelyard-model"] == model == completion.model
+    assert raw.headers["x-request-id"]
+    text = completion.choices[0].message.content or ""
+    assert text.strip()
+    assert completion.usage is not None and completion.usage.prompt_tokens > 5
+    assert 0 < completion.usage.completion_tokens <= 12
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    if model == "qwen2.5-0.5b":
+        assert "paris" in text.lower()
+
+
+def test_chat_streamed_with_usage(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="smollm2-135m", messages=[{"role": "user", "content": "Say hello."}], max_tokens=10, temperature=0,
+        stream=True, stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip()
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes in (["stop"], ["length"])
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 10
+
+
+def test_stream_ends_with_done(default_server: LiveServer) -> None:
+    body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "stream": True}
+    with httpx.stream("POST", default_server.url + "/v1/chat/completions", json=body, timeout=60) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert lines[-1] == "data: [DONE]"
+    assert all(line.startswith("data: ") for line in lines)
+
+
+def test_chat_json_schema_output_parses(client: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}}, "required": ["city", "population"]}
+    completion = client.chat.completions.create(
+        model="qwen2.5-0.5b", messages=[{"role": "user", "content": "Give the largest city of Japan and its population as JSON."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}}, max_tokens=60, temperature=0,
+    )
+    data = json.loads(completion.choices[0].message.content or "")
+    assert isinstance(data["city"], str) and isinstance(data["population"], int)
+
+
+def test_json_object_mode(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model="smollm2-135m", messages=[{"role": "user", "content": "Return a JSON object with a key named colour."}],
+        response_format={"type": "json_object"}, max_tokens=40, temperature=0,
+    )
+    if completion.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(completion.choices[0].message.content or ""), dict)
+
+
+def test_auto_alias_says_which_model(client: openai.OpenAI) -> None:
+    short = client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": "Hi there"}], max_tokens=3)
+    code = client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": "Write a python function to add two numbers"}], max_tokens=3)
+    assert short.headers["x-modelyard-model"] == short.parse().model == "smollm2-135m"
+    assert code.headers["x-modelyard-model"] == code.parse().model == "qwen2.5-0.5b"
+    assert code.headers["x-modelyard-route"] == "rule:code"
+
+
+def test_n_seed_stop_and_logprobs(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "List three fruits."}]
+    a = client.chat.completions.create(model="smollm2-135m", messages=messages, max_tokens=8, seed=42, temperature=0.9, n=2, logprobs=True, top_logprobs=2)
+    b = client.chat.completions.create(model="smollm2-135m", messages=messages, max_tokens=8, seed=42, temperature=0.9)
+    c = client.chat.completions.create(model="smollm2-135m", messages=messages, max_tokens=8, seed=42, temperature=0.9)
+    assert len(a.choices) == 2 and [c.index for c in a.choices] == [0, 1]
+    assert b.choices[0].message.content == c.choices[0].message.content  # same seed, same sample
+    assert a.choices[0].message.content == b.choices[0].message.content  # choice i samples with seed + i
+    content = a.choices[0].logprobs.content if a.choices[0].logprobs else None
+    assert content and all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content)
+    stopped = client.chat.completions.create(model="qwen2.5-0.5b", messages=[{"role": "user", "content": "Count from 1 to 10 separated by commas."}], max_tokens=40, temperature=0, stop=["5"])
+    assert "5" not in (stopped.choices[0].message.content or "") and stopped.choices[0].finish_reason == "stop"
+
+
+def test_completions_endpoint(client: openai.OpenAI) -> None:
+    completion = client.completions.create(model="smollm2-135m", prompt="The capital of France is", max_tokens=5, temperature=0, logprobs=1)
+    assert completion.object == "text_completion" and completion.choices[0].text
+    assert completion.usage is not None and completion.usage.completion_tokens <= 5
+    assert completion.choices[0].logprobs is not None and completion.choices[0].logprobs.tokens
+
+
+def test_embeddings_float_and_base64(client: openai.OpenAI, default_server: LiveServer) -> None:
+    result = client.embeddings.create(model="minilm-l6", input=["the cat sat", "a dog ran", "the cat sat"])
+    vectors = [d.embedding for d in result.data]
+    assert len(vectors) == 3 and all(len(v) == 384 for v in vectors)
+    assert vectors[0] == pytest.approx(vectors[2], abs=1e-6)
+    assert result.usage.prompt_tokens > 0
+    single = client.embeddings.create(model="minilm-l6", input="the cat sat")
+    assert single.data[0].embedding == pytest.approx(vectors[0], abs=1e-5)
+    raw = httpx.post(default_server.url + "/v1/embeddings", json={"model": "minilm-l6", "input": "the cat sat", "encoding_format": "base64"}, timeout=60).json()
+    decoded = struct.unpack("<384f", base64.b64decode(raw["data"][0]["embedding"]))
+    assert list(decoded) == pytest.approx(vectors[0], abs=1e-5)
+
+
+def test_models_list_and_get(client: openai.OpenAI) -> None:
+    ids = {m.id for m in client.models.list()}
+    assert {"smollm2-135m", "qwen2.5-0.5b", "minilm-l6", "auto"} <= ids
+    assert client.models.retrieve("minilm-l6").id == "minilm-l6"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-9")
+
+
+# -- errors: OpenAI's shape, the right status, never a stack trace ------------------------
+
+def test_unknown_model_is_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+    assert info.value.body["code"] == "model_not_found"  # type: ignore[index]
+
+
+def test_invalid_parameter_is_400_naming_it(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": "x"}], temperature=5)
+    assert info.value.body["param"] == "temperature"  # type: ignore[index]
+
+
+def test_wrong_model_kind_is_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="smollm2-135m", input="x")
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="minilm-l6", messages=[{"role": "user", "content": "x"}])
+
+
+def test_tools_on_llamacpp_is_a_clear_400(client: openai.OpenAI) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": "x"}], tools=tools)  # type: ignore[arg-type]
+    assert info.value.body["param"] == "tools"  # type: ignore[index]
+
+
+def test_context_overflow_is_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": "hello " * 5000}], max_tokens=5)
+    assert info.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "code"),
+    [(b"{not json", 400, "invalid_json"), (b"", 400, "invalid_json"), (b"[]", 400, "invalid_json")],
+)
+def test_malformed_bodies(default_server: LiveServer, content: bytes, status: int, code: str) -> None:
+    response = httpx.post(default_server.url + "/v1/chat/completions", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+    assert "Traceback" not in response.text
+
+
+def test_body_too_large_is_413(default_server: LiveServer) -> None:
+    big = b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "' + b"a" * (9 * 1024 * 1024) + b'"}]}'
+    response = httpx.post(default_server.url + "/v1/chat/completions", content=big, headers={"content-type": "application/json"}, timeout=60)
+    assert response.status_code == 413
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_unknown_route_and_method(default_server: LiveServer) -> None:
+    missing = httpx.get(default_server.url + "/v1/nothing")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_url"
+    wrong = httpx.get(default_server.url + "/v1/chat/completions")
+    assert wrong.status_code == 405 and "error" in wrong.json()
+
+
+def test_request_id_is_echoed_and_logged(default_server: LiveServer) -> None:
+    response = httpx.get(default_server.url + "/v1/models", headers={"x-request-id": "trace-abc-123"})
+    assert response.headers["x-request-id"] == "trace-abc-123"
+    generated = httpx.get(default_server.url + "/v1/models").headers["x-request-id"]
+    assert len(generated) == 32
+    logged = [json.loads(line) for line in default_server.log().splitlines() if line.startswith("{")]
+    assert any(entry["request_id"] == "trace-abc-123" and entry["status"] == 200 and entry["path"] == "/v1/models" for entry in logged)
+
+
+def test_health_and_readiness(default_server: LiveServer) -> None:
+    assert httpx.get(default_server.url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(default_server.url + "/readyz").status_code == 200
+    fleet = httpx.get(default_server.url + "/admin/fleet").json()
+    assert fleet["ready"] and {d["deployment"] for d in fleet["deployments"]} == {"smollm2-135m/0", "qwen2.5-0.5b/0", "minilm-l6/0"}
