@@ -13,6 +13,7 @@ import uvloop
 from modelyard.api.app import create_app
 from modelyard.config import FleetConfig
 from modelyard.fleet import artifacts
+from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.pipeline.stages import build_pipeline
 
@@ -59,7 +60,8 @@ async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path,
         log.debug("startup failure", exc_info=True)
         log.error("cannot start: %s", exc)
         return 3
-    app = create_app(build_pipeline(fleet, config), fleet, config)
+    dispatcher = Dispatcher(fleet, config)
+    app = create_app(build_pipeline(dispatcher, config), fleet, dispatcher, config)
     uv_config = uvicorn.Config(
         app,
         host=host,

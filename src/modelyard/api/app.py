@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request as HTTPRequest
@@ -20,6 +21,8 @@ from modelyard.api import parse, render
 from modelyard.api.middleware import RequestContextMiddleware
 from modelyard.config import FleetConfig
 from modelyard.errors import InvalidRequest, MethodNotAllowed, ModelNotFound, ModelyardError, NotFound, NotReady, PayloadTooLarge
+from modelyard.observe.metrics import Metrics
+from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.pipeline.types import Handler, Request, Response
 from modelyard.protocol import Usage
@@ -61,33 +64,46 @@ class Api:
 
     handler: Handler
     fleet: FleetRuntime
+    dispatcher: Dispatcher
     config: FleetConfig
+    metrics: Metrics
 
     def _headers(self, request: HTTPRequest) -> dict[str, str]:
         return {k: v for k, v in request.headers.items() if k.startswith("x-modelyard-")}
 
     def _note(self, http: HTTPRequest, request: Request, response: Response | None = None) -> None:
         state = http.scope["state"]
-        state.update(requested_model=request.model, workload=request.workload)
+        state.update(requested_model=request.model, workload=request.workload, attempts=len(request.attempts))
         if response is not None:
             state.update(served_model=response.model, deployment=response.deployment, route_reason=response.route_reason)
 
-    def _model_headers(self, response: Response) -> dict[str, str]:
-        return {"x-modelyard-model": response.model, "x-modelyard-deployment": response.deployment, "x-modelyard-route": response.route_reason}
+    def _model_headers(self, request: Request, response: Response) -> dict[str, str]:
+        return {
+            "x-modelyard-model": response.model,
+            "x-modelyard-deployment": response.deployment,
+            "x-modelyard-route": response.route_reason,
+            "x-modelyard-attempts": str(len(request.attempts)),
+        }
 
     async def generate(self, http: HTTPRequest, parser: Callable[..., tuple[Request, bool]], kind: str) -> HTTPResponse:
         body = parse.parse_json(await read_body(http, self.config.server.max_body_bytes))
         request, include_usage = parser(body, http.scope["state"]["request_id"], self._headers(http))
         self._note(http, request)
-        response = await self.handler(request)
+        try:
+            response = await self.handler(request)
+            # The first chunk is read before any byte is sent: routing, overload and
+            # early upstream errors keep their status, and failover stays invisible.
+            first = await _first_chunk(response.streams[0])
+        finally:
+            self._note(http, request)
         self._note(http, request, response)
-        headers = self._model_headers(response)
-        first = await _first_chunk(response.streams[0])  # errors before any byte keep their status code
+        headers = self._model_headers(request, response)
         if request.stream:
             ctx = render.StreamContext(kind, request.request_id, response.model, include_usage=include_usage, record=http.scope["state"])
             events = render.stream_events(ctx, response.streams, first)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers | {"cache-control": "no-cache"})
         choices = await render.collect(response.streams, first)
+        self._note(http, request, response)
         http.scope["state"]["usage"] = render.total_usage(choices)
         build = render.chat_body if kind == "chat" else render.completion_body
         return JSONResponse(build(request.request_id, response, choices, int(time.time())), headers=headers)
@@ -102,11 +118,14 @@ class Api:
         body = parse.parse_json(await read_body(http, self.config.server.max_body_bytes))
         request, encoding = parse.embedding_request(body, http.scope["state"]["request_id"], self._headers(http))
         self._note(http, request)
-        response = await self.handler(request)
+        try:
+            response = await self.handler(request)
+        finally:
+            self._note(http, request)
         self._note(http, request, response)
         assert response.embeddings is not None
         http.scope["state"]["usage"] = Usage(response.embeddings.prompt_tokens, 0)
-        return JSONResponse(render.embeddings_body(response, response.embeddings, encoding), headers=self._model_headers(response))
+        return JSONResponse(render.embeddings_body(response, response.embeddings, encoding), headers=self._model_headers(request, response))
 
     def _model_entry(self, name: str, kind: str, description: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": 0, "owned_by": "modelyard", "kind": kind, "description": description}
@@ -134,8 +153,17 @@ class Api:
             raise NotReady("the fleet is not ready", retry_after=5.0)
         return JSONResponse({"status": "ready"})
 
+    def snapshot(self) -> dict[str, Any]:
+        return {"ready": self.fleet.ready(), "deployments": self.fleet.describe(), "breakers": self.dispatcher.describe()}
+
     async def fleet_status(self, http: HTTPRequest) -> HTTPResponse:
-        return JSONResponse({"ready": self.fleet.ready(), "deployments": self.fleet.describe()})
+        return JSONResponse(self.snapshot())
+
+    async def breakers(self, http: HTTPRequest) -> HTTPResponse:
+        return JSONResponse(self.dispatcher.describe())
+
+    async def metrics_endpoint(self, http: HTTPRequest) -> HTTPResponse:
+        return HTTPResponse(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _first_chunk(stream: AsyncIterator[Any]) -> Any:
@@ -170,9 +198,12 @@ async def _unexpected(request: HTTPRequest, exc: Exception) -> HTTPResponse:
     return error_response(ModelyardError(f"internal error ({type(exc).__name__}); see the server log"))
 
 
-def create_app(handler: Handler, fleet: FleetRuntime, config: FleetConfig, lifespan: Any = None) -> Starlette:
-    """The ASGI app for one pipeline. ``lifespan`` starts and stops the fleet."""
-    api = Api(handler, fleet, config)
+def create_app(handler: Handler, fleet: FleetRuntime, dispatcher: Dispatcher, config: FleetConfig) -> Starlette:
+    """The ASGI app for one pipeline over a started fleet."""
+    holder: list[Api] = []
+    metrics = Metrics(lambda: holder[0].snapshot())
+    api = Api(handler, fleet, dispatcher, config, metrics)
+    holder.append(api)
     routes = [
         Route("/v1/chat/completions", api.chat, methods=["POST"]),
         Route("/v1/completions", api.completions, methods=["POST"]),
@@ -181,13 +212,13 @@ def create_app(handler: Handler, fleet: FleetRuntime, config: FleetConfig, lifes
         Route("/v1/models/{model_id:path}", api.get_model, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
+        Route("/metrics", api.metrics_endpoint, methods=["GET"]),
         Route("/admin/fleet", api.fleet_status, methods=["GET"]),
+        Route("/admin/breakers", api.breakers, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
         exception_handlers={ModelyardError: _modelyard_error, HTTPException: _http_error, Exception: _unexpected},
-        lifespan=lifespan,
     )
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
-

@@ -10,6 +10,8 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelyard.observe.metrics import Metrics
+
 access_log = logging.getLogger("modelyard.access")
 REQUEST_ID_HEADER = b"x-request-id"
 MAX_REQUEST_ID = 128
@@ -18,8 +20,9 @@ MAX_REQUEST_ID = 128
 class RequestContextMiddleware:
     """Gives every request an id (the client's ``x-request-id`` if sane) and logs it once when done."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,6 +40,8 @@ class RequestContextMiddleware:
             if not logged:
                 logged = True
                 _log(scope, state, status, started)
+                if self.metrics is not None:
+                    self.metrics.observe(state, status, time.perf_counter() - started)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -79,6 +84,7 @@ def _log(scope: Scope, state: dict[str, Any], status: int, started: float) -> No
         "served_model": state.get("served_model"),
         "deployment": state.get("deployment"),
         "route": state.get("route_reason"),
+        "attempts": state.get("attempts"),
         "workload": state.get("workload"),
         "prompt_tokens": usage.prompt_tokens if usage else None,
         "completion_tokens": usage.completion_tokens if usage else None,

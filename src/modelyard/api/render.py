@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import logging
@@ -14,6 +13,7 @@ from typing import Any, AsyncIterator
 import orjson
 
 from modelyard.errors import ModelyardError
+from modelyard.pipeline.streams import gather_streams
 from modelyard.pipeline.types import Response
 from modelyard.protocol import Chunk, Embeddings, Usage
 
@@ -59,29 +59,14 @@ def merge_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> 
 
 
 async def collect(streams: list[AsyncIterator[Chunk]], first: Chunk | None) -> list[Choice]:
-    """Run every choice's stream to its end, concurrently; the first failure cancels the rest."""
-
-    async def run(index: int, stream: AsyncIterator[Chunk]) -> Choice:
+    """Every choice's stream joined, run concurrently; the first failure cancels the rest."""
+    choices = []
+    for chunks in await gather_streams(streams, first):
         choice = Choice()
-        if index == 0 and first is not None:
-            choice.add(first)
-        async with contextlib.aclosing(stream):  # type: ignore[type-var]
-            async for chunk in stream:
-                choice.add(chunk)
-        return choice
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(run(i, s)) for i, s in enumerate(streams)]
-    except BaseExceptionGroup as failures:
-        raise _first_leaf(failures) from None
-    return [t.result() for t in tasks]
-
-
-def _first_leaf(group: BaseExceptionGroup) -> BaseException:
-    """The first real failure in a (nested) group: what the client should hear about."""
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+        for chunk in chunks:
+            choice.add(chunk)
+        choices.append(choice)
+    return choices
 
 
 def chat_body(request_id: str, response: Response, choices: list[Choice], created: int) -> dict[str, Any]:

@@ -3,23 +3,31 @@
 from modelyard.config.loader import ConfigError, load_config, parse_config
 from modelyard.config.schema import (
     AliasConfig,
+    BreakerPolicy,
     DeploymentConfig,
     FleetConfig,
+    HedgePolicy,
     ModelConfig,
     Price,
+    RetryPolicy,
     ServerConfig,
     Timeouts,
+    ValidatorConfig,
 )
 
 __all__ = [
     "AliasConfig",
+    "BreakerPolicy",
     "ConfigError",
     "DeploymentConfig",
     "FleetConfig",
+    "HedgePolicy",
     "ModelConfig",
     "Price",
+    "RetryPolicy",
     "ServerConfig",
     "Timeouts",
+    "ValidatorConfig",
     "load_config",
     "parse_config",
 ]

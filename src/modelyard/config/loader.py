@@ -6,6 +6,7 @@ Every error names the file, the field path and what is wrong, e.g.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -14,16 +15,23 @@ import yaml
 
 from modelyard.config.schema import (
     AliasConfig,
+    BreakerPolicy,
     DeploymentConfig,
     FleetConfig,
+    HedgePolicy,
     ModelConfig,
     Price,
+    RetryPolicy,
     ServerConfig,
     Timeouts,
+    ValidatorConfig,
 )
 
 MODEL_KINDS = ("chat", "completion", "embedding")
-DEPLOYMENT_COMMON_KEYS = {"name", "backend", "max_concurrency", "max_queue", "price", "timeouts"}
+BALANCE_STRATEGIES = ("least_outstanding", "weighted", "lowest_latency", "lowest_cost")
+ALIAS_STRATEGIES = ("rule", "cascade")
+VALIDATOR_KINDS = ("regex", "json_schema", "max_length")
+DEPLOYMENT_COMMON_KEYS = {"name", "backend", "max_concurrency", "max_queue", "weight", "price", "timeouts"}
 
 
 class ConfigError(ValueError):
@@ -76,6 +84,33 @@ class _Reader:
             raise self.fail(key, f"expected a number >= {minimum:g}, got {_show(value)}")
         return float(value)
 
+    def choice(self, key: str, options: tuple[str, ...], default: str) -> str:
+        value = self.get(key, default)
+        if value not in options:
+            raise self.fail(key, f"expected one of {', '.join(options)}, got {_show(value)}")
+        return str(value)
+
+    def optional_number(self, key: str, minimum: float = 0.0, maximum: float | None = None) -> float | None:
+        if self.data.get(key) is None:
+            self.used.add(key)
+            return None
+        value = self.number(key, 0.0, minimum)
+        if maximum is not None and value > maximum:
+            raise self.fail(key, f"expected a number <= {maximum:g}, got {value!r}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {_show(value)}")
+        return value
+
+    def names(self, key: str) -> tuple[str, ...]:
+        value = self.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(key, f"expected a list of names, got {_show(value)}")
+        return tuple(value)
+
     def child(self, key: str) -> _Reader:
         return _Reader(self.source, self.at(key), self.get(key, {}) or {})
 
@@ -112,6 +147,7 @@ def parse_config(data: Any, source: str = "<config>") -> FleetConfig:
     """Validate an already-parsed mapping (YAML or the embedded default)."""
     root = _Reader(source, "", data if data is not None else {})
     models = _parse_models(root)
+    _check_fallbacks(source, models)
     aliases = _parse_aliases(root, models)
     server = _parse_server(root.child("server"))
     root.reject_unknown({"models", "aliases", "server"})
@@ -149,9 +185,53 @@ def _parse_model(name: str, r: _Reader) -> ModelConfig:
         deployments=deployments,
         context_window=r.integer("context_window", 4096),
         description=str(r.get("description", "") or ""),
+        strategy=r.choice("strategy", BALANCE_STRATEGIES, "least_outstanding"),  # type: ignore[arg-type]
+        fallbacks=r.names("fallbacks"),
+        retry=_parse_retry(r.child("retry")),
+        breaker=_parse_breaker(r.child("breaker")),
+        hedge=_parse_hedge(r.child("hedge")),
     )
     r.reject_unknown()
     return model
+
+
+def _parse_retry(r: _Reader) -> RetryPolicy:
+    d = RetryPolicy()
+    policy = RetryPolicy(
+        max_attempts=r.integer("max_attempts", d.max_attempts),
+        backoff_base_s=r.number("backoff_base_s", d.backoff_base_s),
+        backoff_max_s=r.number("backoff_max_s", d.backoff_max_s),
+    )
+    r.reject_unknown()
+    return policy
+
+
+def _parse_breaker(r: _Reader) -> BreakerPolicy:
+    d = BreakerPolicy()
+    rate = r.number("failure_rate", d.failure_rate, 0.0)
+    if rate > 1:
+        raise r.fail("failure_rate", f"expected a number between 0 and 1, got {rate!r}")
+    policy = BreakerPolicy(
+        consecutive_failures=r.integer("consecutive_failures", d.consecutive_failures),
+        failure_rate=rate,
+        window_s=r.number("window_s", d.window_s, 0.001),
+        min_requests=r.integer("min_requests", d.min_requests),
+        cooldown_s=r.number("cooldown_s", d.cooldown_s, 0.001),
+        half_open_probes=r.integer("half_open_probes", d.half_open_probes),
+    )
+    r.reject_unknown()
+    return policy
+
+
+def _parse_hedge(r: _Reader) -> HedgePolicy:
+    d = HedgePolicy()
+    policy = HedgePolicy(
+        enabled=r.boolean("enabled", d.enabled),
+        after_ms=r.optional_number("after_ms", 0.0),
+        min_samples=r.integer("min_samples", d.min_samples),
+    )
+    r.reject_unknown()
+    return policy
 
 
 def _parse_deployment(r: _Reader, default_name: str) -> DeploymentConfig:
@@ -167,6 +247,7 @@ def _parse_deployment(r: _Reader, default_name: str) -> DeploymentConfig:
     timeouts = Timeouts(
         connect_s=timeouts_r.number("connect_s", default.connect_s, 0.001),
         first_token_s=timeouts_r.number("first_token_s", default.first_token_s, 0.001),
+        stall_s=timeouts_r.number("stall_s", default.stall_s, 0.001),
         total_s=timeouts_r.number("total_s", default.total_s, 0.001),
     )
     timeouts_r.reject_unknown()
@@ -176,6 +257,7 @@ def _parse_deployment(r: _Reader, default_name: str) -> DeploymentConfig:
         backend=r.string("backend"),
         max_concurrency=r.integer("max_concurrency", 8),
         max_queue=r.integer("max_queue", 64, minimum=0),
+        weight=r.number("weight", 1.0, 0.0),
         price=price,
         timeouts=timeouts,
         options=MappingProxyType(dict(options)),
@@ -201,20 +283,57 @@ def _parse_aliases(root: _Reader, models: tuple[ModelConfig, ...]) -> tuple[Alia
                 raise r.fail(f"targets[{i}]", f"unknown model {_show(target)}")
             if model.kind != "chat":
                 raise r.fail(f"targets[{i}]", f"model {target!r} is not a chat model")
-        strategy = r.string("strategy", "rule")
-        if strategy != "rule":
-            raise r.fail("strategy", f"expected 'rule', got {_show(strategy)}")
         aliases.append(
             AliasConfig(
                 name=str(name),
                 targets=tuple(targets),
-                strategy="rule",
+                strategy=r.choice("strategy", ALIAS_STRATEGIES, "rule"),  # type: ignore[arg-type]
                 long_prompt_chars=r.integer("long_prompt_chars", 2000),
                 description=str(r.get("description", "") or ""),
+                validators=_parse_validators(r),
+                min_mean_logprob=r.optional_number("min_mean_logprob", -1e9, 0.0),
             )
         )
         r.reject_unknown()
     return tuple(aliases)
+
+
+def _parse_validators(r: _Reader) -> tuple[ValidatorConfig, ...]:
+    raw = r.get("validators") or []
+    if not isinstance(raw, list):
+        raise r.fail("validators", "expected a list of validators")
+    validators = []
+    for i, body in enumerate(raw):
+        v = _Reader(r.source, f"{r.at('validators')}[{i}]", body)
+        kind = v.choice("type", VALIDATOR_KINDS, "")
+        if kind == "regex":
+            pattern = v.string("pattern")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise v.fail("pattern", f"invalid regular expression: {exc}") from None
+            validators.append(ValidatorConfig(kind="regex", pattern=pattern))
+        elif kind == "json_schema":
+            schema = v.get("schema")
+            if not isinstance(schema, Mapping):
+                raise v.fail("schema", "expected a JSON schema object")
+            validators.append(ValidatorConfig(kind="json_schema", schema=MappingProxyType(dict(schema))))
+        else:
+            validators.append(ValidatorConfig(kind="max_length", max_chars=v.integer("max_chars", 0)))
+        v.reject_unknown()
+    return tuple(validators)
+
+
+def _check_fallbacks(source: str, models: tuple[ModelConfig, ...]) -> None:
+    by_name = {m.name: m for m in models}
+    for model in models:
+        for i, target in enumerate(model.fallbacks):
+            other = by_name.get(target)
+            path = f"models.{model.name}.fallbacks[{i}]"
+            if other is None:
+                raise ConfigError(source, path, f"unknown model {_show(target)}")
+            if other.kind != model.kind or target == model.name:
+                raise ConfigError(source, path, f"model {target!r} cannot stand in for {model.name!r} (kind {other.kind})")
 
 
 def _parse_server(r: _Reader) -> ServerConfig:
@@ -225,6 +344,7 @@ def _parse_server(r: _Reader) -> ServerConfig:
         max_body_bytes=r.integer("max_body_bytes", defaults.max_body_bytes),
         grace_period_s=r.number("grace_period_s", defaults.grace_period_s),
         data_dir=r.string("data_dir", defaults.data_dir),
+        max_request_timeout_s=r.number("max_request_timeout_s", defaults.max_request_timeout_s, 0.001),
     )
     r.reject_unknown()
     return server

@@ -12,7 +12,9 @@ from types import MappingProxyType
 from typing import Any, Literal, Mapping
 
 ModelKind = Literal["chat", "completion", "embedding"]
-AliasStrategy = Literal["rule"]
+AliasStrategy = Literal["rule", "cascade"]
+BalanceStrategy = Literal["least_outstanding", "weighted", "lowest_latency", "lowest_cost"]
+ValidatorKind = Literal["regex", "json_schema", "max_length"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -37,6 +39,7 @@ class Timeouts:
 
     connect_s: float = 5.0
     first_token_s: float = 120.0
+    stall_s: float = 60.0
     total_s: float = 600.0
 
 
@@ -48,9 +51,40 @@ class DeploymentConfig:
     backend: str
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     max_queue: int = DEFAULT_MAX_QUEUE
+    weight: float = 1.0
     price: Price = field(default_factory=Price)
     timeouts: Timeouts = field(default_factory=Timeouts)
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently a failed call is tried again."""
+
+    max_attempts: int = 3
+    backoff_base_s: float = 0.05
+    backoff_max_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """When a deployment's circuit opens, and how it closes again."""
+
+    consecutive_failures: int = 5
+    failure_rate: float = 0.5
+    window_s: float = 30.0
+    min_requests: int = 10
+    cooldown_s: float = 5.0
+    half_open_probes: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class HedgePolicy:
+    """Send a second copy when the first token is late."""
+
+    enabled: bool = False
+    after_ms: float | None = None  # None: the deployment's recent p95 time to first token
+    min_samples: int = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +96,21 @@ class ModelConfig:
     deployments: tuple[DeploymentConfig, ...]
     context_window: int = 4096
     description: str = ""
+    strategy: BalanceStrategy = "least_outstanding"
+    fallbacks: tuple[str, ...] = ()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    hedge: HedgePolicy = field(default_factory=HedgePolicy)
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatorConfig:
+    """A check the final output must pass: a regex, a JSON schema or a length limit."""
+
+    kind: ValidatorKind
+    pattern: str = ""
+    schema: Mapping[str, Any] | None = None
+    max_chars: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +122,8 @@ class AliasConfig:
     strategy: AliasStrategy = "rule"
     long_prompt_chars: int = 2000
     description: str = ""
+    validators: tuple[ValidatorConfig, ...] = ()
+    min_mean_logprob: float | None = None  # cascade: escalate when the answer's mean token logprob is lower
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +135,7 @@ class ServerConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     grace_period_s: float = DEFAULT_GRACE_PERIOD_S
     data_dir: str = "~/.cache/modelyard"
+    max_request_timeout_s: float = 600.0  # cap on the x-modelyard-timeout header
 
 
 @dataclass(frozen=True, slots=True)

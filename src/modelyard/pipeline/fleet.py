@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from modelyard.backends.base import Backend, BackendContext
 from modelyard.backends.registry import backend_factory
@@ -83,7 +84,7 @@ class FleetRuntime:
             })
         return out
 
-    async def generate(self, deployment: str, call: ModelCall) -> AsyncIterator[Chunk]:
+    async def generate(self, deployment: str, call: ModelCall) -> AsyncGenerator[Chunk, None]:
         """The deployment's stream, counted as outstanding until it ends."""
         self.outstanding[deployment] += 1
         try:

@@ -8,35 +8,55 @@ schedule → call → validate → account. Stages that other issues add slot in
 from __future__ import annotations
 
 import dataclasses
+import time
 
 from modelyard.config import FleetConfig
 from modelyard.errors import InvalidRequest
-from modelyard.pipeline.fleet import FleetRuntime
+from modelyard.pipeline.dispatch import Dispatcher
+from modelyard.pipeline.quality import quality
 from modelyard.pipeline.types import WORKLOAD_CLASSES, Handler, Lifecycle, Request, Response, Stage
 from modelyard.protocol import ModelCall
-from modelyard.routing.router import PromptFeatures, pick_deployment, resolve_model
+from modelyard.routing.router import PromptFeatures, resolve_model
 
 CLASS_HEADER = "x-modelyard-class"
 SESSION_HEADER = "x-modelyard-session"
+TIMEOUT_HEADER = "x-modelyard-timeout"
 
 
-def classify(next_handler: Handler) -> Handler:
-    """Set the workload class (endpoint first, then header) and the session id."""
+def classify(config: FleetConfig) -> Stage:
+    """Set the workload class (endpoint first, then header), the session and the deadline."""
+    cap = config.server.max_request_timeout_s
 
-    async def handle(request: Request) -> Response:
-        if request.operation == "embedding":
-            request.workload = "embedding"
-        elif claimed := request.headers.get(CLASS_HEADER):
-            if claimed not in WORKLOAD_CLASSES:
-                raise InvalidRequest(f"{CLASS_HEADER} must be one of {', '.join(WORKLOAD_CLASSES)}", param=CLASS_HEADER)
-            request.workload = claimed
-        request.session = request.headers.get(SESSION_HEADER) or (request.call.user if request.call else None)
-        if request.session and request.workload == "interactive" and request.headers.get(SESSION_HEADER):
-            request.workload = "agent"
-        request.state = Lifecycle.CLASSIFIED
-        return await next_handler(request)
+    def stage(next_handler: Handler) -> Handler:
+        async def handle(request: Request) -> Response:
+            if request.operation == "embedding":
+                request.workload = "embedding"
+            elif claimed := request.headers.get(CLASS_HEADER):
+                if claimed not in WORKLOAD_CLASSES:
+                    raise InvalidRequest(f"{CLASS_HEADER} must be one of {', '.join(WORKLOAD_CLASSES)}", param=CLASS_HEADER)
+                request.workload = claimed
+            request.session = request.headers.get(SESSION_HEADER) or (request.call.user if request.call else None)
+            if request.session and request.workload == "interactive" and request.headers.get(SESSION_HEADER):
+                request.workload = "agent"
+            request.deadline = time.monotonic() + _timeout(request.headers.get(TIMEOUT_HEADER), cap)
+            request.state = Lifecycle.CLASSIFIED
+            return await next_handler(request)
 
-    return handle
+        return handle
+
+    return stage
+
+
+def _timeout(header: str | None, cap: float) -> float:
+    if header is None:
+        return cap
+    try:
+        value = float(header)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise InvalidRequest(f"{TIMEOUT_HEADER} must be a positive number of seconds", param=TIMEOUT_HEADER)
+    return min(value, cap)
 
 
 def _features(request: Request) -> PromptFeatures:
@@ -48,30 +68,28 @@ def _features(request: Request) -> PromptFeatures:
         content = message.get("content")
         if isinstance(content, str):
             parts.append(content)
-        elif isinstance(content, list):
-            parts.extend(p.get("text", "") for p in content if isinstance(p, dict))
     fmt = (call.response_format or {}).get("type")
     return PromptFeatures(text="\n".join(parts), wants_json=fmt in ("json_object", "json_schema"), wants_tools=bool(call.tools))
 
 
-def route(fleet: FleetRuntime, config: FleetConfig) -> Stage:
-    """Resolve aliases to a model and pick a ready deployment of it."""
+def route(config: FleetConfig) -> Stage:
+    """Resolve aliases to a model and plan it with its fallbacks; cascades keep the rest for later."""
 
     def stage(next_handler: Handler) -> Handler:
         async def handle(request: Request) -> Response:
             decision = resolve_model(request.model, config, _features(request))
             model = config.model(decision.model)
             assert model is not None  # resolve_model only returns fleet models
-            expected = "embedding" if request.operation == "embedding" else None
-            if expected and model.kind != expected:
+            if request.operation == "embedding" and model.kind != "embedding":
                 raise InvalidRequest(f"model '{model.name}' is a {model.kind} model, not an embedding model", param="model")
-            if not expected and model.kind == "embedding":
+            if request.operation != "embedding" and model.kind == "embedding":
                 raise InvalidRequest(f"model '{model.name}' is an embedding model; use /v1/embeddings", param="model")
             if request.operation == "chat" and model.kind != "chat":
                 raise InvalidRequest(f"model '{model.name}' has no chat template; use /v1/completions", param="model")
             request.served_model = model.name
             request.route_reason = decision.reason
-            request.deployment = pick_deployment(model, fleet.ready_map(), fleet.outstanding)
+            request.plan = [model.name, *model.fallbacks]
+            request.escalations = list(decision.escalations)
             request.state = Lifecycle.ROUTED
             return await next_handler(request)
 
@@ -80,19 +98,26 @@ def route(fleet: FleetRuntime, config: FleetConfig) -> Stage:
     return stage
 
 
-def call_backend(fleet: FleetRuntime) -> Handler:
-    """The terminal handler: start the backend call(s) on the routed deployment."""
+def call_backend(dispatcher: Dispatcher) -> Handler:
+    """The terminal handler: one resilient stream per choice, or one embeddings call."""
 
     async def handle(request: Request) -> Response:
-        assert request.deployment is not None and request.served_model is not None
-        response = Response(model=request.served_model, deployment=request.deployment, route_reason=request.route_reason)
+        assert request.served_model is not None
+        response = Response(model=request.served_model, deployment="", route_reason=request.route_reason)
         request.state = Lifecycle.RUNNING
         if request.operation == "embedding":
-            response.embeddings = await fleet.deployments[request.deployment].backend.embed(request.inputs)
+            response.model, response.deployment, response.embeddings = await dispatcher.embed(request, request.plan)
             return response
         assert request.call is not None
-        call = dataclasses.replace(request.call, model=request.served_model)
-        response.streams = [fleet.generate(request.deployment, _nth_choice(call, i)) for i in range(request.n)]
+
+        def opened(model: str, deployment: str) -> None:
+            response.model, response.deployment = model, deployment
+            request.deployment = deployment
+
+        response.streams = [
+            dispatcher.stream(request, _nth_choice(request.call, i), request.plan, on_open=opened if i == 0 else None)
+            for i in range(request.n)
+        ]
         return response
 
     return handle
@@ -105,10 +130,10 @@ def _nth_choice(call: ModelCall, index: int) -> ModelCall:
     return dataclasses.replace(call, sampling=dataclasses.replace(call.sampling, seed=call.sampling.seed + index))
 
 
-def build_pipeline(fleet: FleetRuntime, config: FleetConfig, extra: list[Stage] | None = None) -> Handler:
+def build_pipeline(dispatcher: Dispatcher, config: FleetConfig, extra: list[Stage] | None = None) -> Handler:
     """Compose the stages, outermost first, around the backend call."""
-    stages: list[Stage] = [classify, *(extra or []), route(fleet, config)]
-    handler = call_backend(fleet)
+    stages: list[Stage] = [classify(config), *(extra or []), route(config), quality(config)]
+    handler = call_backend(dispatcher)
     for stage in reversed(stages):
         handler = stage(handler)
     return handler

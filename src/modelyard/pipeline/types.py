@@ -6,7 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable, Literal
 
-from modelyard.protocol import Chunk, Embeddings, ModelCall
+from modelyard.errors import ModelyardError
+from modelyard.protocol import Chunk, Embeddings, ModelCall, Usage
 
 Operation = Literal["chat", "completion", "embedding"]
 WORKLOAD_CLASSES = ("interactive", "agent", "batch", "embedding", "background")
@@ -23,6 +24,23 @@ class Lifecycle(enum.IntEnum):
     COMPLETED = 6
     FAILED = 7
     CANCELLED = 8
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try of one call on one deployment; cost accounting sums them all."""
+
+    model: str
+    deployment: str
+    started: float
+    outcome: str = "pending"  # ok | <error type> | cancelled | hedge-lost
+    error: str | None = None
+    ttft_s: float | None = None
+    usage: Usage | None = None
+
+    def fail(self, error: ModelyardError, now: float) -> None:
+        self.outcome = error.error_type
+        self.error = error.message
 
 
 @dataclass(slots=True)
@@ -43,6 +61,11 @@ class Request:
     served_model: str | None = None
     deployment: str | None = None
     route_reason: str = ""
+    plan: list[str] = field(default_factory=list)  # the served model, then its fallbacks
+    escalations: list[str] = field(default_factory=list)  # cascade targets not yet tried
+    deadline: float = float("inf")  # time.monotonic() by which the request must be answered
+    attempts: list[Attempt] = field(default_factory=list)
+    hedged: bool = False
 
 
 @dataclass(slots=True)

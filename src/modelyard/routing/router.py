@@ -34,6 +34,7 @@ class RouteDecision:
 
     model: str
     reason: str
+    escalations: tuple[str, ...] = ()  # cascade: the models to try next if this one's answer fails its checks
 
 
 def resolve_model(requested: str, fleet: FleetConfig, features: PromptFeatures) -> RouteDecision:
@@ -44,6 +45,8 @@ def resolve_model(requested: str, fleet: FleetConfig, features: PromptFeatures) 
     if alias is None:
         known = ", ".join([m.name for m in fleet.models] + [a.name for a in fleet.aliases])
         raise ModelNotFound(f"The model '{requested}' does not exist (available: {known})", param="model")
+    if alias.strategy == "cascade":
+        return RouteDecision(alias.targets[0], "cascade", alias.targets[1:])
     return choose_by_rule(alias, features)
 
 

@@ -1,0 +1,1 @@
+"""Observability beside the request path: metrics and structured logs."""

@@ -1,0 +1,73 @@
+"""Prometheus metrics. Counters are bumped once per request by the access middleware;
+fleet state (breakers, in-flight, workers) is read only when ``/metrics`` is scraped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+FleetSnapshot = Callable[[], dict[str, Any]]
+
+
+class FleetCollector(Collector):
+    """Reads the fleet's live state at scrape time."""
+
+    def __init__(self, snapshot: FleetSnapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = self.snapshot()
+        breaker = GaugeMetricFamily("modelyard_circuit_breaker_state", "0 closed, 1 half-open, 2 open", labels=["deployment"])
+        for name, info in state.get("breakers", {}).items():
+            breaker.add_metric([name], BREAKER_STATES.get(str(info["state"]), 0))
+        yield breaker
+        inflight = GaugeMetricFamily("modelyard_inflight_requests", "requests in flight per deployment", labels=["deployment"])
+        ready = GaugeMetricFamily("modelyard_deployment_ready", "1 when the deployment can serve", labels=["deployment"])
+        workers = GaugeMetricFamily("modelyard_workers", "local worker processes by state", labels=["deployment", "state"])
+        for d in state.get("deployments", []):
+            inflight.add_metric([d["deployment"]], d["outstanding"])
+            ready.add_metric([d["deployment"]], 1 if d["ready"] else 0)
+            counts: dict[str, int] = {}
+            for w in d["workers"]:
+                key = "busy" if w.get("busy") else str(w["state"])
+                counts[key] = counts.get(key, 0) + 1
+            for key, n in counts.items():
+                workers.add_metric([d["deployment"], key], n)
+        yield from (inflight, ready, workers)
+
+
+class Metrics:
+    """One registry per app (no module-level globals)."""
+
+    def __init__(self, snapshot: FleetSnapshot) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["model", "deployment", "workload", "status"]
+        self.requests = Counter("modelyard_requests", "requests by served model, deployment, class and status", labels, registry=self.registry)
+        self.latency = Histogram("modelyard_request_seconds", "request latency", ["model", "workload"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.tokens = Counter("modelyard_tokens", "tokens by direction", ["model", "direction"], registry=self.registry)
+        self.attempts = Counter("modelyard_attempts", "backend attempts (retries and failovers included)", ["model"], registry=self.registry)
+        self.registry.register(FleetCollector(snapshot))
+
+    def observe(self, state: dict[str, Any], status: int, seconds: float) -> None:
+        model = state.get("served_model") or state.get("requested_model")
+        if model is None:
+            return  # not an inference request
+        workload = state.get("workload") or ""
+        self.requests.labels(model, state.get("deployment") or "", workload, str(status)).inc()
+        self.latency.labels(model, workload).observe(seconds)
+        usage = state.get("usage")
+        if usage is not None:
+            self.tokens.labels(model, "in").inc(usage.prompt_tokens)
+            self.tokens.labels(model, "out").inc(usage.completion_tokens)
+        if state.get("attempts"):
+            self.attempts.labels(model).inc(state["attempts"])
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

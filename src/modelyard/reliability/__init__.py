@@ -1,0 +1,1 @@
+"""Reliability decisions with no I/O: circuit breakers, backoff, output validation."""
