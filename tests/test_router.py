@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from modelyard.config import parse_config
 from modelyard.config.defaults import default_fleet
-from modelyard.errors import ModelNotFound, NotReady
-from modelyard.routing.router import PromptFeatures, pick_deployment, resolve_model
+from modelyard.errors import ModelNotFound
+from modelyard.routing.router import PromptFeatures, resolve_model
 
 FLEET = default_fleet()
 
@@ -33,17 +32,3 @@ def test_direct_model_and_unknown_model() -> None:
     with pytest.raises(ModelNotFound) as info:
         resolve_model("gpt-7", FLEET, PromptFeatures("x"))
     assert info.value.status == 404 and "smollm2-135m" in info.value.message
-
-
-def test_pick_deployment_least_outstanding_among_ready() -> None:
-    config = parse_config({"models": {"m": {"deployments": [
-        {"name": "a", "backend": "openai", "base_url": "http://a"},
-        {"name": "b", "backend": "openai", "base_url": "http://b"},
-        {"name": "c", "backend": "openai", "base_url": "http://c"},
-    ]}}})
-    model = config.models[0]
-    assert pick_deployment(model, {"a": True, "b": True, "c": True}, {"a": 3, "b": 1, "c": 2}) == "b"
-    assert pick_deployment(model, {"a": True, "b": False, "c": True}, {"a": 3, "b": 0, "c": 2}) == "c"
-    assert pick_deployment(model, {"a": True, "b": True, "c": True}, {}) == "a"
-    with pytest.raises(NotReady):
-        pick_deployment(model, {"a": False}, {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -154,7 +155,12 @@ class Api:
         return JSONResponse({"status": "ready"})
 
     def snapshot(self) -> dict[str, Any]:
-        return {"ready": self.fleet.ready(), "deployments": self.fleet.describe(), "breakers": self.dispatcher.describe()}
+        return {
+            "ready": self.fleet.ready(),
+            "deployments": self.fleet.describe(),
+            "breakers": self.dispatcher.describe(),
+            "tasks": len(asyncio.all_tasks()),
+        }
 
     async def fleet_status(self, http: HTTPRequest) -> HTTPResponse:
         return JSONResponse(self.snapshot())
@@ -179,8 +185,12 @@ async def _first_chunk(stream: AsyncIterator[Any]) -> Any:
 
 async def _modelyard_error(request: HTTPRequest, exc: Exception) -> HTTPResponse:
     assert isinstance(exc, ModelyardError)
-    request.scope.setdefault("state", {})["error"] = exc.error_type
-    return error_response(exc)
+    state = request.scope.setdefault("state", {})
+    state["error"] = exc.error_type
+    response = error_response(exc)
+    if state.get("attempts"):
+        response.headers["x-modelyard-attempts"] = str(state["attempts"])
+    return response
 
 
 async def _http_error(request: HTTPRequest, exc: Exception) -> HTTPResponse:

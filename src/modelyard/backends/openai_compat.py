@@ -111,6 +111,9 @@ class OpenAICompatBackend:
             async with client.stream("POST", path, content=orjson.dumps(self._body(call)), headers={"content-type": "application/json"}) as response:
                 if response.status_code >= 400:
                     raise _status_error(response.status_code, await response.aread(), response.headers, self.deployment.name)
+                content_type = response.headers.get("content-type", "")
+                if not content_type.startswith("text/event-stream"):
+                    raise UpstreamError(f"deployment {self.deployment.name} answered a stream request with {content_type or 'no content type'}")
                 async for data in _sse_data(response):
                     event = orjson.loads(data)
                     if event.get("usage"):

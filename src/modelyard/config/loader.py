@@ -173,7 +173,7 @@ def _parse_model(name: str, r: _Reader) -> ModelConfig:
     if not isinstance(raw_deployments, list) or not raw_deployments:
         raise r.fail("deployments", "expected a non-empty list of deployments")
     deployments = tuple(
-        _parse_deployment(_Reader(r.source, f"{r.at('deployments')}[{i}]", d), f"{name}/{i}")
+        _parse_deployment(_Reader(r.source, f"{r.at('deployments')}[{i}]", d), name, str(i))
         for i, d in enumerate(raw_deployments)
     )
     names = [d.name for d in deployments]
@@ -234,7 +234,8 @@ def _parse_hedge(r: _Reader) -> HedgePolicy:
     return policy
 
 
-def _parse_deployment(r: _Reader, default_name: str) -> DeploymentConfig:
+def _parse_deployment(r: _Reader, model: str, default_name: str) -> DeploymentConfig:
+    """A deployment; its id is ``<model>/<name>`` so ids are unique across the fleet."""
     price_r = r.child("price")
     price = Price(
         input_per_1m=price_r.number("input_per_1m", 0.0),
@@ -253,7 +254,7 @@ def _parse_deployment(r: _Reader, default_name: str) -> DeploymentConfig:
     timeouts_r.reject_unknown()
     options = {k: v for k, v in r.data.items() if k not in DEPLOYMENT_COMMON_KEYS}
     return DeploymentConfig(
-        name=r.string("name", default_name),
+        name=f"{model}/{r.string('name', default_name)}",
         backend=r.string("backend"),
         max_concurrency=r.integer("max_concurrency", 8),
         max_queue=r.integer("max_queue", 64, minimum=0),

@@ -47,7 +47,7 @@ class Timeouts:
 class DeploymentConfig:
     """One place a model runs: a backend plus its options."""
 
-    name: str
+    name: str  # "<model>/<name or index>", unique across the fleet
     backend: str
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     max_queue: int = DEFAULT_MAX_QUEUE

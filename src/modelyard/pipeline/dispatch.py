@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from modelyard.config import DeploymentConfig, FleetConfig, ModelConfig
-from modelyard.errors import ContextWindowExceeded, ModelyardError, NotReady, UpstreamTimeout
+from modelyard.errors import ContextWindowExceeded, ModelyardError, NotReady, Overloaded, UpstreamTimeout
 from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.pipeline.types import Attempt, Request
 from modelyard.protocol import Chunk, Embeddings, ModelCall
@@ -87,6 +87,10 @@ class Dispatcher:
                 return name
             fresh.remove(name)
         return None
+
+    def _untried_available(self, model: ModelConfig, tried: set[str]) -> bool:
+        ready = self.fleet.ready_map()
+        return any(ready.get(d.name) and d.name not in tried and self.breakers[d.name].available() for d in model.deployments)
 
     def _unavailable(self, model: ModelConfig) -> NotReady:
         waits = [m.breaker.cooldown_s - (self.clock() - b.opened_at) for n, b in self.breakers.items() for m, _ in [self.deployments[n]] if m is model]
@@ -163,7 +167,7 @@ class Dispatcher:
         return await _first_success([primary, backup])
 
     # -- the public surface -------------------------------------------------------------
-    async def open(self, request: Request, call: ModelCall, models: Sequence[str]) -> Opened:
+    async def open(self, request: Request, call: ModelCall, models: Sequence[str], avoid: frozenset[str] = frozenset()) -> Opened:
         """Retry and fail over until some deployment yields a first chunk, or raise the last error."""
         last: ModelyardError | None = None
         overflow_window = 0
@@ -171,7 +175,7 @@ class Dispatcher:
             model = self.config.model(model_name)
             if model is None or (overflow_window and model.context_window <= overflow_window):
                 continue
-            tried: set[str] = set()
+            tried: set[str] = set(avoid)
             for attempt_no in range(1, model.retry.max_attempts + 1):
                 if self.clock() >= request.deadline:
                     raise last or UpstreamTimeout("the request's deadline passed before any deployment answered")
@@ -189,14 +193,19 @@ class Dispatcher:
                     last = error
                     if not is_retryable(error):
                         raise
+                    if isinstance(error, Overloaded) and not self._untried_available(model, tried):
+                        break  # shed load honestly: the client gets the 429 and its Retry-After now
                     if attempt_no < model.retry.max_attempts:
-                        pause = min(backoff_s(model.retry, attempt_no, error, self.rng), max(0.0, request.deadline - self.clock()))
+                        same = not self._untried_available(model, tried)
+                        pause = min(backoff_s(model.retry, attempt_no, error, self.rng, same), max(0.0, request.deadline - self.clock()))
                         await asyncio.sleep(pause)
         raise last or NotReady("no model could serve the request")
 
-    async def stream(self, request: Request, call: ModelCall, models: Sequence[str], on_open: OnOpen | None = None) -> AsyncIterator[Chunk]:
+    async def stream(
+        self, request: Request, call: ModelCall, models: Sequence[str], on_open: OnOpen | None = None, avoid: frozenset[str] = frozenset()
+    ) -> AsyncIterator[Chunk]:
         """The resilient stream of one choice: invisible failover until the first chunk, stall and deadline guards after."""
-        opened = await self.open(request, call, models)
+        opened = await self.open(request, call, models, avoid)
         if on_open is not None:
             on_open(opened.model, opened.deployment)
         stall = self.deployments[opened.deployment][1].timeouts.stall_s
@@ -224,6 +233,29 @@ class Dispatcher:
         finally:
             with contextlib.suppress(Exception):
                 await rest.aclose()
+
+    async def complete(self, request: Request, call: ModelCall, models: Sequence[str], on_open: OnOpen | None = None) -> AsyncIterator[Chunk]:
+        """For a client that sees nothing until the end: a failure mid-answer is retried too."""
+        first_model = self.config.model(models[0]) if models else None
+        tries = first_model.retry.max_attempts if first_model else 1
+        last: ModelyardError | None = None
+        failed: set[str] = set()
+        for _ in range(tries):
+            chunks: list[Chunk] = []
+            try:
+                async for chunk in self.stream(request, call, models, on_open, frozenset(failed)):
+                    chunks.append(chunk)
+            except ModelyardError as error:
+                if not chunks or not is_retryable(error) or self.clock() >= request.deadline:
+                    raise  # before the first chunk, open() already used every retry
+                last = error
+                failed.add(request.attempts[-1].deployment)
+                continue
+            for chunk in chunks:
+                yield chunk
+            return
+        assert last is not None
+        raise last
 
     async def embed(self, request: Request, models: Sequence[str]) -> tuple[str, str, Embeddings]:
         """Embeddings with the same retries, failover and breakers (no streaming, no hedging)."""
@@ -257,7 +289,7 @@ class Dispatcher:
                 if not is_retryable(last):
                     raise last
                 if attempt_no < model.retry.max_attempts:
-                    await asyncio.sleep(backoff_s(model.retry, attempt_no, last, self.rng))
+                    await asyncio.sleep(backoff_s(model.retry, attempt_no, last, self.rng, not self._untried_available(model, tried)))
         raise last or NotReady("no embedding model could serve the request")
 
     def describe(self) -> dict[str, object]:

@@ -114,10 +114,8 @@ def call_backend(dispatcher: Dispatcher) -> Handler:
             response.model, response.deployment = model, deployment
             request.deployment = deployment
 
-        response.streams = [
-            dispatcher.stream(request, _nth_choice(request.call, i), request.plan, on_open=opened if i == 0 else None)
-            for i in range(request.n)
-        ]
+        run = dispatcher.stream if request.stream else dispatcher.complete
+        response.streams = [run(request, _nth_choice(request.call, i), request.plan, opened if i == 0 else None) for i in range(request.n)]
         return response
 
     return handle

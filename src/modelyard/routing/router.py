@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping
 
-from modelyard.config import AliasConfig, FleetConfig, ModelConfig
-from modelyard.errors import ModelNotFound, NotReady
+from modelyard.config import AliasConfig, FleetConfig
+from modelyard.errors import ModelNotFound
 
 CODE_MARKERS = re.compile(
     r"```|\bdef |\bclass |\bimport |\bfunction\b|\breturn\b|[{};]\s*$|\b(python|javascript|typescript|rust|golang|java|c\+\+|sql|regex|bash|code|program|compile|debug|bug)\b",
@@ -62,11 +61,3 @@ def choose_by_rule(alias: AliasConfig, features: PromptFeatures) -> RouteDecisio
     if CODE_MARKERS.search(features.text):
         return RouteDecision(strongest, "rule:code")
     return RouteDecision(cheapest, "rule:short-chat")
-
-
-def pick_deployment(model: ModelConfig, ready: Mapping[str, bool], outstanding: Mapping[str, int]) -> str:
-    """Least outstanding requests among ready deployments (first listed wins ties)."""
-    candidates = [d.name for d in model.deployments if ready.get(d.name)]
-    if not candidates:
-        raise NotReady(f"no deployment of model '{model.name}' is ready", retry_after=5.0)
-    return min(candidates, key=lambda name: outstanding.get(name, 0))

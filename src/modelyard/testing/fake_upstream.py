@@ -7,7 +7,12 @@ headers, so one server can script many cases:
 - ``x-fake-tokens``: tokens in the completion
 - ``x-fake-status``: answer with this HTTP error status instead (e.g. 429, 500)
 - ``x-fake-fail-after``: stream this many tokens, then drop the connection
-- ``x-fake-retry-after``: ``Retry-After`` value sent with a 429
+- ``x-fake-retry-after``: ``Retry-After`` value sent with a 429 (``none``: no header)
+- ``x-fake-stall-after``: stream this many tokens, then go silent (the connection stays open)
+- ``x-fake-garbage``: answer 200 with a body that is not valid JSON / SSE
+- ``x-fake-content-type``: answer 200 with an HTML page instead of the API response
+- ``x-fake-text``: the reply text (split on spaces into tokens) instead of the word list
+- ``x-fake-logprob``: the logprob reported for every token when logprobs are requested
 """
 
 from __future__ import annotations
@@ -59,15 +64,26 @@ def create_fake_app(script: FakeScript) -> Starlette:
         if latency:
             await asyncio.sleep(latency)
         if status:
-            headers = {"retry-after": request.headers.get("x-fake-retry-after", "1")} if status == 429 else None
+            retry = request.headers.get("x-fake-retry-after", "1")
+            headers = {"retry-after": retry} if status == 429 and retry != "none" else None
             return _json({"error": {"message": f"scripted failure {status}", "type": "fake", "code": None}}, status, headers)
-        words = [WORDS[i % len(WORDS)] for i in range(tokens)]
+        if request.headers.get("x-fake-garbage"):
+            body_type = "text/event-stream" if body.get("stream") else "application/json"
+            return Response(b"data: {this is not json\n\n" if body.get("stream") else b"{not json", media_type=body_type)
+        if request.headers.get("x-fake-content-type"):
+            return Response(b"<html><body>502 Bad Gateway</body></html>", media_type="text/html")
+        scripted = request.headers.get("x-fake-text")
+        words = scripted.split(" ")[:tokens] if scripted else [WORDS[i % len(WORDS)] for i in range(tokens)]
+        tokens = len(words)
+        logprob = _setting(request, "x-fake-logprob", -0.1) if body.get("logprobs") else None
         model = body.get("model", "fake")
         prompt_tokens = _prompt_tokens(body)
         if body.get("stream"):
             fail_after = int(_setting(request, "x-fake-fail-after", -1))
+            stall_after = int(_setting(request, "x-fake-stall-after", -1))
             interval = _setting(request, "x-fake-token-interval-ms", script.token_interval_ms) / 1000
-            return StreamingResponse(_stream(chat, model, words, prompt_tokens, body, fail_after, interval), media_type="text/event-stream")
+            events = _stream(chat, model, words, prompt_tokens, body, fail_after, stall_after, interval, logprob)
+            return StreamingResponse(events, media_type="text/event-stream")
         text = " ".join(words)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}
         choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
@@ -101,7 +117,10 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
     return len(str(text).split())
 
 
-async def _stream(chat: bool, model: str, words: list[str], prompt_tokens: int, body: dict[str, Any], fail_after: int, interval: float) -> AsyncIterator[bytes]:
+async def _stream(
+    chat: bool, model: str, words: list[str], prompt_tokens: int, body: dict[str, Any], fail_after: int, stall_after: int, interval: float,
+    logprob: float | None = None,
+) -> AsyncIterator[bytes]:
     def event(payload: dict[str, Any]) -> bytes:
         return b"data: " + orjson.dumps(payload) + b"\n\n"
 
@@ -109,12 +128,17 @@ async def _stream(chat: bool, model: str, words: list[str], prompt_tokens: int, 
     for i, word in enumerate(words):
         if i == fail_after:
             raise ConnectionResetError("scripted mid-stream failure")
+        if i == stall_after:
+            await asyncio.sleep(3600)
         text = word if i == 0 else " " + word
-        choice = {"index": 0, "delta": {"content": text}, "finish_reason": None} if chat else {"index": 0, "text": text, "finish_reason": None}
+        choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": None} if chat else {"index": 0, "text": text, "finish_reason": None}
+        if logprob is not None and chat:
+            choice["logprobs"] = {"content": [{"token": text, "logprob": logprob, "top_logprobs": []}]}
         yield event(base | {"choices": [choice]})
         if interval:
             await asyncio.sleep(interval)
-    last = {"index": 0, "delta": {}, "finish_reason": "length"} if chat else {"index": 0, "text": "", "finish_reason": "length"}
+    reason = "length" if len(words) >= int(body.get("max_tokens") or 1 << 30) else "stop"
+    last = {"index": 0, "delta": {}, "finish_reason": reason} if chat else {"index": 0, "text": "", "finish_reason": reason}
     yield event(base | {"choices": [last]})
     if (body.get("stream_options") or {}).get("include_usage"):
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words), "total_tokens": prompt_tokens + len(words)}

@@ -1,0 +1,188 @@
+"""Fault injection over real HTTP: every upstream fault, streaming and not.
+
+Each faulty model has two deployments of the fake upstream: the first is
+scripted to fail (and is listed first, so it is tried first), the second is
+healthy. The client must get the healthy answer; with no healthy deployment it
+must get a clean OpenAI-style error within its deadline. Afterwards nothing
+may be left in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from .conftest import LiveServer, free_port, start_modelyard, write_config
+
+HEALTHY_TEXT = "alpha bravo charlie delta"
+
+FAULTS: dict[str, str] = {
+    "status-500": '{x-fake-status: "500"}',
+    "status-503": '{x-fake-status: "503"}',
+    "status-429-retry-after": '{x-fake-status: "429", x-fake-retry-after: "30"}',
+    "status-429-bare": '{x-fake-status: "429", x-fake-retry-after: "none"}',
+    "reset-before-body": '{x-fake-fail-after: "0"}',
+    "partial-then-reset": '{x-fake-fail-after: "2"}',
+    "slow-first-token": '{x-fake-latency-ms: "5000"}',
+    "stalled-stream": '{x-fake-stall-after: "1"}',
+    "invalid-json": '{x-fake-garbage: "1"}',
+    "wrong-content-type": '{x-fake-content-type: "1"}',
+}
+# Faults that strike after the first token: a non-streaming client still gets the
+# healthy answer (the whole answer is retried), a streaming one an error event.
+MIDSTREAM = {"partial-then-reset", "stalled-stream"}
+
+
+def fleet_yaml(url: str) -> str:
+    lines = ["models:"]
+    for name, headers in FAULTS.items():
+        lines += [
+            f"  {name}:",
+            "    kind: chat",
+            "    breaker: {consecutive_failures: 1000, min_requests: 1000}",  # keep exercising the failover path
+            "    deployments:",
+            f"      - {{name: faulty, backend: openai, base_url: '{url}/v1', upstream_model: fake, headers: {headers}, timeouts: {{first_token_s: 0.5, stall_s: 0.5}}}}",
+            f"      - {{name: healthy, backend: openai, base_url: '{url}/v1', upstream_model: fake}}",
+        ]
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    lines += [
+        "  refused:",
+        "    kind: chat",
+        "    deployments:",
+        f"      - {{name: faulty, backend: openai, base_url: '{closed}'}}",
+        f"      - {{name: healthy, backend: openai, base_url: '{url}/v1', upstream_model: fake}}",
+        "  all-broken:",
+        "    kind: chat",
+        "    retry: {max_attempts: 3, backoff_base_s: 0.01}",
+        "    deployments:",
+        f"      - {{name: a, backend: openai, base_url: '{url}/v1', headers: {{x-fake-status: '500'}}}}",
+        f"      - {{name: b, backend: openai, base_url: '{closed}'}}",
+        "  all-slow:",
+        "    kind: chat",
+        "    deployments:",
+        f"      - {{name: a, backend: openai, base_url: '{url}/v1', headers: {{x-fake-latency-ms: '10000'}}}}",
+        "  primary-down:",
+        "    kind: chat",
+        "    fallbacks: [backup]",
+        "    deployments:",
+        f"      - {{name: a, backend: openai, base_url: '{closed}'}}",
+        "  backup:",
+        "    kind: chat",
+        "    deployments:",
+        f"      - {{name: a, backend: openai, base_url: '{url}/v1', upstream_model: fake}}",
+        "  hedged:",
+        "    kind: chat",
+        "    hedge: {enabled: true, after_ms: 150}",
+        "    deployments:",
+        f"      - {{name: slow, backend: openai, base_url: '{url}/v1', headers: {{x-fake-latency-ms: '3000'}}}}",
+        f"      - {{name: fast, backend: openai, base_url: '{url}/v1'}}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def fault_server(tmp_path_factory: pytest.TempPathFactory, fake_upstream: LiveServer) -> Iterator[LiveServer]:
+    tmp = tmp_path_factory.mktemp("faults")
+    server = start_modelyard(tmp, write_config(tmp / "fleet.yaml", fleet_yaml(fake_upstream.url)))
+    yield server
+    server.stop()
+
+
+def body(model: str, stream: bool, max_tokens: int = 4) -> dict[str, object]:
+    return {"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": max_tokens, "stream": stream}
+
+
+def call(server: LiveServer, model: str, stream: bool, headers: dict[str, str] | None = None) -> tuple[int, str, httpx.Headers, dict[str, object] | None]:
+    """(status, text of the answer, headers, error body if any)."""
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body(model, stream), headers=headers, timeout=30) as response:
+        raw = response.read().decode()
+    if response.status_code != 200:
+        return response.status_code, "", response.headers, json.loads(raw)["error"]
+    if not stream:
+        return 200, json.loads(raw)["choices"][0]["message"]["content"], response.headers, None
+    text, error = "", None
+    for line in raw.splitlines():
+        if not line.startswith("data: {"):
+            continue
+        event = json.loads(line[6:])
+        if "error" in event:
+            error = event["error"]
+        for choice in event.get("choices", []):
+            text += choice["delta"].get("content") or ""
+    assert error is not None or raw.rstrip().endswith("data: [DONE]")
+    return 200, text, response.headers, error
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("fault", [*FAULTS, "refused"])
+def test_fault_is_invisible_when_a_healthy_deployment_exists(fault_server: LiveServer, fault: str, stream: bool) -> None:
+    started = time.monotonic()
+    status, text, headers, error = call(fault_server, fault, stream)
+    if fault in MIDSTREAM and stream:
+        # Tokens had reached the client: the stream must end with an error event, never silently.
+        assert status == 200 and text.startswith("alpha") and error is not None
+        assert error["type"] in ("upstream_error", "timeout_error")
+        return
+    assert (status, error) == (200, None)
+    assert text == HEALTHY_TEXT
+    assert headers["x-modelyard-deployment"] == f"{fault}/healthy"
+    assert int(headers["x-modelyard-attempts"]) >= 2
+    assert time.monotonic() - started < 5  # a 30 s Retry-After from the faulty one must not delay the healthy one
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_no_healthy_deployment_is_a_clean_error(fault_server: LiveServer, stream: bool) -> None:
+    status, _, headers, error = call(fault_server, "all-broken", stream)
+    assert status == 502 and error is not None and error["type"] == "upstream_error"
+    assert int(headers["x-modelyard-attempts"]) == 3
+
+
+def test_deadline_header_bounds_the_wait(fault_server: LiveServer) -> None:
+    started = time.monotonic()
+    status, _, _, error = call(fault_server, "all-slow", False, headers={"x-modelyard-timeout": "1.5"})
+    assert status == 504 and error is not None and error["type"] == "timeout_error"
+    assert time.monotonic() - started < 4
+    bad = httpx.post(fault_server.url + "/v1/chat/completions", json=body("all-slow", False), headers={"x-modelyard-timeout": "soon"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "x-modelyard-timeout"
+
+
+def test_fallback_model_serves_when_primary_is_down(fault_server: LiveServer) -> None:
+    status, text, headers, _ = call(fault_server, "primary-down", False)
+    assert status == 200 and text == HEALTHY_TEXT
+    assert headers["x-modelyard-model"] == "backup"
+
+
+def test_hedging_takes_the_faster_copy(fault_server: LiveServer) -> None:
+    started = time.monotonic()
+    status, text, headers, _ = call(fault_server, "hedged", False)
+    elapsed = time.monotonic() - started
+    assert status == 200 and text == HEALTHY_TEXT
+    assert headers["x-modelyard-deployment"] == "hedged/fast"
+    assert elapsed < 2.0  # the slow copy takes 3 s
+
+
+def test_nothing_leaks(fault_server: LiveServer) -> None:
+    for _ in range(2):
+        for fault in FAULTS:
+            call(fault_server, fault, True)
+    time.sleep(1.0)
+    before = httpx.get(fault_server.url + "/admin/fleet").json()
+    for fault in FAULTS:
+        call(fault_server, fault, True)
+        call(fault_server, fault, False)
+    time.sleep(1.0)
+    after = httpx.get(fault_server.url + "/admin/fleet").json()
+    assert all(d["outstanding"] == 0 for d in after["deployments"])
+    assert after["tasks"] <= before["tasks"] + 2
+
+
+def test_breaker_state_is_visible(fault_server: LiveServer) -> None:
+    breakers = httpx.get(fault_server.url + "/admin/breakers").json()
+    assert breakers["all-broken/a"]["state"] in ("closed", "open", "half_open")
+    metrics = httpx.get(fault_server.url + "/metrics").text
+    assert 'modelyard_circuit_breaker_state{deployment="all-broken/a"}' in metrics
+    assert "modelyard_requests_total" in metrics
