@@ -195,9 +195,9 @@ class Dispatcher:
                         raise
                     if isinstance(error, Overloaded) and not self._untried_available(model, tried):
                         break  # shed load honestly: the client gets the 429 and its Retry-After now
-                    if attempt_no < model.retry.max_attempts:
-                        same = not self._untried_available(model, tried)
-                        pause = min(backoff_s(model.retry, attempt_no, error, self.rng, same), max(0.0, request.deadline - self.clock()))
+                    if attempt_no < model.retry.max_attempts and not self._untried_available(model, tried):
+                        # Backing off protects a struggling deployment; moving to a fresh one needs no wait.
+                        pause = min(backoff_s(model.retry, attempt_no, error, self.rng), max(0.0, request.deadline - self.clock()))
                         await asyncio.sleep(pause)
         raise last or NotReady("no model could serve the request")
 
@@ -288,8 +288,8 @@ class Dispatcher:
                 self._failed(deployment, last)
                 if not is_retryable(last):
                     raise last
-                if attempt_no < model.retry.max_attempts:
-                    await asyncio.sleep(backoff_s(model.retry, attempt_no, last, self.rng, not self._untried_available(model, tried)))
+                if attempt_no < model.retry.max_attempts and not self._untried_available(model, tried):
+                    await asyncio.sleep(backoff_s(model.retry, attempt_no, last, self.rng))
         raise last or NotReady("no embedding model could serve the request")
 
     def describe(self) -> dict[str, object]:

@@ -18,11 +18,11 @@ def counts_against_deployment(error: ModelyardError) -> bool:
     return isinstance(error, (UpstreamError, UpstreamTimeout))
 
 
-def backoff_s(policy: RetryPolicy, attempt: int, error: ModelyardError, rng: random.Random, same_deployment: bool = True) -> float:
-    """Full-jitter exponential backoff. An upstream ``Retry-After`` is a floor when the
-    retry goes back to the deployment that said it; another deployment need not wait."""
+def backoff_s(policy: RetryPolicy, attempt: int, error: ModelyardError, rng: random.Random) -> float:
+    """Full-jitter exponential backoff before trying the same deployment again;
+    an upstream ``Retry-After`` is honoured as a floor."""
     ceiling = min(policy.backoff_max_s, policy.backoff_base_s * (2 ** max(0, attempt - 1)))
     delay = rng.uniform(0, ceiling)
-    if same_deployment and isinstance(error, Overloaded) and error.retry_after is not None:
+    if isinstance(error, Overloaded) and error.retry_after is not None:
         delay = max(delay, error.retry_after)
     return delay

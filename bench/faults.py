@@ -1,0 +1,148 @@
+"""Failover under load: kill one of two upstream deployments mid-run, bring it back.
+
+    .venv/bin/python bench/faults.py [--quick]
+
+Constant load (CLIENTS concurrent clients) on a model with two deployments of
+the fake upstream (two real HTTP server processes). At T_KILL one upstream
+process is killed; at T_BACK it is started again on the same port. Reports
+success rate and latency before, during and after the outage, and how long
+the circuit breaker took to open and to close. Writes bench/results/faults.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import free_port, machine, percentile, start, stop, table, write_result  # noqa: E402
+
+CONFIG = """
+models:
+  fake:
+    kind: chat
+    breaker: {{consecutive_failures: 5, cooldown_s: 2}}
+    deployments:
+      - {{name: a, backend: openai, base_url: 'http://127.0.0.1:{a}/v1', timeouts: {{connect_s: 1, first_token_s: 5}}}}
+      - {{name: b, backend: openai, base_url: 'http://127.0.0.1:{b}/v1', timeouts: {{connect_s: 1, first_token_s: 5}}}}
+"""
+
+
+async def client_loop(url: str, stop_at: float, started: float, samples: list[tuple[float, bool, float]]) -> None:
+    body = {"model": "fake", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=1)) as client:
+        while time.monotonic() < stop_at:
+            t0 = time.monotonic()
+            try:
+                response = await client.post(url, json=body)
+                ok = response.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            samples.append((t0 - started, ok, time.monotonic() - t0))
+
+
+async def watch_breaker(url: str, stop_at: float, started: float, states: list[tuple[float, str]]) -> None:
+    async with httpx.AsyncClient(timeout=5) as client:
+        while time.monotonic() < stop_at:
+            try:
+                state = (await client.get(url)).json()["fake/b"]["state"]
+                if not states or states[-1][1] != state:
+                    states.append((time.monotonic() - started, state))
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            await asyncio.sleep(0.05)
+
+
+def phase(samples: list[tuple[float, bool, float]], lo: float, hi: float) -> dict[str, float | int | None]:
+    inside = [s for s in samples if lo <= s[0] < hi]
+    latencies = [s[2] * 1000 for s in inside if s[1]]
+    ok = sum(1 for s in inside if s[1])
+    return {
+        "requests": len(inside),
+        "success_rate": ok / len(inside) if inside else None,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+    }
+
+
+async def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
+    port_a, port_b = free_port(), free_port()
+    upstream_flags = ["--latency-ms", str(args.latency_ms), "--tokens", "8"]
+    a = start(["fake-upstream", "--port", str(port_a), *upstream_flags], tmp / "a.log", f"http://127.0.0.1:{port_a}/v1/models")
+    b = start(["fake-upstream", "--port", str(port_b), *upstream_flags], tmp / "b.log", f"http://127.0.0.1:{port_b}/v1/models")
+    config = tmp / "fleet.yaml"
+    config.write_text(CONFIG.format(a=port_a, b=port_b))
+    port = free_port()
+    gateway = start(["serve", "--config", str(config), "--port", str(port), "--log-level", "warning"], tmp / "gw.log", f"http://127.0.0.1:{port}/readyz")
+    base = f"http://127.0.0.1:{port}"
+    samples: list[tuple[float, bool, float]] = []
+    states: list[tuple[float, str]] = []
+    try:
+        started = time.monotonic()
+        stop_at = started + args.duration
+        tasks = [asyncio.create_task(client_loop(base + "/v1/chat/completions", stop_at, started, samples)) for _ in range(args.clients)]
+        tasks.append(asyncio.create_task(watch_breaker(base + "/admin/breakers", stop_at, started, states)))
+        await asyncio.sleep(args.kill_at)
+        killed_at = time.monotonic() - started
+        b.send_signal(signal.SIGKILL)
+        b.wait()
+        await asyncio.sleep(args.back_at - args.kill_at)
+        back_at = time.monotonic() - started
+        b = await asyncio.to_thread(start, ["fake-upstream", "--port", str(port_b), *upstream_flags], tmp / "b2.log", f"http://127.0.0.1:{port_b}/v1/models")
+        ready_at = time.monotonic() - started
+        await asyncio.gather(*tasks)
+    finally:
+        for process in (gateway, a, b):
+            stop(process)
+    opened = next((t for t, s in states if s == "open" and t >= killed_at), None)
+    closed = next((t for t, s in states if s == "closed" and t >= ready_at), None)
+    before, during, after = phase(samples, 1.0, killed_at), phase(samples, killed_at, ready_at), phase(samples, ready_at + 0.5, args.duration)
+    total_ok = sum(1 for s in samples if s[1])
+    return {
+        "success_rate": total_ok / len(samples) if samples else 0.0,
+        "requests": len(samples),
+        "p50_ms_before": before["p50_ms"], "p99_ms_before": before["p99_ms"],
+        "p50_ms_during": during["p50_ms"], "p99_ms_during": during["p99_ms"],
+        "p50_ms_after": after["p50_ms"], "p99_ms_after": after["p99_ms"],
+        "success_rate_during": during["success_rate"],
+        "breaker_open_s": None if opened is None else round(opened - killed_at, 3),
+        "breaker_close_s": None if closed is None else round(closed - ready_at, 3),
+        "upstream_restart_s": round(ready_at - back_at, 3),
+        "breaker_states": states,
+        "config": {"clients": args.clients, "duration_s": args.duration, "kill_at_s": args.kill_at, "back_at_s": args.back_at, "upstream_latency_ms": args.latency_ms, "cooldown_s": 2},
+        "machine": machine(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a shorter run (about 30 s)")
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--latency-ms", type=float, default=20.0)
+    args = parser.parse_args()
+    args.duration, args.kill_at, args.back_at = (20.0, 6.0, 12.0) if args.quick else (30.0, 10.0, 20.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = asyncio.run(run(args, Path(tmp)))
+    goal_success = result["success_rate"] >= 0.999  # type: ignore[operator]
+    before, during = result["p99_ms_before"], result["p99_ms_during"]
+    goal_latency = before is not None and during is not None and during <= 2 * before
+    result["goals"] = {"success_rate_ge_99_9": goal_success, "p99_during_le_2x_before": goal_latency}
+    rows = [("metric", "value")]
+    for key in ("requests", "success_rate", "success_rate_during", "p50_ms_before", "p99_ms_before", "p50_ms_during", "p99_ms_during", "p50_ms_after", "p99_ms_after", "breaker_open_s", "breaker_close_s"):
+        value = result[key]
+        rows.append((key, f"{value:.4f}" if isinstance(value, float) else str(value)))
+    rows.append(("goal: success >= 99.9%", "met" if goal_success else "NOT met"))
+    rows.append(("goal: p99 during <= 2x before", "met" if goal_latency else "NOT met"))
+    print(table(rows))
+    print(f"wrote {write_result('faults', result)}")
+
+
+if __name__ == "__main__":
+    main()
