@@ -74,6 +74,22 @@ def fleet_yaml(url: str) -> str:
         "    kind: chat",
         "    deployments:",
         f"      - {{name: a, backend: openai, base_url: '{url}/v1', upstream_model: fake}}",
+        "  small-window:",
+        "    kind: chat",
+        "    context_window: 1000",
+        "    fallbacks: [tiny-window, big-window]",
+        "    deployments:",
+        f"      - {{name: a, backend: openai, base_url: '{url}/v1', headers: {{x-fake-status: '400', x-fake-error-code: context_length_exceeded}}}}",
+        "  tiny-window:",
+        "    kind: chat",
+        "    context_window: 500",
+        "    deployments:",
+        f"      - {{name: a, backend: openai, base_url: '{url}/v1', headers: {{x-fake-status: '500'}}}}",
+        "  big-window:",
+        "    kind: chat",
+        "    context_window: 100000",
+        "    deployments:",
+        f"      - {{name: a, backend: openai, base_url: '{url}/v1', upstream_model: fake}}",
         "  hedged:",
         "    kind: chat",
         "    hedge: {enabled: true, after_ms: 150}",
@@ -154,6 +170,13 @@ def test_fallback_model_serves_when_primary_is_down(fault_server: LiveServer) ->
     status, text, headers, _ = call(fault_server, "primary-down", False)
     assert status == 200 and text == HEALTHY_TEXT
     assert headers["x-modelyard-model"] == "backup"
+
+
+def test_context_overflow_falls_back_to_a_larger_window(fault_server: LiveServer) -> None:
+    status, text, headers, _ = call(fault_server, "small-window", False)
+    assert status == 200 and text == HEALTHY_TEXT
+    assert headers["x-modelyard-model"] == "big-window"
+    assert headers["x-modelyard-attempts"] == "2"  # tiny-window (smaller than the overflowed one) was skipped
 
 
 def test_hedging_takes_the_faster_copy(fault_server: LiveServer) -> None:

@@ -8,6 +8,7 @@ headers, so one server can script many cases:
 - ``x-fake-status``: answer with this HTTP error status instead (e.g. 429, 500)
 - ``x-fake-fail-after``: stream this many tokens, then drop the connection
 - ``x-fake-retry-after``: ``Retry-After`` value sent with a 429 (``none``: no header)
+- ``x-fake-error-code``: the ``code`` in a scripted error body (e.g. ``context_length_exceeded``)
 - ``x-fake-stall-after``: stream this many tokens, then go silent (the connection stays open)
 - ``x-fake-garbage``: answer 200 with a body that is not valid JSON / SSE
 - ``x-fake-content-type``: answer 200 with an HTML page instead of the API response
@@ -66,7 +67,8 @@ def create_fake_app(script: FakeScript) -> Starlette:
         if status:
             retry = request.headers.get("x-fake-retry-after", "1")
             headers = {"retry-after": retry} if status == 429 and retry != "none" else None
-            return _json({"error": {"message": f"scripted failure {status}", "type": "fake", "code": None}}, status, headers)
+            code = request.headers.get("x-fake-error-code")
+            return _json({"error": {"message": f"scripted failure {status}", "type": "fake", "code": code}}, status, headers)
         if request.headers.get("x-fake-garbage"):
             body_type = "text/event-stream" if body.get("stream") else "application/json"
             return Response(b"data: {this is not json\n\n" if body.get("stream") else b"{not json", media_type=body_type)
