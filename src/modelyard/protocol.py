@@ -152,3 +152,4 @@ class Embeddings:
 
     vectors: list[list[float]]
     prompt_tokens: int
+    token_counts: list[int] | None = None  # per input, when the backend's tokenizer gives them

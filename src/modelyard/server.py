@@ -83,6 +83,7 @@ async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path,
         await server.serve()
     finally:
         log.info("stopping the fleet")
+        await dispatcher.aclose()
         await fleet.aclose()
     return 0 if server.started else 3
 

@@ -159,6 +159,7 @@ class Api:
             "ready": self.fleet.ready(),
             "deployments": self.fleet.describe(),
             "breakers": self.dispatcher.describe(),
+            "scheduler": self.dispatcher.gate.describe(),
             "tasks": len(asyncio.all_tasks()),
         }
 

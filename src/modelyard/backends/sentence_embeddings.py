@@ -64,7 +64,8 @@ class SentenceTransformersBackend:
         vectors = self._model.encode(
             texts, batch_size=self.options.batch_size, normalize_embeddings=self.options.normalize, convert_to_numpy=True, show_progress_bar=False
         )
-        return Embeddings([v.tolist() for v in vectors], sum(len(t) for t in tokens))
+        counts = [len(t) for t in tokens]
+        return Embeddings([v.tolist() for v in vectors], sum(counts), counts)
 
     async def generate(self, call: ModelCall) -> AsyncIterator[Chunk]:
         raise InvalidRequest(f"model {self.model.name!r} is an embedding model; use /v1/embeddings", param="model")

@@ -3,6 +3,7 @@
 from modelyard.config.loader import ConfigError, load_config, parse_config
 from modelyard.config.schema import (
     AliasConfig,
+    BatchingPolicy,
     BreakerPolicy,
     DeploymentConfig,
     FleetConfig,
@@ -10,6 +11,7 @@ from modelyard.config.schema import (
     ModelConfig,
     Price,
     RetryPolicy,
+    SchedulingConfig,
     ServerConfig,
     Timeouts,
     ValidatorConfig,
@@ -17,6 +19,7 @@ from modelyard.config.schema import (
 
 __all__ = [
     "AliasConfig",
+    "BatchingPolicy",
     "BreakerPolicy",
     "ConfigError",
     "DeploymentConfig",
@@ -25,6 +28,7 @@ __all__ = [
     "ModelConfig",
     "Price",
     "RetryPolicy",
+    "SchedulingConfig",
     "ServerConfig",
     "Timeouts",
     "ValidatorConfig",

@@ -15,6 +15,7 @@ import yaml
 
 from modelyard.config.schema import (
     AliasConfig,
+    BatchingPolicy,
     BreakerPolicy,
     DeploymentConfig,
     FleetConfig,
@@ -22,6 +23,7 @@ from modelyard.config.schema import (
     ModelConfig,
     Price,
     RetryPolicy,
+    SchedulingConfig,
     ServerConfig,
     Timeouts,
     ValidatorConfig,
@@ -31,7 +33,8 @@ MODEL_KINDS = ("chat", "completion", "embedding")
 BALANCE_STRATEGIES = ("least_outstanding", "weighted", "lowest_latency", "lowest_cost")
 ALIAS_STRATEGIES = ("rule", "cascade")
 VALIDATOR_KINDS = ("regex", "json_schema", "max_length")
-DEPLOYMENT_COMMON_KEYS = {"name", "backend", "max_concurrency", "max_queue", "weight", "price", "timeouts"}
+DEPLOYMENT_COMMON_KEYS = {"name", "backend", "max_concurrency", "max_queue", "weight", "price", "timeouts", "batching"}
+WORKLOADS = ("interactive", "agent", "batch", "embedding", "background")
 
 
 class ConfigError(ValueError):
@@ -150,8 +153,9 @@ def parse_config(data: Any, source: str = "<config>") -> FleetConfig:
     _check_fallbacks(source, models)
     aliases = _parse_aliases(root, models)
     server = _parse_server(root.child("server"))
-    root.reject_unknown({"models", "aliases", "server"})
-    return FleetConfig(models=models, aliases=aliases, server=server, source=source)
+    scheduling = _parse_scheduling(root.child("scheduling"))
+    root.reject_unknown({"models", "aliases", "server", "scheduling"})
+    return FleetConfig(models=models, aliases=aliases, server=server, scheduling=scheduling, source=source)
 
 
 def _parse_models(root: _Reader) -> tuple[ModelConfig, ...]:
@@ -252,6 +256,15 @@ def _parse_deployment(r: _Reader, model: str, default_name: str) -> DeploymentCo
         total_s=timeouts_r.number("total_s", default.total_s, 0.001),
     )
     timeouts_r.reject_unknown()
+    batching_r = r.child("batching")
+    b = BatchingPolicy()
+    batching = BatchingPolicy(
+        enabled=batching_r.boolean("enabled", b.enabled),
+        max_wait_ms=batching_r.number("max_wait_ms", b.max_wait_ms),
+        max_batch_size=batching_r.integer("max_batch_size", b.max_batch_size),
+        max_batch_tokens=batching_r.integer("max_batch_tokens", b.max_batch_tokens),
+    )
+    batching_r.reject_unknown()
     options = {k: v for k, v in r.data.items() if k not in DEPLOYMENT_COMMON_KEYS}
     return DeploymentConfig(
         name=f"{model}/{r.string('name', default_name)}",
@@ -261,6 +274,7 @@ def _parse_deployment(r: _Reader, model: str, default_name: str) -> DeploymentCo
         weight=r.number("weight", 1.0, 0.0),
         price=price,
         timeouts=timeouts,
+        batching=batching,
         options=MappingProxyType(dict(options)),
     )
 
@@ -335,6 +349,36 @@ def _check_fallbacks(source: str, models: tuple[ModelConfig, ...]) -> None:
                 raise ConfigError(source, path, f"unknown model {_show(target)}")
             if other.kind != model.kind or target == model.name:
                 raise ConfigError(source, path, f"model {target!r} cannot stand in for {model.name!r} (kind {other.kind})")
+
+
+def _number_map(r: _Reader, key: str, keys: tuple[str, ...] | None) -> dict[str, float]:
+    raw = r.get(key, {}) or {}
+    if not isinstance(raw, Mapping):
+        raise r.fail(key, "expected a mapping of name to number")
+    out = {}
+    for name, value in raw.items():
+        if keys is not None and name not in keys:
+            raise r.fail(f"{key}.{name}", f"unknown workload class (known: {', '.join(keys)})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise r.fail(f"{key}.{name}", f"expected a positive number, got {_show(value)}")
+        out[str(name)] = float(value)
+    return out
+
+
+def _parse_scheduling(r: _Reader) -> SchedulingConfig:
+    d = SchedulingConfig()
+    objectives = dict(d.ttft_objective_s) | _number_map(r, "ttft_objective_s", WORKLOADS)
+    config = SchedulingConfig(
+        classes=r.boolean("classes", d.classes),
+        aging_s=r.number("aging_s", d.aging_s, 0.001),
+        ttft_objective_s=MappingProxyType(objectives),
+        tenant_weights=MappingProxyType(_number_map(r, "tenant_weights", None)),
+        session_affinity_slack=r.integer("session_affinity_slack", d.session_affinity_slack, minimum=0),
+        batch_concurrency=r.integer("batch_concurrency", d.batch_concurrency),
+        max_file_bytes=r.integer("max_file_bytes", d.max_file_bytes),
+    )
+    r.reject_unknown()
+    return config
 
 
 def _parse_server(r: _Reader) -> ServerConfig:

@@ -44,6 +44,16 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchingPolicy:
+    """Dynamic batching of embedding requests on one deployment."""
+
+    enabled: bool = True
+    max_wait_ms: float = 5.0
+    max_batch_size: int = 64
+    max_batch_tokens: int = 8192
+
+
+@dataclass(frozen=True, slots=True)
 class DeploymentConfig:
     """One place a model runs: a backend plus its options."""
 
@@ -54,6 +64,7 @@ class DeploymentConfig:
     weight: float = 1.0
     price: Price = field(default_factory=Price)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    batching: BatchingPolicy = field(default_factory=BatchingPolicy)
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
@@ -139,12 +150,26 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SchedulingConfig:
+    """Workload-class scheduling, shared by every deployment's scheduler."""
+
+    classes: bool = True  # false: one FCFS queue (for comparison)
+    aging_s: float = 30.0
+    ttft_objective_s: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({"interactive": 10.0, "agent": 30.0}))
+    tenant_weights: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    session_affinity_slack: int = 2
+    batch_concurrency: int = 2
+    max_file_bytes: int = 200 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class FleetConfig:
     """The whole fleet: models, aliases and server settings."""
 
     models: tuple[ModelConfig, ...]
     aliases: tuple[AliasConfig, ...] = ()
     server: ServerConfig = field(default_factory=ServerConfig)
+    scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
     source: str = "<embedded default fleet>"
 
     def model(self, name: str) -> ModelConfig | None:

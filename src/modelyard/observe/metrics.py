@@ -41,6 +41,13 @@ class FleetCollector(Collector):
             for key, n in counts.items():
                 workers.add_metric([d["deployment"], key], n)
         yield from (inflight, ready, workers)
+        depth = GaugeMetricFamily("modelyard_queue_depth", "requests waiting per deployment and class", labels=["deployment", "workload"])
+        running = GaugeMetricFamily("modelyard_scheduler_running", "requests holding a slot per deployment", labels=["deployment"])
+        for name, info in state.get("scheduler", {}).items():
+            running.add_metric([name], info["running"])
+            for workload, n in info["queued"].items():
+                depth.add_metric([name, workload], n)
+        yield from (depth, running)
 
 
 class Metrics:

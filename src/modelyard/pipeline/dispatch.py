@@ -17,12 +17,14 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from modelyard.config import DeploymentConfig, FleetConfig, ModelConfig
 from modelyard.errors import ContextWindowExceeded, ModelyardError, NotReady, Overloaded, UpstreamTimeout
+from modelyard.pipeline.admission import SchedulerGate
+from modelyard.pipeline.batcher import EmbeddingBatcher
 from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.pipeline.types import Attempt, Request
 from modelyard.protocol import Chunk, Embeddings, ModelCall
@@ -32,6 +34,7 @@ from modelyard.routing.balancer import DeploymentView, choose
 
 EWMA_ALPHA = 0.2
 TTFT_SAMPLES = 200
+MAX_SESSIONS = 10_000
 
 OnOpen = Callable[[str, str], None]
 
@@ -61,6 +64,14 @@ class Dispatcher:
         self.breakers = {name: CircuitBreaker(m.breaker, clock) for name, (m, _) in self.deployments.items()}
         self.ewma_ttft: dict[str, float] = {}
         self.ttft_samples: dict[str, deque[float]] = {name: deque(maxlen=TTFT_SAMPLES) for name in self.deployments}
+        self.gate = SchedulerGate(config, clock)
+        self.batchers = {
+            name: EmbeddingBatcher(fleet.deployments[name].backend.embed, d.batching)
+            for name, (m, d) in self.deployments.items()
+            if m.kind == "embedding" and d.batching.enabled
+        }
+        self.sessions: OrderedDict[str, str] = OrderedDict()
+        self.affinity_slack = config.scheduling.session_affinity_slack
 
     # -- choosing -----------------------------------------------------------------
     def _views(self, model: ModelConfig, names: Sequence[str]) -> list[DeploymentView]:
@@ -76,17 +87,33 @@ class Dispatcher:
             for n in names
         ]
 
-    def pick(self, model: ModelConfig, exclude: set[str]) -> str | None:
-        """A healthy deployment not yet tried (or, if all were tried, any healthy one)."""
+    def pick(self, model: ModelConfig, exclude: set[str], session: str | None = None) -> str | None:
+        """A healthy deployment not yet tried (or, if all were tried, any healthy one).
+
+        A session sticks to its last deployment (its prefix cache is there) while
+        that one's load is within ``session_affinity_slack`` of the least loaded.
+        """
         ready = self.fleet.ready_map()
         healthy = [d.name for d in model.deployments if ready.get(d.name) and self.breakers[d.name].available()]
         fresh = [n for n in healthy if n not in exclude] or healthy
         while fresh:
-            name = choose(model.strategy, self._views(model, fresh), self.rng)
+            name = self._sticky(session, fresh) or choose(model.strategy, self._views(model, fresh), self.rng)
             if self.breakers[name].allow():
+                if session is not None:
+                    self.sessions[session] = name
+                    self.sessions.move_to_end(session)
+                    while len(self.sessions) > MAX_SESSIONS:
+                        self.sessions.popitem(last=False)
                 return name
             fresh.remove(name)
         return None
+
+    def _sticky(self, session: str | None, candidates: list[str]) -> str | None:
+        previous = self.sessions.get(session) if session is not None else None
+        if previous is None or previous not in candidates:
+            return None
+        least = min(self.fleet.outstanding.get(n, 0) for n in candidates)
+        return previous if self.fleet.outstanding.get(previous, 0) <= least + self.affinity_slack else None
 
     def _untried_available(self, model: ModelConfig, tried: set[str]) -> bool:
         ready = self.fleet.ready_map()
@@ -126,7 +153,7 @@ class Dispatcher:
         request.attempts.append(attempt)
         timeouts = self.deployments[deployment][1].timeouts
         limit = min(timeouts.first_token_s, request.deadline - self.clock())
-        stream = self.fleet.generate(deployment, call)
+        stream = self._scheduled(request, deployment, call)
         try:
             first = await asyncio.wait_for(stream.__anext__(), max(0.0, limit))
         except (TimeoutError, StopAsyncIteration) as exc:
@@ -150,6 +177,18 @@ class Dispatcher:
         attempt.ttft_s = self.clock() - attempt.started
         self._succeeded(deployment, attempt.ttft_s)
         return Opened(model.name, deployment, first, stream, attempt)
+
+    async def _scheduled(self, request: Request, deployment: str, call: ModelCall) -> AsyncGenerator[Chunk, None]:
+        """The deployment's stream, started only once its scheduler grants a slot."""
+        ticket = await self.gate.acquire(deployment, request)
+        started = self.clock()
+        finished = False
+        try:
+            async for chunk in self.fleet.generate(deployment, call):
+                finished = finished or chunk.finish_reason is not None
+                yield chunk
+        finally:
+            self.gate.release(deployment, ticket, self.clock() - started if finished else None)
 
     async def _prime_hedged(self, request: Request, model: ModelConfig, deployment: str, call: ModelCall) -> Opened:
         delay = self.hedge_delay_s(model, deployment)
@@ -179,7 +218,7 @@ class Dispatcher:
             for attempt_no in range(1, model.retry.max_attempts + 1):
                 if self.clock() >= request.deadline:
                     raise last or UpstreamTimeout("the request's deadline passed before any deployment answered")
-                deployment = self.pick(model, tried)
+                deployment = self.pick(model, tried, request.session)
                 if deployment is None:
                     last = self._unavailable(model)
                     break
@@ -275,7 +314,9 @@ class Dispatcher:
                 request.attempts.append(attempt)
                 try:
                     limit = max(0.0, min(self.deployments[deployment][1].timeouts.total_s, request.deadline - self.clock()))
-                    result = await asyncio.wait_for(self.fleet.deployments[deployment].backend.embed(request.inputs), limit)
+                    batcher = self.batchers.get(deployment)
+                    call = batcher.submit(request.inputs) if batcher else self.fleet.deployments[deployment].backend.embed(request.inputs)
+                    result = await asyncio.wait_for(call, limit)
                 except TimeoutError:
                     last = UpstreamTimeout(f"deployment {deployment} did not answer within {limit:.1f}s")
                 except ModelyardError as error:
@@ -291,6 +332,10 @@ class Dispatcher:
                 if attempt_no < model.retry.max_attempts and not self._untried_available(model, tried):
                     await asyncio.sleep(backoff_s(model.retry, attempt_no, last, self.rng))
         raise last or NotReady("no embedding model could serve the request")
+
+    async def aclose(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.aclose()
 
     def describe(self) -> dict[str, object]:
         return {

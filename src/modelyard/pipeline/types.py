@@ -56,6 +56,7 @@ class Request:
     stream: bool = False
     headers: dict[str, str] = field(default_factory=dict)
     workload: str = "interactive"
+    tenant: str = "default"
     session: str | None = None
     state: Lifecycle = Lifecycle.RECEIVED
     served_model: str | None = None

@@ -1,0 +1,78 @@
+"""Dynamic batching for embeddings: requests arriving within ``max_wait_ms`` are merged
+(up to ``max_batch_size`` texts and ``max_batch_tokens``), run as one call, and split back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+from modelyard.config import BatchingPolicy
+from modelyard.protocol import Embeddings
+from modelyard.scheduling.packing import take_count
+
+EmbedFn = Callable[[list[str]], Awaitable[Embeddings]]
+
+
+class EmbeddingBatcher:
+    def __init__(self, embed: EmbedFn, policy: BatchingPolicy) -> None:
+        self.embed = embed
+        self.policy = policy
+        self.pending: list[tuple[list[str], asyncio.Future[Embeddings]]] = []
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.batches_run = 0
+
+    async def submit(self, texts: list[str]) -> Embeddings:
+        if self.task is None:
+            self.task = asyncio.create_task(self._loop())
+        future: asyncio.Future[Embeddings] = asyncio.get_running_loop().create_future()
+        self.pending.append((texts, future))
+        self.wakeup.set()
+        return await future
+
+    async def _loop(self) -> None:
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            if not self.pending:
+                continue
+            if len(self.pending) == 1 and self.policy.max_wait_ms > 0:
+                await asyncio.sleep(self.policy.max_wait_ms / 1000)  # let companions arrive
+            while self.pending:
+                self.pending = [(t, f) for t, f in self.pending if not f.done()]
+                count = take_count([t for t, _ in self.pending], self.policy.max_batch_size, self.policy.max_batch_tokens)
+                batch, self.pending = self.pending[:count], self.pending[count:]
+                if batch:
+                    await self._run(batch)
+
+    async def _run(self, batch: list[tuple[list[str], asyncio.Future[Embeddings]]]) -> None:
+        texts = [t for request, _ in batch for t in request]
+        self.batches_run += 1
+        try:
+            result = await self.embed(texts)
+        except Exception as exc:  # every caller of the batch hears the same failure
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        total_chars = sum(len(t) for t in texts) or 1
+        offset = 0
+        for request, future in batch:
+            part = slice(offset, offset + len(request))
+            offset += len(request)
+            if result.token_counts is not None:
+                counts = result.token_counts[part]
+                tokens = sum(counts)
+            else:
+                # Only a batch total is known (a remote API): split it in proportion to length.
+                counts = None
+                tokens = max(1, round(result.prompt_tokens * sum(len(t) for t in request) / total_chars))
+            if not future.done():
+                future.set_result(Embeddings(result.vectors[part], tokens, counts))
+
+    async def aclose(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task

@@ -1,0 +1,1 @@
+"""Scheduling decisions with no I/O: queues, priorities, fair share, admission, batching."""

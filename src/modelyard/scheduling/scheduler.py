@@ -1,0 +1,177 @@
+"""One deployment's scheduler: plain data in, decisions out; no I/O, no clock of its own.
+
+- At most ``capacity`` tickets run at once.
+- Classes are served in strict priority (interactive, agent, embedding, background,
+  batch) with aging: a ticket's rank improves by one class per ``aging_s`` waited,
+  so nothing starves forever.
+- Within a class, tenants share by weighted fair queuing: the tenant with the
+  least weighted service so far goes next.
+- Admission is deadline-aware: a ticket whose estimated wait already exceeds
+  its class's time-to-first-token objective is refused up front (the caller
+  may try another deployment, else answers 429 with an honest Retry-After).
+- The queue is bounded: when full, the lowest-ranked queued ticket is shed to
+  make room for a better one; otherwise the newcomer is refused.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+CLASS_RANK: dict[str, int] = {"interactive": 0, "agent": 1, "embedding": 2, "background": 3, "batch": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerPolicy:
+    """Knobs of a deployment's scheduler (see docs/scheduling.md)."""
+
+    max_queue: int = 64
+    aging_s: float = 30.0
+    ttft_objective_s: Mapping[str, float] = field(default_factory=lambda: {"interactive": 10.0, "agent": 30.0})
+    tenant_weights: Mapping[str, float] = field(default_factory=dict)
+    default_service_s: float = 2.0
+    service_ewma_alpha: float = 0.2
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One request waiting for (or holding) a slot."""
+
+    id: str
+    workload: str
+    tenant: str = "default"
+    enqueued_at: float = 0.0
+
+    @property
+    def rank(self) -> int:
+        return CLASS_RANK.get(self.workload, CLASS_RANK["background"])
+
+
+class Verdict(enum.Enum):
+    RUN = "run"  # start now
+    QUEUED = "queued"  # wait for a slot
+    REJECTED = "rejected"  # refuse now, with retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    verdict: Verdict
+    retry_after_s: float = 0.0
+    reason: str = ""
+    shed: Ticket | None = None  # a queued ticket that lost its place to this one
+
+
+class DeploymentScheduler:
+    """Queues and slots of one deployment."""
+
+    def __init__(self, policy: SchedulerPolicy, capacity: int) -> None:
+        self.policy = policy
+        self.capacity = capacity
+        self.running: set[str] = set()
+        self.queues: dict[int, dict[str, deque[Ticket]]] = {}
+        self.served: dict[tuple[int, str], float] = {}
+        self.service_s = policy.default_service_s
+
+    # -- what is waiting -----------------------------------------------------------------
+    def queued(self) -> int:
+        return sum(len(q) for tenants in self.queues.values() for q in tenants.values())
+
+    def depth_by_class(self) -> dict[str, int]:
+        names = {rank: name for name, rank in CLASS_RANK.items()}
+        return {names[rank]: sum(len(q) for q in tenants.values()) for rank, tenants in self.queues.items()}
+
+    def estimated_wait_s(self, ticket: Ticket, now: float) -> float:
+        """Seconds until ``ticket`` would start: everything ranked at or above it, spread over the slots."""
+        if len(self.running) < self.capacity and self.queued() == 0:
+            return 0.0
+        ahead = sum(len(q) for rank, tenants in self.queues.items() if rank <= ticket.rank for q in tenants.values())
+        return (ahead + 1) * self.service_s / self.capacity
+
+    # -- decisions --------------------------------------------------------------------------
+    def admit(self, ticket: Ticket, now: float) -> Admission:
+        ticket.enqueued_at = now
+        if len(self.running) < self.capacity and self.queued() == 0:
+            self.running.add(ticket.id)
+            return Admission(Verdict.RUN)
+        wait = self.estimated_wait_s(ticket, now)
+        objective = self.policy.ttft_objective_s.get(ticket.workload)
+        if objective is not None and wait > objective:
+            return Admission(Verdict.REJECTED, retry_after_s=wait, reason=f"estimated wait {wait:.1f}s exceeds the {ticket.workload} objective of {objective:g}s")
+        shed = None
+        if self.queued() >= self.policy.max_queue:
+            worst = self._worst_queued(now)
+            if worst is None or self._effective_rank(worst, now) <= ticket.rank:
+                return Admission(Verdict.REJECTED, retry_after_s=wait, reason="the queue is full")
+            self._remove(worst)
+            shed = worst
+        self.queues.setdefault(ticket.rank, {}).setdefault(ticket.tenant, deque()).append(ticket)
+        return Admission(Verdict.QUEUED, shed=shed)
+
+    def finish(self, ticket_id: str, service_s: float | None, now: float) -> list[Ticket]:
+        """A running ticket ended; returns the tickets that start now (in order)."""
+        self.running.discard(ticket_id)
+        if service_s is not None:
+            a = self.policy.service_ewma_alpha
+            self.service_s = a * service_s + (1 - a) * self.service_s
+        return self.start_ready(now)
+
+    def start_ready(self, now: float) -> list[Ticket]:
+        started = []
+        while len(self.running) < self.capacity:
+            ticket = self._next(now)
+            if ticket is None:
+                break
+            self._remove(ticket)
+            self.running.add(ticket.id)
+            started.append(ticket)
+        return started
+
+    def cancel(self, ticket_id: str) -> bool:
+        """Drop a queued ticket (its caller went away). False if it was not queued."""
+        for tenants in self.queues.values():
+            for q in tenants.values():
+                for t in q:
+                    if t.id == ticket_id:
+                        self._remove(t)
+                        return True
+        return False
+
+    def resize(self, capacity: int, now: float) -> list[Ticket]:
+        self.capacity = capacity
+        return self.start_ready(now)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _effective_rank(self, ticket: Ticket, now: float) -> float:
+        return ticket.rank - (now - ticket.enqueued_at) / self.policy.aging_s
+
+    def _heads(self) -> list[Ticket]:
+        return [q[0] for tenants in self.queues.values() for q in tenants.values() if q]
+
+    def _next(self, now: float) -> Ticket | None:
+        heads = self._heads()
+        if not heads:
+            return None
+        # Aging decides which class goes next; fair share decides which tenant within it.
+        rank = min(heads, key=lambda t: (self._effective_rank(t, now), t.enqueued_at)).rank
+        same_class = [t for t in heads if t.rank == rank]
+        choice = min(same_class, key=lambda t: (self.served.get((rank, t.tenant), 0.0), t.enqueued_at))
+        weight = self.policy.tenant_weights.get(choice.tenant, 1.0) or 1.0
+        # A tenant returning after idling starts level with the busiest, not with banked credit.
+        floor = min((self.served.get((rank, t.tenant), 0.0) for t in same_class), default=0.0)
+        self.served[(rank, choice.tenant)] = max(self.served.get((rank, choice.tenant), 0.0), floor) + 1.0 / weight
+        return choice
+
+    def _worst_queued(self, now: float) -> Ticket | None:
+        tails = [q[-1] for tenants in self.queues.values() for q in tenants.values() if q]
+        return max(tails, key=lambda t: (self._effective_rank(t, now), t.enqueued_at), default=None)
+
+    def _remove(self, ticket: Ticket) -> None:
+        tenants = self.queues[ticket.rank]
+        q = tenants[ticket.tenant]
+        q.remove(ticket)
+        if not q:
+            del tenants[ticket.tenant]
+        if not tenants:
+            del self.queues[ticket.rank]
