@@ -16,6 +16,7 @@ from modelyard.fleet import artifacts
 from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.pipeline.stages import build_pipeline
+from modelyard.store.sqlite import Store
 
 log = logging.getLogger("modelyard")
 
@@ -61,7 +62,9 @@ async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path,
         log.error("cannot start: %s", exc)
         return 3
     dispatcher = Dispatcher(fleet, config)
-    app = create_app(build_pipeline(dispatcher, config), fleet, dispatcher, config)
+    store = Store(data_dir)
+    app = create_app(build_pipeline(dispatcher, config), fleet, dispatcher, config, store)
+    app.state.batches.start()  # resumes any job a previous run left unfinished
     uv_config = uvicorn.Config(
         app,
         host=host,
@@ -83,8 +86,10 @@ async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path,
         await server.serve()
     finally:
         log.info("stopping the fleet")
+        await app.state.batches.aclose()
         await dispatcher.aclose()
         await fleet.aclose()
+        store.close()
     return 0 if server.started else 3
 
 

@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,23 +18,20 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from modelyard.api import parse, render
+from modelyard.api.batch_routes import BatchRoutes, line_executor
 from modelyard.api.middleware import RequestContextMiddleware
+from modelyard.api.responses import JSONResponse
 from modelyard.config import FleetConfig
 from modelyard.errors import InvalidRequest, MethodNotAllowed, ModelNotFound, ModelyardError, NotFound, NotReady, PayloadTooLarge
 from modelyard.observe.metrics import Metrics
+from modelyard.pipeline.batches import BatchService
 from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.pipeline.types import Handler, Request, Response
 from modelyard.protocol import Usage
+from modelyard.store.sqlite import Store
 
 log = logging.getLogger("modelyard.api")
-
-
-class JSONResponse(HTTPResponse):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
 
 
 def error_response(exc: ModelyardError) -> JSONResponse:
@@ -209,8 +205,8 @@ async def _unexpected(request: HTTPRequest, exc: Exception) -> HTTPResponse:
     return error_response(ModelyardError(f"internal error ({type(exc).__name__}); see the server log"))
 
 
-def create_app(handler: Handler, fleet: FleetRuntime, dispatcher: Dispatcher, config: FleetConfig) -> Starlette:
-    """The ASGI app for one pipeline over a started fleet."""
+def create_app(handler: Handler, fleet: FleetRuntime, dispatcher: Dispatcher, config: FleetConfig, store: Store) -> Starlette:
+    """The ASGI app for one pipeline over a started fleet; ``app.state.batches`` runs batch jobs."""
     holder: list[Api] = []
     metrics = Metrics(lambda: holder[0].snapshot())
     api = Api(handler, fleet, dispatcher, config, metrics)
@@ -227,9 +223,12 @@ def create_app(handler: Handler, fleet: FleetRuntime, dispatcher: Dispatcher, co
         Route("/admin/fleet", api.fleet_status, methods=["GET"]),
         Route("/admin/breakers", api.breakers, methods=["GET"]),
     ]
+    batches = BatchService(store, line_executor(handler), config.scheduling.batch_concurrency, config.scheduling.max_file_bytes)
+    routes += BatchRoutes(batches, config.server.max_body_bytes).routes()
     app = Starlette(
         routes=routes,
         exception_handlers={ModelyardError: _modelyard_error, HTTPException: _http_error, Exception: _unexpected},
     )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.state.batches = batches
     return app

@@ -1,0 +1,266 @@
+"""The OpenAI Batch API's engine: validate input files, run lines in the ``batch``
+class, survive crashes, and write output and error files.
+
+Statuses: validating → in_progress → finalizing → completed, or failed,
+cancelling → cancelled, expired. Each line's answer is recorded in the store
+the moment it exists and only once (a pending line can change, a finished one
+cannot), so a server killed mid-job resumes on restart and every line is
+answered exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from modelyard.errors import InvalidRequest, NotFound
+from modelyard.store.sqlite import Store, new_id
+
+log = logging.getLogger("modelyard.batches")
+
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+WINDOWS = {"24h": 24 * 3600}
+RETRYABLE_STATUS = {429, 502, 503, 504}
+MAX_LINE_TRIES = 5
+ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+
+LineExecutor = Callable[[str, dict[str, Any]], Awaitable[tuple[int, dict[str, Any]]]]
+
+
+def batch_object(row: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
+    """A stored batch in OpenAI's shape."""
+    total = sum(counts.values())
+    return {
+        "id": row["id"], "object": "batch", "endpoint": row["endpoint"],
+        "errors": json.loads(row["errors"]) if row["errors"] else None,
+        "input_file_id": row["input_file_id"], "completion_window": row["completion_window"], "status": row["status"],
+        "output_file_id": row["output_file_id"], "error_file_id": row["error_file_id"],
+        **{k: row[k] for k in ("created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at", "cancelled_at")},
+        "request_counts": {"total": total, "completed": counts.get("done", 0), "failed": counts.get("error", 0)},
+        "metadata": json.loads(row["metadata"]) if row["metadata"] else None,
+    }
+
+
+def file_object(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"], "object": "file", "bytes": row["bytes"], "created_at": row["created_at"],
+        "filename": row["filename"], "purpose": row["purpose"], "status": "processed", "status_details": None,
+    }
+
+
+def parse_line(number: int, raw: str, endpoint: str, seen: set[str]) -> tuple[str | None, str | None, str | None]:
+    """(custom_id, request JSON, problem) for one input line; a problem makes it an error line."""
+    try:
+        item = json.loads(raw)
+    except ValueError as exc:
+        return None, None, f"line {number}: not valid JSON ({exc})"
+    if not isinstance(item, dict):
+        return None, None, f"line {number}: expected a JSON object"
+    custom_id = item.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        return None, None, f"line {number}: 'custom_id' must be a non-empty string"
+    if custom_id in seen:
+        return custom_id, None, f"line {number}: duplicate custom_id {custom_id!r}"
+    seen.add(custom_id)
+    if item.get("method", "POST") != "POST":
+        return custom_id, None, f"line {number}: 'method' must be POST"
+    if item.get("url") != endpoint:
+        return custom_id, None, f"line {number}: 'url' must be {endpoint!r} (the batch's endpoint), got {item.get('url')!r}"
+    body = item.get("body")
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        return custom_id, None, f"line {number}: 'body' must be an object with a 'model'"
+    return custom_id, json.dumps(body), None
+
+
+class BatchService:
+    """Files and batches for the API, and the background runner."""
+
+    def __init__(self, store: Store, execute: LineExecutor, concurrency: int, max_file_bytes: int) -> None:
+        self.store = store
+        self.execute = execute
+        self.concurrency = concurrency
+        self.max_file_bytes = max_file_bytes
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    # -- files ---------------------------------------------------------------------------------
+    async def upload(self, tenant: str, purpose: str, filename: str, content: bytes) -> dict[str, Any]:
+        if purpose != "batch":
+            raise InvalidRequest("'purpose' must be 'batch'", param="purpose")
+        if not content.strip():
+            raise InvalidRequest("the file is empty", param="file")
+        try:
+            content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(f"the file is not UTF-8 text (byte {exc.start}); expected JSONL", param="file") from None
+        return file_object(await self.store.add_file(tenant, purpose, filename, content))
+
+    async def file(self, tenant: str, file_id: str) -> dict[str, Any]:
+        row = await self.store.get_file(tenant, file_id)
+        if row is None:
+            raise NotFound(f"No such file: {file_id}", param="file_id")
+        return row
+
+    async def content(self, tenant: str, file_id: str) -> bytes:
+        await self.file(tenant, file_id)
+        return await asyncio.to_thread(self.store.file_path(file_id).read_bytes)
+
+    async def delete(self, tenant: str, file_id: str) -> dict[str, Any]:
+        if not await self.store.delete_file(tenant, file_id):
+            raise NotFound(f"No such file: {file_id}", param="file_id")
+        return {"id": file_id, "object": "file", "deleted": True}
+
+    # -- batches -------------------------------------------------------------------------------
+    async def create(self, tenant: str, body: dict[str, Any]) -> dict[str, Any]:
+        input_file_id = body.get("input_file_id")
+        if not isinstance(input_file_id, str):
+            raise InvalidRequest("'input_file_id' is required", param="input_file_id")
+        endpoint = body.get("endpoint")
+        if endpoint not in ENDPOINTS:
+            raise InvalidRequest(f"'endpoint' must be one of {', '.join(ENDPOINTS)}", param="endpoint")
+        window = body.get("completion_window")
+        if window not in WINDOWS:
+            raise InvalidRequest("'completion_window' must be '24h'", param="completion_window")
+        metadata = body.get("metadata")
+        if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16):
+            raise InvalidRequest("'metadata' must be an object of at most 16 keys", param="metadata")
+        source = await self.store.get_file(tenant, input_file_id)
+        if source is None:
+            raise NotFound(f"No such file: {input_file_id}", param="input_file_id")
+        if source["purpose"] != "batch":
+            raise InvalidRequest(f"file {input_file_id} was not uploaded with purpose 'batch'", param="input_file_id")
+        now = int(time.time())
+        row = {
+            "id": new_id("batch_"), "tenant": tenant, "input_file_id": input_file_id, "endpoint": endpoint,
+            "completion_window": window, "metadata": json.dumps(metadata) if metadata else None, "status": "validating",
+            "created_at": now, "expires_at": now + WINDOWS[str(window)],
+        }
+        await self.store.add_batch(row)
+        self.wakeup.set()
+        return await self.get(tenant, row["id"])
+
+    async def get(self, tenant: str, batch_id: str) -> dict[str, Any]:
+        row = await self.store.get_batch(tenant, batch_id)
+        if row is None:
+            raise NotFound(f"No such batch: {batch_id}", param="batch_id")
+        return batch_object(row, await self.store.line_counts(batch_id))
+
+    async def list(self, tenant: str, limit: int, after: str | None) -> dict[str, Any]:
+        rows = await self.store.list_batches(tenant, limit + 1, after)
+        data = [batch_object(r, await self.store.line_counts(r["id"])) for r in rows[:limit]]
+        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None, "has_more": len(rows) > limit}
+
+    async def cancel(self, tenant: str, batch_id: str) -> dict[str, Any]:
+        row = await self.store.get_batch(tenant, batch_id)
+        if row is None:
+            raise NotFound(f"No such batch: {batch_id}", param="batch_id")
+        if not await self.store.set_status(batch_id, "cancelling", "cancelling_at", expected=("validating", "in_progress")):
+            raise InvalidRequest(f"batch {batch_id} is {row['status']} and cannot be cancelled", code="invalid_state")
+        self.wakeup.set()
+        return await self.get(tenant, batch_id)
+
+    # -- the runner ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._loop(), name="batch-runner")
+
+    async def aclose(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                busy = await self._step()
+            except Exception:  # a broken batch must not stop the others
+                log.exception("batch runner step failed")
+                busy = False
+            if not busy:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.wakeup.wait(), 1.0)
+                self.wakeup.clear()
+
+    async def _step(self) -> bool:
+        """Advance every active batch once; True when there is more to do right away."""
+        busy = False
+        for row in await self.store.batches_in(ACTIVE):
+            status = row["status"]
+            if status == "validating":
+                await self._validate(row)
+                busy = True
+            elif status == "cancelling":
+                await self._finalize(row, "cancelled", "cancelled_at")
+            elif status == "finalizing":
+                await self._finalize(row, "completed", "completed_at")
+            elif time.time() > row["expires_at"]:
+                await self._finalize(row, "expired", "expired_at")
+            else:
+                busy = await self._run_some(row) or busy
+        return busy
+
+    async def _validate(self, row: dict[str, Any]) -> None:
+        path = self.store.file_path(row["input_file_id"])
+        try:
+            text = (await asyncio.to_thread(path.read_bytes)).decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            await self._fail(row, "invalid_file", f"cannot read the input file: {exc}")
+            return
+        seen: set[str] = set()
+        lines = []
+        for number, raw in enumerate(text.splitlines(), 1):
+            if not raw.strip():
+                continue
+            custom_id, request, problem = parse_line(number, raw, row["endpoint"], seen)
+            lines.append((number, custom_id, request, "error" if problem else "pending", json.dumps({"code": "invalid_request", "message": problem, "line": number}) if problem else None))
+        if not lines:
+            await self._fail(row, "empty_file", "the input file holds no request lines")
+            return
+        await self.store.start_batch(row["id"], lines)
+
+    async def _fail(self, row: dict[str, Any], code: str, message: str) -> None:
+        errors = {"object": "list", "data": [{"code": code, "message": message, "param": None, "line": None}]}
+        await self.store.set_status(row["id"], "failed", "failed_at", errors=json.dumps(errors))
+
+    async def _run_some(self, row: dict[str, Any]) -> bool:
+        pending = await self.store.pending_lines(row["id"], self.concurrency)
+        if not pending:
+            await self.store.set_status(row["id"], "finalizing", "finalizing_at", expected=("in_progress",))
+            return True
+        await asyncio.gather(*(self._run_line(row, line) for line in pending))
+        return True
+
+    async def _run_line(self, row: dict[str, Any], line: dict[str, Any]) -> None:
+        status, body = await self.execute(row["endpoint"], json.loads(line["request"]))
+        if status in RETRYABLE_STATUS and await self.store.bump_tries(row["id"], line["line_no"]) < MAX_LINE_TRIES:
+            await asyncio.sleep(min(30.0, float(body.get("retry_after", 1.0)) if isinstance(body, dict) else 1.0))
+            return  # stays pending; tried again on a later step
+        response = {"status_code": status, "request_id": new_id("req_"), "body": body}
+        await self.store.finish_line(row["id"], line["line_no"], "done" if status == 200 else "error", response, None)
+
+    async def _finalize(self, row: dict[str, Any], status: str, when: str) -> None:
+        lines = await self.store.all_lines(row["id"])
+        outputs, errors = [], []
+        for line in lines:
+            entry_id = f"batch_req_{row['id'][6:]}_{line['line_no']}"
+            response = json.loads(line["response"]) if line["response"] else None
+            error = json.loads(line["error"]) if line["error"] else None
+            if line["state"] == "done":
+                outputs.append({"id": entry_id, "custom_id": line["custom_id"], "response": response, "error": None})
+            elif line["state"] == "error":
+                errors.append({"id": entry_id, "custom_id": line["custom_id"], "response": response, "error": error})
+        extra: dict[str, Any] = {}
+        if outputs:
+            extra["output_file_id"] = (await self.store.add_file(row["tenant"], "batch_output", f"{row['id']}_output.jsonl", _jsonl(outputs)))["id"]
+        if errors:
+            extra["error_file_id"] = (await self.store.add_file(row["tenant"], "batch_output", f"{row['id']}_error.jsonl", _jsonl(errors)))["id"]
+        await self.store.set_status(row["id"], status, when, **extra)
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()

@@ -1,0 +1,1 @@
+"""Persistence behind one interface (SQLite embedded by default)."""
