@@ -70,7 +70,7 @@ class Api:
 
     def _note(self, http: HTTPRequest, request: Request, response: Response | None = None) -> None:
         state = http.scope["state"]
-        state.update(requested_model=request.model, workload=request.workload, attempts=len(request.attempts))
+        state.update(requested_model=request.model, workload=request.workload, session=request.session, attempts=len(request.attempts))
         if response is not None:
             state.update(served_model=response.model, deployment=response.deployment, route_reason=response.route_reason)
 

@@ -86,6 +86,7 @@ def _log(scope: Scope, state: dict[str, Any], status: int, started: float) -> No
         "route": state.get("route_reason"),
         "attempts": state.get("attempts"),
         "workload": state.get("workload"),
+        "session": state.get("session"),
         "prompt_tokens": usage.prompt_tokens if usage else None,
         "completion_tokens": usage.completion_tokens if usage else None,
         "error": state.get("error"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import zlib
 import random
 import time
 from collections import OrderedDict, deque
@@ -109,11 +110,15 @@ class Dispatcher:
         return None
 
     def _sticky(self, session: str | None, candidates: list[str]) -> str | None:
-        previous = self.sessions.get(session) if session is not None else None
-        if previous is None or previous not in candidates:
+        if session is None:
             return None
         least = min(self.fleet.outstanding.get(n, 0) for n in candidates)
-        return previous if self.fleet.outstanding.get(previous, 0) <= least + self.affinity_slack else None
+        previous = self.sessions.get(session)
+        if previous in candidates and self.fleet.outstanding.get(previous, 0) <= least + self.affinity_slack:
+            return previous
+        # A new (or moved) session: spread sessions over the least-loaded deployments by hash.
+        idle = sorted(n for n in candidates if self.fleet.outstanding.get(n, 0) == least)
+        return idle[zlib.crc32(session.encode()) % len(idle)]
 
     def _untried_available(self, model: ModelConfig, tried: set[str]) -> bool:
         ready = self.fleet.ready_map()

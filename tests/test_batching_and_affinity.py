@@ -1,0 +1,92 @@
+"""Embedding batching (merge and split under concurrency) and agent session affinity."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from modelyard.config import BatchingPolicy
+from modelyard.pipeline.batcher import EmbeddingBatcher
+from modelyard.protocol import Embeddings
+from modelyard.scheduling.packing import take_count
+
+from .conftest import LiveServer, start_modelyard, write_config
+
+
+def test_packing_respects_size_and_tokens() -> None:
+    assert take_count([["a"], ["b"], ["c"]], max_batch_size=2, max_batch_tokens=100) == 2
+    assert take_count([["x" * 400], ["y" * 400]], max_batch_size=10, max_batch_tokens=150) == 1
+    assert take_count([["x" * 4000]], max_batch_size=1, max_batch_tokens=10) == 1  # always at least one
+    assert take_count([], 4, 4) == 0
+
+
+async def test_batcher_merges_concurrent_requests_and_splits_results() -> None:
+    calls: list[list[str]] = []
+
+    async def embed(texts: list[str]) -> Embeddings:
+        calls.append(list(texts))
+        await asyncio.sleep(0.01)
+        return Embeddings([[float(len(t)), float(i)] for i, t in enumerate(texts)], sum(len(t) for t in texts), [len(t) for t in texts])
+
+    batcher = EmbeddingBatcher(embed, BatchingPolicy(max_wait_ms=20, max_batch_size=8, max_batch_tokens=10_000))
+    inputs = [[f"text-{i}" * (i + 1)] if i % 3 else [f"a{i}", f"bb{i}"] for i in range(20)]
+    results = await asyncio.gather(*(batcher.submit(texts) for texts in inputs))
+    await batcher.aclose()
+    for texts, result in zip(inputs, results, strict=True):
+        assert [v[0] for v in result.vectors] == [float(len(t)) for t in texts]  # each caller got its own vectors
+        assert result.prompt_tokens == sum(len(t) for t in texts) and result.token_counts == [len(t) for t in texts]
+    assert len(calls) < len(inputs)  # merged
+    assert all(len(c) <= 8 or len(c) == 2 for c in calls)
+    assert sum(len(c) for c in calls) == sum(len(t) for t in inputs)
+
+
+async def test_batcher_failure_reaches_every_caller() -> None:
+    async def embed(texts: list[str]) -> Embeddings:
+        raise RuntimeError("boom")
+
+    batcher = EmbeddingBatcher(embed, BatchingPolicy(max_wait_ms=10))
+    results = await asyncio.gather(batcher.submit(["a"]), batcher.submit(["b"]), return_exceptions=True)
+    await batcher.aclose()
+    assert all(isinstance(r, RuntimeError) for r in results)
+
+
+AFFINITY = """
+models:
+  twin:
+    kind: chat
+    deployments:
+      - {{name: one, backend: openai, base_url: '{url}/v1'}}
+      - {{name: two, backend: openai, base_url: '{url}/v1'}}
+"""
+
+
+@pytest.fixture(scope="module")
+def twin_server(tmp_path_factory: pytest.TempPathFactory, fake_upstream: LiveServer) -> Iterator[LiveServer]:
+    tmp = tmp_path_factory.mktemp("affinity")
+    live = start_modelyard(tmp, write_config(tmp / "fleet.yaml", AFFINITY.format(url=fake_upstream.url)))
+    yield live
+    live.stop()
+
+
+def test_sessions_stick_to_one_deployment(twin_server: LiveServer) -> None:
+    body = {"model": "twin", "messages": [{"role": "user", "content": "step"}], "max_tokens": 2}
+    seen: dict[str, set[str]] = {}
+    for round_ in range(6):
+        for session in ("agent-a", "agent-b", "agent-c", "agent-d"):
+            reply = httpx.post(twin_server.url + "/v1/chat/completions", json=body, headers={"x-modelyard-session": session}, timeout=10)
+            assert reply.status_code == 200
+            seen.setdefault(session, set()).add(reply.headers["x-modelyard-deployment"])
+    assert all(len(deployments) == 1 for deployments in seen.values())
+    assert {d for s in seen.values() for d in s} == {"twin/one", "twin/two"}  # sessions spread over both
+    logged = [json.loads(x) for x in twin_server.log().splitlines() if x.startswith("{") and '"agent-a"' in x]
+    assert logged and all(entry["session"] == "agent-a" and entry["workload"] == "agent" for entry in logged)
+
+
+def test_user_field_is_a_session_too(twin_server: LiveServer) -> None:
+    body = {"model": "twin", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "user": "end-user-7"}
+    deployments = {httpx.post(twin_server.url + "/v1/chat/completions", json=body, timeout=10).headers["x-modelyard-deployment"] for _ in range(5)}
+    assert len(deployments) == 1
