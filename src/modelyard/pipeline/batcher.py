@@ -1,5 +1,10 @@
-"""Dynamic batching for embeddings: requests arriving within ``max_wait_ms`` are merged
-(up to ``max_batch_size`` texts and ``max_batch_tokens``), run as one call, and split back."""
+"""Dynamic batching for embeddings: requests are merged (up to ``max_batch_size`` texts
+and ``max_batch_tokens``), run as one call, and split back.
+
+A request that finds the batcher idle and alone runs at once (no added latency
+at low load); requests arriving while a batch runs form the next one. Only
+under load (the last batch merged several requests) does a lone request wait
+up to ``max_wait_ms`` for companions."""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ class EmbeddingBatcher:
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.batches_run = 0
+        self.last_batch_requests = 0
 
     async def submit(self, texts: list[str]) -> Embeddings:
         if self.task is None:
@@ -37,8 +43,8 @@ class EmbeddingBatcher:
             self.wakeup.clear()
             if not self.pending:
                 continue
-            if len(self.pending) == 1 and self.policy.max_wait_ms > 0:
-                await asyncio.sleep(self.policy.max_wait_ms / 1000)  # let companions arrive
+            if len(self.pending) == 1 and self.policy.max_wait_ms > 0 and self.last_batch_requests > 1:
+                await asyncio.sleep(self.policy.max_wait_ms / 1000)  # under load: let companions arrive
             while self.pending:
                 self.pending = [(t, f) for t, f in self.pending if not f.done()]
                 count = take_count([t for t, _ in self.pending], self.policy.max_batch_size, self.policy.max_batch_tokens)
@@ -49,6 +55,7 @@ class EmbeddingBatcher:
     async def _run(self, batch: list[tuple[list[str], asyncio.Future[Embeddings]]]) -> None:
         texts = [t for request, _ in batch for t in request]
         self.batches_run += 1
+        self.last_batch_requests = len(batch)
         try:
             result = await self.embed(texts)
         except Exception as exc:  # every caller of the batch hears the same failure
