@@ -75,7 +75,7 @@ def twin_server(tmp_path_factory: pytest.TempPathFactory, fake_upstream: LiveSer
 def test_sessions_stick_to_one_deployment(twin_server: LiveServer) -> None:
     body = {"model": "twin", "messages": [{"role": "user", "content": "step"}], "max_tokens": 2}
     seen: dict[str, set[str]] = {}
-    for round_ in range(6):
+    for _ in range(6):
         for session in ("agent-a", "agent-b", "agent-c", "agent-d"):
             reply = httpx.post(twin_server.url + "/v1/chat/completions", json=body, headers={"x-modelyard-session": session}, timeout=10)
             assert reply.status_code == 200
