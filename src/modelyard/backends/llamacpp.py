@@ -155,7 +155,8 @@ class LlamaCppBackend:
             while True:
                 wait = min(timeouts.first_token_s, deadline - time.monotonic())
                 try:
-                    event = await asyncio.wait_for(events.get(), max(0.0, wait))
+                    async with asyncio.timeout(max(0.0, wait)):
+                        event = await events.get()
                 except TimeoutError:
                     raise UpstreamTimeout(f"deployment {self.deployment.name} produced no token for {wait:.0f}s") from None
                 chunk = _to_chunk(event, self.deployment.name)

@@ -160,7 +160,8 @@ class Dispatcher:
         limit = min(timeouts.first_token_s, request.deadline - self.clock())
         stream = self._scheduled(request, deployment, call)
         try:
-            first = await asyncio.wait_for(stream.__anext__(), max(0.0, limit))
+            async with asyncio.timeout(max(0.0, limit)):  # no extra task per call, unlike wait_for
+                first = await stream.__anext__()
         except (TimeoutError, StopAsyncIteration) as exc:
             await stream.aclose()
             error: ModelyardError = UpstreamTimeout(f"deployment {deployment} gave no first token within {limit:.1f}s")
@@ -265,7 +266,8 @@ class Dispatcher:
                     return
                 limit = min(stall, request.deadline - self.clock())
                 try:
-                    chunk = await asyncio.wait_for(rest.__anext__(), max(0.0, limit))
+                    async with asyncio.timeout(max(0.0, limit)):
+                        chunk = await rest.__anext__()
                 except TimeoutError:
                     raise UpstreamTimeout(f"deployment {opened.deployment} stalled for {limit:.1f}s mid-stream") from None
                 except StopAsyncIteration:

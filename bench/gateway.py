@@ -1,0 +1,291 @@
+"""Gateway overhead and throughput: direct vs modelyard vs LiteLLM's proxy, in one run.
+
+    .venv/bin/python bench/gateway.py [--quick]
+
+Starts the fake OpenAI-compatible upstream (a real HTTP server; 50 ms and 0 ms
+variants, a fixed 16-token completion), modelyard in front of it with its
+production features on (routing, scheduler, breakers, metrics, access log),
+and LiteLLM's proxy (installed by this script into bench/.venv-litellm,
+pinned, LITELLM_LOCAL_MODEL_COST_MAP=True) in front of the same upstream.
+Load comes from wrk (installed with apt-get if missing). At concurrency 1, 50
+and 200 it records throughput, latency percentiles and errors; added latency
+is through-gateway minus direct at the same load. Streaming: time to first
+byte and chunk pacing. Soak: a fixed rate for 5 minutes (30 s with --quick)
+with modelyard's RSS and open file descriptors sampled every 10 s.
+Writes bench/results/gateway.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, ENV, free_port, machine, median, percentile, start, stop, table, write_result  # noqa: E402
+
+# 1.110.x declares its proxy extra on a litellm-proxy release that PyPI does not serve.
+LITELLM_VERSION = "1.80.0"
+LITELLM_VENV = ROOT / "bench" / ".venv-litellm"
+MASTER_KEY = "sk-bench-master"
+BODY = {"model": "fake", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 16}
+
+MODELYARD_CONFIG = """
+models:
+  fake:
+    kind: chat
+    deployments:
+      - backend: openai
+        base_url: http://127.0.0.1:{port}/v1
+        max_concurrency: 1024
+        max_queue: 1024
+        max_connections: 512
+"""
+LITELLM_CONFIG = """
+model_list:
+  - model_name: fake
+    litellm_params:
+      model: openai/fake
+      api_base: http://127.0.0.1:{port}/v1
+      api_key: unused
+litellm_settings:
+  drop_params: true
+general_settings:
+  master_key: {key}
+"""
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+"""
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("installing wrk (apt-get) ...", flush=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, stdout=subprocess.DEVNULL)
+    return shutil.which("wrk") or "wrk"
+
+
+def ensure_litellm() -> Path:
+    binary = LITELLM_VENV / "bin" / "litellm"
+    if binary.exists():
+        return binary
+    print(f"installing litellm[proxy]=={LITELLM_VERSION} into {LITELLM_VENV} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+    subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"], check=True)
+    return binary
+
+
+def start_litellm(binary: Path, upstream_port: int, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    config = tmp / "litellm.yaml"
+    config.write_text(LITELLM_CONFIG.format(port=upstream_port, key=MASTER_KEY))
+    port = free_port()
+    env = dict(ENV, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_MASTER_KEY=MASTER_KEY, LITELLM_LOG="ERROR", DISABLE_ADMIN_UI="True")
+    process = subprocess.Popen([str(binary), "--config", str(config), "--port", str(port), "--num_workers", "1"], stdout=(tmp / "litellm.log").open("wb"), stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"litellm exited; see {tmp / 'litellm.log'}")
+        try:
+            if httpx.post(url + "/v1/chat/completions", json=BODY, headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=5).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("litellm did not become ready")
+
+
+def wrk(binary: str, url: str, concurrency: int, seconds: float, script: Path) -> dict[str, float]:
+    threads = 1 if concurrency == 1 else 2
+    out = subprocess.run(
+        [binary, "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds}s", "--latency", "-s", str(script), url + "/v1/chat/completions"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return parse_wrk(out)
+
+
+UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    def ms(text: str) -> float:
+        number, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+        return float(number) * UNITS[unit]
+
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    for q in ("50", "90", "99"):
+        match = re.search(rf"^\s+{q}(?:\.000)?%\s+(\S+)", out, re.MULTILINE)
+        result[f"p{q}_ms"] = ms(match.group(1)) if match else float("nan")
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    result["errors"] = float(errors.group(1) if errors else 0) + (sum(float(x) for x in socket.groups()) if socket else 0)
+    return result
+
+
+async def stream_timing(url: str, headers: dict[str, str], samples: int) -> dict[str, float | None]:
+    ttfb, gaps = [], []
+    async with httpx.AsyncClient(timeout=30) as http:
+        for _ in range(samples):
+            t0 = time.monotonic()
+            last = None
+            async with http.stream("POST", url + "/v1/chat/completions", json=BODY | {"stream": True}, headers=headers) as response:
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: {"):
+                        continue
+                    now = time.monotonic()
+                    if last is None:
+                        ttfb.append((now - t0) * 1000)
+                    else:
+                        gaps.append((now - last) * 1000)
+                    last = now
+    return {"ttfb_p50_ms": median(ttfb), "chunk_gap_p50_ms": median(gaps), "chunk_gap_p99_ms": percentile(gaps, 99)}
+
+
+def process_stats(pid: int) -> tuple[float, int]:
+    rss_kb = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss_kb = int(line.split()[1])
+    return rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def soak(url: str, pid: int, rate: float, seconds: float) -> dict[str, object]:
+    samples: list[tuple[float, float, int]] = []
+    errors = 0
+    sent = 0
+    started = time.monotonic()
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=200)) as http:
+
+        async def one() -> None:
+            nonlocal errors
+            try:
+                if (await http.post(url + "/v1/chat/completions", json=BODY)).status_code != 200:
+                    errors += 1
+            except httpx.HTTPError:
+                errors += 1
+
+        tasks: set[asyncio.Task[None]] = set()
+        next_sample = started
+        while (now := time.monotonic()) - started < seconds:
+            if now >= next_sample:
+                rss, fds = process_stats(pid)
+                samples.append((round(now - started, 1), round(rss, 1), fds))
+                next_sample += 10
+            task = asyncio.create_task(one())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+            await asyncio.sleep(max(0.0, started + sent / rate - time.monotonic()))
+        await asyncio.gather(*tasks)
+    rss, fds = process_stats(pid)
+    samples.append((round(time.monotonic() - started, 1), round(rss, 1), fds))
+    warm = samples[1] if len(samples) > 2 else samples[0]  # after the first 10 s of warm-up
+    return {
+        "rate_rps": rate, "seconds": seconds, "requests": sent, "errors": errors, "samples": samples,
+        "rss_growth_pct": round((samples[-1][1] - warm[1]) / warm[1] * 100, 2),
+        "fd_first": warm[2], "fd_last": samples[-1][2],
+    }
+
+
+def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
+    wrk_bin = ensure_wrk()
+    litellm_bin = ensure_litellm()
+    results: dict[str, object] = {"config": {"seconds_per_point": args.seconds, "soak_s": args.soak_s, "litellm": LITELLM_VERSION}, "machine": machine()}
+    script = tmp / "post.lua"
+    script.write_text(WRK_SCRIPT.format(body=json.dumps(BODY), key=MASTER_KEY))
+    for latency in (50, 0):
+        up_port = free_port()
+        upstream = start(["fake-upstream", "--port", str(up_port), "--latency-ms", str(latency), "--tokens", "16"], tmp / f"up{latency}.log", f"http://127.0.0.1:{up_port}/v1/models")
+        config = tmp / f"my{latency}.yaml"
+        config.write_text(MODELYARD_CONFIG.format(port=up_port))
+        my_port = free_port()
+        gateway = start(["serve", "--config", str(config), "--port", str(my_port), "--data-dir", str(tmp / "data"), "--log-level", "warning"], tmp / f"my{latency}.log", f"http://127.0.0.1:{my_port}/readyz")
+        lite, lite_url = start_litellm(litellm_bin, up_port, tmp)
+        targets = {"direct": f"http://127.0.0.1:{up_port}", "modelyard": f"http://127.0.0.1:{my_port}", "litellm": lite_url}
+        try:
+            for name, url in targets.items():
+                wrk(wrk_bin, url, 10, 2, script)  # warm-up
+            for concurrency in (1, 50, 200):
+                for name, url in targets.items():
+                    point = wrk(wrk_bin, url, concurrency, args.seconds, script)
+                    results[f"{name}_lat{latency}_c{concurrency}"] = point
+                    print(f"  upstream {latency} ms  c{concurrency:<3}  {name:<9}  {point['rps']:8.1f} req/s  p50 {point['p50_ms']:7.2f} ms  p99 {point['p99_ms']:7.2f} ms  errors {point['errors']:.0f}", flush=True)
+            if latency == 50:
+                headers = {"Authorization": f"Bearer {MASTER_KEY}"}
+                for name, url in targets.items():
+                    results[f"{name}_stream"] = asyncio.run(stream_timing(url, headers, 30))
+                assert gateway.pid is not None
+                results["soak"] = asyncio.run(soak(targets["modelyard"], gateway.pid, args.soak_rate, args.soak_s))
+        finally:
+            for process in (lite, gateway, upstream):
+                stop(process)
+    return results
+
+
+def summarise(r: dict[str, object]) -> dict[str, object]:
+    def get(key: str, field: str) -> float:
+        return float(r[key][field])  # type: ignore[index]
+
+    out: dict[str, object] = {
+        "direct_rps_c50": get("direct_lat50_c50", "rps"),
+        "modelyard_rps_c50": get("modelyard_lat50_c50", "rps"),
+        "litellm_rps_c50": get("litellm_lat50_c50", "rps"),
+        "modelyard_added_p50_ms_c1": round(get("modelyard_lat50_c1", "p50_ms") - get("direct_lat50_c1", "p50_ms"), 3),
+        "modelyard_added_p99_ms_c1": round(get("modelyard_lat50_c1", "p99_ms") - get("direct_lat50_c1", "p99_ms"), 3),
+        "litellm_added_p50_ms_c1": round(get("litellm_lat50_c1", "p50_ms") - get("direct_lat50_c1", "p50_ms"), 3),
+        "litellm_added_p99_ms_c1": round(get("litellm_lat50_c1", "p99_ms") - get("direct_lat50_c1", "p99_ms"), 3),
+        "modelyard_rss_growth_pct": r["soak"]["rss_growth_pct"],  # type: ignore[index]
+    }
+    out["ratio_modelyard_vs_litellm_c50"] = round(out["modelyard_rps_c50"] / out["litellm_rps_c50"], 2)  # type: ignore[operator]
+    out["ratio_modelyard_vs_direct_c50"] = round(out["modelyard_rps_c50"] / out["direct_rps_c50"], 3)  # type: ignore[operator]
+    out["goals"] = {
+        "throughput_ge_10x_litellm": out["ratio_modelyard_vs_litellm_c50"] >= 10,  # type: ignore[operator]
+        "throughput_ge_50pct_direct": out["ratio_modelyard_vs_direct_c50"] >= 0.5,  # type: ignore[operator]
+        "added_p50_le_1ms": out["modelyard_added_p50_ms_c1"] <= 1.0,  # type: ignore[operator]
+        "added_p99_le_5ms": out["modelyard_added_p99_ms_c1"] <= 5.0,  # type: ignore[operator]
+        "rss_growth_le_10pct": out["modelyard_rss_growth_pct"] <= 10,  # type: ignore[operator]
+        "fds_flat": r["soak"]["fd_last"] <= r["soak"]["fd_first"] + 5,  # type: ignore[index]
+    }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 s per point and a 20 s soak (about a minute of load)")
+    args = parser.parse_args()
+    args.seconds, args.soak_s, args.soak_rate = (3, 20.0, 100.0) if args.quick else (10, 300.0, 200.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = run(args, Path(tmp))
+    summary = summarise(raw)
+    rows = [("upstream", "concurrency", "system", "req/s", "p50 ms", "p99 ms", "errors")]
+    for latency in (50, 0):
+        for c in (1, 50, 200):
+            for name in ("direct", "modelyard", "litellm"):
+                p = raw[f"{name}_lat{latency}_c{c}"]
+                rows.append((f"{latency} ms", str(c), name, f"{p['rps']:.1f}", f"{p['p50_ms']:.2f}", f"{p['p99_ms']:.2f}", f"{p['errors']:.0f}"))  # type: ignore[index]
+    print(table(rows))
+    print()
+    print(table([("metric", "value")] + [(k, str(v)) for k, v in summary.items()]))
+    path = write_result("gateway", summary | {"raw": raw})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
