@@ -28,6 +28,7 @@ from modelyard.pipeline.admission import SchedulerGate
 from modelyard.pipeline.batcher import EmbeddingBatcher
 from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.pipeline.types import Attempt, Request
+from modelyard.pipeline.watchdog import StallGuard
 from modelyard.protocol import Chunk, Embeddings, ModelCall
 from modelyard.reliability.breaker import CircuitBreaker
 from modelyard.reliability.retry import backoff_s, counts_against_deployment, is_retryable
@@ -255,6 +256,7 @@ class Dispatcher:
             on_open(opened.model, opened.deployment)
         stall = self.deployments[opened.deployment][1].timeouts.stall_s
         rest = opened.rest
+        guard = StallGuard(stall, request.deadline)
         try:
             chunk = opened.first
             while True:
@@ -264,19 +266,24 @@ class Dispatcher:
                 if chunk.finish_reason is not None:
                     opened.attempt.outcome = "ok"
                     return
-                limit = min(stall, request.deadline - self.clock())
+                guard.begin_wait()
                 try:
-                    async with asyncio.timeout(max(0.0, limit)):
-                        chunk = await rest.__anext__()
-                except TimeoutError:
-                    raise UpstreamTimeout(f"deployment {opened.deployment} stalled for {limit:.1f}s mid-stream") from None
+                    chunk = await rest.__anext__()
+                except asyncio.CancelledError:
+                    if not guard.fired:
+                        raise
+                    guard.consume_cancel()
+                    raise UpstreamTimeout(f"deployment {opened.deployment} stalled for {stall:g}s mid-stream (or the request's deadline passed)") from None
                 except StopAsyncIteration:
                     return
+                finally:
+                    guard.end_wait()
         except ModelyardError as error:
             opened.attempt.fail(error, self.clock())
             self._failed(opened.deployment, error)
             raise
         finally:
+            guard.close()
             with contextlib.suppress(Exception):
                 await rest.aclose()
 
