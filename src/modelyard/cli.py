@@ -91,6 +91,45 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    import asyncio
+    import csv
+
+    from modelyard import server
+    from modelyard.store.ledger import usage
+    from modelyard.store.sqlite import Store
+
+    config = _load(args.config)
+    store = Store(server.data_dir_of(config, args.data_dir))
+    try:
+        rows = asyncio.run(usage(store, tuple(g for g in args.group_by.split(",") if g), args.since, args.until))
+    except ValueError as exc:
+        print(f"modelyard: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    if args.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["requests"])
+        writer.writeheader()
+        writer.writerows(rows)
+        return 0
+    if not rows:
+        print("no requests recorded yet")
+        return 0
+    columns = list(rows[0])
+    cells = [columns] + [[_fmt(r[c]) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    for row in cells:
+        print("  ".join(cell.rjust(widths[i]) if i >= len(columns) - 6 else cell.ljust(widths[i]) for i, cell in enumerate(row)))
+    return 0
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6f}" if value < 1 else f"{value:,.2f}"
+    return "-" if value is None else str(value)
+
+
 def cmd_fake_upstream(args: argparse.Namespace) -> int:
     from modelyard.testing.fake_upstream import FakeScript, serve_fake
 
@@ -125,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(p)
     p.add_argument("--data-dir", help="where assembled models live (default ~/.cache/modelyard)")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("usage", help="requests, tokens and cost from the ledger", description="Aggregate the usage ledger (the data directory's SQLite file).")
+    config_arg(p)
+    p.add_argument("--data-dir", help="the server's data directory (default ~/.cache/modelyard)")
+    p.add_argument("--group-by", default="tenant,served_model,day", help="comma-separated: tenant, api_key, requested_model, served_model, deployment, workload, day, endpoint")
+    p.add_argument("--since", help="first day, YYYY-MM-DD")
+    p.add_argument("--until", help="last day, YYYY-MM-DD")
+    p.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    p.set_defaults(func=cmd_usage)
 
     p = sub.add_parser("fake-upstream", help="run a fake OpenAI-compatible server (for tests and benchmarks)")
     p.add_argument("--host", default="127.0.0.1")

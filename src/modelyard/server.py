@@ -16,6 +16,7 @@ from modelyard.fleet import artifacts
 from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.pipeline.stages import build_pipeline
+from modelyard.store.ledger import LedgerWriter
 from modelyard.store.sqlite import Store
 
 log = logging.getLogger("modelyard")
@@ -63,7 +64,9 @@ async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path,
         return 3
     dispatcher = Dispatcher(fleet, config)
     store = Store(data_dir)
-    app = create_app(build_pipeline(dispatcher, config), fleet, dispatcher, config, store)
+    ledger = LedgerWriter(store)
+    await ledger.start()
+    app = create_app(build_pipeline(dispatcher, config), fleet, dispatcher, config, store, ledger)
     app.state.batches.start()  # resumes any job a previous run left unfinished
     uv_config = uvicorn.Config(
         app,
@@ -89,6 +92,7 @@ async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path,
         await app.state.batches.aclose()
         await dispatcher.aclose()
         await fleet.aclose()
+        await ledger.aclose()  # after the last request: every row is written
         store.close()
     return 0 if server.started else 3
 

@@ -18,9 +18,11 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from modelyard.api import parse, render
+from modelyard.api.accounting import LedgerRecorder
 from modelyard.api.batch_routes import BatchRoutes, line_executor
 from modelyard.api.middleware import RequestContextMiddleware
 from modelyard.api.responses import JSONResponse
+from modelyard.api.usage_route import UsageRoute
 from modelyard.config import FleetConfig
 from modelyard.errors import InvalidRequest, MethodNotAllowed, ModelNotFound, ModelyardError, NotFound, NotReady, PayloadTooLarge
 from modelyard.observe.metrics import Metrics
@@ -29,6 +31,7 @@ from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.pipeline.types import Handler, Request, Response
 from modelyard.protocol import Usage
+from modelyard.store.ledger import LedgerWriter
 from modelyard.store.sqlite import Store
 
 log = logging.getLogger("modelyard.api")
@@ -70,7 +73,7 @@ class Api:
 
     def _note(self, http: HTTPRequest, request: Request, response: Response | None = None) -> None:
         state = http.scope["state"]
-        state.update(requested_model=request.model, workload=request.workload, session=request.session, attempts=len(request.attempts))
+        state.update(request=request, requested_model=request.model, workload=request.workload, session=request.session, attempts=len(request.attempts))
         if response is not None:
             state.update(served_model=response.model, deployment=response.deployment, route_reason=response.route_reason)
 
@@ -205,7 +208,7 @@ async def _unexpected(request: HTTPRequest, exc: Exception) -> HTTPResponse:
     return error_response(ModelyardError(f"internal error ({type(exc).__name__}); see the server log"))
 
 
-def create_app(handler: Handler, fleet: FleetRuntime, dispatcher: Dispatcher, config: FleetConfig, store: Store) -> Starlette:
+def create_app(handler: Handler, fleet: FleetRuntime, dispatcher: Dispatcher, config: FleetConfig, store: Store, ledger: LedgerWriter) -> Starlette:
     """The ASGI app for one pipeline over a started fleet; ``app.state.batches`` runs batch jobs."""
     holder: list[Api] = []
     metrics = Metrics(lambda: holder[0].snapshot())
@@ -222,6 +225,7 @@ def create_app(handler: Handler, fleet: FleetRuntime, dispatcher: Dispatcher, co
         Route("/metrics", api.metrics_endpoint, methods=["GET"]),
         Route("/admin/fleet", api.fleet_status, methods=["GET"]),
         Route("/admin/breakers", api.breakers, methods=["GET"]),
+        Route("/admin/usage", UsageRoute(store, ledger).handle, methods=["GET"]),
     ]
     batches = BatchService(store, line_executor(handler), config.scheduling.batch_concurrency, config.scheduling.max_file_bytes)
     routes += BatchRoutes(batches, config.server.max_body_bytes).routes()
@@ -229,6 +233,6 @@ def create_app(handler: Handler, fleet: FleetRuntime, dispatcher: Dispatcher, co
         routes=routes,
         exception_handlers={ModelyardError: _modelyard_error, HTTPException: _http_error, Exception: _unexpected},
     )
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, observers=[metrics.observe, LedgerRecorder(ledger, config).observe])
     app.state.batches = batches
     return app

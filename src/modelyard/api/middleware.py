@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelyard.observe.metrics import Metrics
+Observer = Callable[[dict[str, Any], int, float], None]
 
 access_log = logging.getLogger("modelyard.access")
 REQUEST_ID_HEADER = b"x-request-id"
@@ -20,9 +21,9 @@ MAX_REQUEST_ID = 128
 class RequestContextMiddleware:
     """Gives every request an id (the client's ``x-request-id`` if sane) and logs it once when done."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
+    def __init__(self, app: ASGIApp, observers: list[Observer] | None = None) -> None:
         self.app = app
-        self.metrics = metrics
+        self.observers = observers or []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,8 +41,10 @@ class RequestContextMiddleware:
             if not logged:
                 logged = True
                 _log(scope, state, status, started)
-                if self.metrics is not None:
-                    self.metrics.observe(state, status, time.perf_counter() - started)
+                state["path"] = scope.get("path")
+                seconds = time.perf_counter() - started
+                for observe in self.observers:
+                    observe(state, status, seconds)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status

@@ -29,7 +29,7 @@ from modelyard.pipeline.batcher import EmbeddingBatcher
 from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.pipeline.types import Attempt, Request
 from modelyard.pipeline.watchdog import StallGuard
-from modelyard.protocol import Chunk, Embeddings, ModelCall
+from modelyard.protocol import Chunk, Embeddings, ModelCall, Usage
 from modelyard.reliability.breaker import CircuitBreaker
 from modelyard.reliability.retry import backoff_s, counts_against_deployment, is_retryable
 from modelyard.routing.balancer import DeploymentView, choose
@@ -179,6 +179,7 @@ class Dispatcher:
         except asyncio.CancelledError:
             await stream.aclose()
             attempt.outcome = "cancelled"
+            attempt.finish(self.clock())
             self.breakers[deployment].release_probe()
             raise
         attempt.ttft_s = self.clock() - attempt.started
@@ -284,6 +285,7 @@ class Dispatcher:
             raise
         finally:
             guard.close()
+            opened.attempt.finish(self.clock())
             with contextlib.suppress(Exception):
                 await rest.aclose()
 
@@ -337,7 +339,9 @@ class Dispatcher:
                     last = error
                 else:
                     attempt.outcome = "ok"
-                    self._succeeded(deployment, self.clock() - attempt.started)
+                    attempt.usage = Usage(result.prompt_tokens, 0)
+                    attempt.finish(self.clock())
+                    self._succeeded(deployment, attempt.busy_s)
                     return model.name, deployment, result
                 attempt.fail(last, self.clock())
                 self._failed(deployment, last)
@@ -395,5 +399,6 @@ async def _first_success(tasks: list[asyncio.Task[Opened]]) -> Opened:
 
 async def _discard(loser: Opened) -> None:
     loser.attempt.outcome = "hedge-lost"
+    loser.attempt.finish(time.monotonic())
     with contextlib.suppress(Exception):
         await loser.rest.aclose()

@@ -37,10 +37,16 @@ class Attempt:
     error: str | None = None
     ttft_s: float | None = None
     usage: Usage | None = None
+    busy_s: float = 0.0  # start to last chunk: the replica time this attempt held
 
     def fail(self, error: ModelyardError, now: float) -> None:
         self.outcome = error.error_type
         self.error = error.message
+        self.finish(now)
+
+    def finish(self, now: float) -> None:
+        if not self.busy_s:
+            self.busy_s = max(0.0, now - self.started)
 
 
 @dataclass(slots=True)

@@ -1,0 +1,51 @@
+"""Turn a finished HTTP request into a ledger row with its cost."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from modelyard.config import FleetConfig
+from modelyard.economics.cost import AttemptUse, request_cost
+from modelyard.pipeline.types import Request
+from modelyard.store.ledger import LedgerWriter
+
+
+class LedgerRecorder:
+    """An access-middleware observer: one ledger row per inference request (success, error, stream, cancelled)."""
+
+    def __init__(self, writer: LedgerWriter, config: FleetConfig) -> None:
+        self.writer = writer
+        self.prices = {d.name: d.price for m in config.models for d in m.deployments}
+
+    def observe(self, state: dict[str, Any], status: int, seconds: float) -> None:
+        request = state.get("request")
+        if not isinstance(request, Request):
+            return  # not an inference request
+        usage = state.get("usage")
+        attempts = request.attempts
+        ok = [a for a in attempts if a.outcome == "ok"]
+        cost = request_cost((AttemptUse(a.deployment, a.usage, a.busy_s) for a in attempts), self.prices)
+        now = time.time()
+        self.writer.record({
+            "ts": now,
+            "day": time.strftime("%Y-%m-%d", time.gmtime(now)),
+            "request_id": request.request_id,
+            "endpoint": state.get("path"),
+            "tenant": request.tenant,
+            "api_key": state.get("api_key_id"),
+            "workload": request.workload,
+            "session": request.session,
+            "requested_model": request.model,
+            "served_model": state.get("served_model") or request.served_model,
+            "deployment": state.get("deployment") or request.deployment,
+            "route": state.get("route_reason") or request.route_reason,
+            "attempts": len(attempts),
+            "prompt_tokens": usage.prompt_tokens if usage else sum(a.usage.prompt_tokens for a in ok if a.usage),
+            "completion_tokens": usage.completion_tokens if usage else sum(a.usage.completion_tokens for a in ok if a.usage),
+            "cost_usd": cost,
+            "latency_ms": round(seconds * 1000, 3),
+            "ttft_ms": round(ok[0].ttft_s * 1000, 3) if ok and ok[0].ttft_s is not None else None,
+            "status": status,
+            "error_type": state.get("error"),
+        })

@@ -1,0 +1,1 @@
+"""Economics with no I/O: what each request cost."""

@@ -1,0 +1,96 @@
+"""The usage ledger: a row with tokens and cost for every request, nothing lost on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelyard.config import Price
+from modelyard.economics.cost import AttemptUse, attempt_cost, request_cost
+from modelyard.protocol import Usage
+
+from .conftest import LiveServer, start_modelyard, write_config
+
+
+def test_cost_arithmetic() -> None:
+    api = Price(input_per_1m=2.0, output_per_1m=8.0)
+    assert attempt_cost(api, Usage(1_000, 500), busy_s=3.0) == pytest.approx(0.002 + 0.004)
+    local = Price(replica_hour=3.6)
+    assert attempt_cost(local, Usage(10, 10), busy_s=2.0) == pytest.approx(0.002)  # $0.001 per replica-second
+    attempts = [AttemptUse("a", None, 0.5), AttemptUse("b", Usage(1_000, 1_000), 1.0)]  # a failed try, then the answer
+    prices = {"a": local, "b": api}
+    assert request_cost(attempts, prices) == pytest.approx(0.0005 + 0.010)
+    assert request_cost([AttemptUse("unpriced", Usage(5, 5), 9.0)], prices) == 0.0
+
+
+FLEET = """
+models:
+  priced:
+    kind: chat
+    deployments:
+      - {{backend: openai, base_url: '{url}/v1', price: {{input_per_1m: 1000, output_per_1m: 2000}}}}
+  flaky:
+    kind: chat
+    deployments:
+      - {{name: bad, backend: openai, base_url: '{url}/v1', headers: {{x-fake-status: '500'}}, price: {{replica_hour: 36}}}}
+      - {{name: good, backend: openai, base_url: '{url}/v1', price: {{input_per_1m: 1000, output_per_1m: 2000}}}}
+  slow:
+    kind: chat
+    deployments:
+      - {{backend: openai, base_url: '{url}/v1', headers: {{x-fake-token-interval-ms: '200'}}}}
+"""
+
+
+def chat(server: LiveServer, model: str, **extra: object) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "one two three"}], "max_tokens": 4} | extra
+    return httpx.post(server.url + "/v1/chat/completions", json=body, timeout=30)
+
+
+def test_every_request_gets_a_ledger_row(tmp_path: Path, fake_upstream: LiveServer) -> None:
+    data = tmp_path / "data"
+    server = start_modelyard(tmp_path, write_config(tmp_path / "fleet.yaml", FLEET.format(url=fake_upstream.url)), ["--data-dir", str(data)])
+    ids: dict[str, str] = {}
+    try:
+        ids["ok"] = chat(server, "priced").headers["x-request-id"]
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json={"model": "priced", "messages": [{"role": "user", "content": "x y"}], "max_tokens": 3, "stream": True}) as response:
+            ids["stream"] = response.headers["x-request-id"]
+            response.read()
+        ids["retried"] = chat(server, "flaky").headers["x-request-id"]
+        ids["error"] = chat(server, "no-such-model").headers["x-request-id"]
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json={"model": "slow", "messages": [{"role": "user", "content": "x"}], "max_tokens": 20, "stream": True}) as response:
+            ids["cancelled"] = response.headers["x-request-id"]
+            for line in response.iter_lines():
+                if '"content"' in line:
+                    break  # hang up mid-stream
+        usage = httpx.get(server.url + "/admin/usage", params={"group_by": "served_model"}).json()["data"]
+        assert {row["served_model"] for row in usage} >= {"priced", "flaky"}
+        csv_text = httpx.get(server.url + "/admin/usage", params={"group_by": "tenant,day", "format": "csv"}).text
+        assert csv_text.splitlines()[0].startswith("tenant,day,requests")
+        assert httpx.get(server.url + "/admin/usage", params={"group_by": "password"}).status_code == 400
+    finally:
+        assert server.stop(signal.SIGTERM) == 0  # rows still in the buffer must be written on shutdown
+    db = sqlite3.connect(data / "modelyard.db")
+    db.row_factory = sqlite3.Row
+    rows = {r["request_id"]: dict(r) for r in db.execute("SELECT * FROM ledger")}
+    assert set(ids.values()) <= set(rows)
+    ok = rows[ids["ok"]]
+    assert (ok["status"], ok["prompt_tokens"], ok["completion_tokens"], ok["attempts"]) == (200, 3, 4, 1)
+    assert ok["cost_usd"] == pytest.approx((3 * 1000 + 4 * 2000) / 1_000_000)
+    assert ok["tenant"] == "default" and ok["served_model"] == "priced" and ok["ttft_ms"] > 0
+    stream = rows[ids["stream"]]
+    assert (stream["status"], stream["completion_tokens"]) == (200, 3)
+    retried = rows[ids["retried"]]
+    assert retried["attempts"] == 2 and retried["deployment"] == "flaky/good"
+    token_cost = (3 * 1000 + 4 * 2000) / 1_000_000
+    assert retried["cost_usd"] > token_cost  # the failed attempt's replica time is paid for too
+    error = rows[ids["error"]]
+    assert (error["status"], error["error_type"]) == (404, "invalid_request_error")
+    assert rows[ids["cancelled"]]["status"] == 200 and rows[ids["cancelled"]]["latency_ms"] < 2000
+    table = subprocess.run([sys.executable, "-m", "modelyard.cli", "usage", "--data-dir", str(data), "--group-by", "served_model"], capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and "priced" in table.stdout and "cost_usd" in table.stdout
