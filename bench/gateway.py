@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, ENV, free_port, machine, median, percentile, start, stop, table, write_result  # noqa: E402
+from _common import ENV, ROOT, free_port, machine, median, percentile, start, stop, table, write_result  # noqa: E402
 
 # 1.110.x declares its proxy extra on a litellm-proxy release that PyPI does not serve.
 LITELLM_VERSION = "1.80.0"
