@@ -219,7 +219,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
         lite, lite_url = start_litellm(litellm_bin, up_port, tmp)
         targets = {"direct": f"http://127.0.0.1:{up_port}", "modelyard": f"http://127.0.0.1:{my_port}", "litellm": lite_url}
         try:
-            for name, url in targets.items():
+            for url in targets.values():
                 wrk(wrk_bin, url, 10, 2, script)  # warm-up
             for concurrency in (1, 50, 200):
                 for name, url in targets.items():
