@@ -51,9 +51,9 @@ class LiveServer:
         return self.process.returncode
 
 
-def start_process(args: list[str], log_path: Path, ready_path: str, port: int, timeout: float = 180.0) -> LiveServer:
+def start_process(args: list[str], log_path: Path, ready_path: str, port: int, timeout: float = 180.0, env: dict[str, str] | None = None) -> LiveServer:
     log_file = log_path.open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "modelyard.cli", *args], stdout=log_file, stderr=subprocess.STDOUT, env=SERVER_ENV, cwd=ROOT)
+    process = subprocess.Popen([sys.executable, "-m", "modelyard.cli", *args], stdout=log_file, stderr=subprocess.STDOUT, env=SERVER_ENV | (env or {}), cwd=ROOT)
     server = LiveServer(process, port, log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -69,10 +69,10 @@ def start_process(args: list[str], log_path: Path, ready_path: str, port: int, t
     raise RuntimeError(f"server not ready in {timeout}s:\n{server.log()[-3000:]}")
 
 
-def start_modelyard(tmp: Path, config: Path | None = None, extra: list[str] | None = None) -> LiveServer:
+def start_modelyard(tmp: Path, config: Path | None = None, extra: list[str] | None = None, env: dict[str, str] | None = None) -> LiveServer:
     port = free_port()
     args = ["serve", "--port", str(port), *(["--config", str(config)] if config else []), *(extra or [])]
-    return start_process(args, tmp / f"modelyard-{port}.log", "/readyz", port)
+    return start_process(args, tmp / f"modelyard-{port}.log", "/readyz", port, env=env)
 
 
 def start_fake_upstream(tmp: Path, *flags: str) -> LiveServer:

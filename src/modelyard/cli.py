@@ -130,6 +130,52 @@ def _fmt(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def _accounts_call(args: argparse.Namespace, action: str) -> int:
+    """Tenant and key commands work on the data directory's store directly (a running server picks changes up within seconds)."""
+    import asyncio
+
+    from modelyard import server
+    from modelyard.store.accounts import AccountError, Accounts
+    from modelyard.store.sqlite import Store
+
+    store = Store(server.data_dir_of(_load(args.config), args.data_dir))
+    accounts = Accounts(store)
+
+    async def run() -> object:
+        await accounts.setup()
+        if action == "tenant-create":
+            return await accounts.create_tenant(args.tenant, args.rpm, args.tpm)
+        if action == "tenant-list":
+            return await accounts.tenants()
+        if action == "key-create":
+            models = [m for m in (args.models or "").split(",") if m] or None
+            return await accounts.create_key(args.tenant, args.name or "", models, args.max_class, args.rpm, args.tpm)
+        if action == "key-list":
+            return await accounts.keys(args.tenant)
+        if not await accounts.revoke(args.key_id):
+            raise AccountError(f"no active key {args.key_id!r}")
+        return {"id": args.key_id, "revoked": True}
+
+    try:
+        result = asyncio.run(run())
+    except AccountError as exc:
+        print(f"modelyard: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    if action == "key-create":
+        assert isinstance(result, dict)
+        print(f"created key {result['id']} for tenant {result['tenant']}. It is shown once; store it now:\n{result['key']}")
+    elif isinstance(result, list):
+        for row in result:
+            print("  ".join(f"{k}={v}" for k, v in row.items() if v not in (None, "")))
+        if not result:
+            print("none")
+    else:
+        print(result)
+    return 0
+
+
 def cmd_fake_upstream(args: argparse.Namespace) -> int:
     from modelyard.testing.fake_upstream import FakeScript, serve_fake
 
@@ -173,6 +219,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", help="last day, YYYY-MM-DD")
     p.add_argument("--csv", action="store_true", help="CSV instead of a table")
     p.set_defaults(func=cmd_usage)
+
+    tenants = sub.add_parser("tenants", help="create and list tenants").add_subparsers(dest="action", required=True)
+    p = tenants.add_parser("create", help="create a tenant")
+    p.add_argument("tenant")
+    p.add_argument("--rpm", type=int, help="requests per minute for the whole tenant")
+    p.add_argument("--tpm", type=int, help="tokens per minute for the whole tenant")
+    p.set_defaults(func=lambda a: _accounts_call(a, "tenant-create"))
+    p = tenants.add_parser("list", help="list tenants")
+    p.set_defaults(func=lambda a: _accounts_call(a, "tenant-list"))
+    keys = sub.add_parser("keys", help="create, list and revoke API keys").add_subparsers(dest="action", required=True)
+    p = keys.add_parser("create", help="create a key (shown once)")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--name")
+    p.add_argument("--models", help="comma-separated models the key may use (default: all)")
+    p.add_argument("--max-class", choices=["interactive", "agent", "embedding", "background", "batch"], help="the best workload class its requests may claim")
+    p.add_argument("--rpm", type=int)
+    p.add_argument("--tpm", type=int)
+    p.set_defaults(func=lambda a: _accounts_call(a, "key-create"))
+    p = keys.add_parser("list", help="list keys (never their secrets)")
+    p.add_argument("--tenant")
+    p.set_defaults(func=lambda a: _accounts_call(a, "key-list"))
+    p = keys.add_parser("revoke", help="revoke a key")
+    p.add_argument("key_id")
+    p.set_defaults(func=lambda a: _accounts_call(a, "key-revoke"))
+    for group in (tenants, keys):
+        for child in group.choices.values():
+            config_arg(child)
+            child.add_argument("--data-dir", help="the server's data directory (default ~/.cache/modelyard)")
 
     p = sub.add_parser("fake-upstream", help="run a fake OpenAI-compatible server (for tests and benchmarks)")
     p.add_argument("--host", default="127.0.0.1")

@@ -11,9 +11,11 @@ renders any of them in OpenAI's error shape with :attr:`ModelyardError.status`.
     ├── AuthenticationFailed (401)
     ├── NotFound (404)
     │   └── ModelNotFound (404, code model_not_found)
+    ├── PermissionDenied (403)
     ├── MethodNotAllowed (405)
     ├── PayloadTooLarge (413)
     ├── Overloaded (429, Retry-After)
+    │   └── RateLimited (429, code rate_limit_exceeded)
     ├── UpstreamError (502)            retryable
     ├── NotReady (503)                 retryable
     └── UpstreamTimeout (504)          retryable
@@ -114,6 +116,21 @@ class Overloaded(ModelyardError):
     error_type = "rate_limit_error"
     default_code = "overloaded"
     retryable = True
+
+
+class RateLimited(Overloaded):
+    """The key or tenant used up its requests or tokens per minute."""
+
+    default_code = "rate_limit_exceeded"
+    retryable = False  # another deployment would not help
+
+
+class PermissionDenied(ModelyardError):
+    """The key may not use this model or workload class."""
+
+    status = 403
+    error_type = "permission_error"
+    default_code = "model_not_allowed"
 
 
 class UpstreamError(ModelyardError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -11,15 +12,19 @@ import uvicorn
 import uvloop
 
 from modelyard.api.app import create_app
+from modelyard.api.auth import Keyring
 from modelyard.config import FleetConfig
 from modelyard.fleet import artifacts
 from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.pipeline.stages import build_pipeline
+from modelyard.store.accounts import Accounts
 from modelyard.store.ledger import LedgerWriter
 from modelyard.store.sqlite import Store
 
 log = logging.getLogger("modelyard")
+MASTER_KEY_ENV = "MODELYARD_MASTER_KEY"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def data_dir_of(config: FleetConfig, override: str | None) -> Path:
@@ -54,6 +59,12 @@ async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path,
     line and exit code 3. On SIGTERM uvicorn stops accepting, in-flight
     requests get ``server.grace_period_s``, then every worker is stopped.
     """
+    master_key = os.environ.get(MASTER_KEY_ENV) or None
+    if master_key is None:
+        if host not in LOOPBACK:
+            log.error("cannot start: without %s modelyard only listens on loopback (asked for %s)", MASTER_KEY_ENV, host)
+            return 2
+        log.warning("%s is not set: running open (no API keys) on %s only", MASTER_KEY_ENV, host)
     fleet = FleetRuntime(config, data_dir)
     log.info("starting %d deployment(s) from %s", len(fleet.deployments), config.source)
     try:
@@ -66,7 +77,9 @@ async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path,
     store = Store(data_dir)
     ledger = LedgerWriter(store)
     await ledger.start()
-    app = create_app(build_pipeline(dispatcher, config), fleet, dispatcher, config, store, ledger)
+    keyring = Keyring(Accounts(store), master_key)
+    await keyring.start()
+    app = create_app(build_pipeline(dispatcher, config), fleet, dispatcher, config, store, ledger, keyring)
     app.state.batches.start()  # resumes any job a previous run left unfinished
     uv_config = uvicorn.Config(
         app,
@@ -93,6 +106,7 @@ async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path,
         await dispatcher.aclose()
         await fleet.aclose()
         await ledger.aclose()  # after the last request: every row is written
+        await keyring.aclose()
         store.close()
     return 0 if server.started else 3
 

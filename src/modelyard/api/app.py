@@ -19,6 +19,8 @@ from starlette.routing import Route
 
 from modelyard.api import parse, render
 from modelyard.api.accounting import LedgerRecorder
+from modelyard.api.admin_routes import AdminRoutes
+from modelyard.api.auth import AuthMiddleware, Keyring
 from modelyard.api.batch_routes import BatchRoutes, line_executor
 from modelyard.api.middleware import RequestContextMiddleware
 from modelyard.api.responses import JSONResponse
@@ -71,6 +73,13 @@ class Api:
     def _headers(self, request: HTTPRequest) -> dict[str, str]:
         return {k: v for k, v in request.headers.items() if k.startswith("x-modelyard-")}
 
+    def _identify(self, http: HTTPRequest, request: Request) -> Request:
+        """The caller's tenant and key policy, set by the auth middleware."""
+        state = http.scope["state"]
+        request.tenant = state.get("tenant", "default")
+        request.policy = state.get("policy")
+        return request
+
     def _note(self, http: HTTPRequest, request: Request, response: Response | None = None) -> None:
         state = http.scope["state"]
         state.update(request=request, requested_model=request.model, workload=request.workload, session=request.session, attempts=len(request.attempts))
@@ -83,11 +92,13 @@ class Api:
             "x-modelyard-deployment": response.deployment,
             "x-modelyard-route": response.route_reason,
             "x-modelyard-attempts": str(len(request.attempts)),
+            **request.ratelimit,
         }
 
     async def generate(self, http: HTTPRequest, parser: Callable[..., tuple[Request, bool]], kind: str) -> HTTPResponse:
         body = parse.parse_json(await read_body(http, self.config.server.max_body_bytes))
         request, include_usage = parser(body, http.scope["state"]["request_id"], self._headers(http))
+        self._identify(http, request)
         self._note(http, request)
         try:
             response = await self.handler(request)
@@ -117,6 +128,7 @@ class Api:
     async def embeddings(self, http: HTTPRequest) -> HTTPResponse:
         body = parse.parse_json(await read_body(http, self.config.server.max_body_bytes))
         request, encoding = parse.embedding_request(body, http.scope["state"]["request_id"], self._headers(http))
+        self._identify(http, request)
         self._note(http, request)
         try:
             response = await self.handler(request)
@@ -190,6 +202,10 @@ async def _modelyard_error(request: HTTPRequest, exc: Exception) -> HTTPResponse
     response = error_response(exc)
     if state.get("attempts"):
         response.headers["x-modelyard-attempts"] = str(state["attempts"])
+    request_obj = state.get("request")
+    if request_obj is not None:
+        for name, value in request_obj.ratelimit.items():
+            response.headers[name] = value
     return response
 
 
@@ -208,7 +224,9 @@ async def _unexpected(request: HTTPRequest, exc: Exception) -> HTTPResponse:
     return error_response(ModelyardError(f"internal error ({type(exc).__name__}); see the server log"))
 
 
-def create_app(handler: Handler, fleet: FleetRuntime, dispatcher: Dispatcher, config: FleetConfig, store: Store, ledger: LedgerWriter) -> Starlette:
+def create_app(
+    handler: Handler, fleet: FleetRuntime, dispatcher: Dispatcher, config: FleetConfig, store: Store, ledger: LedgerWriter, keyring: Keyring
+) -> Starlette:
     """The ASGI app for one pipeline over a started fleet; ``app.state.batches`` runs batch jobs."""
     holder: list[Api] = []
     metrics = Metrics(lambda: holder[0].snapshot())
@@ -229,10 +247,12 @@ def create_app(handler: Handler, fleet: FleetRuntime, dispatcher: Dispatcher, co
     ]
     batches = BatchService(store, line_executor(handler), config.scheduling.batch_concurrency, config.scheduling.max_file_bytes)
     routes += BatchRoutes(batches, config.server.max_body_bytes).routes()
+    routes += AdminRoutes(keyring.accounts, keyring).routes()
     app = Starlette(
         routes=routes,
         exception_handlers={ModelyardError: _modelyard_error, HTTPException: _http_error, Exception: _unexpected},
     )
+    app.add_middleware(AuthMiddleware, keyring=keyring)
     app.add_middleware(RequestContextMiddleware, observers=[metrics.observe, LedgerRecorder(ledger, config).observe])
     app.state.batches = batches
     return app

@@ -24,7 +24,7 @@ DEFAULT_TENANT = "default"
 def line_executor(handler: Handler) -> Any:
     """Run one batch line through the same pipeline as live traffic, in the ``batch`` class."""
 
-    async def execute(endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    async def execute(endpoint: str, body: dict[str, Any], tenant: str) -> tuple[int, dict[str, Any]]:
         request_id = uuid.uuid4().hex
         headers = {"x-modelyard-class": "batch"}
         body = {**body, "stream": False}
@@ -32,12 +32,14 @@ def line_executor(handler: Handler) -> Any:
         try:
             if endpoint == "/v1/embeddings":
                 request, encoding = parse.embedding_request(body, request_id, headers)
+                request.tenant = tenant
                 response = await handler(request)
                 assert response.embeddings is not None
                 return 200, render.embeddings_body(response, response.embeddings, encoding)
             kind = "chat" if endpoint == "/v1/chat/completions" else "completion"
             parser = parse.chat_request if kind == "chat" else parse.completion_request
             request, _ = parser(body, request_id, headers)
+            request.tenant = tenant
             response = await handler(request)
             choices = await render.collect(response.streams, None)
             build = render.chat_body if kind == "chat" else render.completion_body

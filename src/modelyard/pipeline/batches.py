@@ -29,7 +29,7 @@ RETRYABLE_STATUS = {429, 502, 503, 504}
 MAX_LINE_TRIES = 5
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 
-LineExecutor = Callable[[str, dict[str, Any]], Awaitable[tuple[int, dict[str, Any]]]]
+LineExecutor = Callable[[str, dict[str, Any], str], Awaitable[tuple[int, dict[str, Any]]]]  # endpoint, body, tenant
 
 
 def batch_object(row: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
@@ -236,7 +236,7 @@ class BatchService:
         return True
 
     async def _run_line(self, row: dict[str, Any], line: dict[str, Any]) -> None:
-        status, body = await self.execute(row["endpoint"], json.loads(line["request"]))
+        status, body = await self.execute(row["endpoint"], json.loads(line["request"]), row["tenant"])
         if status in RETRYABLE_STATUS and await self.store.bump_tries(row["id"], line["line_no"]) < MAX_LINE_TRIES:
             await asyncio.sleep(min(30.0, float(body.get("retry_after", 1.0)) if isinstance(body, dict) else 1.0))
             return  # stays pending; tried again on a later step

@@ -11,8 +11,10 @@ import dataclasses
 import time
 
 from modelyard.config import FleetConfig
+from modelyard.economics.ratelimit import RateLimiter
 from modelyard.errors import InvalidRequest
 from modelyard.pipeline.dispatch import Dispatcher
+from modelyard.pipeline.limits import limits
 from modelyard.pipeline.quality import quality
 from modelyard.pipeline.types import WORKLOAD_CLASSES, Handler, Lifecycle, Request, Response, Stage
 from modelyard.protocol import ModelCall
@@ -130,7 +132,7 @@ def _nth_choice(call: ModelCall, index: int) -> ModelCall:
 
 def build_pipeline(dispatcher: Dispatcher, config: FleetConfig, extra: list[Stage] | None = None) -> Handler:
     """Compose the stages, outermost first, around the backend call."""
-    stages: list[Stage] = [classify(config), *(extra or []), route(config), quality(config)]
+    stages: list[Stage] = [classify(config), limits(RateLimiter()), *(extra or []), route(config), quality(config)]
     handler = call_backend(dispatcher)
     for stage in reversed(stages):
         handler = stage(handler)

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable, Literal
 
+from modelyard.economics.keys import KeyPolicy
 from modelyard.errors import ModelyardError
 from modelyard.protocol import Chunk, Embeddings, ModelCall, Usage
 
@@ -63,6 +64,8 @@ class Request:
     headers: dict[str, str] = field(default_factory=dict)
     workload: str = "interactive"
     tenant: str = "default"
+    policy: KeyPolicy | None = None  # None: the master key, or open mode
+    ratelimit: dict[str, str] = field(default_factory=dict)  # x-ratelimit-* headers for the response
     session: str | None = None
     state: Lifecycle = Lifecycle.RECEIVED
     served_model: str | None = None

@@ -1,0 +1,114 @@
+"""Authentication at the door: the master key for ``/admin``, virtual keys for ``/v1``.
+
+Without ``MODELYARD_MASTER_KEY`` modelyard runs open (every caller is tenant
+``default``) and ``serve`` refuses to listen beyond loopback. With it, every
+``/v1`` call needs a valid key (or the master key) and ``/admin`` needs the
+master key; ``/healthz``, ``/readyz`` and ``/metrics`` stay open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from modelyard.economics.keys import KeyPolicy
+from modelyard.errors import AuthenticationFailed
+from modelyard.store.accounts import Accounts, hash_key
+
+log = logging.getLogger("modelyard.auth")
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
+DEFAULT_TENANT = "default"
+
+
+class Keyring:
+    """Active keys by hash, reloaded from the store every few seconds (CLI changes apply without a restart)."""
+
+    def __init__(self, accounts: Accounts, master_key: str | None, refresh_s: float = 5.0) -> None:
+        self.accounts = accounts
+        self.master_key = master_key or None
+        self.refresh_s = refresh_s
+        self.policies: dict[str, KeyPolicy] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        self.policies = {
+            row["hash"]: KeyPolicy(
+                key_id=row["id"], tenant=row["tenant"],
+                allowed_models=tuple(json.loads(row["allowed_models"]) if row["allowed_models"] else ()),
+                max_class=row["max_class"], rpm=row["rpm"], tpm=row["tpm"], tenant_rpm=row["tenant_rpm"], tenant_tpm=row["tenant_tpm"],
+            )
+            for row in await self.accounts.active_keys()
+        }
+
+    async def start(self) -> None:
+        await self.accounts.setup()
+        await self.refresh()
+        self.task = asyncio.create_task(self._loop(), name="keyring-refresh")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            with contextlib.suppress(Exception):
+                await self.refresh()
+
+    async def aclose(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    def is_master(self, token: str) -> bool:
+        return self.master_key is not None and hmac.compare_digest(token.encode(), self.master_key.encode())
+
+    def lookup(self, token: str) -> KeyPolicy | None:
+        return self.policies.get(hash_key(token))
+
+
+def bearer(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            text = value.decode("latin-1")
+            return text[7:].strip() if text[:7].lower() == "bearer " else ""
+    return ""
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, keyring: Keyring) -> None:
+        self.app = app
+        self.keyring = keyring
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        state["tenant"] = DEFAULT_TENANT
+        path = scope["path"]
+        if self.keyring.master_key is None or path in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        token = bearer(scope)
+        if path.startswith("/admin"):
+            if not self.keyring.is_master(token):
+                await _refuse(scope, receive, send, "the admin API needs the master key (Authorization: Bearer $MODELYARD_MASTER_KEY)")
+                return
+        elif not self.keyring.is_master(token):
+            policy = self.keyring.lookup(token) if token else None
+            if policy is None:
+                await _refuse(scope, receive, send, "Incorrect API key provided." if token else "Missing API key: send Authorization: Bearer <key>.")
+                return
+            state.update(tenant=policy.tenant, api_key_id=policy.key_id, policy=policy)
+        await self.app(scope, receive, send)
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, message: str) -> None:
+    from modelyard.api.responses import JSONResponse
+
+    error = AuthenticationFailed(message)
+    scope["state"]["error"] = error.error_type
+    await JSONResponse(error.to_body(), status_code=error.status, headers={"www-authenticate": "Bearer"})(scope, receive, send)

@@ -1,0 +1,115 @@
+"""Tenants and API keys in the store. Keys are stored as SHA-256 hashes only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import time
+from typing import Any
+
+from modelyard.store.sqlite import Store, new_id
+
+KEY_PREFIX = "my-"
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(plaintext: str) -> str:
+    """SHA-256 of the key: keys are 256-bit random, so a fast hash is enough (no dictionary to attack)."""
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, rpm INTEGER, tpm INTEGER
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL REFERENCES tenants (id), name TEXT, hash TEXT NOT NULL UNIQUE,
+    hint TEXT NOT NULL, created_at INTEGER NOT NULL, revoked_at INTEGER, allowed_models TEXT,
+    max_class TEXT, rpm INTEGER, tpm INTEGER
+);
+"""
+WORKLOADS = ("interactive", "agent", "embedding", "background", "batch")
+
+
+class AccountError(ValueError):
+    """A tenant or key request is invalid (unknown tenant, duplicate, bad field)."""
+
+
+class Accounts:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def setup(self) -> None:
+        await self.store.run(lambda db: db.executescript(SCHEMA))
+
+    async def create_tenant(self, tenant: str, rpm: int | None = None, tpm: int | None = None) -> dict[str, Any]:
+        if not tenant or not tenant.replace("-", "").replace("_", "").isalnum():
+            raise AccountError("a tenant id is letters, digits, '-' and '_'")
+
+        def insert(db: sqlite3.Connection) -> None:
+            try:
+                db.execute("INSERT INTO tenants (id, created_at, rpm, tpm) VALUES (?, ?, ?, ?)", (tenant, int(time.time()), rpm, tpm))
+            except sqlite3.IntegrityError:
+                raise AccountError(f"tenant {tenant!r} already exists") from None
+
+        await self.store.run(insert)
+        return {"id": tenant, "rpm": rpm, "tpm": tpm}
+
+    async def tenants(self) -> list[dict[str, Any]]:
+        rows = await self.store.run(lambda db: db.execute("SELECT * FROM tenants ORDER BY id").fetchall())
+        return [dict(r) for r in rows]
+
+    async def create_key(
+        self, tenant: str, name: str = "", allowed_models: list[str] | None = None, max_class: str | None = None,
+        rpm: int | None = None, tpm: int | None = None,
+    ) -> dict[str, Any]:
+        """A new key; the plaintext is in the result and nowhere else, ever."""
+        if max_class is not None and max_class not in WORKLOADS:
+            raise AccountError(f"max_class must be one of {', '.join(WORKLOADS)}")
+        plaintext = generate_key()
+        row = {
+            "id": new_id("key_"), "tenant": tenant, "name": name, "hash": hash_key(plaintext), "hint": plaintext[:6] + "..." + plaintext[-4:],
+            "created_at": int(time.time()), "allowed_models": json.dumps(allowed_models) if allowed_models else None,
+            "max_class": max_class, "rpm": rpm, "tpm": tpm,
+        }
+
+        def insert(db: sqlite3.Connection) -> None:
+            if db.execute("SELECT 1 FROM tenants WHERE id = ?", (tenant,)).fetchone() is None:
+                raise AccountError(f"unknown tenant {tenant!r}; create it first")
+            db.execute(
+                "INSERT INTO api_keys (id, tenant, name, hash, hint, created_at, allowed_models, max_class, rpm, tpm) "
+                "VALUES (:id, :tenant, :name, :hash, :hint, :created_at, :allowed_models, :max_class, :rpm, :tpm)", row,
+            )
+
+        await self.store.run(insert)
+        return _public(row) | {"key": plaintext}
+
+    async def keys(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        query = "SELECT * FROM api_keys" + (" WHERE tenant = ?" if tenant else "") + " ORDER BY created_at, id"
+        rows = await self.store.run(lambda db: db.execute(query, (tenant,) if tenant else ()).fetchall())
+        return [_public(dict(r)) for r in rows]
+
+    async def revoke(self, key_id: str) -> bool:
+        cursor = await self.store.run(lambda db: db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (int(time.time()), key_id)))
+        return bool(cursor.rowcount)
+
+    async def active_keys(self) -> list[dict[str, Any]]:
+        """Every key not revoked, with its hash and its tenant's limits."""
+        rows = await self.store.run(lambda db: db.execute(
+            "SELECT k.*, t.rpm AS tenant_rpm, t.tpm AS tenant_tpm FROM api_keys k JOIN tenants t ON t.id = k.tenant WHERE k.revoked_at IS NULL"
+        ).fetchall())
+        return [dict(r) for r in rows]
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    """A key as it may be shown: never the hash."""
+    models = row.get("allowed_models")
+    return {
+        "id": row["id"], "tenant": row["tenant"], "name": row.get("name") or "", "hint": row["hint"], "created_at": row["created_at"],
+        "revoked_at": row.get("revoked_at"), "allowed_models": json.loads(models) if isinstance(models, str) else models,
+        "max_class": row.get("max_class"), "rpm": row.get("rpm"), "tpm": row.get("tpm"),
+    }

@@ -1,0 +1,141 @@
+"""Keys, tenants, isolation and rate limits, over real HTTP with the official SDK."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from .conftest import LiveServer, free_port, start_modelyard, write_config
+
+MASTER = "sk-master-test"
+FLEET = """
+models:
+  fake-chat:
+    kind: chat
+    deployments:
+      - {{backend: openai, base_url: '{url}/v1', upstream_model: fake}}
+  fake-embed:
+    kind: embedding
+    deployments:
+      - {{backend: openai, base_url: '{url}/v1'}}
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, fake_upstream: LiveServer) -> Iterator[LiveServer]:
+    tmp = tmp_path_factory.mktemp("tenancy")
+    live = start_modelyard(tmp, write_config(tmp / "fleet.yaml", FLEET.format(url=fake_upstream.url)), ["--data-dir", str(tmp / "data")], env={"MODELYARD_MASTER_KEY": MASTER})
+    yield live
+    live.stop()
+
+
+def admin(server: LiveServer, path: str, body: dict[str, object] | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {MASTER}"}
+    if body is None:
+        return httpx.get(server.url + path, headers=headers)
+    return httpx.post(server.url + path, json=body, headers=headers)
+
+
+@pytest.fixture(scope="module")
+def keys(server: LiveServer) -> dict[str, str]:
+    for tenant in ("acme", "globex"):
+        assert admin(server, "/admin/tenants", {"id": tenant}).status_code == 201
+    a = admin(server, "/admin/keys", {"tenant": "acme", "name": "ci", "allowed_models": ["fake-chat"]}).json()
+    b = admin(server, "/admin/keys", {"tenant": "globex", "rpm": 5}).json()
+    c = admin(server, "/admin/keys", {"tenant": "globex", "tpm": 100}).json()
+    return {"acme": a["key"], "acme_id": a["id"], "globex": b["key"], "globex_tpm": c["key"]}
+
+
+def sdk(server: LiveServer, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+
+
+def ask(client: openai.OpenAI, model: str = "fake-chat") -> str:
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=3).choices[0].message.content or ""
+
+
+def test_keys_are_required_and_shown_once(server: LiveServer, keys: dict[str, str]) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        ask(sdk(server, "my-wrong"))
+    assert httpx.post(server.url + "/v1/chat/completions", json={}).status_code == 401
+    assert httpx.get(server.url + "/admin/keys", headers={"Authorization": f"Bearer {keys['acme']}"}).status_code == 401
+    assert httpx.get(server.url + "/healthz").status_code == 200  # probes stay open
+    assert ask(sdk(server, keys["acme"])) == "alpha bravo charlie"
+    assert ask(sdk(server, MASTER)) == "alpha bravo charlie"
+    listed = admin(server, "/admin/keys").json()["data"]
+    assert all("key" not in k and "hash" not in k for k in listed)
+    assert keys["acme"] not in str(listed)
+
+
+def test_allowed_models(server: LiveServer, keys: dict[str, str]) -> None:
+    with pytest.raises(openai.PermissionDeniedError):
+        sdk(server, keys["acme"]).embeddings.create(model="fake-embed", input="x")
+
+
+def test_tenants_never_see_each_others_files_or_batches(server: LiveServer, keys: dict[str, str]) -> None:
+    acme, globex = sdk(server, keys["acme"]), sdk(server, keys["globex_tpm"])
+    line = b'{"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "fake-chat", "messages": [{"role": "user", "content": "x"}]}}'
+    uploaded = acme.files.create(file=("a.jsonl", io.BytesIO(line)), purpose="batch")
+    batch = acme.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    with pytest.raises(openai.NotFoundError):
+        globex.files.retrieve(uploaded.id)
+    with pytest.raises(openai.NotFoundError):
+        globex.files.content(uploaded.id)
+    with pytest.raises(openai.NotFoundError):
+        globex.batches.retrieve(batch.id)
+    with pytest.raises(openai.NotFoundError):
+        globex.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert uploaded.id not in {f.id for f in globex.files.list()}
+    assert batch.id not in {b.id for b in globex.batches.list()}
+
+
+def test_rate_limit_is_exact_under_concurrency(server: LiveServer, keys: dict[str, str]) -> None:
+    statuses: list[int] = []
+    headers: list[httpx.Headers] = []
+
+    def one() -> None:
+        r = httpx.post(server.url + "/v1/chat/completions", json={"model": "fake-chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2},
+                       headers={"Authorization": f"Bearer {keys['globex']}"}, timeout=30)
+        statuses.append(r.status_code)
+        headers.append(r.headers)
+
+    threads = [threading.Thread(target=one) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses.count(200) == 5 and statuses.count(429) == 7  # rpm 5, exactly
+    refused = next(h for h, s in zip(headers, statuses, strict=True) if s == 429)
+    assert int(refused["retry-after"]) >= 1 and refused["x-ratelimit-limit-requests"] == "5"
+    accepted = next(h for h, s in zip(headers, statuses, strict=True) if s == 200)
+    assert accepted["x-ratelimit-limit-requests"] == "5" and int(accepted["x-ratelimit-remaining-requests"]) < 5
+
+
+def test_token_limit(server: LiveServer, keys: dict[str, str]) -> None:
+    client = sdk(server, keys["globex_tpm"])
+    assert client.chat.completions.create(model="fake-chat", messages=[{"role": "user", "content": "x"}], max_tokens=40).choices
+    with pytest.raises(openai.RateLimitError) as info:
+        client.chat.completions.create(model="fake-chat", messages=[{"role": "user", "content": "x"}], max_tokens=90)
+    assert info.value.body["code"] == "rate_limit_exceeded"  # type: ignore[index]
+
+
+def test_usage_per_tenant_and_revocation(server: LiveServer, keys: dict[str, str]) -> None:
+    rows = admin(server, "/admin/usage?group_by=tenant").json()["data"]
+    tenants = {r["tenant"] for r in rows}
+    assert {"acme", "globex", "default"} <= tenants
+    assert admin(server, f"/admin/keys/{keys['acme_id']}/revoke", {}).status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        ask(sdk(server, keys["acme"]))
+
+
+def test_open_mode_refuses_a_public_address(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "modelyard.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "MODELYARD_MASTER_KEY" in result.stderr
