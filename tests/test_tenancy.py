@@ -18,6 +18,10 @@ from .conftest import LiveServer, free_port, start_modelyard, write_config
 MASTER = "sk-master-test"
 FLEET = """
 models:
+  priced:
+    kind: chat
+    deployments:
+      - {{backend: openai, base_url: '{url}/v1', upstream_model: fake, price: {{input_per_1m: 1000, output_per_1m: 2000}}}}
   fake-chat:
     kind: chat
     deployments:
@@ -139,3 +143,33 @@ def test_usage_per_tenant_and_revocation(server: LiveServer, keys: dict[str, str
 def test_open_mode_refuses_a_public_address(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "modelyard.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port())], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "MODELYARD_MASTER_KEY" in result.stderr
+
+
+def test_budget_holds_under_100_concurrent_requests(server: LiveServer) -> None:
+    assert admin(server, "/admin/tenants", {"id": "thrifty"}).status_code == 201
+    assert admin(server, "/admin/tenants/thrifty/budget", {"total": 0.05}).status_code == 200
+    key = admin(server, "/admin/keys", {"tenant": "thrifty"}).json()["key"]
+    per_request = (1 * 1000 + 4 * 2000) / 1_000_000  # 1 prompt token, 4 completion tokens: $0.009, reserved and spent
+    results: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        r = httpx.post(server.url + "/v1/chat/completions", json={"model": "priced", "messages": [{"role": "user", "content": "x"}], "max_tokens": 4},
+                       headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=one) for _ in range(100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ok = [r for r in results if r.status_code == 200]
+    refused = [r for r in results if r.status_code == 429]
+    assert len(ok) + len(refused) == 100
+    assert len(ok) * per_request <= 0.05 + per_request  # never more than one reservation over
+    assert len(ok) >= 4  # and the budget was actually usable
+    assert refused[0].json()["error"]["type"] == "insufficient_quota"
+    spent = [r for r in admin(server, "/admin/usage?group_by=tenant").json()["data"] if r["tenant"] == "thrifty"][0]["cost_usd"]
+    assert spent == pytest.approx(len(ok) * per_request) and spent <= 0.05 + per_request
+    assert admin(server, "/admin/tenants/nobody/budget", {"total": 1}).status_code == 404

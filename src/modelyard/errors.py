@@ -16,6 +16,7 @@ renders any of them in OpenAI's error shape with :attr:`ModelyardError.status`.
     ├── PayloadTooLarge (413)
     ├── Overloaded (429, Retry-After)
     │   └── RateLimited (429, code rate_limit_exceeded)
+    ├── BudgetExceeded (429, type insufficient_quota)
     ├── UpstreamError (502)            retryable
     ├── NotReady (503)                 retryable
     └── UpstreamTimeout (504)          retryable
@@ -123,6 +124,14 @@ class RateLimited(Overloaded):
 
     default_code = "rate_limit_exceeded"
     retryable = False  # another deployment would not help
+
+
+class BudgetExceeded(ModelyardError):
+    """The tenant's budget cannot cover this request's worst-case cost."""
+
+    status = 429
+    error_type = "insufficient_quota"
+    default_code = "budget_exceeded"
 
 
 class PermissionDenied(ModelyardError):

@@ -14,6 +14,7 @@ import uvloop
 from modelyard.api.app import create_app
 from modelyard.api.auth import Keyring
 from modelyard.config import FleetConfig
+from modelyard.economics.budget import BudgetBook
 from modelyard.fleet import artifacts
 from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.fleet import FleetRuntime
@@ -77,9 +78,10 @@ async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path,
     store = Store(data_dir)
     ledger = LedgerWriter(store)
     await ledger.start()
-    keyring = Keyring(Accounts(store), master_key)
+    book = BudgetBook()
+    keyring = Keyring(Accounts(store), master_key, book)
     await keyring.start()
-    app = create_app(build_pipeline(dispatcher, config), fleet, dispatcher, config, store, ledger, keyring)
+    app = create_app(build_pipeline(dispatcher, config, book), fleet, dispatcher, config, store, ledger, keyring)
     app.state.batches.start()  # resumes any job a previous run left unfinished
     uv_config = uvicorn.Config(
         app,

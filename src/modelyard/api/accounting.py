@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from modelyard.config import FleetConfig
-from modelyard.economics.cost import AttemptUse, request_cost
+from modelyard.pipeline.costing import PriceCatalog
 from modelyard.pipeline.types import Request
 from modelyard.store.ledger import LedgerWriter
 
@@ -16,7 +16,7 @@ class LedgerRecorder:
 
     def __init__(self, writer: LedgerWriter, config: FleetConfig) -> None:
         self.writer = writer
-        self.prices = {d.name: d.price for m in config.models for d in m.deployments}
+        self.catalog = PriceCatalog(config)
 
     def observe(self, state: dict[str, Any], status: int, seconds: float) -> None:
         request = state.get("request")
@@ -25,7 +25,7 @@ class LedgerRecorder:
         usage = state.get("usage")
         attempts = request.attempts
         ok = [a for a in attempts if a.outcome == "ok"]
-        cost = request_cost((AttemptUse(a.deployment, a.usage, a.busy_s) for a in attempts), self.prices)
+        cost = self.catalog.actual(request)
         now = time.time()
         self.writer.record({
             "ts": now,

@@ -36,6 +36,20 @@ class AdminRoutes:
             raise InvalidRequest(str(exc), param="id") from None
         return JSONResponse(tenant, status_code=201)
 
+    async def set_budget(self, http: HTTPRequest) -> HTTPResponse:
+        body = parse.parse_json(await http.body())
+        values = {}
+        for period in ("day", "month", "total"):
+            value = body.get(period)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise InvalidRequest(f"'{period}' must be a number of US dollars >= 0", param=period)
+            values[period] = float(value) if value is not None else None
+        tenant = http.path_params["tenant"]
+        if not await self.accounts.set_budget(tenant, values["day"], values["month"], values["total"]):
+            raise NotFound(f"No such tenant: {tenant}", param="tenant")
+        await self.keyring.refresh()
+        return JSONResponse({"tenant": tenant, "budget": values})
+
     async def list_tenants(self, http: HTTPRequest) -> HTTPResponse:
         return JSONResponse({"object": "list", "data": await self.accounts.tenants()})
 
@@ -68,6 +82,7 @@ class AdminRoutes:
         return [
             Route("/admin/tenants", self.create_tenant, methods=["POST"]),
             Route("/admin/tenants", self.list_tenants, methods=["GET"]),
+            Route("/admin/tenants/{tenant}/budget", self.set_budget, methods=["POST"]),
             Route("/admin/keys", self.create_key, methods=["POST"]),
             Route("/admin/keys", self.list_keys, methods=["GET"]),
             Route("/admin/keys/{key_id}/revoke", self.revoke_key, methods=["POST"]),

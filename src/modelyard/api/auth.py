@@ -13,12 +13,14 @@ import contextlib
 import hmac
 import json
 import logging
+import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from modelyard.economics.budget import BudgetBook, BudgetLimits, period_keys
 from modelyard.economics.keys import KeyPolicy
 from modelyard.errors import AuthenticationFailed
-from modelyard.store.accounts import Accounts, hash_key
+from modelyard.store.accounts import BUDGET_COLUMNS, Accounts, hash_key
 
 log = logging.getLogger("modelyard.auth")
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
@@ -28,8 +30,9 @@ DEFAULT_TENANT = "default"
 class Keyring:
     """Active keys by hash, reloaded from the store every few seconds (CLI changes apply without a restart)."""
 
-    def __init__(self, accounts: Accounts, master_key: str | None, refresh_s: float = 5.0) -> None:
+    def __init__(self, accounts: Accounts, master_key: str | None, book: BudgetBook | None = None, refresh_s: float = 5.0) -> None:
         self.accounts = accounts
+        self.book = book
         self.master_key = master_key or None
         self.refresh_s = refresh_s
         self.policies: dict[str, KeyPolicy] = {}
@@ -44,10 +47,29 @@ class Keyring:
             )
             for row in await self.accounts.active_keys()
         }
+        if self.book is not None:
+            self.book.limits = {
+                t["id"]: BudgetLimits(t["budget_day"], t["budget_month"], t["budget_total"])
+                for t in await self.accounts.tenants()
+                if any(t[c] is not None for c in BUDGET_COLUMNS)
+            }
+
+    async def load_spend(self) -> None:
+        """What each tenant already spent, from the ledger (so budgets survive restarts)."""
+        if self.book is None:
+            return
+        today, month = period_keys(time.time())["day"], period_keys(time.time())["month"]
+        for row in await self.accounts.spend_by_tenant():
+            cost = row["cost"] or 0.0
+            for period, key in (("total", "all"), ("month", row["day"][:7]), ("day", row["day"])):
+                if period == "total" or key in (today, month):
+                    slot = (row["tenant"], period, key)
+                    self.book.spent[slot] = self.book.spent.get(slot, 0.0) + cost
 
     async def start(self) -> None:
         await self.accounts.setup()
         await self.refresh()
+        await self.load_spend()
         self.task = asyncio.create_task(self._loop(), name="keyring-refresh")
 
     async def _loop(self) -> None:

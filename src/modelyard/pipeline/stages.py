@@ -11,8 +11,11 @@ import dataclasses
 import time
 
 from modelyard.config import FleetConfig
+from modelyard.economics.budget import BudgetBook
 from modelyard.economics.ratelimit import RateLimiter
 from modelyard.errors import InvalidRequest
+from modelyard.pipeline.budget import budget
+from modelyard.pipeline.costing import PriceCatalog
 from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.limits import limits
 from modelyard.pipeline.quality import quality
@@ -130,9 +133,10 @@ def _nth_choice(call: ModelCall, index: int) -> ModelCall:
     return dataclasses.replace(call, sampling=dataclasses.replace(call.sampling, seed=call.sampling.seed + index))
 
 
-def build_pipeline(dispatcher: Dispatcher, config: FleetConfig, extra: list[Stage] | None = None) -> Handler:
+def build_pipeline(dispatcher: Dispatcher, config: FleetConfig, book: BudgetBook | None = None, extra: list[Stage] | None = None) -> Handler:
     """Compose the stages, outermost first, around the backend call."""
-    stages: list[Stage] = [classify(config), limits(RateLimiter()), *(extra or []), route(config), quality(config)]
+    spend = [budget(book, PriceCatalog(config))] if book is not None else []
+    stages: list[Stage] = [classify(config), limits(RateLimiter()), *(extra or []), route(config), *spend, quality(config)]
     handler = call_backend(dispatcher)
     for stage in reversed(stages):
         handler = stage(handler)

@@ -24,7 +24,8 @@ def hash_key(plaintext: str) -> str:
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
-    id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, rpm INTEGER, tpm INTEGER
+    id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, rpm INTEGER, tpm INTEGER,
+    budget_day REAL, budget_month REAL, budget_total REAL
 );
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY, tenant TEXT NOT NULL REFERENCES tenants (id), name TEXT, hash TEXT NOT NULL UNIQUE,
@@ -33,6 +34,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 """
 WORKLOADS = ("interactive", "agent", "embedding", "background", "batch")
+BUDGET_COLUMNS = ("budget_day", "budget_month", "budget_total")
 
 
 class AccountError(ValueError):
@@ -44,7 +46,29 @@ class Accounts:
         self.store = store
 
     async def setup(self) -> None:
-        await self.store.run(lambda db: db.executescript(SCHEMA))
+        def migrate(db: sqlite3.Connection) -> None:
+            db.executescript(SCHEMA)
+            have = {row[1] for row in db.execute("PRAGMA table_info(tenants)")}
+            for column in BUDGET_COLUMNS:
+                if column not in have:
+                    db.execute(f"ALTER TABLE tenants ADD COLUMN {column} REAL")
+
+        await self.store.run(migrate)
+
+    async def set_budget(self, tenant: str, day: float | None, month: float | None, total: float | None) -> bool:
+        cursor = await self.store.run(lambda db: db.execute(
+            "UPDATE tenants SET budget_day = ?, budget_month = ?, budget_total = ? WHERE id = ?", (day, month, total, tenant)
+        ))
+        return bool(cursor.rowcount)
+
+    async def spend_by_tenant(self) -> list[dict[str, Any]]:
+        """Ledger cost per tenant and day (the ledger table may not exist yet)."""
+        def query(db: sqlite3.Connection) -> list[sqlite3.Row]:
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'ledger'").fetchone() is None:
+                return []
+            return db.execute("SELECT tenant, day, SUM(cost_usd) AS cost FROM ledger GROUP BY tenant, day").fetchall()
+
+        return [dict(r) for r in await self.store.run(query)]
 
     async def create_tenant(self, tenant: str, rpm: int | None = None, tpm: int | None = None) -> dict[str, Any]:
         if not tenant or not tenant.replace("-", "").replace("_", "").isalnum():
