@@ -173,3 +173,20 @@ def test_budget_holds_under_100_concurrent_requests(server: LiveServer) -> None:
     spent = [r for r in admin(server, "/admin/usage?group_by=tenant").json()["data"] if r["tenant"] == "thrifty"][0]["cost_usd"]
     assert spent == pytest.approx(len(ok) * per_request) and spent <= 0.05 + per_request
     assert admin(server, "/admin/tenants/nobody/budget", {"total": 1}).status_code == 404
+
+
+def test_price_plan_gives_revenue_and_margin(server: LiveServer) -> None:
+    assert admin(server, "/admin/tenants", {"id": "paying"}).status_code == 201
+    assert admin(server, "/admin/tenants/paying/plan", {"input_per_1m": 3000, "output_per_1m": 5000, "per_request": 0.001}).status_code == 200
+    key = admin(server, "/admin/keys", {"tenant": "paying"}).json()["key"]
+    client = sdk(server, key)
+    for _ in range(2):
+        client.chat.completions.create(model="priced", messages=[{"role": "user", "content": "x"}], max_tokens=4)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "x"}])  # errors earn nothing
+    row = [r for r in admin(server, "/admin/usage?group_by=tenant").json()["data"] if r["tenant"] == "paying"][0]
+    revenue = 2 * ((1 * 3000 + 4 * 5000) / 1_000_000 + 0.001)
+    cost = 2 * (1 * 1000 + 4 * 2000) / 1_000_000
+    assert row["requests"] == 3 and row["errors"] == 1
+    assert row["revenue_usd"] == pytest.approx(revenue) and row["cost_usd"] == pytest.approx(cost)
+    assert row["margin_usd"] == pytest.approx(revenue - cost)

@@ -147,6 +147,14 @@ def _accounts_call(args: argparse.Namespace, action: str) -> int:
             return await accounts.create_tenant(args.tenant, args.rpm, args.tpm)
         if action == "tenant-list":
             return await accounts.tenants()
+        if action == "tenant-plan":
+            if not await accounts.set_plan(args.tenant, args.input_per_1m, args.output_per_1m, args.per_request):
+                raise AccountError(f"unknown tenant {args.tenant!r}")
+            return {"tenant": args.tenant, "input_per_1m": args.input_per_1m, "output_per_1m": args.output_per_1m, "per_request": args.per_request}
+        if action == "tenant-budget":
+            if not await accounts.set_budget(args.tenant, args.day, args.month, args.total):
+                raise AccountError(f"unknown tenant {args.tenant!r}")
+            return {"tenant": args.tenant, "day": args.day, "month": args.month, "total": args.total}
         if action == "key-create":
             models = [m for m in (args.models or "").split(",") if m] or None
             return await accounts.create_key(args.tenant, args.name or "", models, args.max_class, args.rpm, args.tpm)
@@ -228,6 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: _accounts_call(a, "tenant-create"))
     p = tenants.add_parser("list", help="list tenants")
     p.set_defaults(func=lambda a: _accounts_call(a, "tenant-list"))
+    p = tenants.add_parser("budget", help="set a tenant's budgets in US dollars (omitted: no limit)")
+    p.add_argument("tenant")
+    p.add_argument("--day", type=float)
+    p.add_argument("--month", type=float)
+    p.add_argument("--total", type=float)
+    p.set_defaults(func=lambda a: _accounts_call(a, "tenant-budget"))
+    p = tenants.add_parser("plan", help="set what a tenant pays (gives revenue and margin in usage)")
+    p.add_argument("tenant")
+    p.add_argument("--input-per-1m", type=float, default=0.0, help="USD per 1M prompt tokens")
+    p.add_argument("--output-per-1m", type=float, default=0.0, help="USD per 1M completion tokens")
+    p.add_argument("--per-request", type=float, default=0.0, help="USD per successful request")
+    p.set_defaults(func=lambda a: _accounts_call(a, "tenant-plan"))
     keys = sub.add_parser("keys", help="create, list and revoke API keys").add_subparsers(dest="action", required=True)
     p = keys.add_parser("create", help="create a key (shown once)")
     p.add_argument("--tenant", required=True)

@@ -50,6 +50,20 @@ class AdminRoutes:
         await self.keyring.refresh()
         return JSONResponse({"tenant": tenant, "budget": values})
 
+    async def set_plan(self, http: HTTPRequest) -> HTTPResponse:
+        body = parse.parse_json(await http.body())
+        values = []
+        for name in ("input_per_1m", "output_per_1m", "per_request"):
+            value = body.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise InvalidRequest(f"'{name}' must be a number of US dollars >= 0", param=name)
+            values.append(float(value))
+        tenant = http.path_params["tenant"]
+        if not await self.accounts.set_plan(tenant, *values):
+            raise NotFound(f"No such tenant: {tenant}", param="tenant")
+        await self.keyring.refresh()
+        return JSONResponse({"tenant": tenant, "plan": dict(zip(("input_per_1m", "output_per_1m", "per_request"), values, strict=True))})
+
     async def list_tenants(self, http: HTTPRequest) -> HTTPResponse:
         return JSONResponse({"object": "list", "data": await self.accounts.tenants()})
 
@@ -83,6 +97,7 @@ class AdminRoutes:
             Route("/admin/tenants", self.create_tenant, methods=["POST"]),
             Route("/admin/tenants", self.list_tenants, methods=["GET"]),
             Route("/admin/tenants/{tenant}/budget", self.set_budget, methods=["POST"]),
+            Route("/admin/tenants/{tenant}/plan", self.set_plan, methods=["POST"]),
             Route("/admin/keys", self.create_key, methods=["POST"]),
             Route("/admin/keys", self.list_keys, methods=["GET"]),
             Route("/admin/keys/{key_id}/revoke", self.revoke_key, methods=["POST"]),

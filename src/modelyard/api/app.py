@@ -253,6 +253,6 @@ def create_app(
         exception_handlers={ModelyardError: _modelyard_error, HTTPException: _http_error, Exception: _unexpected},
     )
     app.add_middleware(AuthMiddleware, keyring=keyring)
-    app.add_middleware(RequestContextMiddleware, observers=[metrics.observe, LedgerRecorder(ledger, config).observe])
+    app.add_middleware(RequestContextMiddleware, observers=[metrics.observe, LedgerRecorder(ledger, config, lambda: keyring.plans).observe])
     app.state.batches = batches
     return app

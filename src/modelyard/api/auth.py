@@ -18,9 +18,10 @@ import time
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelyard.economics.budget import BudgetBook, BudgetLimits, period_keys
+from modelyard.economics.cost import PricePlan
 from modelyard.economics.keys import KeyPolicy
 from modelyard.errors import AuthenticationFailed
-from modelyard.store.accounts import BUDGET_COLUMNS, Accounts, hash_key
+from modelyard.store.accounts import BUDGET_COLUMNS, PLAN_COLUMNS, Accounts, hash_key
 
 log = logging.getLogger("modelyard.auth")
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
@@ -36,6 +37,7 @@ class Keyring:
         self.master_key = master_key or None
         self.refresh_s = refresh_s
         self.policies: dict[str, KeyPolicy] = {}
+        self.plans: dict[str, PricePlan] = {}
         self.task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> None:
@@ -47,10 +49,16 @@ class Keyring:
             )
             for row in await self.accounts.active_keys()
         }
+        tenants = await self.accounts.tenants()
+        self.plans = {
+            t["id"]: PricePlan(t["plan_input_per_1m"] or 0.0, t["plan_output_per_1m"] or 0.0, t["plan_per_request"] or 0.0)
+            for t in tenants
+            if any(t[c] is not None for c in PLAN_COLUMNS)
+        }
         if self.book is not None:
             self.book.limits = {
                 t["id"]: BudgetLimits(t["budget_day"], t["budget_month"], t["budget_total"])
-                for t in await self.accounts.tenants()
+                for t in tenants
                 if any(t[c] is not None for c in BUDGET_COLUMNS)
             }
 

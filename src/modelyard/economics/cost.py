@@ -35,3 +35,19 @@ def attempt_cost(price: Price, usage: Usage | None, busy_s: float) -> float:
 def request_cost(attempts: Iterable[AttemptUse], prices: Mapping[str, Price]) -> float:
     """US dollars for every attempt; a deployment without a price costs nothing."""
     return sum(attempt_cost(prices.get(a.deployment, Price()), a.usage, a.busy_s) for a in attempts)
+
+
+@dataclass(frozen=True, slots=True)
+class PricePlan:
+    """What a tenant pays modelyard's operator."""
+
+    input_per_1m: float = 0.0
+    output_per_1m: float = 0.0
+    per_request: float = 0.0
+
+    def revenue(self, usage: Usage | None, succeeded: bool) -> float:
+        """A failed request earns nothing; a successful one its tokens plus the per-request fee."""
+        if not succeeded:
+            return 0.0
+        tokens = usage or Usage()
+        return (tokens.prompt_tokens * self.input_per_1m + tokens.completion_tokens * self.output_per_1m) / 1_000_000 + self.per_request

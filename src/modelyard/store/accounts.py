@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 """
 WORKLOADS = ("interactive", "agent", "embedding", "background", "batch")
 BUDGET_COLUMNS = ("budget_day", "budget_month", "budget_total")
+PLAN_COLUMNS = ("plan_input_per_1m", "plan_output_per_1m", "plan_per_request")
 
 
 class AccountError(ValueError):
@@ -49,7 +50,7 @@ class Accounts:
         def migrate(db: sqlite3.Connection) -> None:
             db.executescript(SCHEMA)
             have = {row[1] for row in db.execute("PRAGMA table_info(tenants)")}
-            for column in BUDGET_COLUMNS:
+            for column in BUDGET_COLUMNS + PLAN_COLUMNS:
                 if column not in have:
                     db.execute(f"ALTER TABLE tenants ADD COLUMN {column} REAL")
 
@@ -58,6 +59,14 @@ class Accounts:
     async def set_budget(self, tenant: str, day: float | None, month: float | None, total: float | None) -> bool:
         cursor = await self.store.run(lambda db: db.execute(
             "UPDATE tenants SET budget_day = ?, budget_month = ?, budget_total = ? WHERE id = ?", (day, month, total, tenant)
+        ))
+        return bool(cursor.rowcount)
+
+    async def set_plan(self, tenant: str, input_per_1m: float, output_per_1m: float, per_request: float) -> bool:
+        """What the tenant pays: per 1M prompt and completion tokens, and per successful request."""
+        cursor = await self.store.run(lambda db: db.execute(
+            "UPDATE tenants SET plan_input_per_1m = ?, plan_output_per_1m = ?, plan_per_request = ? WHERE id = ?",
+            (input_per_1m, output_per_1m, per_request, tenant),
         ))
         return bool(cursor.rowcount)
 

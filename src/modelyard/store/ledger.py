@@ -19,13 +19,13 @@ log = logging.getLogger("modelyard.ledger")
 
 COLUMNS = (
     "ts", "day", "request_id", "endpoint", "tenant", "api_key", "workload", "session", "requested_model", "served_model",
-    "deployment", "route", "attempts", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "ttft_ms", "status", "error_type",
+    "deployment", "route", "attempts", "prompt_tokens", "completion_tokens", "cost_usd", "revenue_usd", "latency_ms", "ttft_ms", "status", "error_type",
 )
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, day TEXT NOT NULL, request_id TEXT, endpoint TEXT,
     tenant TEXT, api_key TEXT, workload TEXT, session TEXT, requested_model TEXT, served_model TEXT, deployment TEXT,
-    route TEXT, attempts INTEGER, prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL,
+    route TEXT, attempts INTEGER, prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL, revenue_usd REAL,
     latency_ms REAL, ttft_ms REAL, status INTEGER, error_type TEXT
 );
 CREATE INDEX IF NOT EXISTS ledger_day ON ledger (day, tenant);
@@ -42,7 +42,7 @@ class LedgerWriter:
         self.written = 0
 
     async def start(self) -> None:
-        await self.store.run(lambda db: db.executescript(SCHEMA))
+        await self.store.run(ensure_schema)
         self.task = asyncio.create_task(self._loop(), name="ledger-writer")
 
     def record(self, row: dict[str, Any]) -> None:
@@ -77,6 +77,13 @@ class LedgerWriter:
         await self.flush()
 
 
+def ensure_schema(db: sqlite3.Connection) -> None:
+    db.executescript(SCHEMA)
+    have = {row[1] for row in db.execute("PRAGMA table_info(ledger)")}
+    if "revenue_usd" not in have:  # ledgers written before price plans existed
+        db.execute("ALTER TABLE ledger ADD COLUMN revenue_usd REAL")
+
+
 async def usage(store: Store, group_by: tuple[str, ...], since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
     """Aggregates per ``group_by`` columns (e.g. tenant, served_model, day)."""
     bad = [g for g in group_by if g not in GROUPABLE]
@@ -93,10 +100,11 @@ async def usage(store: Store, group_by: tuple[str, ...], since: str | None = Non
     query = (
         f"SELECT {keys + ', ' if keys else ''}COUNT(*) AS requests, SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS errors, "
         "SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, SUM(attempts) AS attempts, "
-        "ROUND(SUM(cost_usd), 8) AS cost_usd, ROUND(AVG(latency_ms), 2) AS avg_latency_ms FROM ledger"
+        "ROUND(SUM(cost_usd), 8) AS cost_usd, ROUND(SUM(COALESCE(revenue_usd, 0)), 8) AS revenue_usd, "
+        "ROUND(SUM(COALESCE(revenue_usd, 0)) - SUM(cost_usd), 8) AS margin_usd, ROUND(AVG(latency_ms), 2) AS avg_latency_ms FROM ledger"
         + (f" WHERE {' AND '.join(where)}" if where else "")
         + (f" GROUP BY {keys} ORDER BY {keys}" if keys else "")
     )
-    await store.run(lambda db: db.executescript(SCHEMA))
+    await store.run(ensure_schema)
     rows = await store.run(lambda db: db.execute(query, args).fetchall())
     return [dict(r) for r in rows]
