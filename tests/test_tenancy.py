@@ -190,3 +190,9 @@ def test_price_plan_gives_revenue_and_margin(server: LiveServer) -> None:
     assert row["requests"] == 3 and row["errors"] == 1
     assert row["revenue_usd"] == pytest.approx(revenue) and row["cost_usd"] == pytest.approx(cost)
     assert row["margin_usd"] == pytest.approx(revenue - cost)
+
+
+def test_metrics_show_cost_ttft_and_budgets(server: LiveServer) -> None:
+    text = httpx.get(server.url + "/metrics").text
+    assert 'modelyard_budget_remaining_usd{period="total",tenant="thrifty"}' in text
+    assert "modelyard_cost_usd_total{" in text and "modelyard_time_to_first_token_seconds_bucket{" in text

@@ -30,6 +30,7 @@ class LedgerRecorder:
         attempts = request.attempts
         ok = [a for a in attempts if a.outcome == "ok"]
         cost = self.catalog.actual(request)
+        state["cost_usd"] = cost
         now = time.time()
         prompt = usage.prompt_tokens if usage else sum(a.usage.prompt_tokens for a in ok if a.usage)
         completion = usage.completion_tokens if usage else sum(a.usage.completion_tokens for a in ok if a.usage)

@@ -26,6 +26,7 @@ from modelyard.api.middleware import RequestContextMiddleware
 from modelyard.api.responses import JSONResponse
 from modelyard.api.usage_route import UsageRoute
 from modelyard.config import FleetConfig
+from modelyard.economics.budget import BudgetBook
 from modelyard.errors import InvalidRequest, MethodNotAllowed, ModelNotFound, ModelyardError, NotFound, NotReady, PayloadTooLarge
 from modelyard.observe.metrics import Metrics
 from modelyard.pipeline.batches import BatchService
@@ -69,6 +70,7 @@ class Api:
     dispatcher: Dispatcher
     config: FleetConfig
     metrics: Metrics
+    book: BudgetBook | None = None
 
     def _headers(self, request: HTTPRequest) -> dict[str, str]:
         return {k: v for k, v in request.headers.items() if k.startswith("x-modelyard-")}
@@ -172,6 +174,7 @@ class Api:
             "breakers": self.dispatcher.describe(),
             "scheduler": self.dispatcher.gate.describe(),
             "tasks": len(asyncio.all_tasks()),
+            "budgets": {t: self.book.remaining(t, time.time()) for t in self.book.limits} if self.book else {},
         }
 
     async def fleet_status(self, http: HTTPRequest) -> HTTPResponse:
@@ -230,7 +233,7 @@ def create_app(
     """The ASGI app for one pipeline over a started fleet; ``app.state.batches`` runs batch jobs."""
     holder: list[Api] = []
     metrics = Metrics(lambda: holder[0].snapshot())
-    api = Api(handler, fleet, dispatcher, config, metrics)
+    api = Api(handler, fleet, dispatcher, config, metrics, keyring.book)
     holder.append(api)
     routes = [
         Route("/v1/chat/completions", api.chat, methods=["POST"]),
@@ -253,6 +256,6 @@ def create_app(
         exception_handlers={ModelyardError: _modelyard_error, HTTPException: _http_error, Exception: _unexpected},
     )
     app.add_middleware(AuthMiddleware, keyring=keyring)
-    app.add_middleware(RequestContextMiddleware, observers=[metrics.observe, LedgerRecorder(ledger, config, lambda: keyring.plans).observe])
+    app.add_middleware(RequestContextMiddleware, observers=[LedgerRecorder(ledger, config, lambda: keyring.plans).observe, metrics.observe])
     app.state.batches = batches
     return app

@@ -48,6 +48,11 @@ class FleetCollector(Collector):
             for workload, n in info["queued"].items():
                 depth.add_metric([name, workload], n)
         yield from (depth, running)
+        budget = GaugeMetricFamily("modelyard_budget_remaining_usd", "budget left per tenant and period", labels=["tenant", "period"])
+        for tenant, periods in state.get("budgets", {}).items():
+            for period, left in periods.items():
+                budget.add_metric([tenant, period], left)
+        yield budget
 
 
 class Metrics:
@@ -60,6 +65,8 @@ class Metrics:
         self.latency = Histogram("modelyard_request_seconds", "request latency", ["model", "workload"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.tokens = Counter("modelyard_tokens", "tokens by direction", ["model", "direction"], registry=self.registry)
         self.attempts = Counter("modelyard_attempts", "backend attempts (retries and failovers included)", ["model"], registry=self.registry)
+        self.ttft = Histogram("modelyard_time_to_first_token_seconds", "time to first token", ["model", "workload"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.cost = Counter("modelyard_cost_usd", "cost of requests in US dollars", ["model", "tenant"], registry=self.registry)
         self.registry.register(FleetCollector(snapshot))
 
     def observe(self, state: dict[str, Any], status: int, seconds: float) -> None:
@@ -75,6 +82,13 @@ class Metrics:
             self.tokens.labels(model, "out").inc(usage.completion_tokens)
         if state.get("attempts"):
             self.attempts.labels(model).inc(state["attempts"])
+        request = state.get("request")
+        attempts = getattr(request, "attempts", ())
+        first = next((a.ttft_s for a in attempts if a.outcome == "ok" and a.ttft_s is not None), None)
+        if first is not None:
+            self.ttft.labels(model, workload).observe(first)
+        if state.get("cost_usd"):
+            self.cost.labels(model, getattr(request, "tenant", "")).inc(state["cost_usd"])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
