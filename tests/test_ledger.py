@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
@@ -52,9 +54,30 @@ def chat(server: LiveServer, model: str, **extra: object) -> httpx.Response:
     return httpx.post(server.url + "/v1/chat/completions", json=body, timeout=30)
 
 
-def test_every_request_gets_a_ledger_row(tmp_path: Path, fake_upstream: LiveServer) -> None:
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def ledger_rows(database: str, data: Path) -> dict[str, dict[str, object]]:
+    if database == "sqlite":
+        db = sqlite3.connect(data / "modelyard.db")
+        db.row_factory = sqlite3.Row
+        return {r["request_id"]: dict(r) for r in db.execute("SELECT * FROM ledger")}
+
+    async def fetch() -> dict[str, dict[str, object]]:
+        conn = await asyncpg.connect(POSTGRES)
+        try:
+            return {r["request_id"]: dict(r) for r in await conn.fetch("SELECT * FROM ledger")}
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_every_request_gets_a_ledger_row(tmp_path: Path, fake_upstream: LiveServer, database: str) -> None:
     data = tmp_path / "data"
-    server = start_modelyard(tmp_path, write_config(tmp_path / "fleet.yaml", FLEET.format(url=fake_upstream.url)), ["--data-dir", str(data)])
+    extra = ["--data-dir", str(data)] + (["--database-url", POSTGRES] if database == "postgresql" else [])
+    server = start_modelyard(tmp_path, write_config(tmp_path / "fleet.yaml", FLEET.format(url=fake_upstream.url)), extra)
     ids: dict[str, str] = {}
     try:
         ids["ok"] = chat(server, "priced").headers["x-request-id"]
@@ -75,9 +98,7 @@ def test_every_request_gets_a_ledger_row(tmp_path: Path, fake_upstream: LiveServ
         assert httpx.get(server.url + "/admin/usage", params={"group_by": "password"}).status_code == 400
     finally:
         assert server.stop(signal.SIGTERM) == 0  # rows still in the buffer must be written on shutdown
-    db = sqlite3.connect(data / "modelyard.db")
-    db.row_factory = sqlite3.Row
-    rows = {r["request_id"]: dict(r) for r in db.execute("SELECT * FROM ledger")}
+    rows = ledger_rows(database, data)
     assert set(ids.values()) <= set(rows)
     ok = rows[ids["ok"]]
     assert (ok["status"], ok["prompt_tokens"], ok["completion_tokens"], ok["attempts"]) == (200, 3, 4, 1)
@@ -92,5 +113,6 @@ def test_every_request_gets_a_ledger_row(tmp_path: Path, fake_upstream: LiveServ
     error = rows[ids["error"]]
     assert (error["status"], error["error_type"]) == (404, "invalid_request_error")
     assert rows[ids["cancelled"]]["status"] == 200 and rows[ids["cancelled"]]["latency_ms"] < 2000
-    table = subprocess.run([sys.executable, "-m", "modelyard.cli", "usage", "--data-dir", str(data), "--group-by", "served_model"], capture_output=True, text=True, timeout=60)
+    db_args = ["--database-url", POSTGRES] if database == "postgresql" else []
+    table = subprocess.run([sys.executable, "-m", "modelyard.cli", "usage", "--data-dir", str(data), "--group-by", "served_model", *db_args], capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and "priced" in table.stdout and "cost_usd" in table.stdout

@@ -51,9 +51,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ArtifactError as exc:
         print(f"modelyard: cannot start: {exc}", file=sys.stderr)
         return 2
+    database_url = args.database_url or os.environ.get("MODELYARD_DATABASE_URL")
+    if database_url and not database_url.startswith(("postgresql://", "postgres://")):
+        print(f"modelyard: --database-url must be postgresql://..., got {database_url!r}", file=sys.stderr)
+        return 2
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    return server.run(config, host, port, data_dir, args.log_level)
+    return server.run(config, host, port, data_dir, args.log_level, database_url)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -96,13 +100,22 @@ def cmd_usage(args: argparse.Namespace) -> int:
     import csv
 
     from modelyard import server
-    from modelyard.store.ledger import usage
+    from modelyard.store.ledger import LedgerWriter, ledger_sink
     from modelyard.store.sqlite import Store
 
     config = _load(args.config)
     store = Store(server.data_dir_of(config, args.data_dir))
+
+    async def query() -> list[dict[str, object]]:
+        ledger = LedgerWriter(ledger_sink(store, args.database_url or os.environ.get("MODELYARD_DATABASE_URL")))
+        await ledger.sink.setup()
+        try:
+            return await ledger.usage(tuple(g for g in args.group_by.split(",") if g), args.since, args.until)
+        finally:
+            await ledger.sink.aclose()
+
     try:
-        rows = asyncio.run(usage(store, tuple(g for g in args.group_by.split(",") if g), args.since, args.until))
+        rows = asyncio.run(query())
     except ValueError as exc:
         print(f"modelyard: {exc}", file=sys.stderr)
         return 2
@@ -119,9 +132,13 @@ def cmd_usage(args: argparse.Namespace) -> int:
     columns = list(rows[0])
     cells = [columns] + [[_fmt(r[c]) for c in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    numeric = {c for c in columns if c not in GROUP_COLUMNS}
     for row in cells:
-        print("  ".join(cell.rjust(widths[i]) if i >= len(columns) - 6 else cell.ljust(widths[i]) for i, cell in enumerate(row)))
+        print("  ".join(cell.rjust(widths[i]) if columns[i] in numeric else cell.ljust(widths[i]) for i, cell in enumerate(row)))
     return 0
+
+
+GROUP_COLUMNS = ("tenant", "api_key", "requested_model", "served_model", "deployment", "workload", "day", "endpoint")
 
 
 def _fmt(value: object) -> str:
@@ -204,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to bind (default 8000)")
     p.add_argument("--data-dir", help="where assembled models and state live (default ~/.cache/modelyard)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--database-url", help="postgresql://... to keep the usage ledger in PostgreSQL (default: SQLite in the data directory)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check", help="validate a fleet file without starting anything")
@@ -226,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="first day, YYYY-MM-DD")
     p.add_argument("--until", help="last day, YYYY-MM-DD")
     p.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    p.add_argument("--database-url", help="postgresql://... when the server keeps its ledger there")
     p.set_defaults(func=cmd_usage)
 
     tenants = sub.add_parser("tenants", help="create and list tenants").add_subparsers(dest="action", required=True)

@@ -20,7 +20,7 @@ from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.pipeline.stages import build_pipeline
 from modelyard.store.accounts import Accounts
-from modelyard.store.ledger import LedgerWriter
+from modelyard.store.ledger import LedgerWriter, ledger_sink
 from modelyard.store.sqlite import Store
 
 log = logging.getLogger("modelyard")
@@ -53,7 +53,7 @@ def configure_logging(level: str) -> None:
     access.setLevel(logging.INFO)
 
 
-async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path, log_level: str = "info") -> int:
+async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path, log_level: str = "info", database_url: str | None = None) -> int:
     """Start the fleet, serve until SIGINT/SIGTERM, then stop the fleet.
 
     The fleet starts before the port opens, so a startup failure is one clear
@@ -76,10 +76,10 @@ async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path,
         return 3
     dispatcher = Dispatcher(fleet, config)
     store = Store(data_dir)
-    ledger = LedgerWriter(store)
+    ledger = LedgerWriter(ledger_sink(store, database_url))
     await ledger.start()
     book = BudgetBook()
-    keyring = Keyring(Accounts(store), master_key, book)
+    keyring = Keyring(Accounts(store), master_key, book, ledger.sink.spend_by_tenant)
     await keyring.start()
     app = create_app(build_pipeline(dispatcher, config, book), fleet, dispatcher, config, store, ledger, keyring)
     app.state.batches.start()  # resumes any job a previous run left unfinished
@@ -117,6 +117,6 @@ def _ignore_signal(signum: int, frame: object) -> None:
     log.debug("signal %d during shutdown ignored", signum)
 
 
-def run(config: FleetConfig, host: str, port: int, data_dir: Path, log_level: str = "info") -> int:
+def run(config: FleetConfig, host: str, port: int, data_dir: Path, log_level: str = "info", database_url: str | None = None) -> int:
     """Blocking entry point used by ``modelyard serve``."""
-    return uvloop.run(serve_fleet(config, host, port, data_dir, log_level))
+    return uvloop.run(serve_fleet(config, host, port, data_dir, log_level, database_url))

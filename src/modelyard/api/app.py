@@ -246,7 +246,7 @@ def create_app(
         Route("/metrics", api.metrics_endpoint, methods=["GET"]),
         Route("/admin/fleet", api.fleet_status, methods=["GET"]),
         Route("/admin/breakers", api.breakers, methods=["GET"]),
-        Route("/admin/usage", UsageRoute(store, ledger).handle, methods=["GET"]),
+        Route("/admin/usage", UsageRoute(ledger).handle, methods=["GET"]),
     ]
     batches = BatchService(store, line_executor(handler), config.scheduling.batch_concurrency, config.scheduling.max_file_bytes)
     routes += BatchRoutes(batches, config.server.max_body_bytes).routes()

@@ -14,6 +14,8 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -25,15 +27,19 @@ from modelyard.store.accounts import BUDGET_COLUMNS, PLAN_COLUMNS, Accounts, has
 
 log = logging.getLogger("modelyard.auth")
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
+SpendSource = Callable[[], Awaitable[list[dict[str, Any]]]]
 DEFAULT_TENANT = "default"
 
 
 class Keyring:
     """Active keys by hash, reloaded from the store every few seconds (CLI changes apply without a restart)."""
 
-    def __init__(self, accounts: Accounts, master_key: str | None, book: BudgetBook | None = None, refresh_s: float = 5.0) -> None:
+    def __init__(
+        self, accounts: Accounts, master_key: str | None, book: BudgetBook | None = None, spend: SpendSource | None = None, refresh_s: float = 5.0
+    ) -> None:
         self.accounts = accounts
         self.book = book
+        self.spend = spend
         self.master_key = master_key or None
         self.refresh_s = refresh_s
         self.policies: dict[str, KeyPolicy] = {}
@@ -64,10 +70,10 @@ class Keyring:
 
     async def load_spend(self) -> None:
         """What each tenant already spent, from the ledger (so budgets survive restarts)."""
-        if self.book is None:
+        if self.book is None or self.spend is None:
             return
         today, month = period_keys(time.time())["day"], period_keys(time.time())["month"]
-        for row in await self.accounts.spend_by_tenant():
+        for row in await self.spend():
             cost = row["cost"] or 0.0
             for period, key in (("total", "all"), ("month", row["day"][:7]), ("day", row["day"])):
                 if period == "total" or key in (today, month):

@@ -10,22 +10,19 @@ from starlette.responses import Response as HTTPResponse
 
 from modelyard.api.responses import JSONResponse
 from modelyard.errors import InvalidRequest
-from modelyard.store.ledger import LedgerWriter, usage
-from modelyard.store.sqlite import Store
+from modelyard.store.ledger import LedgerWriter
 
 
 class UsageRoute:
     """``?group_by=tenant,served_model,day&since=YYYY-MM-DD&until=YYYY-MM-DD&format=csv``"""
 
-    def __init__(self, store: Store, ledger: LedgerWriter) -> None:
-        self.store = store
+    def __init__(self, ledger: LedgerWriter) -> None:
         self.ledger = ledger
 
     async def handle(self, http: HTTPRequest) -> HTTPResponse:
         group_by = tuple(g for g in http.query_params.get("group_by", "tenant,served_model,day").split(",") if g)
-        await self.ledger.flush()  # read your own writes: rows still buffered count too
         try:
-            rows = await usage(self.store, group_by, http.query_params.get("since"), http.query_params.get("until"))
+            rows = await self.ledger.usage(group_by, http.query_params.get("since"), http.query_params.get("until"))
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="group_by") from None
         if http.query_params.get("format") == "csv":

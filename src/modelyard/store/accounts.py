@@ -70,15 +70,6 @@ class Accounts:
         ))
         return bool(cursor.rowcount)
 
-    async def spend_by_tenant(self) -> list[dict[str, Any]]:
-        """Ledger cost per tenant and day (the ledger table may not exist yet)."""
-        def query(db: sqlite3.Connection) -> list[sqlite3.Row]:
-            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'ledger'").fetchone() is None:
-                return []
-            return db.execute("SELECT tenant, day, SUM(cost_usd) AS cost FROM ledger GROUP BY tenant, day").fetchall()
-
-        return [dict(r) for r in await self.store.run(query)]
-
     async def create_tenant(self, tenant: str, rpm: int | None = None, tpm: int | None = None) -> dict[str, Any]:
         if not tenant or not tenant.replace("-", "").replace("_", "").isalnum():
             raise AccountError("a tenant id is letters, digits, '-' and '_'")

@@ -2,7 +2,8 @@
 
 Rows go to an in-memory buffer; a background task writes them every
 ``flush_s`` in one transaction. ``aclose`` writes whatever is left, so a
-graceful shutdown (SIGTERM) loses nothing.
+graceful shutdown (SIGTERM) loses nothing. Two sinks hold the rows: the data
+directory's SQLite file (default) or PostgreSQL (``--database-url``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from typing import Any
+from typing import Any, Protocol
 
 from modelyard.store.sqlite import Store
 
@@ -21,28 +22,132 @@ COLUMNS = (
     "ts", "day", "request_id", "endpoint", "tenant", "api_key", "workload", "session", "requested_model", "served_model",
     "deployment", "route", "attempts", "prompt_tokens", "completion_tokens", "cost_usd", "revenue_usd", "latency_ms", "ttft_ms", "status", "error_type",
 )
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS ledger (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, day TEXT NOT NULL, request_id TEXT, endpoint TEXT,
-    tenant TEXT, api_key TEXT, workload TEXT, session TEXT, requested_model TEXT, served_model TEXT, deployment TEXT,
-    route TEXT, attempts INTEGER, prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL, revenue_usd REAL,
-    latency_ms REAL, ttft_ms REAL, status INTEGER, error_type TEXT
-);
-CREATE INDEX IF NOT EXISTS ledger_day ON ledger (day, tenant);
-"""
+COLUMN_TYPES = (
+    "ts DOUBLE PRECISION NOT NULL, day TEXT NOT NULL, request_id TEXT, endpoint TEXT, tenant TEXT, api_key TEXT, workload TEXT, "
+    "session TEXT, requested_model TEXT, served_model TEXT, deployment TEXT, route TEXT, attempts INTEGER, prompt_tokens INTEGER, "
+    "completion_tokens INTEGER, cost_usd DOUBLE PRECISION, revenue_usd DOUBLE PRECISION, latency_ms DOUBLE PRECISION, "
+    "ttft_ms DOUBLE PRECISION, status INTEGER, error_type TEXT"
+)
 GROUPABLE = ("tenant", "api_key", "requested_model", "served_model", "deployment", "workload", "day", "endpoint")
+AGGREGATES = (
+    "COUNT(*) AS requests, SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS errors, SUM(prompt_tokens) AS prompt_tokens, "
+    "SUM(completion_tokens) AS completion_tokens, SUM(attempts) AS attempts, SUM(cost_usd) AS cost_usd, "
+    "SUM(COALESCE(revenue_usd, 0)) AS revenue_usd, SUM(COALESCE(revenue_usd, 0)) - SUM(cost_usd) AS margin_usd, AVG(latency_ms) AS avg_latency_ms"
+)
+
+
+class LedgerSink(Protocol):
+    """Where ledger rows live."""
+
+    async def setup(self) -> None: ...
+    async def insert(self, rows: list[tuple[Any, ...]]) -> None: ...
+    async def aggregate(self, group_by: tuple[str, ...], since: str | None, until: str | None) -> list[dict[str, Any]]: ...
+    async def spend_by_tenant(self) -> list[dict[str, Any]]: ...
+    async def aclose(self) -> None: ...
+
+
+def _query(group_by: tuple[str, ...], since: str | None, until: str | None, mark: Any) -> tuple[str, list[str]]:
+    bad = [g for g in group_by if g not in GROUPABLE]
+    if bad:
+        raise ValueError(f"cannot group by {', '.join(bad)} (choose from {', '.join(GROUPABLE)})")
+    where, args = [], []
+    for op, value in ((">=", since), ("<=", until)):
+        if value:
+            args.append(value)
+            where.append(f"day {op} {mark(len(args))}")
+    keys = ", ".join(group_by)
+    sql = f"SELECT {keys + ', ' if keys else ''}{AGGREGATES} FROM ledger"
+    sql += f" WHERE {' AND '.join(where)}" if where else ""
+    sql += f" GROUP BY {keys} ORDER BY {keys}" if keys else ""
+    return sql, args
+
+
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(float(v), 8) if k.endswith("_usd") and v is not None else (round(float(v), 2) if k == "avg_latency_ms" and v is not None else v) for k, v in row.items()}
+
+
+class SQLiteLedger:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def setup(self) -> None:
+        def ensure(db: sqlite3.Connection) -> None:
+            db.execute(f"CREATE TABLE IF NOT EXISTS ledger (id INTEGER PRIMARY KEY AUTOINCREMENT, {COLUMN_TYPES})")
+            db.execute("CREATE INDEX IF NOT EXISTS ledger_day ON ledger (day, tenant)")
+            have = {row[1] for row in db.execute("PRAGMA table_info(ledger)")}
+            if "revenue_usd" not in have:  # ledgers written before price plans existed
+                db.execute("ALTER TABLE ledger ADD COLUMN revenue_usd REAL")
+
+        await self.store.run(ensure)
+
+    async def insert(self, rows: list[tuple[Any, ...]]) -> None:
+        marks = ", ".join("?" for _ in COLUMNS)
+        await self.store.transaction(lambda db: db.executemany(f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({marks})", rows))
+
+    async def aggregate(self, group_by: tuple[str, ...], since: str | None, until: str | None) -> list[dict[str, Any]]:
+        sql, args = _query(group_by, since, until, lambda n: "?")
+        rows = await self.store.run(lambda db: db.execute(sql, args).fetchall())
+        return [_rounded(dict(r)) for r in rows]
+
+    async def spend_by_tenant(self) -> list[dict[str, Any]]:
+        rows = await self.store.run(lambda db: db.execute("SELECT tenant, day, SUM(cost_usd) AS cost FROM ledger GROUP BY tenant, day").fetchall())
+        return [dict(r) for r in rows]
+
+    async def aclose(self) -> None:
+        return None
+
+
+class PostgresLedger:
+    """The ledger in PostgreSQL (asyncpg pool); for many replicas writing one ledger."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.pool: Any = None
+
+    async def setup(self) -> None:
+        import asyncpg
+
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4)
+        async with self.pool.acquire() as conn:
+            await conn.execute(f"CREATE TABLE IF NOT EXISTS ledger (id BIGSERIAL PRIMARY KEY, {COLUMN_TYPES})")
+            await conn.execute("CREATE INDEX IF NOT EXISTS ledger_day ON ledger (day, tenant)")
+
+    async def insert(self, rows: list[tuple[Any, ...]]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.copy_records_to_table("ledger", records=rows, columns=list(COLUMNS))
+
+    async def aggregate(self, group_by: tuple[str, ...], since: str | None, until: str | None) -> list[dict[str, Any]]:
+        sql, args = _query(group_by, since, until, lambda n: f"${n}")
+        async with self.pool.acquire() as conn:
+            return [_rounded(dict(r)) for r in await conn.fetch(sql, *args)]
+
+    async def spend_by_tenant(self) -> list[dict[str, Any]]:
+        async with self.pool.acquire() as conn:
+            return [dict(r) for r in await conn.fetch("SELECT tenant, day, SUM(cost_usd) AS cost FROM ledger GROUP BY tenant, day")]
+
+    async def aclose(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+
+
+def ledger_sink(store: Store, database_url: str | None) -> LedgerSink:
+    if database_url and database_url.startswith(("postgresql://", "postgres://")):
+        return PostgresLedger(database_url)
+    if database_url:
+        raise ValueError(f"unsupported --database-url {database_url!r}: expected postgresql://...")
+    return SQLiteLedger(store)
 
 
 class LedgerWriter:
-    def __init__(self, store: Store, flush_s: float = 0.25) -> None:
-        self.store = store
+    def __init__(self, sink: LedgerSink, flush_s: float = 0.25) -> None:
+        self.sink = sink
         self.flush_s = flush_s
         self.buffer: list[tuple[Any, ...]] = []
         self.task: asyncio.Task[None] | None = None
         self.written = 0
 
     async def start(self) -> None:
-        await self.store.run(ensure_schema)
+        await self.sink.setup()
         self.task = asyncio.create_task(self._loop(), name="ledger-writer")
 
     def record(self, row: dict[str, Any]) -> None:
@@ -54,20 +159,24 @@ class LedgerWriter:
             await asyncio.sleep(self.flush_s)
             try:
                 await self.flush()
-            except sqlite3.Error:
+            except Exception:  # the database is down: keep the rows and try again
                 log.exception("ledger flush failed; rows are kept for the next try")
 
     async def flush(self) -> None:
         if not self.buffer:
             return
         rows, self.buffer = self.buffer, []
-        marks = ", ".join("?" for _ in COLUMNS)
         try:
-            await self.store.transaction(lambda db: db.executemany(f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({marks})", rows))
+            await self.sink.insert(rows)
         except BaseException:
-            self.buffer[:0] = rows  # keep them: nothing accepted is lost
+            self.buffer[:0] = rows  # nothing accepted is lost
             raise
         self.written += len(rows)
+
+    async def usage(self, group_by: tuple[str, ...], since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+        """Aggregates per ``group_by`` columns, including rows not yet flushed."""
+        await self.flush()
+        return await self.sink.aggregate(group_by, since, until)
 
     async def aclose(self) -> None:
         if self.task is not None:
@@ -75,36 +184,4 @@ class LedgerWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
         await self.flush()
-
-
-def ensure_schema(db: sqlite3.Connection) -> None:
-    db.executescript(SCHEMA)
-    have = {row[1] for row in db.execute("PRAGMA table_info(ledger)")}
-    if "revenue_usd" not in have:  # ledgers written before price plans existed
-        db.execute("ALTER TABLE ledger ADD COLUMN revenue_usd REAL")
-
-
-async def usage(store: Store, group_by: tuple[str, ...], since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
-    """Aggregates per ``group_by`` columns (e.g. tenant, served_model, day)."""
-    bad = [g for g in group_by if g not in GROUPABLE]
-    if bad:
-        raise ValueError(f"cannot group by {', '.join(bad)} (choose from {', '.join(GROUPABLE)})")
-    where, args = [], []
-    if since:
-        where.append("day >= ?")
-        args.append(since)
-    if until:
-        where.append("day <= ?")
-        args.append(until)
-    keys = ", ".join(group_by)
-    query = (
-        f"SELECT {keys + ', ' if keys else ''}COUNT(*) AS requests, SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS errors, "
-        "SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, SUM(attempts) AS attempts, "
-        "ROUND(SUM(cost_usd), 8) AS cost_usd, ROUND(SUM(COALESCE(revenue_usd, 0)), 8) AS revenue_usd, "
-        "ROUND(SUM(COALESCE(revenue_usd, 0)) - SUM(cost_usd), 8) AS margin_usd, ROUND(AVG(latency_ms), 2) AS avg_latency_ms FROM ledger"
-        + (f" WHERE {' AND '.join(where)}" if where else "")
-        + (f" GROUP BY {keys} ORDER BY {keys}" if keys else "")
-    )
-    await store.run(ensure_schema)
-    rows = await store.run(lambda db: db.execute(query, args).fetchall())
-    return [dict(r) for r in rows]
+        await self.sink.aclose()
