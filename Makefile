@@ -10,7 +10,7 @@ PORT   ?= 8000
 # that have it, and its kernels crash under some sandboxes and hypervisors.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
-.PHONY: install serve test lint typecheck check clean
+.PHONY: install serve test lint typecheck check clean browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ serve: install
 	$(BIN)/modelyard prepare
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/modelyard serve --host $(HOST) --port $(PORT)
 
-test: install
+# The dashboard test drives Debian's Chromium (playwright's own browser download does not work offline).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || \
+		(echo "make test needs Chromium for the dashboard test: apt-get install chromium" >&2; exit 1)
+
+test: install browser
 	$(BIN)/modelyard prepare
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -p no:cacheprovider
 

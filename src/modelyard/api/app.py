@@ -22,6 +22,7 @@ from modelyard.api.accounting import LedgerRecorder
 from modelyard.api.admin_routes import AdminRoutes
 from modelyard.api.auth import AuthMiddleware, Keyring
 from modelyard.api.batch_routes import BatchRoutes, line_executor
+from modelyard.api.dashboard_routes import DashboardRoutes
 from modelyard.api.middleware import RequestContextMiddleware
 from modelyard.api.responses import JSONResponse
 from modelyard.api.usage_route import UsageRoute
@@ -251,6 +252,7 @@ def create_app(
     batches = BatchService(store, line_executor(handler), config.scheduling.batch_concurrency, config.scheduling.max_file_bytes)
     routes += BatchRoutes(batches, config.server.max_body_bytes).routes()
     routes += AdminRoutes(keyring.accounts, keyring).routes()
+    routes += DashboardRoutes(ledger, api.snapshot).routes()
     app = Starlette(
         routes=routes,
         exception_handlers={ModelyardError: _modelyard_error, HTTPException: _http_error, Exception: _unexpected},

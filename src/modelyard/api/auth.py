@@ -26,7 +26,7 @@ from modelyard.errors import AuthenticationFailed
 from modelyard.store.accounts import BUDGET_COLUMNS, PLAN_COLUMNS, Accounts, hash_key
 
 log = logging.getLogger("modelyard.auth")
-OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/ui")  # /ui is a static page; its data needs the master key
 SpendSource = Callable[[], Awaitable[list[dict[str, Any]]]]
 DEFAULT_TENANT = "default"
 

@@ -28,6 +28,7 @@ COLUMN_TYPES = (
     "completion_tokens INTEGER, cost_usd DOUBLE PRECISION, revenue_usd DOUBLE PRECISION, latency_ms DOUBLE PRECISION, "
     "ttft_ms DOUBLE PRECISION, status INTEGER, error_type TEXT"
 )
+RECENT = "ts, tenant, requested_model, served_model, latency_ms, status, cost_usd, revenue_usd"
 GROUPABLE = ("tenant", "api_key", "requested_model", "served_model", "deployment", "workload", "day", "endpoint")
 AGGREGATES = (
     "COUNT(*) AS requests, SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS errors, SUM(prompt_tokens) AS prompt_tokens, "
@@ -43,6 +44,7 @@ class LedgerSink(Protocol):
     async def insert(self, rows: list[tuple[Any, ...]]) -> None: ...
     async def aggregate(self, group_by: tuple[str, ...], since: str | None, until: str | None) -> list[dict[str, Any]]: ...
     async def spend_by_tenant(self) -> list[dict[str, Any]]: ...
+    async def since(self, ts: float) -> list[dict[str, Any]]: ...
     async def aclose(self) -> None: ...
 
 
@@ -93,6 +95,10 @@ class SQLiteLedger:
         rows = await self.store.run(lambda db: db.execute("SELECT tenant, day, SUM(cost_usd) AS cost FROM ledger GROUP BY tenant, day").fetchall())
         return [dict(r) for r in rows]
 
+    async def since(self, ts: float) -> list[dict[str, Any]]:
+        rows = await self.store.run(lambda db: db.execute(f"SELECT {RECENT} FROM ledger WHERE ts >= ? ORDER BY ts", (ts,)).fetchall())
+        return [dict(r) for r in rows]
+
     async def aclose(self) -> None:
         return None
 
@@ -124,6 +130,10 @@ class PostgresLedger:
     async def spend_by_tenant(self) -> list[dict[str, Any]]:
         async with self.pool.acquire() as conn:
             return [dict(r) for r in await conn.fetch("SELECT tenant, day, SUM(cost_usd) AS cost FROM ledger GROUP BY tenant, day")]
+
+    async def since(self, ts: float) -> list[dict[str, Any]]:
+        async with self.pool.acquire() as conn:
+            return [dict(r) for r in await conn.fetch(f"SELECT {RECENT} FROM ledger WHERE ts >= $1 ORDER BY ts", ts)]
 
     async def aclose(self) -> None:
         if self.pool is not None:
@@ -177,6 +187,11 @@ class LedgerWriter:
         """Aggregates per ``group_by`` columns, including rows not yet flushed."""
         await self.flush()
         return await self.sink.aggregate(group_by, since, until)
+
+    async def recent(self, ts: float) -> list[dict[str, Any]]:
+        """Rows since ``ts`` (epoch seconds), including rows not yet flushed."""
+        await self.flush()
+        return await self.sink.since(ts)
 
     async def aclose(self) -> None:
         if self.task is not None:

@@ -1,0 +1,50 @@
+"""The dashboard's numbers: per-minute series from ledger rows (pure; no I/O)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else 0.0
+
+
+def minute_series(rows: Iterable[Mapping[str, Any]], start: float, minutes: int) -> dict[str, Any]:
+    """Requests, errors, latency percentiles, cost and revenue per minute, per tenant and per model."""
+    buckets = [int(start // 60) * 60 + 60 * i for i in range(minutes)]
+    index = {b: i for i, b in enumerate(buckets)}
+    requests, errors = [0] * minutes, [0] * minutes
+    latencies: list[list[float]] = [[] for _ in range(minutes)]
+    cost_by_tenant: dict[str, list[float]] = defaultdict(lambda: [0.0] * minutes)
+    revenue_by_tenant: dict[str, list[float]] = defaultdict(lambda: [0.0] * minutes)
+    cost_by_model: dict[str, list[float]] = defaultdict(lambda: [0.0] * minutes)
+    for row in rows:
+        i = index.get(int(row["ts"] // 60) * 60)
+        if i is None:
+            continue
+        requests[i] += 1
+        errors[i] += 1 if (row["status"] or 0) >= 400 else 0
+        if row["latency_ms"] is not None:
+            latencies[i].append(float(row["latency_ms"]))
+        tenant, model = row["tenant"] or "-", row["served_model"] or row["requested_model"] or "-"
+        cost_by_tenant[tenant][i] += row["cost_usd"] or 0.0
+        revenue_by_tenant[tenant][i] += row["revenue_usd"] or 0.0
+        cost_by_model[model][i] += row["cost_usd"] or 0.0
+    tenants = sorted(set(cost_by_tenant))
+    return {
+        "minutes": buckets,
+        "requests_per_s": [n / 60 for n in requests],
+        "errors": errors,
+        "latency_p50_ms": [_percentile(v, 50) for v in latencies],
+        "latency_p95_ms": [_percentile(v, 95) for v in latencies],
+        "cost_by_tenant": dict(cost_by_tenant),
+        "margin_by_tenant": {t: [r - c for r, c in zip(revenue_by_tenant[t], cost_by_tenant[t], strict=True)] for t in tenants},
+        "cost_by_model": dict(cost_by_model),
+        "totals": {
+            t: {"cost_usd": sum(cost_by_tenant[t]), "revenue_usd": sum(revenue_by_tenant[t]), "margin_usd": sum(revenue_by_tenant[t]) - sum(cost_by_tenant[t])}
+            for t in tenants
+        },
+    }

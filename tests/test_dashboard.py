@@ -1,0 +1,61 @@
+"""The /ui dashboard in headless Chromium: it loads, shows data from real requests, and is screenshotted."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import sync_playwright
+
+from .conftest import LiveServer, start_modelyard, write_config
+
+MASTER = "sk-dashboard-master"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLEET = """
+models:
+  priced:
+    kind: chat
+    deployments:
+      - {{backend: openai, base_url: '{url}/v1', upstream_model: fake, price: {{input_per_1m: 1000, output_per_1m: 2000}}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, fake_upstream: LiveServer) -> Iterator[LiveServer]:
+    tmp = tmp_path_factory.mktemp("dashboard")
+    live = start_modelyard(tmp, write_config(tmp / "fleet.yaml", FLEET.format(url=fake_upstream.url)), ["--data-dir", str(tmp / "data")], env={"MODELYARD_MASTER_KEY": MASTER})
+    yield live
+    live.stop()
+
+
+def test_dashboard_shows_real_traffic(server: LiveServer, tmp_path: Path) -> None:
+    admin = {"Authorization": f"Bearer {MASTER}"}
+    httpx.post(server.url + "/admin/tenants", json={"id": "acme-corp"}, headers=admin)
+    httpx.post(server.url + "/admin/tenants/acme-corp/plan", json={"input_per_1m": 5000, "output_per_1m": 9000}, headers=admin)
+    key = httpx.post(server.url + "/admin/keys", json={"tenant": "acme-corp"}, headers=admin).json()["key"]
+    for _ in range(6):
+        reply = httpx.post(server.url + "/v1/chat/completions", json={"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+                           headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        assert reply.status_code == 200
+    assert httpx.get(server.url + "/admin/dashboard").status_code == 401  # the data needs the master key
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{server.url}/ui?key={MASTER}")
+            page.wait_for_selector("#tenants tbody tr", timeout=15_000)
+            tenants = page.inner_text("#tenants")
+            assert "acme-corp" in tenants
+            assert "priced/0" in page.inner_text("#deployments")
+            assert page.locator("#requests-chart path").count() >= 1
+            assert "acme-corp" in page.inner_text("#cost-legend")
+            assert "updated" in page.inner_text("#status")
+            shot = tmp_path / "dashboard.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000
+    shutil.copy(shot, Path(__file__).resolve().parent.parent / "bench" / "results" / "dashboard.png")
