@@ -19,14 +19,7 @@ def layer_of(module: str) -> str:
 
 
 def imports(path: Path) -> list[str]:
-    tree = ast.parse(path.read_text())
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.append(node.module)
-    return [name for name in found if name == "modelyard" or name.startswith("modelyard.")]
+    return [name for name in _all_imports(path, absolute_only=True) if name == "modelyard" or name.startswith("modelyard.")]
 
 
 def violations() -> list[str]:
@@ -69,12 +62,12 @@ def test_router_and_scheduler_do_no_io() -> None:
             assert not names & forbidden, f"{path} imports {names & forbidden}"
 
 
-def _all_imports(path: Path) -> list[str]:
+def _all_imports(path: Path, absolute_only: bool = False) -> list[str]:
     tree = ast.parse(path.read_text())
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             out += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
+        elif isinstance(node, ast.ImportFrom) and node.module and (node.level == 0 or not absolute_only):
             out.append(node.module)
     return out
