@@ -196,3 +196,18 @@ def test_metrics_show_cost_ttft_and_budgets(server: LiveServer) -> None:
     text = httpx.get(server.url + "/metrics").text
     assert 'modelyard_budget_remaining_usd{period="total",tenant="thrifty"}' in text
     assert "modelyard_cost_usd_total{" in text and "modelyard_time_to_first_token_seconds_bucket{" in text
+
+
+def test_key_budget(server: LiveServer) -> None:
+    assert admin(server, "/admin/tenants", {"id": "keyed"}).status_code == 201
+    created = admin(server, "/admin/keys", {"tenant": "keyed", "budget": {"total": 0.02}}).json()
+    assert created["budget"] == {"day": None, "month": None, "total": 0.02}
+    client = sdk(server, created["key"])
+    for _ in range(2):  # $0.009 each
+        client.chat.completions.create(model="priced", messages=[{"role": "user", "content": "x"}], max_tokens=4)
+    with pytest.raises(openai.RateLimitError) as info:
+        client.chat.completions.create(model="priced", messages=[{"role": "user", "content": "x"}], max_tokens=4)
+    assert info.value.body["type"] == "insufficient_quota" and "API key" in info.value.body["message"]  # type: ignore[index]
+    other = admin(server, "/admin/keys", {"tenant": "keyed"}).json()["key"]  # the tenant itself has no budget
+    assert sdk(server, other).chat.completions.create(model="priced", messages=[{"role": "user", "content": "x"}], max_tokens=4).choices
+    assert admin(server, "/admin/keys", {"tenant": "keyed", "budget": {"day": -1}}).status_code == 400

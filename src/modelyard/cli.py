@@ -174,7 +174,8 @@ def _accounts_call(args: argparse.Namespace, action: str) -> int:
             return {"tenant": args.tenant, "day": args.day, "month": args.month, "total": args.total}
         if action == "key-create":
             models = [m for m in (args.models or "").split(",") if m] or None
-            return await accounts.create_key(args.tenant, args.name or "", models, args.max_class, args.rpm, args.tpm)
+            budget = (args.budget_day, args.budget_month, args.budget_total)
+            return await accounts.create_key(args.tenant, args.name or "", models, args.max_class, args.rpm, args.tpm, budget)
         if action == "key-list":
             return await accounts.keys(args.tenant)
         if not await accounts.revoke(args.key_id):
@@ -275,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-class", choices=["interactive", "agent", "embedding", "background", "batch"], help="the best workload class its requests may claim")
     p.add_argument("--rpm", type=int)
     p.add_argument("--tpm", type=int)
+    p.add_argument("--budget-day", type=float, help="US dollars per day for this key")
+    p.add_argument("--budget-month", type=float)
+    p.add_argument("--budget-total", type=float)
     p.set_defaults(func=lambda a: _accounts_call(a, "key-create"))
     p = keys.add_parser("list", help="list keys (never their secrets)")
     p.add_argument("--tenant")

@@ -79,7 +79,7 @@ async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path,
     ledger = LedgerWriter(ledger_sink(store, database_url))
     await ledger.start()
     book = BudgetBook()
-    keyring = Keyring(Accounts(store), master_key, book, ledger.sink.spend_by_tenant)
+    keyring = Keyring(Accounts(store), master_key, book, ledger.sink.spend_by_owner)
     await keyring.start()
     app = create_app(build_pipeline(dispatcher, config, book), fleet, dispatcher, config, store, ledger, keyring)
     app.state.batches.start()  # resumes any job a previous run left unfinished

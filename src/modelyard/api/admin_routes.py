@@ -23,6 +23,19 @@ def _optional_int(body: dict[str, Any], name: str) -> int | None:
     return value
 
 
+def _budget(body: Any) -> tuple[float | None, float | None, float | None]:
+    """``{"day", "month", "total"}`` in US dollars; a missing period has no limit."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("'budget' must be an object with 'day', 'month' and/or 'total'", param="budget")
+    values = []
+    for period in ("day", "month", "total"):
+        value = body.get(period)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise InvalidRequest(f"'{period}' must be a number of US dollars >= 0", param=period)
+        values.append(float(value) if value is not None else None)
+    return values[0], values[1], values[2]
+
+
 @dataclass(frozen=True, slots=True)
 class AdminRoutes:
     accounts: Accounts
@@ -37,15 +50,10 @@ class AdminRoutes:
         return JSONResponse(tenant, status_code=201)
 
     async def set_budget(self, http: HTTPRequest) -> HTTPResponse:
-        body = parse.parse_json(await http.body())
-        values = {}
-        for period in ("day", "month", "total"):
-            value = body.get(period)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-                raise InvalidRequest(f"'{period}' must be a number of US dollars >= 0", param=period)
-            values[period] = float(value) if value is not None else None
+        day, month, total = _budget(parse.parse_json(await http.body()))
+        values = {"day": day, "month": month, "total": total}
         tenant = http.path_params["tenant"]
-        if not await self.accounts.set_budget(tenant, values["day"], values["month"], values["total"]):
+        if not await self.accounts.set_budget(tenant, day, month, total):
             raise NotFound(f"No such tenant: {tenant}", param="tenant")
         await self.keyring.refresh()
         return JSONResponse({"tenant": tenant, "budget": values})
@@ -75,7 +83,7 @@ class AdminRoutes:
         try:
             key = await self.accounts.create_key(
                 str(body.get("tenant") or ""), str(body.get("name") or ""), models, body.get("max_class"),
-                _optional_int(body, "rpm"), _optional_int(body, "tpm"),
+                _optional_int(body, "rpm"), _optional_int(body, "tpm"), _budget(body.get("budget") or {}),
             )
         except AccountError as exc:
             raise InvalidRequest(str(exc)) from None

@@ -19,7 +19,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelyard.economics.budget import BudgetBook, BudgetLimits, period_keys
+from modelyard.economics.budget import BudgetBook, BudgetLimits, key_owner, period_keys
 from modelyard.economics.cost import PricePlan
 from modelyard.economics.keys import KeyPolicy
 from modelyard.errors import AuthenticationFailed
@@ -47,13 +47,14 @@ class Keyring:
         self.task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> None:
+        keys = await self.accounts.active_keys()
         self.policies = {
             row["hash"]: KeyPolicy(
                 key_id=row["id"], tenant=row["tenant"],
                 allowed_models=tuple(json.loads(row["allowed_models"]) if row["allowed_models"] else ()),
                 max_class=row["max_class"], rpm=row["rpm"], tpm=row["tpm"], tenant_rpm=row["tenant_rpm"], tenant_tpm=row["tenant_tpm"],
             )
-            for row in await self.accounts.active_keys()
+            for row in keys
         }
         tenants = await self.accounts.tenants()
         self.plans = {
@@ -62,11 +63,17 @@ class Keyring:
             if any(t[c] is not None for c in PLAN_COLUMNS)
         }
         if self.book is not None:
-            self.book.limits = {
+            limits = {
                 t["id"]: BudgetLimits(t["budget_day"], t["budget_month"], t["budget_total"])
                 for t in tenants
                 if any(t[c] is not None for c in BUDGET_COLUMNS)
             }
+            limits |= {
+                key_owner(k["id"]): BudgetLimits(k["budget_day"], k["budget_month"], k["budget_total"])
+                for k in keys
+                if any(k[c] is not None for c in BUDGET_COLUMNS)
+            }
+            self.book.limits = limits
 
     async def load_spend(self) -> None:
         """What each tenant already spent, from the ledger (so budgets survive restarts)."""
@@ -75,10 +82,12 @@ class Keyring:
         today, month = period_keys(time.time())["day"], period_keys(time.time())["month"]
         for row in await self.spend():
             cost = row["cost"] or 0.0
+            owners = [row["tenant"]] + ([key_owner(row["api_key"])] if row["api_key"] else [])
             for period, key in (("total", "all"), ("month", row["day"][:7]), ("day", row["day"])):
                 if period == "total" or key in (today, month):
-                    slot = (row["tenant"], period, key)
-                    self.book.spent[slot] = self.book.spent.get(slot, 0.0) + cost
+                    for owner in owners:
+                        slot = (owner, period, key)
+                        self.book.spent[slot] = self.book.spent.get(slot, 0.0) + cost
 
     async def start(self) -> None:
         await self.accounts.setup()

@@ -27,6 +27,11 @@ class BudgetLimits:
         return getattr(self, period)  # type: ignore[no-any-return]
 
 
+def key_owner(key_id: str) -> str:
+    """The budget book's name for an API key (tenants use their own id)."""
+    return f"key:{key_id}"
+
+
 def period_keys(now: float) -> dict[str, str]:
     t = time.gmtime(now)
     return {"day": time.strftime("%Y-%m-%d", t), "month": time.strftime("%Y-%m", t), "total": "all"}

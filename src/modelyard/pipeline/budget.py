@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from modelyard.economics.budget import BudgetBook, Hold
+from modelyard.economics.budget import BudgetBook, Hold, key_owner
 from modelyard.errors import BudgetExceeded
 from modelyard.pipeline.costing import PriceCatalog
 from modelyard.pipeline.types import Handler, Request, Response, Stage
@@ -15,24 +15,21 @@ from modelyard.protocol import Chunk
 def budget(book: BudgetBook, catalog: PriceCatalog) -> Stage:
     def stage(next_handler: Handler) -> Handler:
         async def handle(request: Request) -> Response:
-            if request.tenant not in book.limits:
+            owners = [request.tenant] + ([key_owner(request.policy.key_id)] if request.policy else [])
+            owners = [o for o in owners if o in book.limits]
+            if not owners:
                 return await next_handler(request)
             amount = catalog.worst_case(request)
-            hold = book.reserve(request.tenant, amount, time.time())
-            if hold is None:
-                left = book.remaining(request.tenant, time.time())
-                raise BudgetExceeded(
-                    f"tenant '{request.tenant}' has ${min(left.values()):.6f} of budget left; this request may cost up to ${amount:.6f}"
-                )
+            holds = _reserve_all(book, owners, amount)
             try:
                 response = await next_handler(request)
             except BaseException:
-                book.commit(hold, catalog.actual(request))  # failed attempts still cost what they used
+                _commit_all(book, holds, catalog.actual(request))  # failed attempts still cost what they used
                 raise
             if response.embeddings is not None:
-                book.commit(hold, catalog.actual(request))
+                _commit_all(book, holds, catalog.actual(request))
             else:
-                response.streams = _committing(book, hold, catalog, request, response.streams)
+                response.streams = _committing(book, holds, catalog, request, response.streams)
             return response
 
         return handle
@@ -40,7 +37,27 @@ def budget(book: BudgetBook, catalog: PriceCatalog) -> Stage:
     return stage
 
 
-def _committing(book: BudgetBook, hold: Hold, catalog: PriceCatalog, request: Request, streams: list[AsyncIterator[Chunk]]) -> list[AsyncIterator[Chunk]]:
+def _reserve_all(book: BudgetBook, owners: list[str], amount: float) -> list[Hold]:
+    """Holds on the tenant's and the key's budgets, or none at all."""
+    holds: list[Hold] = []
+    for owner in owners:
+        hold = book.reserve(owner, amount, time.time())
+        if hold is None:
+            for taken in holds:
+                book.release(taken)
+            left = book.remaining(owner, time.time())
+            who = f"API key {owner[4:]}" if owner.startswith("key:") else f"tenant '{owner}'"
+            raise BudgetExceeded(f"{who} has ${min(left.values()):.6f} of budget left; this request may cost up to ${amount:.6f}")
+        holds.append(hold)
+    return holds
+
+
+def _commit_all(book: BudgetBook, holds: list[Hold], actual: float) -> None:
+    for hold in holds:
+        book.commit(hold, actual)
+
+
+def _committing(book: BudgetBook, holds: list[Hold], catalog: PriceCatalog, request: Request, streams: list[AsyncIterator[Chunk]]) -> list[AsyncIterator[Chunk]]:
     remaining = len(streams)
 
     async def wrap(stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
@@ -51,6 +68,6 @@ def _committing(book: BudgetBook, hold: Hold, catalog: PriceCatalog, request: Re
         finally:
             remaining -= 1
             if remaining == 0:
-                book.commit(hold, catalog.actual(request))
+                _commit_all(book, holds, catalog.actual(request))
 
     return [wrap(s) for s in streams]

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS tenants (
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY, tenant TEXT NOT NULL REFERENCES tenants (id), name TEXT, hash TEXT NOT NULL UNIQUE,
     hint TEXT NOT NULL, created_at INTEGER NOT NULL, revoked_at INTEGER, allowed_models TEXT,
-    max_class TEXT, rpm INTEGER, tpm INTEGER
+    max_class TEXT, rpm INTEGER, tpm INTEGER, budget_day REAL, budget_month REAL, budget_total REAL
 );
 """
 WORKLOADS = ("interactive", "agent", "embedding", "background", "batch")
@@ -53,6 +53,10 @@ class Accounts:
             for column in BUDGET_COLUMNS + PLAN_COLUMNS:
                 if column not in have:
                     db.execute(f"ALTER TABLE tenants ADD COLUMN {column} REAL")
+            have_keys = {row[1] for row in db.execute("PRAGMA table_info(api_keys)")}
+            for column in BUDGET_COLUMNS:
+                if column not in have_keys:
+                    db.execute(f"ALTER TABLE api_keys ADD COLUMN {column} REAL")
 
         await self.store.run(migrate)
 
@@ -89,7 +93,7 @@ class Accounts:
 
     async def create_key(
         self, tenant: str, name: str = "", allowed_models: list[str] | None = None, max_class: str | None = None,
-        rpm: int | None = None, tpm: int | None = None,
+        rpm: int | None = None, tpm: int | None = None, budget: tuple[float | None, float | None, float | None] = (None, None, None),
     ) -> dict[str, Any]:
         """A new key; the plaintext is in the result and nowhere else, ever."""
         if max_class is not None and max_class not in WORKLOADS:
@@ -98,15 +102,15 @@ class Accounts:
         row = {
             "id": new_id("key_"), "tenant": tenant, "name": name, "hash": hash_key(plaintext), "hint": plaintext[:6] + "..." + plaintext[-4:],
             "created_at": int(time.time()), "allowed_models": json.dumps(allowed_models) if allowed_models else None,
-            "max_class": max_class, "rpm": rpm, "tpm": tpm,
+            "max_class": max_class, "rpm": rpm, "tpm": tpm, "budget_day": budget[0], "budget_month": budget[1], "budget_total": budget[2],
         }
 
         def insert(db: sqlite3.Connection) -> None:
             if db.execute("SELECT 1 FROM tenants WHERE id = ?", (tenant,)).fetchone() is None:
                 raise AccountError(f"unknown tenant {tenant!r}; create it first")
             db.execute(
-                "INSERT INTO api_keys (id, tenant, name, hash, hint, created_at, allowed_models, max_class, rpm, tpm) "
-                "VALUES (:id, :tenant, :name, :hash, :hint, :created_at, :allowed_models, :max_class, :rpm, :tpm)", row,
+                "INSERT INTO api_keys (id, tenant, name, hash, hint, created_at, allowed_models, max_class, rpm, tpm, budget_day, budget_month, budget_total) "
+                "VALUES (:id, :tenant, :name, :hash, :hint, :created_at, :allowed_models, :max_class, :rpm, :tpm, :budget_day, :budget_month, :budget_total)", row,
             )
 
         await self.store.run(insert)
@@ -136,4 +140,5 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
         "id": row["id"], "tenant": row["tenant"], "name": row.get("name") or "", "hint": row["hint"], "created_at": row["created_at"],
         "revoked_at": row.get("revoked_at"), "allowed_models": json.loads(models) if isinstance(models, str) else models,
         "max_class": row.get("max_class"), "rpm": row.get("rpm"), "tpm": row.get("tpm"),
+        "budget": {p: row.get(f"budget_{p}") for p in ("day", "month", "total")},
     }

@@ -43,7 +43,7 @@ class LedgerSink(Protocol):
     async def setup(self) -> None: ...
     async def insert(self, rows: list[tuple[Any, ...]]) -> None: ...
     async def aggregate(self, group_by: tuple[str, ...], since: str | None, until: str | None) -> list[dict[str, Any]]: ...
-    async def spend_by_tenant(self) -> list[dict[str, Any]]: ...
+    async def spend_by_owner(self) -> list[dict[str, Any]]: ...
     async def since(self, ts: float) -> list[dict[str, Any]]: ...
     async def aclose(self) -> None: ...
 
@@ -91,8 +91,8 @@ class SQLiteLedger:
         rows = await self.store.run(lambda db: db.execute(sql, args).fetchall())
         return [_rounded(dict(r)) for r in rows]
 
-    async def spend_by_tenant(self) -> list[dict[str, Any]]:
-        rows = await self.store.run(lambda db: db.execute("SELECT tenant, day, SUM(cost_usd) AS cost FROM ledger GROUP BY tenant, day").fetchall())
+    async def spend_by_owner(self) -> list[dict[str, Any]]:
+        rows = await self.store.run(lambda db: db.execute("SELECT tenant, api_key, day, SUM(cost_usd) AS cost FROM ledger GROUP BY tenant, api_key, day").fetchall())
         return [dict(r) for r in rows]
 
     async def since(self, ts: float) -> list[dict[str, Any]]:
@@ -127,9 +127,9 @@ class PostgresLedger:
         async with self.pool.acquire() as conn:
             return [_rounded(dict(r)) for r in await conn.fetch(sql, *args)]
 
-    async def spend_by_tenant(self) -> list[dict[str, Any]]:
+    async def spend_by_owner(self) -> list[dict[str, Any]]:
         async with self.pool.acquire() as conn:
-            return [dict(r) for r in await conn.fetch("SELECT tenant, day, SUM(cost_usd) AS cost FROM ledger GROUP BY tenant, day")]
+            return [dict(r) for r in await conn.fetch("SELECT tenant, api_key, day, SUM(cost_usd) AS cost FROM ledger GROUP BY tenant, api_key, day")]
 
     async def since(self, ts: float) -> list[dict[str, Any]]:
         async with self.pool.acquire() as conn:
