@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "modelyard"
 
 # A layer may import itself and anything to its right, never to its left.
-ORDER = ["cli", "server", "api", "observe", "pipeline", "routing", "scheduling", "economics", "reliability", "backends", "store", "fleet", "testing"]
+ORDER = ["cli", "server", "training", "api", "observe", "pipeline", "routing", "scheduling", "economics", "reliability", "backends", "store", "fleet", "testing"]
 PEERS = {"routing", "scheduling", "economics", "reliability"}  # side by side; none imports another
 CORE = {"errors", "protocol", "config", "__init__"}
 

@@ -291,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
             config_arg(child)
             child.add_argument("--data-dir", help="the server's data directory (default ~/.cache/modelyard)")
 
+    from modelyard.training.commands import add_commands
+
+    add_commands(sub)
+
     p = sub.add_parser("fake-upstream", help="run a fake OpenAI-compatible server (for tests and benchmarks)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9000)

@@ -1,0 +1,1 @@
+"""Offline tooling: load public outcome tables, embed prompts, train and evaluate routers."""

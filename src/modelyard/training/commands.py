@@ -1,0 +1,94 @@
+"""``modelyard router train | eval | cv``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from modelyard.training import datasets, evaluate, features, router_file
+
+DEFAULT_K = 32
+
+
+def _table_and_embeddings(args: argparse.Namespace) -> tuple[datasets.OutcomeTable, Any]:
+    table = datasets.load([Path(p) for p in args.data], args.format)
+    return table, features.embed(table.prompts, Path(args.cache_dir).expanduser())
+
+
+def train(args: argparse.Namespace) -> int:
+    table, embeddings = _table_and_embeddings(args)
+    router = evaluate.fit(table, embeddings, args.k)
+    router_file.save(router, Path(args.out), {"target": args.target, "trained_on": table.source, "n": len(table.prompts)})
+    print(f"trained on {len(table.prompts)} prompts x {len(table.models)} models ({table.source}); wrote {args.out}")
+    return 0
+
+
+def evaluate_cmd(args: argparse.Namespace) -> int:
+    router, header = router_file.load(Path(args.router))
+    table, embeddings = _table_and_embeddings(args)
+    if tuple(table.models) != router.models:
+        print(f"modelyard: the router knows {router.models}; the data has {table.models}")
+        return 2
+    target = args.target if args.target is not None else float(header.get("target", 0.9))  # type: ignore[arg-type]
+    return _print(evaluate.report(table, router, router.predict(embeddings), target), args.json)
+
+
+def cross_validate(args: argparse.Namespace) -> int:
+    table, embeddings = _table_and_embeddings(args)
+    router, predicted = evaluate.cross_validate(table, embeddings, args.k, args.folds)
+    result = evaluate.report(table, router, predicted, args.target)
+    result["cross_validation_folds"] = args.folds
+    return _print(result, args.json)
+
+
+def _print(result: dict[str, Any], as_json: bool) -> int:
+    rows = [("", "quality", "cost per prompt ($)")]
+    for name, s in result["baselines"]["single_models"].items():
+        rows.append((f"always {name}", f"{s['quality']:.4f}", f"{s['cost']:.6g}"))
+    rows.append(("random", f"{result['baselines']['random']['quality']:.4f}", f"{result['baselines']['random']['cost']:.6g}"))
+    rows.append((f"router (target {result['router_target']:g})", f"{result['router_quality']:.4f}", f"{result['router_cost']:.6g}"))
+    rows.append(("oracle", f"{result['oracle_quality']:.4f}", f"{result['oracle_cost']:.6g}"))
+    width = max(len(r[0]) for r in rows)
+    for r in rows:
+        print(f"{r[0].ljust(width)}  {r[1]:>8}  {r[2]:>14}")
+    print(f"best single: {result['best_single_model']} ({result['best_single_quality']:.4f} at ${result['best_single_cost']:.6g})")
+    at_best = result["router_cost_at_best_single_quality"]
+    share = "never" if at_best is None else f"${at_best:.6g} ({at_best / result['best_single_cost']:.1%} of its cost)"
+    print(f"router reaches it at: {share}")
+    print(f"AIQ: router {result['aiq_router']:.4f}, best single {result['aiq_best_single']:.4f}")
+    if "apgr" in result:
+        print(f"APGR {result['apgr']:.4f}, CPT(50%) {result['cpt50']}, CPT(80%) {result['cpt80']}")
+    if as_json:
+        print(json.dumps({k: v for k, v in result.items() if k != "sweep"}))
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    router = sub.add_parser("router", help="train and evaluate the learned cost/quality router").add_subparsers(dest="action", required=True)
+
+    def data_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data", action="append", required=True, help="an outcome table (repeat for several); a RouteLLM folder works too")
+        p.add_argument("--format", choices=datasets.FORMATS, help="default: detected from the file")
+        p.add_argument("--cache-dir", default="~/.cache/modelyard/embeddings", help="where prompt embeddings are cached")
+
+    p = router.add_parser("train", help="train a router on outcome tables")
+    data_args(p)
+    p.add_argument("--out", required=True, help="the router file to write (.npz)")
+    p.add_argument("--k", type=int, default=DEFAULT_K, help="neighbours per prediction")
+    p.add_argument("--target", type=float, default=0.9, help="default quality target (0..1 of the best prediction)")
+    p.set_defaults(func=train)
+    p = router.add_parser("eval", help="evaluate a router on an outcome table")
+    data_args(p)
+    p.add_argument("--router", required=True)
+    p.add_argument("--target", type=float, help="override the router's quality target")
+    p.add_argument("--json", action="store_true", help="also print one JSON object on the last line")
+    p.set_defaults(func=evaluate_cmd)
+    p = router.add_parser("cv", help="cross-validate on the training tables (out-of-fold predictions)")
+    data_args(p)
+    p.add_argument("--k", type=int, default=DEFAULT_K)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--target", type=float, default=0.9)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cross_validate)

@@ -1,0 +1,127 @@
+"""Public per-prompt outcome tables, read as published (see ../shared/data/README.md)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+FORMATS = ("routerbench", "llmrouter", "routellm", "outcomes")
+# RouteLLM's MMLU tables carry no prices; these are the two models' list prices per 1M input tokens (late 2023).
+ROUTELLM_PRICES = {"mistralai/Mixtral-8x7B-Instruct-v0.1": 0.6, "gpt-4-1106-preview": 10.0}
+LLMROUTER_OUTPUT_TOKENS = 256  # the table has no answer lengths: priced as a fixed-size answer
+
+
+@dataclass(frozen=True)
+class OutcomeTable:
+    prompts: list[str]
+    models: tuple[str, ...]
+    quality: npt.NDArray[np.float64]  # (n, m) in 0..1
+    cost: npt.NDArray[np.float64]  # (n, m) US dollars per prompt
+    source: str
+
+    def subset(self, rows: npt.NDArray[np.int64]) -> OutcomeTable:
+        return OutcomeTable([self.prompts[i] for i in rows], self.models, self.quality[rows], self.cost[rows], self.source)
+
+
+def detect_format(path: Path) -> str:
+    if path.is_dir() or path.name.startswith("mmlu_"):
+        return "routellm"
+    if path.suffix == ".jsonl":
+        return "outcomes"
+    if path.suffix == ".json":
+        return "llmrouter"
+    header = path.open(encoding="utf-8").readline()
+    if "|total_cost" in header:
+        return "routerbench"
+    if header.count(",") == 2 and header.startswith("prompt,"):
+        return "routellm"
+    raise ValueError(f"{path}: cannot tell the format; pass --format {'|'.join(FORMATS)}")
+
+
+def load(paths: list[Path], fmt: str | None = None) -> OutcomeTable:
+    tables = [_load_one(p, fmt or detect_format(p)) for p in paths]
+    models = tables[0].models
+    for t in tables[1:]:
+        if t.models != models:
+            raise ValueError(f"{t.source}: its models {t.models} differ from {tables[0].source}'s {models}")
+    return OutcomeTable(
+        [p for t in tables for p in t.prompts], models, np.vstack([t.quality for t in tables]), np.vstack([t.cost for t in tables]),
+        ", ".join(t.source for t in tables),
+    )
+
+
+def _load_one(path: Path, fmt: str) -> OutcomeTable:
+    if fmt == "routerbench":
+        return _routerbench(path)
+    if fmt == "llmrouter":
+        return _llmrouter(path)
+    if fmt == "routellm":
+        return _routellm(path)
+    if fmt == "outcomes":
+        return _outcomes(path)
+    raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+
+
+def _routerbench(path: Path) -> OutcomeTable:
+    csv.field_size_limit(1 << 30)
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    models = tuple(c[: -len("|total_cost")] for c in rows[0] if c.endswith("|total_cost"))
+    prompts, quality, cost = [], [], []
+    for row in rows:
+        try:
+            q = [float(row[m]) for m in models]
+            c = [float(row[f"{m}|total_cost"]) for m in models]
+        except ValueError:
+            continue  # a few ARC rows have no score: dropped, as the data's README says
+        if any(math.isnan(v) for v in q + c):
+            continue
+        prompts.append(row["prompt"])
+        quality.append(q)
+        cost.append(c)
+    return OutcomeTable(prompts, models, np.array(quality), np.array(cost), path.name)
+
+
+def _llmrouter(path: Path, prices_path: Path | None = None) -> OutcomeTable:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    prices = json.loads((prices_path or path.with_name("llmrouter_llm_prices.json")).read_text(encoding="utf-8"))
+    models = tuple(data[0]["scores"])
+    prompts = [d["question"] for d in data]
+    quality = np.array([[float(d["scores"][m]) for m in models] for d in data])
+    tokens_in = np.array([len(p) / 4 for p in prompts])[:, None]
+    price_in = np.array([prices[m]["input_price"] for m in models])[None, :]
+    price_out = np.array([prices[m]["output_price"] for m in models])[None, :]
+    cost = (tokens_in * price_in + LLMROUTER_OUTPUT_TOKENS * price_out) / 1e6
+    return OutcomeTable(prompts, models, quality, cost, path.name)
+
+
+def _routellm(path: Path) -> OutcomeTable:
+    files = sorted(path.glob("mmlu_*.csv")) if path.is_dir() else [path]
+    prompts, quality = [], []
+    models: tuple[str, ...] = ()
+    for file in files:
+        with file.open(encoding="utf-8", newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader)
+            models = tuple(header[1:3])
+            for row in reader:
+                prompts.append(row[0])
+                quality.append([float(row[1] == "True" or row[1] == "1" or row[1] == "1.0"), float(row[2] == "True" or row[2] == "1" or row[2] == "1.0")])
+    tokens = np.array([len(p) / 4 for p in prompts])[:, None]
+    price = np.array([ROUTELLM_PRICES.get(m, 1.0) for m in models])[None, :]
+    return OutcomeTable(prompts, models, np.array(quality), tokens * price / 1e6, path.name)
+
+
+def _outcomes(path: Path) -> OutcomeTable:
+    """What ``modelyard router collect`` writes: one JSON object a line, {prompt, scores{model}, costs{model}}."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    models = tuple(rows[0]["scores"])
+    quality = np.array([[float(r["scores"][m]) for m in models] for r in rows])
+    cost = np.array([[float(r.get("costs", {}).get(m, 0.0)) for m in models] for r in rows])
+    return OutcomeTable([r["prompt"] for r in rows], models, quality, cost, path.name)

@@ -1,0 +1,78 @@
+"""Evaluate a router on an outcome table: the sweep, the baselines, and the published metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from modelyard.routing.learned import LearnedRouter
+from modelyard.training.datasets import OutcomeTable
+from modelyard.training.metrics import aiq, apgr, cpt, oracle_choice, outcome, pgr_curve
+
+LAMBDAS = [0.0] + list(np.geomspace(1e-4, 10.0, 60))
+TARGETS = list(np.linspace(0.5, 1.0, 26))
+
+
+def report(table: OutcomeTable, router: LearnedRouter, predicted: npt.NDArray[np.float32], target: float) -> dict[str, Any]:
+    q, c = table.quality, table.cost
+    n, m = q.shape
+    singles = [(table.models[j], float(q[:, j].mean()), float(c[:, j].mean())) for j in range(m)]
+    best = max(singles, key=lambda s: (s[1], -s[2]))
+    cheapest = min(singles, key=lambda s: s[2])
+    router_q, router_c = outcome(q, c, router.choose_by_target(predicted, target))
+    sweep = [outcome(q, c, router.choose_by_lambda(predicted, lam)) for lam in LAMBDAS]
+    sweep += [outcome(q, c, router.choose_by_target(predicted, t)) for t in TARGETS]
+    reaching = [cost for quality, cost in sweep if quality >= best[1] - 1e-12]
+    oracle_q, oracle_c = outcome(q, c, oracle_choice(q, c))
+    lo, hi = min(s[2] for s in singles), max(s[2] for s in singles)
+    result: dict[str, Any] = {
+        "n": n,
+        "models": list(table.models),
+        "router_quality": router_q,
+        "router_cost": router_c,
+        "router_target": target,
+        "best_single_model": best[0],
+        "best_single_quality": best[1],
+        "best_single_cost": best[2],
+        "router_cost_at_best_single_quality": min(reaching) if reaching else None,
+        "oracle_quality": oracle_q,
+        "oracle_cost": oracle_c,
+        "aiq_router": aiq([(cost, quality) for quality, cost in sweep], lo, hi),
+        "aiq_best_single": aiq([(best[2], best[1])], lo, hi),
+        "baselines": {
+            "random": {"quality": float(q.mean()), "cost": float(c.mean())},
+            "always_cheapest": {"model": cheapest[0], "quality": cheapest[1], "cost": cheapest[2]},
+            "always_strongest": {"model": best[0], "quality": best[1], "cost": best[2]},
+            "oracle": {"quality": oracle_q, "cost": oracle_c},
+            "single_models": {name: {"quality": qq, "cost": cc} for name, qq, cc in singles},
+        },
+        "sweep": [{"quality": quality, "cost": cost} for quality, cost in sweep],
+    }
+    if m == 2:
+        weak, strong = (0, 1) if singles[0][2] <= singles[1][2] else (1, 0)
+        points = pgr_curve((predicted[:, strong] - predicted[:, weak]).astype(np.float64), q[:, weak], q[:, strong])
+        result.update(apgr=apgr(points), cpt50=cpt(points, 0.5), cpt80=cpt(points, 0.8))
+    if result["router_cost_at_best_single_quality"] is not None:
+        result["cost_ratio_at_best_single_quality"] = result["router_cost_at_best_single_quality"] / best[2]
+    return result
+
+
+def fit(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int) -> LearnedRouter:
+    return LearnedRouter(
+        models=table.models, costs=table.cost.mean(axis=0).astype(np.float32), embeddings=embeddings,
+        quality=table.quality.astype(np.float32), k=k,
+    )
+
+
+def cross_validate(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int, folds: int, seed: int = 0) -> tuple[LearnedRouter, npt.NDArray[np.float32]]:
+    """Out-of-fold predictions for every prompt (each predicted by a router that never saw it)."""
+    order = np.random.default_rng(seed).permutation(len(table.prompts))
+    predicted = np.zeros(table.quality.shape, dtype=np.float32)
+    for fold in range(folds):
+        test = order[fold::folds]
+        train = np.setdiff1d(order, test)
+        router = fit(table.subset(train), embeddings[train], k)
+        predicted[test] = router.predict(embeddings[test])
+    return fit(table, embeddings, k), predicted

@@ -1,0 +1,33 @@
+"""The trained router's file: a NumPy ``.npz`` of plain arrays (loaded with ``allow_pickle=False``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from modelyard.routing.learned import LearnedRouter
+
+FORMAT = "modelyard-router/1"
+
+
+def save(router: LearnedRouter, path: Path, meta: dict[str, object]) -> None:
+    header = json.dumps({"format": FORMAT, "models": list(router.models), "k": router.k, "prior_weight": router.prior_weight, "sharpness": router.sharpness, **meta})
+    with path.open("wb") as f:
+        np.savez_compressed(
+            f, header=np.array(header), costs=router.costs.astype(np.float32),
+            embeddings=router.embeddings.astype(np.float16), quality=router.quality.astype(np.float16),
+        )
+
+
+def load(path: Path) -> tuple[LearnedRouter, dict[str, object]]:
+    with np.load(path, allow_pickle=False) as data:
+        header = json.loads(str(data["header"]))
+        if header.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a modelyard router file (format {header.get('format')!r})")
+        router = LearnedRouter(
+            models=tuple(header["models"]), costs=data["costs"].astype(np.float32), embeddings=data["embeddings"].astype(np.float32),
+            quality=data["quality"].astype(np.float32), k=int(header["k"]), prior_weight=float(header["prior_weight"]), sharpness=float(header["sharpness"]),
+        )
+    return router, header
