@@ -1,0 +1,56 @@
+"""Train and evaluate the learned router on small slices of the shared public tables, as published."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "routing"
+pytestmark = pytest.mark.skipif(not DATA.exists(), reason="../shared/data is not beside this checkout")
+
+
+def slice_csv(source: Path, target: Path, rows: int) -> Path:
+    csv.field_size_limit(1 << 30)
+    with source.open(encoding="utf-8", newline="") as f, target.open("w", encoding="utf-8", newline="") as out:
+        reader, writer = csv.reader(f), csv.writer(out)
+        for i, row in enumerate(reader):
+            if i > rows:
+                break
+            writer.writerow(row)
+    return target
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "modelyard.cli", "router", *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def test_routerbench_round_trip(tmp_path: Path) -> None:
+    train = slice_csv(DATA / "routerbench_mbpp_train.csv", tmp_path / "mbpp_train.csv", 200)
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    run("train", "--data", str(train), "--out", str(tmp_path / "r.npz"), *cache)
+    report = json.loads(run("eval", "--router", str(tmp_path / "r.npz"), "--data", str(train), "--json", *cache).stdout.splitlines()[-1])
+    assert report["n"] == 200 and len(report["models"]) == 11
+    assert report["oracle_quality"] >= report["best_single_quality"] >= report["baselines"]["random"]["quality"]
+    assert report["oracle_cost"] <= report["best_single_cost"]
+    assert 0 < report["aiq_router"] <= 1 and 0 < report["aiq_best_single"] <= 1
+    # In-sample the neighbours include the prompt itself: the router must at least match the best single model.
+    assert report["router_cost_at_best_single_quality"] is not None
+    cv = json.loads(run("cv", "--data", str(train), "--folds", "4", "--json", *cache).stdout.splitlines()[-1])
+    assert cv["cross_validation_folds"] == 4 and cv["n"] == 200
+
+
+def test_routellm_two_model_metrics(tmp_path: Path) -> None:
+    folder = tmp_path / "mmlu"
+    folder.mkdir()
+    for name in ("mmlu_anatomy.csv", "mmlu_astronomy.csv"):
+        (folder / name).write_bytes((DATA / "routellm_mmlu" / name).read_bytes())
+    cv = json.loads(run("cv", "--data", str(folder), "--json", "--cache-dir", str(tmp_path / "cache")).stdout.splitlines()[-1])
+    assert cv["models"] == ["mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"]
+    assert 0.0 <= cv["apgr"] <= 1.0 and cv["cpt50"] is not None
