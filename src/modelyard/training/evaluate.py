@@ -40,7 +40,9 @@ def report(table: OutcomeTable, router: LearnedRouter, predicted: npt.NDArray[np
         "oracle_quality": oracle_q,
         "oracle_cost": oracle_c,
         "aiq_router": aiq([(cost, quality) for quality, cost in sweep], lo, hi),
-        "aiq_best_single": aiq([(best[2], best[1])], lo, hi),
+        # RouterBench's baseline: the hull of the single models' points (the "zero router"
+        # that mixes models at random), over the same cost range as the router.
+        "aiq_best_single": aiq([(cc, qq) for _, qq, cc in singles], lo, hi),
         "baselines": {
             "random": {"quality": float(q.mean()), "cost": float(c.mean())},
             "always_cheapest": {"model": cheapest[0], "quality": cheapest[1], "cost": cheapest[2]},
