@@ -27,9 +27,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(args: list[str], log: Path, ready_url: str, timeout: float = 120.0) -> subprocess.Popen[bytes]:
+def start(args: list[str], log: Path, ready_url: str, timeout: float = 120.0, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start ``python -m modelyard.cli ARGS`` and wait until ``ready_url`` answers 200."""
-    process = subprocess.Popen([sys.executable, "-m", "modelyard.cli", *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=ENV, cwd=ROOT)
+    process = subprocess.Popen([sys.executable, "-m", "modelyard.cli", *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=ENV | (env or {}), cwd=ROOT)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -4,7 +4,9 @@
 
 Starts the fake OpenAI-compatible upstream (a real HTTP server; 50 ms and 0 ms
 variants, a fixed 16-token completion), modelyard in front of it with its
-production features on (routing, scheduler, breakers, metrics, access log),
+production features on (API keys: every request authenticates with a tenant's
+key and passes its rate limits and budget; routing, scheduler, breakers,
+metrics, access log, usage ledger),
 and LiteLLM's proxy (installed by this script into bench/.venv-litellm,
 pinned, LITELLM_LOCAL_MODEL_COST_MAP=True) in front of the same upstream.
 Load comes from wrk (installed with apt-get if missing). At concurrency 1, 50
@@ -157,6 +159,12 @@ async def stream_timing(url: str, headers: dict[str, str], samples: int) -> dict
     return {"ttfb_p50_ms": median(ttfb), "chunk_gap_p50_ms": median(gaps), "chunk_gap_p99_ms": percentile(gaps, 99)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_stats(pid: int) -> tuple[float, int]:
     rss_kb = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -165,12 +173,12 @@ def process_stats(pid: int) -> tuple[float, int]:
     return rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd"))
 
 
-async def soak(url: str, pid: int, rate: float, seconds: float) -> dict[str, object]:
+async def soak(url: str, pid: int, rate: float, seconds: float, key: str) -> dict[str, object]:
     samples: list[tuple[float, float, int]] = []
     errors = 0
     sent = 0
     started = time.monotonic()
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=200)) as http:
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=200), headers={"Authorization": f"Bearer {key}"}) as http:
 
         async def one() -> None:
             nonlocal errors
@@ -203,35 +211,54 @@ async def soak(url: str, pid: int, rate: float, seconds: float) -> dict[str, obj
     }
 
 
+def tenant_key(base: str) -> str:
+    """A tenant with generous limits and budget, and a key for it: the production path, not the master key."""
+    admin = {"Authorization": f"Bearer {MASTER_KEY}"}
+    httpx.post(base + "/admin/tenants", json={"id": "bench", "rpm": 10_000_000, "tpm": 10_000_000_000}, headers=admin).raise_for_status()
+    httpx.post(base + "/admin/tenants/bench/budget", json={"day": 1_000_000}, headers=admin).raise_for_status()
+    response = httpx.post(base + "/admin/keys", json={"tenant": "bench", "rpm": 10_000_000}, headers=admin)
+    response.raise_for_status()
+    return str(response.json()["key"])
+
+
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     wrk_bin = ensure_wrk()
     litellm_bin = ensure_litellm()
     results: dict[str, object] = {"config": {"seconds_per_point": args.seconds, "soak_s": args.soak_s, "litellm": LITELLM_VERSION}, "machine": machine()}
-    script = tmp / "post.lua"
-    script.write_text(WRK_SCRIPT.format(body=json.dumps(BODY), key=MASTER_KEY))
     for latency in (50, 0):
         up_port = free_port()
         upstream = start(["fake-upstream", "--port", str(up_port), "--latency-ms", str(latency), "--tokens", "16"], tmp / f"up{latency}.log", f"http://127.0.0.1:{up_port}/v1/models")
         config = tmp / f"my{latency}.yaml"
         config.write_text(MODELYARD_CONFIG.format(port=up_port))
         my_port = free_port()
-        gateway = start(["serve", "--config", str(config), "--port", str(my_port), "--data-dir", str(tmp / "data"), "--log-level", "warning"], tmp / f"my{latency}.log", f"http://127.0.0.1:{my_port}/readyz")
+        gateway = start(
+            ["serve", "--config", str(config), "--port", str(my_port), "--data-dir", str(tmp / f"data{latency}"), "--log-level", "warning"],
+            tmp / f"my{latency}.log", f"http://127.0.0.1:{my_port}/readyz", env={"MODELYARD_MASTER_KEY": MASTER_KEY},
+        )
         lite, lite_url = start_litellm(litellm_bin, up_port, tmp)
         targets = {"direct": f"http://127.0.0.1:{up_port}", "modelyard": f"http://127.0.0.1:{my_port}", "litellm": lite_url}
+        keys = {"direct": "unused", "modelyard": tenant_key(targets["modelyard"]), "litellm": MASTER_KEY}
+        scripts = {}
+        for name, key in keys.items():
+            scripts[name] = tmp / f"post-{name}.lua"
+            scripts[name].write_text(WRK_SCRIPT.format(body=json.dumps(BODY), key=key))
         try:
-            for url in targets.values():
-                wrk(wrk_bin, url, 10, 2, script)  # warm-up
+            for name, url in targets.items():
+                wrk(wrk_bin, url, 10, 2, scripts[name])  # warm-up
             for concurrency in (1, 50, 200):
                 for name, url in targets.items():
-                    point = wrk(wrk_bin, url, concurrency, args.seconds, script)
+                    cpu_before = cpu_seconds(gateway.pid) if name == "modelyard" and gateway.pid else 0.0
+                    point = wrk(wrk_bin, url, concurrency, args.seconds, scripts[name])
+                    if name == "modelyard" and gateway.pid:
+                        # The gateway's own CPU per request: tells work apart from waiting.
+                        point["cpu_ms_per_request"] = (cpu_seconds(gateway.pid) - cpu_before) * 1000 / max(1.0, point["rps"] * args.seconds)
                     results[f"{name}_lat{latency}_c{concurrency}"] = point
                     print(f"  upstream {latency} ms  c{concurrency:<3}  {name:<9}  {point['rps']:8.1f} req/s  p50 {point['p50_ms']:7.2f} ms  p99 {point['p99_ms']:7.2f} ms  errors {point['errors']:.0f}", flush=True)
             if latency == 50:
-                headers = {"Authorization": f"Bearer {MASTER_KEY}"}
                 for name, url in targets.items():
-                    results[f"{name}_stream"] = asyncio.run(stream_timing(url, headers, 30))
+                    results[f"{name}_stream"] = asyncio.run(stream_timing(url, {"Authorization": f"Bearer {keys[name]}"}, 30))
                 assert gateway.pid is not None
-                results["soak"] = asyncio.run(soak(targets["modelyard"], gateway.pid, args.soak_rate, args.soak_s))
+                results["soak"] = asyncio.run(soak(targets["modelyard"], gateway.pid, args.soak_rate, args.soak_s, keys["modelyard"]))
         finally:
             for process in (lite, gateway, upstream):
                 stop(process)
@@ -251,6 +278,8 @@ def summarise(r: dict[str, object]) -> dict[str, object]:
         "litellm_added_p50_ms_c1": round(get("litellm_lat50_c1", "p50_ms") - get("direct_lat50_c1", "p50_ms"), 3),
         "litellm_added_p99_ms_c1": round(get("litellm_lat50_c1", "p99_ms") - get("direct_lat50_c1", "p99_ms"), 3),
         "modelyard_rss_growth_pct": r["soak"]["rss_growth_pct"],  # type: ignore[index]
+        "modelyard_cpu_ms_per_request_c1": round(get("modelyard_lat50_c1", "cpu_ms_per_request"), 3),
+        "modelyard_cpu_ms_per_request_c1_upstream0": round(get("modelyard_lat0_c1", "cpu_ms_per_request"), 3),
     }
     out["ratio_modelyard_vs_litellm_c50"] = round(out["modelyard_rps_c50"] / out["litellm_rps_c50"], 2)  # type: ignore[operator]
     out["ratio_modelyard_vs_direct_c50"] = round(out["modelyard_rps_c50"] / out["direct_rps_c50"], 3)  # type: ignore[operator]
