@@ -6,6 +6,7 @@ import io
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,11 @@ models:
     kind: chat
     deployments:
       - {{backend: openai, base_url: '{url}/v1', upstream_model: fake}}
+  broken:
+    kind: chat
+    retry: {{max_attempts: 1}}
+    deployments:
+      - {{backend: openai, base_url: '{url}/v1', headers: {{x-fake-status: '500'}}, price: {{input_per_1m: 1000, output_per_1m: 2000}}}}
   fake-embed:
     kind: embedding
     deployments:
@@ -211,3 +217,24 @@ def test_key_budget(server: LiveServer) -> None:
     other = admin(server, "/admin/keys", {"tenant": "keyed"}).json()["key"]  # the tenant itself has no budget
     assert sdk(server, other).chat.completions.create(model="priced", messages=[{"role": "user", "content": "x"}], max_tokens=4).choices
     assert admin(server, "/admin/keys", {"tenant": "keyed", "budget": {"day": -1}}).status_code == 400
+
+
+def test_reservations_are_released_however_a_request_ends(server: LiveServer) -> None:
+    assert admin(server, "/admin/tenants", {"id": "careful"}).status_code == 201
+    assert admin(server, "/admin/tenants/careful/budget", {"total": 1.0}).status_code == 200
+    key = admin(server, "/admin/keys", {"tenant": "careful"}).json()["key"]
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": "broken", "messages": [{"role": "user", "content": "x"}], "max_tokens": 50, "n": 3}
+    assert httpx.post(server.url + "/v1/chat/completions", json=body, headers=headers).status_code == 502  # choices 2 and 3 never start
+    stream = {"model": "priced", "messages": [{"role": "user", "content": "x"}], "max_tokens": 4, "n": 2, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=stream, headers=headers) as response:
+        next(response.iter_lines())  # hang up after the first event: the second choice never starts
+    left = 1.0
+    for _ in range(50):
+        text = httpx.get(server.url + "/metrics").text
+        line = next(x for x in text.splitlines() if x.startswith('modelyard_budget_remaining_usd{period="total",tenant="careful"}'))
+        left = float(line.split()[-1])
+        if left > 0.99:
+            break
+        time.sleep(0.1)
+    assert left > 0.99  # nothing is still reserved; at most the first stream's few tokens were spent

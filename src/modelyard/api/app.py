@@ -23,7 +23,7 @@ from modelyard.api.admin_routes import AdminRoutes
 from modelyard.api.auth import AuthMiddleware, Keyring
 from modelyard.api.batch_routes import BatchRoutes, line_executor
 from modelyard.api.dashboard_routes import DashboardRoutes
-from modelyard.api.middleware import RequestContextMiddleware
+from modelyard.api.middleware import Observer, RequestContextMiddleware
 from modelyard.api.responses import JSONResponse
 from modelyard.api.usage_route import UsageRoute
 from modelyard.config import FleetConfig
@@ -188,6 +188,13 @@ class Api:
         return HTTPResponse(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
+def _finish_request(state: dict[str, Any], status: int, seconds: float) -> None:
+    """The HTTP exchange is over: let the pipeline settle limits and commit budgets."""
+    request = state.get("request")
+    if isinstance(request, Request):
+        request.finish()
+
+
 async def _first_chunk(stream: AsyncIterator[Any]) -> Any:
     try:
         return await stream.__anext__()
@@ -258,6 +265,7 @@ def create_app(
         exception_handlers={ModelyardError: _modelyard_error, HTTPException: _http_error, Exception: _unexpected},
     )
     app.add_middleware(AuthMiddleware, keyring=keyring)
-    app.add_middleware(RequestContextMiddleware, observers=[LedgerRecorder(ledger, config, lambda: keyring.plans).observe, metrics.observe])
+    observers: list[Observer] = [LedgerRecorder(ledger, config, lambda: keyring.plans).observe, metrics.observe, _finish_request]
+    app.add_middleware(RequestContextMiddleware, observers=observers)
     app.state.batches = batches
     return app

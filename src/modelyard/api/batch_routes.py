@@ -16,7 +16,7 @@ from modelyard.api import parse, render
 from modelyard.api.responses import JSONResponse
 from modelyard.errors import InvalidRequest, ModelyardError, PayloadTooLarge
 from modelyard.pipeline.batches import BatchService, file_object
-from modelyard.pipeline.types import Handler
+from modelyard.pipeline.types import Handler, Request
 
 DEFAULT_TENANT = "default"
 
@@ -26,6 +26,7 @@ def line_executor(handler: Handler) -> Any:
 
     async def execute(endpoint: str, body: dict[str, Any], tenant: str) -> tuple[int, dict[str, Any]]:
         request_id = uuid.uuid4().hex
+        request: Request | None = None
         headers = {"x-modelyard-class": "batch"}
         body = {**body, "stream": False}
         body.pop("stream_options", None)
@@ -49,6 +50,9 @@ def line_executor(handler: Handler) -> Any:
             if exc.retry_after is not None:
                 error["retry_after"] = exc.retry_after
             return exc.status, error
+        finally:
+            if request is not None:
+                request.finish()
 
     return execute
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 from modelyard.economics.budget import BudgetBook, Hold, key_owner
 from modelyard.errors import BudgetExceeded
 from modelyard.pipeline.costing import PriceCatalog
 from modelyard.pipeline.types import Handler, Request, Response, Stage
-from modelyard.protocol import Chunk
 
 
 def budget(book: BudgetBook, catalog: PriceCatalog) -> Stage:
@@ -19,18 +17,10 @@ def budget(book: BudgetBook, catalog: PriceCatalog) -> Stage:
             owners = [o for o in owners if o in book.limits]
             if not owners:
                 return await next_handler(request)
-            amount = catalog.worst_case(request)
-            holds = _reserve_all(book, owners, amount)
-            try:
-                response = await next_handler(request)
-            except BaseException:
-                _commit_all(book, holds, catalog.actual(request))  # failed attempts still cost what they used
-                raise
-            if response.embeddings is not None:
-                _commit_all(book, holds, catalog.actual(request))
-            else:
-                response.streams = _committing(book, holds, catalog, request, response.streams)
-            return response
+            holds = _reserve_all(book, owners, catalog.worst_case(request))
+            # Committed when the request is over, however it ended (answered, failed, abandoned).
+            request.finalizers.append(lambda: _commit_all(book, holds, catalog.actual(request)))
+            return await next_handler(request)
 
         return handle
 
@@ -55,19 +45,3 @@ def _reserve_all(book: BudgetBook, owners: list[str], amount: float) -> list[Hol
 def _commit_all(book: BudgetBook, holds: list[Hold], actual: float) -> None:
     for hold in holds:
         book.commit(hold, actual)
-
-
-def _committing(book: BudgetBook, holds: list[Hold], catalog: PriceCatalog, request: Request, streams: list[AsyncIterator[Chunk]]) -> list[AsyncIterator[Chunk]]:
-    remaining = len(streams)
-
-    async def wrap(stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-        nonlocal remaining
-        try:
-            async for chunk in stream:
-                yield chunk
-        finally:
-            remaining -= 1
-            if remaining == 0:
-                _commit_all(book, holds, catalog.actual(request))
-
-    return [wrap(s) for s in streams]

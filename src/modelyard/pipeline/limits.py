@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
-from modelyard.economics.ratelimit import LimitState, RateLimiter, Reservation
+from modelyard.economics.ratelimit import LimitState, RateLimiter
 from modelyard.errors import PermissionDenied, RateLimited
 from modelyard.pipeline.types import Handler, Request, Response, Stage
-from modelyard.protocol import Chunk
 from modelyard.scheduling.scheduler import CLASS_RANK
 
 DEFAULT_COMPLETION_ESTIMATE = 256
@@ -51,37 +49,9 @@ def limits(limiter: RateLimiter) -> Stage:
             request.ratelimit = headers_of(states)
             if reservation is None:
                 raise RateLimited(f"rate limit reached for this key or tenant; try again in {retry_after:.1f}s", retry_after=retry_after)
-            try:
-                response = await next_handler(request)
-            except BaseException:
-                limiter.settle(reservation, 0)  # nothing was generated
-                raise
-            if response.embeddings is not None:
-                limiter.settle(reservation, response.embeddings.prompt_tokens)
-            else:
-                response.streams = _settling(limiter, reservation, response.streams)
-            return response
+            request.finalizers.append(lambda: limiter.settle(reservation, request.usage().total_tokens))
+            return await next_handler(request)
 
         return handle
 
     return stage
-
-
-def _settling(limiter: RateLimiter, reservation: Reservation, streams: list[AsyncIterator[Chunk]]) -> list[AsyncIterator[Chunk]]:
-    """Wrap the choices so the reservation is settled to the real token count once all have ended."""
-    open_streams = len(streams)
-    used = 0
-
-    async def wrap(stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-        nonlocal open_streams, used
-        try:
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    used += chunk.usage.total_tokens
-                yield chunk
-        finally:
-            open_streams -= 1
-            if open_streams == 0:
-                limiter.settle(reservation, used)
-
-    return [wrap(s) for s in streams]

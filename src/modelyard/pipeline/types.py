@@ -76,6 +76,26 @@ class Request:
     deadline: float = float("inf")  # time.monotonic() by which the request must be answered
     attempts: list[Attempt] = field(default_factory=list)
     hedged: bool = False
+    finalizers: list[Callable[[], None]] = field(default_factory=list)
+
+    def finish(self) -> None:
+        """Run what stages left for the end (settle rate limits, commit budgets), once.
+
+        Whoever owns the request's lifetime calls this when it is over, whatever
+        happened: the API when the response has been sent (or the client left),
+        the batch runner when a line is answered.
+        """
+        finalizers, self.finalizers = self.finalizers, []
+        for finalize in finalizers:
+            finalize()
+
+    def usage(self) -> Usage:
+        """Tokens of the attempts that answered."""
+        total = Usage()
+        for attempt in self.attempts:
+            if attempt.outcome == "ok" and attempt.usage is not None:
+                total = total + attempt.usage
+        return total
 
 
 @dataclass(slots=True)
