@@ -22,28 +22,30 @@ class LimitState:
 
 
 class Window:
-    """Amounts taken in the last 60 s."""
+    """Amounts taken in the last 60 s. Every operation is O(1) amortised."""
 
     def __init__(self) -> None:
-        self.events: deque[list[float]] = deque()  # [time, amount]
+        self.events: deque[list[float]] = deque()  # [time, amount, alive]
         self.total = 0.0
 
     def _expire(self, now: float) -> None:
         while self.events and now - self.events[0][0] >= WINDOW_S:
-            self.total -= self.events.popleft()[1]
+            entry = self.events.popleft()
+            entry[2] = 0.0  # an adjustment after expiry must not touch the total
+            self.total -= entry[1]
 
     def used(self, now: float) -> float:
         self._expire(now)
         return self.total
 
     def take(self, now: float, amount: float) -> list[float]:
-        entry = [now, amount]
+        entry = [now, amount, 1.0]
         self.events.append(entry)
         self.total += amount
         return entry
 
     def adjust(self, entry: list[float], amount: float) -> None:
-        if entry in self.events:
+        if entry[2]:
             self.total += amount - entry[1]
             entry[1] = amount
 
