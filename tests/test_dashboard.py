@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,4 +59,5 @@ def test_dashboard_shows_real_traffic(server: LiveServer, tmp_path: Path) -> Non
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000
-    shutil.copy(shot, Path(__file__).resolve().parent.parent / "bench" / "results" / "dashboard.png")
+    if keep := os.environ.get("MODELYARD_KEEP_SCREENSHOT"):
+        shutil.copy(shot, keep)  # how bench/results/dashboard.png was made
