@@ -49,3 +49,20 @@ def test_learned_router_decisions() -> None:
     assert list(router.choose_by_lambda(predicted, 2.0)) == [0, 0]  # cost dominates
     choice = router.route(np.array([0, 1], dtype=np.float32), 0.9)
     assert choice.model == "strong" and choice.predicted_quality == pytest.approx(1.0)
+
+
+def test_linear_probe_learns_a_separable_split() -> None:
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(400, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    cheap_ok = (emb[:, 0] > 0).astype(np.float32)
+    quality = np.stack([cheap_ok, np.ones(400, dtype=np.float32)], axis=1)  # the cheap model fails when x0 <= 0
+    weights = LearnedRouter.fit_linear(emb, quality, alpha=0.1)
+    probe = emb @ weights[:-1] + weights[-1]
+    assert np.corrcoef(probe[:, 0], cheap_ok)[0, 1] > 0.75
+    assert np.allclose(probe[:, 1], 1.0, atol=0.05)
+    blended = LearnedRouter(("cheap", "strong"), np.array([1.0, 10.0], dtype=np.float32), emb, quality, k=8, linear=weights)
+    plain = LearnedRouter(("cheap", "strong"), np.array([1.0, 10.0], dtype=np.float32), emb, quality, k=8)
+    gap_blended = blended.predict(emb)[:, 0]
+    assert gap_blended[cheap_ok == 1].mean() - gap_blended[cheap_ok == 0].mean() > 0.5
+    assert not np.allclose(gap_blended, plain.predict(emb)[:, 0])  # the probe takes part

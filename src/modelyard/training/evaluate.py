@@ -62,9 +62,10 @@ def report(table: OutcomeTable, router: LearnedRouter, predicted: npt.NDArray[np
 
 
 def fit(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int) -> LearnedRouter:
+    quality = table.quality.astype(np.float32)
     return LearnedRouter(
         models=table.models, costs=table.cost.mean(axis=0).astype(np.float32), embeddings=embeddings,
-        quality=table.quality.astype(np.float32), k=k,
+        quality=quality, k=k, linear=LearnedRouter.fit_linear(embeddings, quality),
     )
 
 

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from modelyard.routing.learned import LearnedRouter
 
-FORMAT = "modelyard-router/1"
+FORMAT = "modelyard-router/2"
 
 
 def save(router: LearnedRouter, path: Path, meta: dict[str, object]) -> None:
     header = json.dumps({"format": FORMAT, "models": list(router.models), "k": router.k, "prior_weight": router.prior_weight, "sharpness": router.sharpness, **meta})
+    arrays: dict[str, Any] = {
+        "header": np.array(header), "costs": router.costs.astype(np.float32),
+        "embeddings": router.embeddings.astype(np.float16), "quality": router.quality.astype(np.float16),
+    }
+    if router.linear is not None:
+        arrays["linear"] = router.linear.astype(np.float32)
     with path.open("wb") as f:
-        np.savez_compressed(
-            f, header=np.array(header), costs=router.costs.astype(np.float32),
-            embeddings=router.embeddings.astype(np.float16), quality=router.quality.astype(np.float16),
-        )
+        np.savez_compressed(f, **arrays)
 
 
 def load(path: Path) -> tuple[LearnedRouter, dict[str, object]]:
@@ -29,5 +33,6 @@ def load(path: Path) -> tuple[LearnedRouter, dict[str, object]]:
         router = LearnedRouter(
             models=tuple(header["models"]), costs=data["costs"].astype(np.float32), embeddings=data["embeddings"].astype(np.float32),
             quality=data["quality"].astype(np.float32), k=int(header["k"]), prior_weight=float(header["prior_weight"]), sharpness=float(header["sharpness"]),
+            linear=data["linear"].astype(np.float32) if "linear" in data.files else None,
         )
     return router, header
