@@ -18,6 +18,7 @@ renders any of them in OpenAI's error shape with :attr:`ModelyardError.status`.
     │   └── RateLimited (429, code rate_limit_exceeded)
     ├── BudgetExceeded (429, type insufficient_quota)
     ├── UpstreamError (502)            retryable
+    │   └── OutputRejected (502, code output_validation_failed, not retried)
     ├── NotReady (503)                 retryable
     └── UpstreamTimeout (504)          retryable
 """
@@ -148,6 +149,13 @@ class UpstreamError(ModelyardError):
     status = 502
     error_type = "upstream_error"
     retryable = True
+
+
+class OutputRejected(UpstreamError):
+    """No model produced an answer that passes the request's checks (validators, JSON schema)."""
+
+    default_code = "output_validation_failed"
+    retryable = False
 
 
 class NotReady(ModelyardError):

@@ -26,7 +26,6 @@ class EmbeddingBatcher:
         self.pending: list[tuple[list[str], asyncio.Future[Embeddings]]] = []
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        self.batches_run = 0
         self.last_batch_requests = 0
 
     async def submit(self, texts: list[str]) -> Embeddings:
@@ -54,7 +53,6 @@ class EmbeddingBatcher:
 
     async def _run(self, batch: list[tuple[list[str], asyncio.Future[Embeddings]]]) -> None:
         texts = [t for request, _ in batch for t in request]
-        self.batches_run += 1
         self.last_batch_requests = len(batch)
         try:
             result = await self.embed(texts)

@@ -95,8 +95,7 @@ class Dispatcher:
         A session sticks to its last deployment (its prefix cache is there) while
         that one's load is within ``session_affinity_slack`` of the least loaded.
         """
-        ready = self.fleet.ready_map()
-        healthy = [d.name for d in model.deployments if ready.get(d.name) and self.breakers[d.name].available()]
+        healthy = [d.name for d in model.deployments if self.fleet.is_ready(d.name) and self.breakers[d.name].available()]
         fresh = [n for n in healthy if n not in exclude] or healthy
         while fresh:
             name = self._sticky(session, fresh) or choose(model.strategy, self._views(model, fresh), self.rng)
@@ -122,8 +121,7 @@ class Dispatcher:
         return idle[zlib.crc32(session.encode()) % len(idle)]
 
     def _untried_available(self, model: ModelConfig, tried: set[str]) -> bool:
-        ready = self.fleet.ready_map()
-        return any(ready.get(d.name) and d.name not in tried and self.breakers[d.name].available() for d in model.deployments)
+        return any(self.fleet.is_ready(d.name) and d.name not in tried and self.breakers[d.name].available() for d in model.deployments)
 
     def _unavailable(self, model: ModelConfig) -> NotReady:
         waits = [m.breaker.cooldown_s - (self.clock() - b.opened_at) for n, b in self.breakers.items() for m, _ in [self.deployments[n]] if m is model]
@@ -209,7 +207,6 @@ class Dispatcher:
         second = self.pick(model, exclude={deployment})
         if second is None or second == deployment:
             return await primary
-        request.hedged = True
         backup = asyncio.create_task(self._prime(request, model, second, call))
         return await _first_success([primary, backup])
 

@@ -67,12 +67,13 @@ class FleetRuntime:
             raise
         self.started = True
 
-    def ready_map(self) -> dict[str, bool]:
-        return {name: self.started and d.backend.health().ready for name, d in self.deployments.items()}
+    def is_ready(self, deployment: str) -> bool:
+        """One deployment's readiness (the dispatcher asks only about the model it routes to)."""
+        return self.started and self.deployments[deployment].backend.health().ready
 
     def ready(self) -> bool:
-        ready = self.ready_map()
-        return self.started and all(any(ready[d.name] for d in m.deployments) for m in self.config.models)
+        """Every model has at least one ready deployment."""
+        return self.started and all(any(self.is_ready(d.name) for d in m.deployments) for m in self.config.models)
 
     def describe(self) -> list[dict[str, Any]]:
         out = []

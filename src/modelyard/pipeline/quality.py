@@ -14,18 +14,11 @@ from __future__ import annotations
 import dataclasses
 
 from modelyard.config import FleetConfig, ValidatorConfig
-from modelyard.errors import UpstreamError
+from modelyard.errors import OutputRejected
 from modelyard.pipeline.streams import gather_streams, replay, text_of
 from modelyard.pipeline.types import Handler, Request, Response, Stage
 from modelyard.protocol import Chunk, ModelCall
 from modelyard.reliability.validators import first_violation, mean_logprob, response_format_validators
-
-
-class OutputRejected(UpstreamError):
-    """No model produced an answer that passes the request's checks."""
-
-    default_code = "output_validation_failed"
-    retryable = False
 
 
 def quality(config: FleetConfig) -> Stage:

@@ -75,7 +75,6 @@ class Request:
     escalations: list[str] = field(default_factory=list)  # cascade targets not yet tried
     deadline: float = float("inf")  # time.monotonic() by which the request must be answered
     attempts: list[Attempt] = field(default_factory=list)
-    hedged: bool = False
     finalizers: list[Callable[[], None]] = field(default_factory=list)
 
     def finish(self) -> None:

@@ -154,7 +154,6 @@ class LedgerWriter:
         self.flush_s = flush_s
         self.buffer: list[tuple[Any, ...]] = []
         self.task: asyncio.Task[None] | None = None
-        self.written = 0
 
     async def start(self) -> None:
         await self.sink.setup()
@@ -181,7 +180,6 @@ class LedgerWriter:
         except BaseException:
             self.buffer[:0] = rows  # nothing accepted is lost
             raise
-        self.written += len(rows)
 
     async def usage(self, group_by: tuple[str, ...], since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
         """Aggregates per ``group_by`` columns, including rows not yet flushed."""
