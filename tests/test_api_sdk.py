@@ -75,10 +75,12 @@ def test_chat_json_schema_output_parses(client: openai.OpenAI) -> None:
 def test_json_object_mode(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
         model="smollm2-135m", messages=[{"role": "user", "content": "Return a JSON object with a key named colour."}],
-        response_format={"type": "json_object"}, max_tokens=40, temperature=0,
+        response_format={"type": "json_object"}, max_tokens=80, temperature=0,
     )
+    content = completion.choices[0].message.content or ""
+    assert content.lstrip().startswith("{")  # the grammar holds even when max_tokens cuts the answer short
     if completion.choices[0].finish_reason == "stop":
-        assert isinstance(json.loads(completion.choices[0].message.content or ""), dict)
+        assert isinstance(json.loads(content), dict)
 
 
 def test_auto_alias_says_which_model(client: openai.OpenAI) -> None:
