@@ -241,3 +241,19 @@ def test_reservations_are_released_however_a_request_ends(server: LiveServer) ->
     # Nothing is still reserved: what is not left was really spent (by whichever choices ran).
     assert left == pytest.approx(1.0 - spent, abs=1e-6)
     assert spent < 0.05
+
+
+def test_rate_window_arithmetic() -> None:
+    from modelyard.economics.ratelimit import RateLimiter
+
+    limiter = RateLimiter()
+    scopes = [("key:k", None, 100)]
+    first, _, _ = limiter.check(scopes, 80, now=0.0)
+    assert first is not None
+    assert limiter.check(scopes, 30, now=1.0)[0] is None  # 80 reserved + 30 > 100
+    limiter.settle(first, 10)  # it really used 10
+    second, _, states = limiter.check(scopes, 30, now=2.0)
+    assert second is not None and states["tokens:key:k"].remaining == 60
+    limiter.settle(first, 999)  # settling again after the window moved on is harmless
+    _, _, later = limiter.check(scopes, 1, now=62.5)  # both entries have expired
+    assert later["tokens:key:k"].remaining == 99
