@@ -62,7 +62,7 @@ def test_json_cascade_repairs_then_escalates(server: LiveServer) -> None:
     assert json.loads(response.json()["choices"][0]["message"]["content"]) == {"answer": 42}
     assert response.headers["x-modelyard-model"] == response.json()["model"] == "strong"
     assert response.headers["x-modelyard-attempts"] == "3"  # cheap, cheap with the repair note, strong
-    assert response.headers["x-modelyard-route"] == "cascade>escalated:strong"
+    assert response.headers["x-modelyard-route"] == "cascade; escalated=strong; model=strong"
 
 
 def test_cascade_stays_cheap_when_the_cheap_answer_passes(server: LiveServer) -> None:

@@ -34,13 +34,7 @@ def data_dir_of(config: FleetConfig, override: str | None) -> Path:
 
 def prepare_artifacts(config: FleetConfig, data_dir: Path) -> list[tuple[str, Path]]:
     """Resolve (assemble, verify) every model file now, so a bad one fails before serving."""
-    resolved = []
-    for model in config.models:
-        for d in model.deployments:
-            reference = d.options.get("model_file") or d.options.get("model_path")
-            if isinstance(reference, str):
-                resolved.append((d.name, artifacts.resolve(reference, data_dir / "models")))
-    return resolved
+    return artifacts.prepare(config, data_dir / "models")
 
 
 def configure_logging(level: str) -> None:

@@ -93,7 +93,7 @@ class Api:
         return {
             "x-modelyard-model": response.model,
             "x-modelyard-deployment": response.deployment,
-            "x-modelyard-route": response.route_reason,
+            "x-modelyard-route": f"{response.route_reason}; model={response.model}",
             "x-modelyard-attempts": str(len(request.attempts)),
             **request.ratelimit,
         }

@@ -13,8 +13,9 @@ from typing import Any, Mapping
 
 import yaml
 
+from modelyard.config.aliases import parse_aliases
+from modelyard.config.reader import ConfigError, Reader, show
 from modelyard.config.schema import (
-    AliasConfig,
     BatchingPolicy,
     BreakerPolicy,
     DeploymentConfig,
@@ -26,107 +27,12 @@ from modelyard.config.schema import (
     SchedulingConfig,
     ServerConfig,
     Timeouts,
-    ValidatorConfig,
 )
 
 MODEL_KINDS = ("chat", "completion", "embedding")
 BALANCE_STRATEGIES = ("least_outstanding", "weighted", "lowest_latency", "lowest_cost")
-ALIAS_STRATEGIES = ("rule", "cascade")
-VALIDATOR_KINDS = ("regex", "json_schema", "max_length")
 DEPLOYMENT_COMMON_KEYS = {"name", "backend", "max_concurrency", "max_queue", "weight", "price", "timeouts", "batching"}
 WORKLOADS = ("interactive", "agent", "batch", "embedding", "background")
-
-
-class ConfigError(ValueError):
-    """The fleet configuration is invalid; the message says where and why."""
-
-    def __init__(self, source: str, path: str, problem: str) -> None:
-        self.source = source
-        self.path = path
-        self.problem = problem
-        where = f"{source}: {path}" if path else source
-        super().__init__(f"{where}: {problem}")
-
-
-class _Reader:
-    """Typed access to one mapping of the file, with the path for messages."""
-
-    def __init__(self, source: str, path: str, data: Any) -> None:
-        if not isinstance(data, Mapping):
-            raise ConfigError(source, path, f"expected a mapping, got {_show(data)}")
-        self.source, self.path, self.data = source, path, data
-        self.used: set[str] = set()
-
-    def at(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def fail(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(self.source, self.at(key), problem)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        self.used.add(key)
-        return self.data.get(key, default)
-
-    def string(self, key: str, default: str | None = None) -> str:
-        value = self.get(key, default)
-        if value is None:
-            raise self.fail(key, "is required")
-        if not isinstance(value, str) or not value:
-            raise self.fail(key, f"expected a non-empty string, got {_show(value)}")
-        return value
-
-    def integer(self, key: str, default: int, minimum: int = 1) -> int:
-        value = self.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.fail(key, f"expected an integer >= {minimum}, got {_show(value)}")
-        return value
-
-    def number(self, key: str, default: float, minimum: float = 0.0) -> float:
-        value = self.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-            raise self.fail(key, f"expected a number >= {minimum:g}, got {_show(value)}")
-        return float(value)
-
-    def choice(self, key: str, options: tuple[str, ...], default: str) -> str:
-        value = self.get(key, default)
-        if value not in options:
-            raise self.fail(key, f"expected one of {', '.join(options)}, got {_show(value)}")
-        return str(value)
-
-    def optional_number(self, key: str, minimum: float = 0.0, maximum: float | None = None) -> float | None:
-        if self.data.get(key) is None:
-            self.used.add(key)
-            return None
-        value = self.number(key, 0.0, minimum)
-        if maximum is not None and value > maximum:
-            raise self.fail(key, f"expected a number <= {maximum:g}, got {value!r}")
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(key, f"expected true or false, got {_show(value)}")
-        return value
-
-    def names(self, key: str) -> tuple[str, ...]:
-        value = self.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self.fail(key, f"expected a list of names, got {_show(value)}")
-        return tuple(value)
-
-    def child(self, key: str) -> _Reader:
-        return _Reader(self.source, self.at(key), self.get(key, {}) or {})
-
-    def reject_unknown(self, allowed: set[str] | None = None) -> None:
-        known = self.used if allowed is None else allowed
-        for key in self.data:
-            if key not in known:
-                raise self.fail(str(key), f"unknown field (known: {', '.join(sorted(known))})")
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_config(path: str | Path) -> FleetConfig:
@@ -148,36 +54,36 @@ def load_config(path: str | Path) -> FleetConfig:
 
 def parse_config(data: Any, source: str = "<config>") -> FleetConfig:
     """Validate an already-parsed mapping (YAML or the embedded default)."""
-    root = _Reader(source, "", data if data is not None else {})
+    root = Reader(source, "", data if data is not None else {})
     models = _parse_models(root)
     _check_fallbacks(source, models)
-    aliases = _parse_aliases(root, models)
+    aliases = parse_aliases(root, models)
     server = _parse_server(root.child("server"))
     scheduling = _parse_scheduling(root.child("scheduling"))
     root.reject_unknown({"models", "aliases", "server", "scheduling"})
     return FleetConfig(models=models, aliases=aliases, server=server, scheduling=scheduling, source=source)
 
 
-def _parse_models(root: _Reader) -> tuple[ModelConfig, ...]:
+def _parse_models(root: Reader) -> tuple[ModelConfig, ...]:
     raw = root.get("models")
     if not isinstance(raw, Mapping) or not raw:
         raise root.fail("models", "expected a non-empty mapping of model name to model")
     models = []
     for name, body in raw.items():
-        reader = _Reader(root.source, f"models.{name}", body)
+        reader = Reader(root.source, f"models.{name}", body)
         models.append(_parse_model(str(name), reader))
     return tuple(models)
 
 
-def _parse_model(name: str, r: _Reader) -> ModelConfig:
+def _parse_model(name: str, r: Reader) -> ModelConfig:
     kind = r.string("kind", "chat")
     if kind not in MODEL_KINDS:
-        raise r.fail("kind", f"expected one of {', '.join(MODEL_KINDS)}, got {_show(kind)}")
+        raise r.fail("kind", f"expected one of {', '.join(MODEL_KINDS)}, got {show(kind)}")
     raw_deployments = r.get("deployments")
     if not isinstance(raw_deployments, list) or not raw_deployments:
         raise r.fail("deployments", "expected a non-empty list of deployments")
     deployments = tuple(
-        _parse_deployment(_Reader(r.source, f"{r.at('deployments')}[{i}]", d), name, str(i))
+        _parse_deployment(Reader(r.source, f"{r.at('deployments')}[{i}]", d), name, str(i))
         for i, d in enumerate(raw_deployments)
     )
     names = [d.name for d in deployments]
@@ -199,7 +105,7 @@ def _parse_model(name: str, r: _Reader) -> ModelConfig:
     return model
 
 
-def _parse_retry(r: _Reader) -> RetryPolicy:
+def _parse_retry(r: Reader) -> RetryPolicy:
     d = RetryPolicy()
     policy = RetryPolicy(
         max_attempts=r.integer("max_attempts", d.max_attempts),
@@ -210,7 +116,7 @@ def _parse_retry(r: _Reader) -> RetryPolicy:
     return policy
 
 
-def _parse_breaker(r: _Reader) -> BreakerPolicy:
+def _parse_breaker(r: Reader) -> BreakerPolicy:
     d = BreakerPolicy()
     rate = r.number("failure_rate", d.failure_rate, 0.0)
     if rate > 1:
@@ -227,7 +133,7 @@ def _parse_breaker(r: _Reader) -> BreakerPolicy:
     return policy
 
 
-def _parse_hedge(r: _Reader) -> HedgePolicy:
+def _parse_hedge(r: Reader) -> HedgePolicy:
     d = HedgePolicy()
     policy = HedgePolicy(
         enabled=r.boolean("enabled", d.enabled),
@@ -238,7 +144,7 @@ def _parse_hedge(r: _Reader) -> HedgePolicy:
     return policy
 
 
-def _parse_deployment(r: _Reader, model: str, default_name: str) -> DeploymentConfig:
+def _parse_deployment(r: Reader, model: str, default_name: str) -> DeploymentConfig:
     """A deployment; its id is ``<model>/<name>`` so ids are unique across the fleet."""
     price_r = r.child("price")
     price = Price(
@@ -279,66 +185,6 @@ def _parse_deployment(r: _Reader, model: str, default_name: str) -> DeploymentCo
     )
 
 
-def _parse_aliases(root: _Reader, models: tuple[ModelConfig, ...]) -> tuple[AliasConfig, ...]:
-    raw = root.get("aliases") or {}
-    if not isinstance(raw, Mapping):
-        raise root.fail("aliases", "expected a mapping of alias name to alias")
-    by_name = {m.name: m for m in models}
-    aliases = []
-    for name, body in raw.items():
-        r = _Reader(root.source, f"aliases.{name}", body)
-        if name in by_name:
-            raise r.fail("", f"alias {name!r} has the same name as a model")
-        targets = r.get("targets")
-        if not isinstance(targets, list) or not targets:
-            raise r.fail("targets", "expected a non-empty list of model names")
-        for i, target in enumerate(targets):
-            model = by_name.get(target)
-            if model is None:
-                raise r.fail(f"targets[{i}]", f"unknown model {_show(target)}")
-            if model.kind != "chat":
-                raise r.fail(f"targets[{i}]", f"model {target!r} is not a chat model")
-        aliases.append(
-            AliasConfig(
-                name=str(name),
-                targets=tuple(targets),
-                strategy=r.choice("strategy", ALIAS_STRATEGIES, "rule"),  # type: ignore[arg-type]
-                long_prompt_chars=r.integer("long_prompt_chars", 2000),
-                description=str(r.get("description", "") or ""),
-                validators=_parse_validators(r),
-                min_mean_logprob=r.optional_number("min_mean_logprob", -1e9, 0.0),
-            )
-        )
-        r.reject_unknown()
-    return tuple(aliases)
-
-
-def _parse_validators(r: _Reader) -> tuple[ValidatorConfig, ...]:
-    raw = r.get("validators") or []
-    if not isinstance(raw, list):
-        raise r.fail("validators", "expected a list of validators")
-    validators = []
-    for i, body in enumerate(raw):
-        v = _Reader(r.source, f"{r.at('validators')}[{i}]", body)
-        kind = v.choice("type", VALIDATOR_KINDS, "")
-        if kind == "regex":
-            pattern = v.string("pattern")
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise v.fail("pattern", f"invalid regular expression: {exc}") from None
-            validators.append(ValidatorConfig(kind="regex", pattern=pattern))
-        elif kind == "json_schema":
-            schema = v.get("schema")
-            if not isinstance(schema, Mapping):
-                raise v.fail("schema", "expected a JSON schema object")
-            validators.append(ValidatorConfig(kind="json_schema", schema=MappingProxyType(dict(schema))))
-        else:
-            validators.append(ValidatorConfig(kind="max_length", max_chars=v.integer("max_chars", 0)))
-        v.reject_unknown()
-    return tuple(validators)
-
-
 def _check_fallbacks(source: str, models: tuple[ModelConfig, ...]) -> None:
     by_name = {m.name: m for m in models}
     for model in models:
@@ -346,12 +192,12 @@ def _check_fallbacks(source: str, models: tuple[ModelConfig, ...]) -> None:
             other = by_name.get(target)
             path = f"models.{model.name}.fallbacks[{i}]"
             if other is None:
-                raise ConfigError(source, path, f"unknown model {_show(target)}")
+                raise ConfigError(source, path, f"unknown model {show(target)}")
             if other.kind != model.kind or target == model.name:
                 raise ConfigError(source, path, f"model {target!r} cannot stand in for {model.name!r} (kind {other.kind})")
 
 
-def _number_map(r: _Reader, key: str, keys: tuple[str, ...] | None) -> dict[str, float]:
+def _number_map(r: Reader, key: str, keys: tuple[str, ...] | None) -> dict[str, float]:
     raw = r.get(key, {}) or {}
     if not isinstance(raw, Mapping):
         raise r.fail(key, "expected a mapping of name to number")
@@ -360,12 +206,12 @@ def _number_map(r: _Reader, key: str, keys: tuple[str, ...] | None) -> dict[str,
         if keys is not None and name not in keys:
             raise r.fail(f"{key}.{name}", f"unknown workload class (known: {', '.join(keys)})")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise r.fail(f"{key}.{name}", f"expected a positive number, got {_show(value)}")
+            raise r.fail(f"{key}.{name}", f"expected a positive number, got {show(value)}")
         out[str(name)] = float(value)
     return out
 
 
-def _parse_scheduling(r: _Reader) -> SchedulingConfig:
+def _parse_scheduling(r: Reader) -> SchedulingConfig:
     d = SchedulingConfig()
     objectives = dict(d.ttft_objective_s) | _number_map(r, "ttft_objective_s", WORKLOADS)
     config = SchedulingConfig(
@@ -381,7 +227,7 @@ def _parse_scheduling(r: _Reader) -> SchedulingConfig:
     return config
 
 
-def _parse_server(r: _Reader) -> ServerConfig:
+def _parse_server(r: Reader) -> ServerConfig:
     defaults = ServerConfig()
     server = ServerConfig(
         host=r.string("host", defaults.host),

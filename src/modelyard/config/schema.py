@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Any, Literal, Mapping
 
 ModelKind = Literal["chat", "completion", "embedding"]
-AliasStrategy = Literal["rule", "cascade"]
+AliasStrategy = Literal["rule", "cascade", "learned"]
 BalanceStrategy = Literal["least_outstanding", "weighted", "lowest_latency", "lowest_cost"]
 ValidatorKind = Literal["regex", "json_schema", "max_length"]
 
@@ -125,6 +125,33 @@ class ValidatorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteRule:
+    """Send matching requests to ``model``; every condition given must hold (none given: always)."""
+
+    model: str
+    name: str = ""
+    header: str = ""  # "name" (present) or "name=value"
+    tenant: str = ""
+    key: str = ""  # an API key id
+    tools: bool | None = None  # the request offers tools
+    json: bool | None = None  # the request asks for JSON output
+    min_prompt_chars: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IntentConfig:
+    """An intent defined by example utterances; a prompt similar enough to one goes to ``model``."""
+
+    name: str
+    model: str
+    examples: tuple[str, ...]
+    threshold: float = 0.6  # cosine similarity of the prompt to the nearest example
+
+
+DEFAULT_QUALITY_TARGET = 0.9
+
+
+@dataclass(frozen=True, slots=True)
 class AliasConfig:
     """A name that resolves to one of several models per request."""
 
@@ -135,6 +162,12 @@ class AliasConfig:
     description: str = ""
     validators: tuple[ValidatorConfig, ...] = ()
     min_mean_logprob: float | None = None  # cascade: escalate when the answer's mean token logprob is lower
+    rules: tuple[RouteRule, ...] = ()  # checked first, in order
+    intents: tuple[IntentConfig, ...] = ()  # checked next: the most similar intent above its threshold
+    embedding_model: str = ""  # what embeds prompts for intents and the learned router
+    router_file: str = ""  # learned: a trained router file (builtin:<name> or a path)
+    quality_target: float = DEFAULT_QUALITY_TARGET  # learned: the default of the x-modelyard-quality header
+    quality_lambda: float | None = None  # learned: maximise quality - lambda x relative cost instead of a target
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelyard.config import FleetConfig
+
 BUILTIN_PREFIX = "builtin:"
 HASH_CHUNK = 4 * 1024 * 1024
 
@@ -156,3 +158,14 @@ def _concatenate(spec: SplitFile, target: Path) -> None:
         partial.replace(target)  # atomic: a crash never leaves a half file under the real name
     finally:
         partial.unlink(missing_ok=True)
+
+
+def prepare(config: FleetConfig, models_dir: Path) -> list[tuple[str, Path]]:
+    """Resolve (assemble, verify) every deployment's model file; the first bad one raises ArtifactError."""
+    resolved = []
+    for model in config.models:
+        for d in model.deployments:
+            reference = d.options.get("model_file") or d.options.get("model_path")
+            if isinstance(reference, str):
+                resolved.append((d.name, resolve(reference, models_dir)))
+    return resolved

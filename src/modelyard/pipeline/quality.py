@@ -72,7 +72,7 @@ def _escalate(request: Request, config: FleetConfig, model_name: str) -> None:
     assert model is not None
     request.served_model = model_name
     request.plan = [model_name, *model.fallbacks]
-    request.route_reason = f"{request.route_reason}>escalated:{model_name}"
+    request.route_reason = f"{request.route_reason}; escalated={model_name}"
 
 
 def _problem(choices: list[list[Chunk]], checks: tuple[ValidatorConfig, ...]) -> str:

@@ -21,11 +21,13 @@ from modelyard.pipeline.limits import limits
 from modelyard.pipeline.quality import quality
 from modelyard.pipeline.types import WORKLOAD_CLASSES, Handler, Lifecycle, Request, Response, Stage
 from modelyard.protocol import ModelCall
-from modelyard.routing.router import PromptFeatures, resolve_model
+from modelyard.pipeline.route_inputs import RouteInputs, load_learned
+from modelyard.routing.router import AliasAssets, PromptFeatures, resolve_model
 
 CLASS_HEADER = "x-modelyard-class"
 SESSION_HEADER = "x-modelyard-session"
 TIMEOUT_HEADER = "x-modelyard-timeout"
+QUALITY_HEADER = "x-modelyard-quality"
 
 
 def classify(config: FleetConfig) -> Stage:
@@ -65,24 +67,53 @@ def _timeout(header: str | None, cap: float) -> float:
 
 
 def _features(request: Request) -> PromptFeatures:
+    who = {"headers": request.headers, "tenant": request.tenant, "key_id": request.policy.key_id if request.policy else ""}
     call = request.call
     if call is None:
-        return PromptFeatures(text="")
-    parts = [call.prompt]
+        return PromptFeatures(text="", **who)  # type: ignore[arg-type]
+    parts = [call.prompt] if call.prompt else []
     for message in call.messages:
         content = message.get("content")
-        if isinstance(content, str):
+        if isinstance(content, str) and message.get("role") in ("user", None):
             parts.append(content)
     fmt = (call.response_format or {}).get("type")
-    return PromptFeatures(text="\n".join(parts), wants_json=fmt in ("json_object", "json_schema"), wants_tools=bool(call.tools))
+    return PromptFeatures(
+        text="\n".join(parts), wants_json=fmt in ("json_object", "json_schema"), wants_tools=bool(call.tools),
+        quality_target=_quality(request.headers.get(QUALITY_HEADER)), **who,  # type: ignore[arg-type]
+    )
 
 
-def route(config: FleetConfig) -> Stage:
+def _quality(header: str | None) -> float | None:
+    if header is None:
+        return None
+    try:
+        value = float(header)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise InvalidRequest(f"{QUALITY_HEADER} must be a number from 0 (cheapest) to 1 (best predicted quality)", param=QUALITY_HEADER)
+    return value
+
+
+async def _alias_inputs(inputs: RouteInputs, config: FleetConfig, request: Request, features: PromptFeatures) -> tuple[PromptFeatures, dict[str, AliasAssets]]:
+    """For an alias that compares embeddings: the prompt's vector and the alias's assets."""
+    alias = config.alias(request.model)
+    if alias is None or not inputs.needs_embedding(alias) or not features.text:
+        return features, {}
+    assets = await inputs.assets(alias, request)
+    vectors = await inputs.embed(alias, [features.text], request)
+    if vectors is not None:
+        features = dataclasses.replace(features, embedding=vectors[0])
+    return features, {alias.name: assets}
+
+
+def route(config: FleetConfig, inputs: RouteInputs) -> Stage:
     """Resolve aliases to a model and plan it with its fallbacks; cascades keep the rest for later."""
 
     def stage(next_handler: Handler) -> Handler:
         async def handle(request: Request) -> Response:
-            decision = resolve_model(request.model, config, _features(request))
+            features, assets = await _alias_inputs(inputs, config, request, _features(request))
+            decision = resolve_model(request.model, config, features, assets)
             model = config.model(decision.model)
             assert model is not None  # resolve_model only returns fleet models
             if request.operation == "embedding" and model.kind != "embedding":
@@ -92,7 +123,7 @@ def route(config: FleetConfig) -> Stage:
             if request.operation == "chat" and model.kind != "chat":
                 raise InvalidRequest(f"model '{model.name}' has no chat template; use /v1/completions", param="model")
             request.served_model = model.name
-            request.route_reason = decision.reason
+            request.route_reason = decision.describe()
             request.plan = [model.name, *model.fallbacks]
             request.escalations = list(decision.escalations)
             request.state = Lifecycle.ROUTED
@@ -136,7 +167,8 @@ def _nth_choice(call: ModelCall, index: int) -> ModelCall:
 def build_pipeline(dispatcher: Dispatcher, config: FleetConfig, book: BudgetBook | None = None, extra: list[Stage] | None = None) -> Handler:
     """Compose the stages, outermost first, around the backend call."""
     spend = [budget(book, PriceCatalog(config))] if book is not None else []
-    stages: list[Stage] = [classify(config), limits(RateLimiter()), *(extra or []), route(config), *spend, quality(config)]
+    inputs = RouteInputs(config, dispatcher, load_learned(config))
+    stages: list[Stage] = [classify(config), limits(RateLimiter()), *(extra or []), route(config, inputs), *spend, quality(config)]
     handler = call_backend(dispatcher)
     for stage in reversed(stages):
         handler = stage(handler)

@@ -36,13 +36,35 @@ class LearnedRouter:
     k: int = 32
     prior_weight: float = 2.0
     sharpness: float = 8.0
-    linear: Array | None = None  # (d + 1, m) ridge weights, bias last
+    linear: Array | None = None  # (d + 1, m) probe weights, bias last
+    link: str = "identity"  # identity: a ridge probe (clipped to 0..1); logistic: a logistic-regression probe
 
     @staticmethod
     def fit_linear(embeddings: Array, quality: Array, alpha: float = 10.0) -> Array:
         """Ridge regression of each model's outcome on the embedding (a closed form, no iterations)."""
         x = np.hstack([embeddings, np.ones((len(embeddings), 1), dtype=np.float32)]).astype(np.float64)
         weights = np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ quality.astype(np.float64))
+        return weights.astype(np.float32)
+
+    @staticmethod
+    def fit_logistic(embeddings: Array, quality: Array, alpha: float = 3.0, iterations: int = 25) -> Array:
+        """L2-regularised logistic regression of each model's outcome (0..1, soft labels allowed), by Newton's method."""
+        x = np.hstack([embeddings, np.ones((len(embeddings), 1), dtype=np.float32)]).astype(np.float64)
+        penalty = alpha * np.eye(x.shape[1])
+        penalty[-1, -1] = 0.0  # the bias is not shrunk
+        weights = np.zeros((x.shape[1], quality.shape[1]))
+        for j in range(quality.shape[1]):
+            y = quality[:, j].astype(np.float64)
+            rate = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
+            w = np.zeros(x.shape[1])
+            w[-1] = np.log(rate / (1 - rate))
+            for _ in range(iterations):
+                p = 1.0 / (1.0 + np.exp(-(x @ w)))
+                step = np.linalg.solve((x * (p * (1 - p))[:, None]).T @ x + penalty, x.T @ (p - y) + penalty @ w)
+                w -= step
+                if np.abs(step).max() < 1e-6:
+                    break
+            weights[:, j] = w
         return weights.astype(np.float32)
 
     @property
@@ -61,7 +83,8 @@ class LearnedRouter:
         knn = (votes + self.prior_weight * self.base_rates) / (total + self.prior_weight)
         if self.linear is None:
             return knn.astype(np.float32)
-        probe = np.clip(queries @ self.linear[:-1] + self.linear[-1], 0.0, 1.0)
+        scores = queries @ self.linear[:-1] + self.linear[-1]
+        probe = 1.0 / (1.0 + np.exp(-scores)) if self.link == "logistic" else np.clip(scores, 0.0, 1.0)
         return ((knn + probe) / 2).astype(np.float32)
 
     def choose_by_target(self, predicted: Array, target: float) -> npt.NDArray[np.int64]:
@@ -75,7 +98,11 @@ class LearnedRouter:
         scale = float(self.costs.max()) or 1.0
         return np.argmax(predicted - lam * (self.costs[None, :] / scale), axis=1)
 
-    def route(self, query: Array, target: float) -> RouteChoice:
+    def route(self, query: Array, target: float | None = None, lam: float | None = None) -> RouteChoice:
+        """One prompt's choice, by ``target`` (0..1 of the best prediction) or else by ``lam``."""
         predicted = self.predict(query[None, :])[0]
-        index = int(self.choose_by_target(predicted[None, :], target)[0])
-        return RouteChoice(self.models[index], float(predicted[index]), f"learned:target={target:g}")
+        if target is not None:
+            index, reason = int(self.choose_by_target(predicted[None, :], target)[0]), f"learned:target={target:g}"
+        else:
+            index, reason = int(self.choose_by_lambda(predicted[None, :], lam or 0.0)[0]), f"learned:lambda={lam or 0.0:g}"
+        return RouteChoice(self.models[index], float(predicted[index]), reason)

@@ -7,10 +7,16 @@ reused unchanged by the planner.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-from modelyard.config import AliasConfig, FleetConfig
+import numpy as np
+import numpy.typing as npt
+
+from modelyard.config import AliasConfig, FleetConfig, RouteRule
 from modelyard.errors import ModelNotFound
+from modelyard.routing.learned import LearnedRouter
+from modelyard.routing.semantic import IntentIndex
 
 CODE_MARKERS = re.compile(
     r"```|\bdef |\bclass |\bimport |\bfunction\b|\breturn\b|[{};]\s*$|\b(python|javascript|typescript|rust|golang|java|c\+\+|sql|regex|bash|code|program|compile|debug|bug)\b",
@@ -25,6 +31,19 @@ class PromptFeatures:
     text: str
     wants_json: bool = False
     wants_tools: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+    tenant: str = ""
+    key_id: str = ""
+    embedding: npt.NDArray[np.float32] | None = None  # the prompt's vector, when the alias compares embeddings
+    quality_target: float | None = None  # the request's x-modelyard-quality, overriding the alias's
+
+
+@dataclass(frozen=True, slots=True)
+class AliasAssets:
+    """What an alias routes with beyond its config: loaded once at startup (the learned router) or on first use (intent vectors)."""
+
+    learned: LearnedRouter | None = None
+    intents: IntentIndex | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,19 +53,69 @@ class RouteDecision:
     model: str
     reason: str
     escalations: tuple[str, ...] = ()  # cascade: the models to try next if this one's answer fails its checks
+    predicted_quality: float | None = None  # learned: the chosen model's predicted chance of a good answer
+
+    def describe(self) -> str:
+        """The reason, with the prediction when there is one (the API adds the model that finally answered)."""
+        return self.reason if self.predicted_quality is None else f"{self.reason}; predicted_quality={self.predicted_quality:.3f}"
 
 
-def resolve_model(requested: str, fleet: FleetConfig, features: PromptFeatures) -> RouteDecision:
-    """The model that serves ``requested``: itself, or an alias's pick."""
+def resolve_model(requested: str, fleet: FleetConfig, features: PromptFeatures, assets: Mapping[str, AliasAssets] | None = None) -> RouteDecision:
+    """The model that serves ``requested``: itself, or an alias's pick (rules, then intents, then its strategy)."""
     if fleet.model(requested) is not None:
         return RouteDecision(requested, "requested")
     alias = fleet.alias(requested)
     if alias is None:
         known = ", ".join([m.name for m in fleet.models] + [a.name for a in fleet.aliases])
         raise ModelNotFound(f"The model '{requested}' does not exist (available: {known})", param="model")
+    found = (assets or {}).get(alias.name, AliasAssets())
+    rule = match_rule(alias.rules, features)
+    if rule is not None:
+        return RouteDecision(rule.model, f"rule:{rule.name}")
+    if found.intents is not None and features.embedding is not None:
+        match = found.intents.match(features.embedding)
+        if match is not None:
+            return RouteDecision(match.intent.model, f"intent:{match.intent.name}:similarity={match.similarity:.2f}")
     if alias.strategy == "cascade":
         return RouteDecision(alias.targets[0], "cascade", alias.targets[1:])
+    if alias.strategy == "learned" and found.learned is not None and features.embedding is not None:
+        return choose_by_prediction(alias, found.learned, features)
     return choose_by_rule(alias, features)
+
+
+def match_rule(rules: tuple[RouteRule, ...], features: PromptFeatures) -> RouteRule | None:
+    """The first rule whose every condition holds."""
+    for rule in rules:
+        if _holds(rule, features):
+            return rule
+    return None
+
+
+def _holds(rule: RouteRule, features: PromptFeatures) -> bool:
+    if rule.header:
+        name, _, value = rule.header.partition("=")
+        seen = features.headers.get(name.strip().lower())
+        if seen is None or (value and seen != value.strip()):
+            return False
+    checks = (
+        not rule.tenant or rule.tenant == features.tenant,
+        not rule.key or rule.key == features.key_id,
+        rule.tools is None or rule.tools == features.wants_tools,
+        rule.json is None or rule.json == features.wants_json,
+        len(features.text) >= rule.min_prompt_chars,
+    )
+    return all(checks)
+
+
+def choose_by_prediction(alias: AliasConfig, router: LearnedRouter, features: PromptFeatures) -> RouteDecision:
+    """The learned router's pick: the request's quality target, else the alias's lambda, else the alias's target."""
+    assert features.embedding is not None
+    if features.quality_target is None and alias.quality_lambda is not None:
+        choice = router.route(features.embedding, lam=alias.quality_lambda)
+    else:
+        target = alias.quality_target if features.quality_target is None else features.quality_target
+        choice = router.route(features.embedding, target=target)
+    return RouteDecision(choice.model, choice.reason, predicted_quality=choice.predicted_quality)
 
 
 def choose_by_rule(alias: AliasConfig, features: PromptFeatures) -> RouteDecision:

@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from modelyard.training import datasets, evaluate, features, router_file
+from modelyard.pipeline import router_file
+from modelyard.training import datasets, evaluate, features
 
 DEFAULT_K = 32
 
 
 def _table_and_embeddings(args: argparse.Namespace) -> tuple[datasets.OutcomeTable, Any]:
-    table = datasets.load([Path(p) for p in args.data], args.format)
+    table = datasets.split(datasets.load([Path(p) for p in args.data], args.format), args.split, args.test_fraction)
     return table, features.embed(table.prompts, Path(args.cache_dir).expanduser())
 
 
@@ -65,6 +66,33 @@ def _print(result: dict[str, Any], as_json: bool) -> int:
     return 0
 
 
+def collect_cmd(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from modelyard.config import load_config
+    from modelyard.config.defaults import default_fleet
+    from modelyard.fleet.artifacts import ArtifactError, prepare
+    from modelyard.training.collect import collect, collection_fleet
+    from modelyard.training.questions import load_questions, sample
+
+    fleet = load_config(args.config) if args.config else default_fleet()
+    data_dir = Path(args.data_dir or fleet.server.data_dir).expanduser()
+    try:
+        config = collection_fleet(fleet, [m.strip() for m in args.models.split(",") if m.strip()])
+        prepare(config, data_dir / "models")
+    except (ValueError, ArtifactError) as exc:
+        print(f"modelyard: {exc}")
+        return 2
+    questions = load_questions(Path(args.questions))
+    if args.tasks:
+        wanted = set(args.tasks.split(","))
+        questions = [q for q in questions if q.task in wanted]
+    chosen = sample(questions, args.per_task, args.seed)
+    print(f"{len(chosen)} questions ({len({q.task for q in chosen})} tasks) x {len(config.models)} models -> {args.out}")
+    asyncio.run(collect(config, chosen, Path(args.out), data_dir))
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     router = sub.add_parser("router", help="train and evaluate the learned cost/quality router").add_subparsers(dest="action", required=True)
 
@@ -72,6 +100,8 @@ def add_commands(sub: Any) -> None:
         p.add_argument("--data", action="append", required=True, help="an outcome table (repeat for several); a RouteLLM folder works too")
         p.add_argument("--format", choices=datasets.FORMATS, help="default: detected from the file")
         p.add_argument("--cache-dir", default="~/.cache/modelyard/embeddings", help="where prompt embeddings are cached")
+        p.add_argument("--split", choices=datasets.SPLITS, default="all", help="use one part of a fixed split by prompt hash (train or test)")
+        p.add_argument("--test-fraction", type=float, default=0.25, help="the share of prompts in the test part")
 
     p = router.add_parser("train", help="train a router on outcome tables")
     data_args(p)
@@ -92,3 +122,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--target", type=float, default=0.9)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cross_validate)
+    p = router.add_parser("collect", help="run the fleet's models on checkable questions and write an outcome table")
+    p.add_argument("--questions", required=True, help="LLMRouter-style JSONL (task_name, query, ground_truth, metric, choices)")
+    p.add_argument("--models", required=True, help="comma-separated chat models of the fleet, e.g. smollm2-135m,qwen2.5-0.5b")
+    p.add_argument("--out", required=True, help="the outcome table to write (.jsonl)")
+    p.add_argument("--per-task", type=int, default=60, help="questions drawn from each task")
+    p.add_argument("--tasks", help="comma-separated tasks to keep (default: every checkable task)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", help="a fleet file (default: the embedded fleet)")
+    p.add_argument("--data-dir", help="where model files live (default ~/.cache/modelyard)")
+    p.set_defaults(func=collect_cmd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -27,6 +28,26 @@ class OutcomeTable:
 
     def subset(self, rows: npt.NDArray[np.int64]) -> OutcomeTable:
         return OutcomeTable([self.prompts[i] for i in rows], self.models, self.quality[rows], self.cost[rows], self.source)
+
+
+SPLITS = ("all", "train", "test")
+
+
+def split(table: OutcomeTable, part: str, test_fraction: float) -> OutcomeTable:
+    """The rows of one part of a fixed split: a prompt is in ``test`` when its hash falls below ``test_fraction``.
+
+    The split depends on the prompt text only, so train and eval agree on it
+    without storing it, and a prompt never moves between parts.
+    """
+    if part == "all":
+        return table
+    in_test = np.array([_unit_hash(p) < test_fraction for p in table.prompts])
+    rows = np.flatnonzero(in_test if part == "test" else ~in_test)
+    return table.subset(rows)
+
+
+def _unit_hash(text: str) -> float:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2.0**64
 
 
 def detect_format(path: Path) -> str:
@@ -120,7 +141,7 @@ def _routellm(path: Path) -> OutcomeTable:
 
 def _outcomes(path: Path) -> OutcomeTable:
     """What ``modelyard router collect`` writes: one JSON object a line, {prompt, scores{model}, costs{model}}."""
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
     models = tuple(rows[0]["scores"])
     quality = np.array([[float(r["scores"][m]) for m in models] for r in rows])
     cost = np.array([[float(r.get("costs", {}).get(m, 0.0)) for m in models] for r in rows])

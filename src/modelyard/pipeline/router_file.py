@@ -11,10 +11,25 @@ import numpy as np
 from modelyard.routing.learned import LearnedRouter
 
 FORMAT = "modelyard-router/2"
+LINKS = ("identity", "logistic")
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data" / "routers"
+
+
+def resolve(reference: str) -> Path:
+    """``builtin:<name>`` is a router shipped in the package (``modelyard/data/routers/<name>.npz``); anything else is a path."""
+    if reference.startswith(BUILTIN_PREFIX):
+        name = reference[len(BUILTIN_PREFIX):]
+        path = BUILTIN_DIR / f"{name}.npz"
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in BUILTIN_DIR.glob("*.npz"))) or "none"
+            raise FileNotFoundError(f"no builtin router {name!r} (shipped: {known})")
+        return path
+    return Path(reference).expanduser()
 
 
 def save(router: LearnedRouter, path: Path, meta: dict[str, object]) -> None:
-    header = json.dumps({"format": FORMAT, "models": list(router.models), "k": router.k, "prior_weight": router.prior_weight, "sharpness": router.sharpness, **meta})
+    header = json.dumps({"format": FORMAT, "models": list(router.models), "k": router.k, "prior_weight": router.prior_weight, "sharpness": router.sharpness, "link": router.link, **meta})
     arrays: dict[str, Any] = {
         "header": np.array(header), "costs": router.costs.astype(np.float32),
         "embeddings": router.embeddings.astype(np.float16), "quality": router.quality.astype(np.float16),
@@ -30,9 +45,11 @@ def load(path: Path) -> tuple[LearnedRouter, dict[str, object]]:
         header = json.loads(str(data["header"]))
         if header.get("format") != FORMAT:
             raise ValueError(f"{path}: not a modelyard router file (format {header.get('format')!r})")
+        if header.get("link", "identity") not in LINKS:
+            raise ValueError(f"{path}: unknown probe link {header.get('link')!r} (known: {', '.join(LINKS)})")
         router = LearnedRouter(
             models=tuple(header["models"]), costs=data["costs"].astype(np.float32), embeddings=data["embeddings"].astype(np.float32),
             quality=data["quality"].astype(np.float32), k=int(header["k"]), prior_weight=float(header["prior_weight"]), sharpness=float(header["sharpness"]),
-            linear=data["linear"].astype(np.float32) if "linear" in data.files else None,
+            linear=data["linear"].astype(np.float32) if "linear" in data.files else None, link=str(header.get("link", "identity")),
         )
     return router, header
