@@ -83,12 +83,34 @@ def test_json_object_mode(client: openai.OpenAI) -> None:
         assert isinstance(json.loads(content), dict)
 
 
-def test_auto_alias_says_which_model(client: openai.OpenAI) -> None:
-    short = client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": "Hi there"}], max_tokens=3)
+QUIZ = "Which gas do plants absorb from the air?\n\nA. oxygen\nB. carbon dioxide\nC. helium\nD. neon\n\nAnswer with the letter of the correct option only."
+
+
+def route_of(raw: object) -> dict[str, str]:
+    """x-modelyard-route as a mapping: its first part is the reason, the rest key=value."""
+    parts = raw.headers["x-modelyard-route"].split("; ")  # type: ignore[attr-defined]
+    return {"reason": parts[0], **dict(p.split("=", 1) for p in parts[1:])}
+
+
+def test_auto_routes_code_by_intent_and_the_rest_by_the_learned_router(client: openai.OpenAI) -> None:
     code = client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": "Write a python function to add two numbers"}], max_tokens=3)
-    assert short.headers["x-modelyard-model"] == short.parse().model == "smollm2-135m"
     assert code.headers["x-modelyard-model"] == code.parse().model == "qwen2.5-0.5b"
-    assert code.headers["x-modelyard-route"] == "rule:code"
+    assert route_of(code)["reason"].startswith("intent:code:similarity=") and route_of(code)["model"] == "qwen2.5-0.5b"
+    quiz = client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": QUIZ}], max_tokens=3)
+    route = route_of(quiz)
+    assert route["reason"] == "learned:target=0.9" and route["model"] == quiz.parse().model
+    assert 0.0 < float(route["predicted_quality"]) < 1.0
+
+
+def test_quality_header_moves_the_learned_choice(client: openai.OpenAI, default_server: LiveServer) -> None:
+    messages = [{"role": "user", "content": QUIZ}]
+    cheapest = client.chat.completions.with_raw_response.create(model="auto", messages=messages, max_tokens=2, extra_headers={"x-modelyard-quality": "0"})
+    assert route_of(cheapest)["reason"] == "learned:target=0" and cheapest.parse().model == "smollm2-135m"
+    best = client.chat.completions.with_raw_response.create(model="auto", messages=messages, max_tokens=2, extra_headers={"x-modelyard-quality": "1"})
+    assert route_of(best)["reason"] == "learned:target=1"
+    assert float(route_of(best)["predicted_quality"]) >= float(route_of(cheapest)["predicted_quality"])  # the best prediction, by definition
+    bad = httpx.post(default_server.url + "/v1/chat/completions", headers={"x-modelyard-quality": "high"}, json={"model": "auto", "messages": messages, "max_tokens": 2}, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "x-modelyard-quality"
 
 
 def test_n_seed_stop_and_logprobs(client: openai.OpenAI) -> None:

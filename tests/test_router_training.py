@@ -54,3 +54,21 @@ def test_routellm_two_model_metrics(tmp_path: Path) -> None:
     cv = json.loads(run("cv", "--data", str(folder), "--json", "--cache-dir", str(tmp_path / "cache")).stdout.splitlines()[-1])
     assert cv["models"] == ["mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"]
     assert 0.0 <= cv["apgr"] <= 1.0 and cv["cpt50"] is not None
+
+
+def test_collect_then_train_on_the_local_fleet(tmp_path: Path) -> None:
+    """Real llama.cpp answers on a few questions, scored, written as an outcome table that `router train` reads."""
+    out = tmp_path / "outcomes.jsonl"
+    run("collect", "--questions", str(DATA / "llmrouter_questions_train.jsonl"), "--models", "smollm2-135m,qwen2.5-0.5b",
+        "--tasks", "commonsense_qa,openbook_qa,arc_challenge", "--per-task", "2", "--out", str(out))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 6 and {r["task"] for r in rows} == {"commonsense_qa", "openbook_qa", "arc_challenge"}
+    for row in rows:
+        assert set(row["scores"]) == set(row["costs"]) == {"smollm2-135m", "qwen2.5-0.5b"}
+        assert all(score in (0.0, 1.0) for score in row["scores"].values())
+        assert all(cost > 0 for cost in row["costs"].values())  # busy seconds x the deployment's price
+        for model, text in row["outputs"].items():  # the score is the answer's letter against the truth
+            assert row["scores"][model] == float(text.strip()[:1] == row["answer"]) or "answer" in text.lower() or not text.strip()[:1].isupper()
+    run("train", "--data", str(out), "--out", str(tmp_path / "local.npz"), "--cache-dir", str(tmp_path / "cache"))
+    report = json.loads(run("eval", "--router", str(tmp_path / "local.npz"), "--data", str(out), "--json", "--cache-dir", str(tmp_path / "cache")).stdout.splitlines()[-1])
+    assert report["n"] == 6 and report["models"] == ["smollm2-135m", "qwen2.5-0.5b"] and "apgr" in report

@@ -36,6 +36,17 @@ def _check_backends(config: FleetConfig) -> None:
             except KeyError as exc:
                 raise ConfigError(config.source, f"models.{model.name}.deployments[{i}].backend", str(exc.args[0])) from None
             factory(d, model, context)
+    _check_routers(config)
+
+
+def _check_routers(config: FleetConfig) -> None:
+    """Learned aliases' router files load and fit their targets (read now, so a bad one fails before the models load)."""
+    from modelyard.pipeline.route_inputs import RouterFileError, load_learned
+
+    try:
+        load_learned(config)
+    except RouterFileError as exc:
+        raise ConfigError(config.source, "", str(exc)) from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

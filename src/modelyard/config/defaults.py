@@ -7,6 +7,8 @@ from typing import Any
 from modelyard.config.loader import parse_config
 from modelyard.config.schema import FleetConfig
 
+AUTO_QUALITY_TARGET = 0.9  # chosen in cross-validation on the collected outcomes (docs/routing.md)
+
 # Self-hosted prices are per replica-hour; the figures are a small CPU VM's
 # share, so the cost accounting has something honest to multiply.
 DEFAULT_FLEET: dict[str, Any] = {
@@ -55,7 +57,35 @@ DEFAULT_FLEET: dict[str, Any] = {
     "aliases": {
         "auto": {
             "targets": ["smollm2-135m", "qwen2.5-0.5b"],
-            "description": "cheap model for short chat, stronger model for code, JSON and long prompts",
+            "description": "the cheapest model predicted to answer well (learned router); code, tools and JSON to the coder model",
+            "strategy": "learned",
+            # Trained by `modelyard router collect` + `router train` on the fleet's own answers (docs/routing.md).
+            "router_file": "builtin:auto",
+            "embedding_model": "minilm-l6",
+            "quality_target": AUTO_QUALITY_TARGET,
+            "rules": [
+                {"name": "tools", "tools": True, "model": "qwen2.5-0.5b"},
+                {"name": "json", "json": True, "model": "qwen2.5-0.5b"},
+            ],
+            "intents": {
+                "code": {
+                    "model": "qwen2.5-0.5b",
+                    # MiniLM cosine: code prompts measured 0.34-0.90 to their nearest example, chat and quiz prompts 0.09-0.22.
+                    "threshold": 0.3,
+                    "examples": [
+                        "Write a Python function that reverses a list",
+                        "Write a function to add two numbers",
+                        "Fix the bug in this code",
+                        "How do I parse JSON in JavaScript?",
+                        "Write a SQL query that counts rows per day",
+                        "Explain what this regular expression does",
+                        "Implement binary search in Rust",
+                        "Why does my program throw a null pointer exception?",
+                        "Write a bash script that renames files",
+                        "Refactor this class to use dependency injection",
+                    ],
+                }
+            },
         }
     },
 }

@@ -22,10 +22,10 @@ from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.types import Request
 from modelyard.routing.learned import LearnedRouter
 from modelyard.routing.router import AliasAssets
+from modelyard.routing.text import routing_text
 from modelyard.routing.semantic import IntentIndex, examples_of, normalise
 
 log = logging.getLogger("modelyard.routing")
-MAX_EMBED_CHARS = 2000  # MiniLM reads 256 tokens; the router was trained on the same cut
 
 
 class RouterFileError(ValueError):
@@ -73,11 +73,16 @@ class RouteInputs:
                         intents = self.intents[alias.name] = IntentIndex.build(alias.intents, vectors)
         return AliasAssets(learned=self.learned.get(alias.name), intents=intents)
 
+    async def embed_prompt(self, alias: AliasConfig, prompt: str, request: Request) -> npt.NDArray[np.float32] | None:
+        """The prompt's vector, of the same text the router was trained on."""
+        vectors = await self.embed(alias, [routing_text(prompt)], request)
+        return None if vectors is None else vectors[0]
+
     async def embed(self, alias: AliasConfig, texts: list[str], request: Request) -> npt.NDArray[np.float32] | None:
         """Normalised vectors for ``texts`` from the alias's embedding model, or None when it cannot answer."""
         probe = Request(
             operation="embedding", model=alias.embedding_model, request_id=f"{request.request_id}:route",
-            inputs=[t[:MAX_EMBED_CHARS] for t in texts], workload="embedding", tenant=request.tenant, deadline=request.deadline,
+            inputs=texts, workload="embedding", tenant=request.tenant, deadline=request.deadline,
         )
         try:
             _, _, result = await self.dispatcher.embed(probe, [alias.embedding_model])

@@ -29,7 +29,7 @@ def resolve(reference: str) -> Path:
 
 
 def save(router: LearnedRouter, path: Path, meta: dict[str, object]) -> None:
-    header = json.dumps({"format": FORMAT, "models": list(router.models), "k": router.k, "prior_weight": router.prior_weight, "sharpness": router.sharpness, "link": router.link, **meta})
+    header = json.dumps({"format": FORMAT, "models": list(router.models), "k": router.k, "prior_weight": router.prior_weight, "sharpness": router.sharpness, "link": router.link, "use_knn": router.use_knn, **meta})
     arrays: dict[str, Any] = {
         "header": np.array(header), "costs": router.costs.astype(np.float32),
         "embeddings": router.embeddings.astype(np.float16), "quality": router.quality.astype(np.float16),
@@ -50,6 +50,6 @@ def load(path: Path) -> tuple[LearnedRouter, dict[str, object]]:
         router = LearnedRouter(
             models=tuple(header["models"]), costs=data["costs"].astype(np.float32), embeddings=data["embeddings"].astype(np.float32),
             quality=data["quality"].astype(np.float32), k=int(header["k"]), prior_weight=float(header["prior_weight"]), sharpness=float(header["sharpness"]),
-            linear=data["linear"].astype(np.float32) if "linear" in data.files else None, link=str(header.get("link", "identity")),
+            linear=data["linear"].astype(np.float32) if "linear" in data.files else None, link=str(header.get("link", "identity")), use_knn=bool(header.get("use_knn", True)),
         )
     return router, header

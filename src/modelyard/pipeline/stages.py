@@ -101,9 +101,9 @@ async def _alias_inputs(inputs: RouteInputs, config: FleetConfig, request: Reque
     if alias is None or not inputs.needs_embedding(alias) or not features.text:
         return features, {}
     assets = await inputs.assets(alias, request)
-    vectors = await inputs.embed(alias, [features.text], request)
-    if vectors is not None:
-        features = dataclasses.replace(features, embedding=vectors[0])
+    vector = await inputs.embed_prompt(alias, features.text, request)
+    if vector is not None:
+        features = dataclasses.replace(features, embedding=vector)
     return features, {alias.name: assets}
 
 

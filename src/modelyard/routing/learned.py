@@ -38,6 +38,7 @@ class LearnedRouter:
     sharpness: float = 8.0
     linear: Array | None = None  # (d + 1, m) probe weights, bias last
     link: str = "identity"  # identity: a ridge probe (clipped to 0..1); logistic: a logistic-regression probe
+    use_knn: bool = True  # false: the probe alone
 
     @staticmethod
     def fit_linear(embeddings: Array, quality: Array, alpha: float = 10.0) -> Array:
@@ -73,6 +74,16 @@ class LearnedRouter:
 
     def predict(self, queries: Array) -> Array:
         """Predicted probability of a good answer, (q, m), for normalised query embeddings (q, d)."""
+        if self.linear is None:
+            return self._knn(queries)
+        scores = queries @ self.linear[:-1] + self.linear[-1]
+        probe = 1.0 / (1.0 + np.exp(-scores)) if self.link == "logistic" else np.clip(scores, 0.0, 1.0)
+        if not self.use_knn:
+            return probe.astype(np.float32)
+        return ((self._knn(queries) + probe) / 2).astype(np.float32)
+
+    def _knn(self, queries: Array) -> Array:
+        """A similarity-weighted vote of the k nearest training prompts, shrunk toward each model's base rate."""
         sims = queries @ self.embeddings.T
         k = min(self.k, sims.shape[1])
         idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
@@ -81,11 +92,7 @@ class LearnedRouter:
         votes = np.einsum("qk,qkm->qm", weights, self.quality[idx])
         total = weights.sum(axis=1, keepdims=True)
         knn = (votes + self.prior_weight * self.base_rates) / (total + self.prior_weight)
-        if self.linear is None:
-            return knn.astype(np.float32)
-        scores = queries @ self.linear[:-1] + self.linear[-1]
-        probe = 1.0 / (1.0 + np.exp(-scores)) if self.link == "logistic" else np.clip(scores, 0.0, 1.0)
-        return ((knn + probe) / 2).astype(np.float32)
+        return knn.astype(np.float32)
 
     def choose_by_target(self, predicted: Array, target: float) -> npt.NDArray[np.int64]:
         """Per row: the cheapest model predicted to reach ``target`` x the best prediction (0..1)."""

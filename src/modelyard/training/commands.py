@@ -10,7 +10,6 @@ from typing import Any
 from modelyard.pipeline import router_file
 from modelyard.training import datasets, evaluate, features
 
-DEFAULT_K = 32
 
 
 def _table_and_embeddings(args: argparse.Namespace) -> tuple[datasets.OutcomeTable, Any]:
@@ -20,8 +19,9 @@ def _table_and_embeddings(args: argparse.Namespace) -> tuple[datasets.OutcomeTab
 
 def train(args: argparse.Namespace) -> int:
     table, embeddings = _table_and_embeddings(args)
-    router = evaluate.fit(table, embeddings, args.k)
-    router_file.save(router, Path(args.out), {"target": args.target, "trained_on": table.source, "n": len(table.prompts)})
+    router = evaluate.fit(table, embeddings, args.k, args.learner)
+    meta = {"target": args.target, "learner": args.learner, "trained_on": table.source, "split": args.split, "n": len(table.prompts)}
+    router_file.save(router, Path(args.out), meta)
     print(f"trained on {len(table.prompts)} prompts x {len(table.models)} models ({table.source}); wrote {args.out}")
     return 0
 
@@ -38,9 +38,13 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
 
 def cross_validate(args: argparse.Namespace) -> int:
     table, embeddings = _table_and_embeddings(args)
-    router, predicted = evaluate.cross_validate(table, embeddings, args.k, args.folds)
+    router, predicted = evaluate.cross_validate(table, embeddings, args.k, args.folds, args.learner)
     result = evaluate.report(table, router, predicted, args.target)
-    result["cross_validation_folds"] = args.folds
+    result.update(cross_validation_folds=args.folds, learner=args.learner)
+    if args.plot:
+        from modelyard.training.plot import plot_reports
+
+        plot_reports([(f"{table.source} ({args.folds}-fold CV, {args.learner})", result)], Path(args.plot))
     return _print(result, args.json)
 
 
@@ -87,7 +91,7 @@ def collect_cmd(args: argparse.Namespace) -> int:
     if args.tasks:
         wanted = set(args.tasks.split(","))
         questions = [q for q in questions if q.task in wanted]
-    chosen = sample(questions, args.per_task, args.seed)
+    chosen = sample(questions, args.per_task, args.seed)[: args.limit]
     print(f"{len(chosen)} questions ({len({q.task for q in chosen})} tasks) x {len(config.models)} models -> {args.out}")
     asyncio.run(collect(config, chosen, Path(args.out), data_dir))
     return 0
@@ -106,7 +110,8 @@ def add_commands(sub: Any) -> None:
     p = router.add_parser("train", help="train a router on outcome tables")
     data_args(p)
     p.add_argument("--out", required=True, help="the router file to write (.npz)")
-    p.add_argument("--k", type=int, default=DEFAULT_K, help="neighbours per prediction")
+    p.add_argument("--k", type=int, help="neighbours per prediction (default: 2%% of the training prompts, at least 16)")
+    p.add_argument("--learner", choices=evaluate.LEARNERS, default=evaluate.DEFAULT_LEARNER, help="neighbour vote, embedding probe, or their average")
     p.add_argument("--target", type=float, default=0.9, help="default quality target (0..1 of the best prediction)")
     p.set_defaults(func=train)
     p = router.add_parser("eval", help="evaluate a router on an outcome table")
@@ -117,8 +122,10 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=evaluate_cmd)
     p = router.add_parser("cv", help="cross-validate on the training tables (out-of-fold predictions)")
     data_args(p)
-    p.add_argument("--k", type=int, default=DEFAULT_K)
+    p.add_argument("--k", type=int, help="neighbours per prediction (default: 2%% of the training prompts, at least 16)")
+    p.add_argument("--learner", choices=evaluate.LEARNERS, default=evaluate.DEFAULT_LEARNER)
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--plot", help="also save the cost/quality curve as a PNG")
     p.add_argument("--target", type=float, default=0.9)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cross_validate)
@@ -129,6 +136,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--per-task", type=int, default=60, help="questions drawn from each task")
     p.add_argument("--tasks", help="comma-separated tasks to keep (default: every checkable task)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="stop after this many questions of the (shuffled, repeatable) sample")
     p.add_argument("--config", help="a fleet file (default: the embedded fleet)")
     p.add_argument("--data-dir", help="where model files live (default ~/.cache/modelyard)")
     p.set_defaults(func=collect_cmd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import json
@@ -103,10 +104,22 @@ def _routerbench(path: Path) -> OutcomeTable:
             continue  # a few ARC rows have no score: dropped, as the data's README says
         if any(math.isnan(v) for v in q + c):
             continue
-        prompts.append(row["prompt"])
+        prompts.append(_routerbench_prompt(row["prompt"]))
         quality.append(q)
         cost.append(c)
     return OutcomeTable(prompts, models, np.array(quality), np.array(cost), path.name)
+
+
+def _routerbench_prompt(raw: str) -> str:
+    """RouterBench stores each prompt as a Python list literal of strings (the turns); joined here."""
+    if raw.startswith("[") and raw.endswith("]"):
+        try:
+            turns = ast.literal_eval(raw)  # a literal only: no code runs
+        except (ValueError, SyntaxError):
+            return raw
+        if isinstance(turns, list) and all(isinstance(t, str) for t in turns):
+            return "\n\n".join(turns)
+    return raw
 
 
 def _llmrouter(path: Path, prices_path: Path | None = None) -> OutcomeTable:

@@ -61,21 +61,38 @@ def report(table: OutcomeTable, router: LearnedRouter, predicted: npt.NDArray[np
     return result
 
 
-def fit(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int) -> LearnedRouter:
+LEARNERS = ("knn+logistic", "knn+ridge", "knn", "ridge", "logistic")
+DEFAULT_LEARNER = "knn+logistic"  # the best of the five in cross-validation on every public table (docs/routing.md)
+NEIGHBOUR_SHARE = 0.02  # k = 2% of the training prompts (at least 16) when not given
+PROBE_ALPHA = 10.0
+
+
+def neighbours(n: int, k: int | None) -> int:
+    """The k used for ``n`` training prompts: ``k`` itself, or 2% of them (at least 16)."""
+    return k if k else max(16, round(NEIGHBOUR_SHARE * n))
+
+
+def fit(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int | None = None, learner: str = DEFAULT_LEARNER) -> LearnedRouter:
+    """A router of one of :data:`LEARNERS`: a neighbour vote, a probe on the embedding, or their average."""
+    if learner not in LEARNERS:
+        raise ValueError(f"unknown learner {learner!r} (known: {', '.join(LEARNERS)})")
+    k = neighbours(len(table.prompts), k)
     quality = table.quality.astype(np.float32)
+    probe = learner.removeprefix("knn+") if learner != "knn" else ""
+    linear = {"ridge": LearnedRouter.fit_linear, "logistic": LearnedRouter.fit_logistic}[probe](embeddings, quality, PROBE_ALPHA) if probe else None
     return LearnedRouter(
-        models=table.models, costs=table.cost.mean(axis=0).astype(np.float32), embeddings=embeddings,
-        quality=quality, k=k, linear=LearnedRouter.fit_linear(embeddings, quality),
+        models=table.models, costs=table.cost.mean(axis=0).astype(np.float32), embeddings=embeddings, quality=quality, k=k,
+        linear=linear, link="logistic" if probe == "logistic" else "identity", use_knn=learner.startswith("knn"),
     )
 
 
-def cross_validate(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int, folds: int, seed: int = 0) -> tuple[LearnedRouter, npt.NDArray[np.float32]]:
+def cross_validate(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int | None, folds: int, learner: str = DEFAULT_LEARNER, seed: int = 0) -> tuple[LearnedRouter, npt.NDArray[np.float32]]:
     """Out-of-fold predictions for every prompt (each predicted by a router that never saw it)."""
     order = np.random.default_rng(seed).permutation(len(table.prompts))
     predicted = np.zeros(table.quality.shape, dtype=np.float32)
     for fold in range(folds):
         test = order[fold::folds]
         train = np.setdiff1d(order, test)
-        router = fit(table.subset(train), embeddings[train], k)
+        router = fit(table.subset(train), embeddings[train], k, learner)
         predicted[test] = router.predict(embeddings[test])
-    return fit(table, embeddings, k), predicted
+    return fit(table, embeddings, k, learner), predicted

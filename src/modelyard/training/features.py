@@ -10,11 +10,13 @@ import numpy as np
 import numpy.typing as npt
 
 from modelyard.fleet.artifacts import resolve
+from modelyard.routing.text import routing_text
 
-MAX_CHARS = 2000  # MiniLM reads 256 tokens; longer text only costs time
 
 
-def embed(texts: list[str], cache_dir: Path, batch_size: int = 64) -> npt.NDArray[np.float32]:
+def embed(prompts: list[str], cache_dir: Path, batch_size: int = 64) -> npt.NDArray[np.float32]:
+    """Normalised MiniLM vectors of each prompt's :func:`routing_text` (what the server embeds too)."""
+    texts = [routing_text(p) for p in prompts]
     digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:24]
     cache = cache_dir / f"minilm-{digest}.npy"
     if cache.exists():
@@ -23,7 +25,7 @@ def embed(texts: list[str], cache_dir: Path, batch_size: int = 64) -> npt.NDArra
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(resolve("builtin:all-minilm-l6-v2", cache_dir)), device="cpu", local_files_only=True)
-    vectors = model.encode([t[:MAX_CHARS] for t in texts], batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.save(cache, vectors.astype(np.float32), allow_pickle=False)
     return vectors.astype(np.float32)
