@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from modelyard.training.questions import Question, score
+
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "routing"
 pytestmark = pytest.mark.skipif(not DATA.exists(), reason="../shared/data is not beside this checkout")
 
@@ -67,8 +69,8 @@ def test_collect_then_train_on_the_local_fleet(tmp_path: Path) -> None:
         assert set(row["scores"]) == set(row["costs"]) == {"smollm2-135m", "qwen2.5-0.5b"}
         assert all(score in (0.0, 1.0) for score in row["scores"].values())
         assert all(cost > 0 for cost in row["costs"].values())  # busy seconds x the deployment's price
-        for model, text in row["outputs"].items():  # the score is the answer's letter against the truth
-            assert row["scores"][model] == float(text.strip()[:1] == row["answer"]) or "answer" in text.lower() or not text.strip()[:1].isupper()
+        for model, text in row["outputs"].items():  # the recorded score is the scorer's verdict on the recorded answer
+            assert row["scores"][model] == score(Question(row["task"], "choice", row["prompt"], row["answer"]), text)
     run("train", "--data", str(out), "--out", str(tmp_path / "local.npz"), "--cache-dir", str(tmp_path / "cache"))
     report = json.loads(run("eval", "--router", str(tmp_path / "local.npz"), "--data", str(out), "--json", "--cache-dir", str(tmp_path / "cache")).stdout.splitlines()[-1])
     assert report["n"] == 6 and report["models"] == ["smollm2-135m", "qwen2.5-0.5b"] and "apgr" in report

@@ -58,6 +58,7 @@ def _print(result: dict[str, Any], as_json: bool) -> int:
     width = max(len(r[0]) for r in rows)
     for r in rows:
         print(f"{r[0].ljust(width)}  {r[1]:>8}  {r[2]:>14}")
+    print("router's prompts per model: " + ", ".join(f"{name} {share:.1%}" for name, share in result["router_share"].items()))
     print(f"best single: {result['best_single_model']} ({result['best_single_quality']:.4f} at ${result['best_single_cost']:.6g})")
     at_best = result["router_cost_at_best_single_quality"]
     share = "never" if at_best is None else f"${at_best:.6g} ({at_best / result['best_single_cost']:.1%} of its cost)"

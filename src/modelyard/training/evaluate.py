@@ -21,7 +21,8 @@ def report(table: OutcomeTable, router: LearnedRouter, predicted: npt.NDArray[np
     singles = [(table.models[j], float(q[:, j].mean()), float(c[:, j].mean())) for j in range(m)]
     best = max(singles, key=lambda s: (s[1], -s[2]))
     cheapest = min(singles, key=lambda s: s[2])
-    router_q, router_c = outcome(q, c, router.choose_by_target(predicted, target))
+    choice = router.choose_by_target(predicted, target)
+    router_q, router_c = outcome(q, c, choice)
     sweep = [outcome(q, c, router.choose_by_lambda(predicted, lam)) for lam in LAMBDAS]
     sweep += [outcome(q, c, router.choose_by_target(predicted, t)) for t in TARGETS]
     reaching = [cost for quality, cost in sweep if quality >= best[1] - 1e-12]
@@ -33,6 +34,7 @@ def report(table: OutcomeTable, router: LearnedRouter, predicted: npt.NDArray[np
         "router_quality": router_q,
         "router_cost": router_c,
         "router_target": target,
+        "router_share": {name: float((choice == j).mean()) for j, name in enumerate(table.models)},
         "best_single_model": best[0],
         "best_single_quality": best[1],
         "best_single_cost": best[2],
