@@ -14,6 +14,8 @@ import httpx
 import openai
 import pytest
 
+from modelyard.config.defaults import AUTO_QUALITY_TARGET
+
 from .conftest import LiveServer
 
 
@@ -98,7 +100,7 @@ def test_auto_routes_code_by_intent_and_the_rest_by_the_learned_router(client: o
     assert route_of(code)["reason"].startswith("intent:code:similarity=") and route_of(code)["model"] == "qwen2.5-0.5b"
     quiz = client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": QUIZ}], max_tokens=3)
     route = route_of(quiz)
-    assert route["reason"] == "learned:target=0.9" and route["model"] == quiz.parse().model
+    assert route["reason"] == f"learned:target={AUTO_QUALITY_TARGET:g}" and route["model"] == quiz.parse().model
     assert 0.0 < float(route["predicted_quality"]) < 1.0
 
 

@@ -6,7 +6,6 @@ Every error names the file, the field path and what is wrong, e.g.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping

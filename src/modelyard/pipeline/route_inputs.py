@@ -22,8 +22,8 @@ from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.types import Request
 from modelyard.routing.learned import LearnedRouter
 from modelyard.routing.router import AliasAssets
-from modelyard.routing.text import routing_text
 from modelyard.routing.semantic import IntentIndex, examples_of, normalise
+from modelyard.routing.text import routing_text
 
 log = logging.getLogger("modelyard.routing")
 

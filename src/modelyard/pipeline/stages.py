@@ -19,9 +19,9 @@ from modelyard.pipeline.costing import PriceCatalog
 from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.limits import limits
 from modelyard.pipeline.quality import quality
+from modelyard.pipeline.route_inputs import RouteInputs, load_learned
 from modelyard.pipeline.types import WORKLOAD_CLASSES, Handler, Lifecycle, Request, Response, Stage
 from modelyard.protocol import ModelCall
-from modelyard.pipeline.route_inputs import RouteInputs, load_learned
 from modelyard.routing.router import AliasAssets, PromptFeatures, resolve_model
 
 CLASS_HEADER = "x-modelyard-class"

@@ -56,7 +56,7 @@ async def collect(config: FleetConfig, questions: list[Question], out: Path, dat
         with out.open("w", encoding="utf-8") as f:
             for done, question in enumerate(questions, 1):
                 answers = await asyncio.gather(*(_answer(fleet, m.name, m.deployments[0].name, question) for m in config.models))
-                f.write(json.dumps(_outcome(question, dict(zip(prices, answers)), prices)) + "\n")
+                f.write(json.dumps(_outcome(question, dict(zip(prices, answers, strict=True)), prices)) + "\n")
                 f.flush()
                 if done % 25 == 0 or done == len(questions):
                     print(f"{done}/{len(questions)} questions, {time.monotonic() - started:.0f}s", file=sys.stderr)

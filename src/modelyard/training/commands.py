@@ -11,7 +11,6 @@ from modelyard.pipeline import router_file
 from modelyard.training import datasets, evaluate, features
 
 
-
 def _table_and_embeddings(args: argparse.Namespace) -> tuple[datasets.OutcomeTable, Any]:
     table = datasets.split(datasets.load([Path(p) for p in args.data], args.format), args.split, args.test_fraction)
     return table, features.embed(table.prompts, Path(args.cache_dir).expanduser())

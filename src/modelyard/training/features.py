@@ -13,7 +13,6 @@ from modelyard.fleet.artifacts import resolve
 from modelyard.routing.text import routing_text
 
 
-
 def embed(prompts: list[str], cache_dir: Path, batch_size: int = 64) -> npt.NDArray[np.float32]:
     """Normalised MiniLM vectors of each prompt's :func:`routing_text` (what the server embeds too)."""
     texts = [routing_text(p) for p in prompts]

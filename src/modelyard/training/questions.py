@@ -80,7 +80,7 @@ def _question(row: dict[str, Any]) -> Question | None:
         answer = str(row.get("ground_truth", "")).strip().upper()
         if not options or answer not in LETTERS[: len(options)]:
             return None
-        lines = "\n".join(f"{label}. {text}" for label, text in zip(LETTERS, options))
+        lines = "\n".join(f"{label}. {text}" for label, text in zip(LETTERS, options, strict=False))
         return Question(task, "choice", f"{query}\n\n{lines}\n\n{CHOICE_INSTRUCTION}", answer)
     if task in NUMBER_TASKS:
         truth = str(row.get("ground_truth", "")).split("####")[-1]
