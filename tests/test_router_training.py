@@ -53,9 +53,16 @@ def test_routellm_two_model_metrics(tmp_path: Path) -> None:
     folder.mkdir()
     for name in ("mmlu_anatomy.csv", "mmlu_astronomy.csv"):
         (folder / name).write_bytes((DATA / "routellm_mmlu" / name).read_bytes())
-    cv = json.loads(run("cv", "--data", str(folder), "--json", "--cache-dir", str(tmp_path / "cache")).stdout.splitlines()[-1])
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    plot = tmp_path / "curve.png"
+    cv = json.loads(run("cv", "--data", str(folder), "--json", "--plot", str(plot), *cache).stdout.splitlines()[-1])
     assert cv["models"] == ["mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"]
     assert 0.0 <= cv["apgr"] <= 1.0 and cv["cpt50"] is not None
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sum(cv["router_share"].values()) == pytest.approx(1.0)
+    # The fixed split by prompt hash: train and test are disjoint and cover the table.
+    parts = [json.loads(run("cv", "--data", str(folder), "--split", part, "--folds", "3", "--json", *cache).stdout.splitlines()[-1])["n"] for part in ("train", "test")]
+    assert sum(parts) == cv["n"] and 0.15 < parts[1] / cv["n"] < 0.35
 
 
 def test_collect_then_train_on_the_local_fleet(tmp_path: Path) -> None:
