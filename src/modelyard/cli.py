@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 # Set before torch or llama.cpp load anywhere in this process: spinning OpenMP
 # threads slowed inference 10-40x on small shared machines.
@@ -220,45 +220,8 @@ def cmd_fake_upstream(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modelyard", description="One OpenAI-compatible endpoint in front of a fleet of models.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def config_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", help="fleet YAML file (default: the embedded default fleet)")
-
-    p = sub.add_parser("serve", help="serve the fleet over HTTP", description="Start the fleet and serve the OpenAI-compatible API.")
-    config_arg(p)
-    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port to bind (default 8000)")
-    p.add_argument("--data-dir", help="where assembled models and state live (default ~/.cache/modelyard)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--database-url", help="postgresql://... to keep the usage ledger in PostgreSQL (default: SQLite in the data directory)")
-    p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("check", help="validate a fleet file without starting anything")
-    config_arg(p)
-    p.set_defaults(func=cmd_check)
-
-    p = sub.add_parser("models", help="list the fleet's models and aliases")
-    config_arg(p)
-    p.set_defaults(func=cmd_models)
-
-    p = sub.add_parser("prepare", help="assemble and verify the fleet's model files")
-    config_arg(p)
-    p.add_argument("--data-dir", help="where assembled models live (default ~/.cache/modelyard)")
-    p.set_defaults(func=cmd_prepare)
-
-    p = sub.add_parser("usage", help="requests, tokens and cost from the ledger", description="Aggregate the usage ledger (the data directory's SQLite file).")
-    config_arg(p)
-    p.add_argument("--data-dir", help="the server's data directory (default ~/.cache/modelyard)")
-    p.add_argument("--group-by", default="tenant,served_model,day", help="comma-separated: tenant, api_key, requested_model, served_model, deployment, workload, day, endpoint")
-    p.add_argument("--since", help="first day, YYYY-MM-DD")
-    p.add_argument("--until", help="last day, YYYY-MM-DD")
-    p.add_argument("--csv", action="store_true", help="CSV instead of a table")
-    p.add_argument("--database-url", help="postgresql://... when the server keeps its ledger there")
-    p.set_defaults(func=cmd_usage)
-
+def _add_account_commands(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) -> None:
+    """``tenants`` and ``keys``: the accounts kept in the data directory."""
     tenants = sub.add_parser("tenants", help="create and list tenants").add_subparsers(dest="action", required=True)
     p = tenants.add_parser("create", help="create a tenant")
     p.add_argument("tenant")
@@ -301,6 +264,48 @@ def build_parser() -> argparse.ArgumentParser:
         for child in group.choices.values():
             config_arg(child)
             child.add_argument("--data-dir", help="the server's data directory (default ~/.cache/modelyard)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelyard", description="One OpenAI-compatible endpoint in front of a fleet of models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def config_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="fleet YAML file (default: the embedded default fleet)")
+
+    p = sub.add_parser("serve", help="serve the fleet over HTTP", description="Start the fleet and serve the OpenAI-compatible API.")
+    config_arg(p)
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to bind (default 8000)")
+    p.add_argument("--data-dir", help="where assembled models and state live (default ~/.cache/modelyard)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--database-url", help="postgresql://... to keep the usage ledger in PostgreSQL (default: SQLite in the data directory)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check", help="validate a fleet file without starting anything")
+    config_arg(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("models", help="list the fleet's models and aliases")
+    config_arg(p)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("prepare", help="assemble and verify the fleet's model files")
+    config_arg(p)
+    p.add_argument("--data-dir", help="where assembled models live (default ~/.cache/modelyard)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("usage", help="requests, tokens and cost from the ledger", description="Aggregate the usage ledger (the data directory's SQLite file).")
+    config_arg(p)
+    p.add_argument("--data-dir", help="the server's data directory (default ~/.cache/modelyard)")
+    p.add_argument("--group-by", default="tenant,served_model,day", help="comma-separated: tenant, api_key, requested_model, served_model, deployment, workload, day, endpoint")
+    p.add_argument("--since", help="first day, YYYY-MM-DD")
+    p.add_argument("--until", help="last day, YYYY-MM-DD")
+    p.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    p.add_argument("--database-url", help="postgresql://... when the server keeps its ledger there")
+    p.set_defaults(func=cmd_usage)
+
+    _add_account_commands(sub, config_arg)
 
     from modelyard.training.commands import add_commands
 
