@@ -120,3 +120,17 @@ def test_alias_config_errors_name_the_field(alias: dict[str, object], problem: s
     with pytest.raises(ConfigError) as info:
         fleet(alias)
     assert problem in str(info.value)
+
+
+def test_routing_embedding_is_charged_to_the_request_but_not_counted_as_an_attempt() -> None:
+    from modelyard.config.defaults import default_fleet
+    from modelyard.pipeline.costing import PriceCatalog
+    from modelyard.pipeline.types import Attempt, Request
+    from modelyard.protocol import Usage
+
+    request = Request(operation="chat", model="auto", request_id="r1")
+    request.attempts.append(Attempt("smollm2-135m", "smollm2-135m/0", 0.0, outcome="ok", usage=Usage(10, 2), busy_s=1.8))
+    request.overhead.append(Attempt("minilm-l6", "minilm-l6/0", 0.0, outcome="ok", usage=Usage(12, 0), busy_s=0.36))
+    # Default prices: smollm2 $0.02 and minilm $0.01 per replica-hour.
+    assert PriceCatalog(default_fleet()).actual(request) == pytest.approx(1.8 * 0.02 / 3600 + 0.36 * 0.01 / 3600)
+    assert request.usage() == Usage(10, 2) and len(request.attempts) == 1

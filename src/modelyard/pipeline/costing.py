@@ -14,8 +14,9 @@ class PriceCatalog:
         self.prices: dict[str, Price] = {d.name: d.price for m in config.models for d in m.deployments}
 
     def actual(self, request: Request) -> float:
-        """Every attempt at its deployment's price (retries, hedges, repairs, escalations included)."""
-        return request_cost((AttemptUse(a.deployment, a.usage, a.busy_s) for a in request.attempts), self.prices)
+        """Every attempt at its deployment's price (retries, hedges, repairs, escalations included), plus routing's own calls."""
+        work = [*request.attempts, *request.overhead]
+        return request_cost((AttemptUse(a.deployment, a.usage, a.busy_s) for a in work), self.prices)
 
     def worst_case(self, request: Request) -> float:
         """The most one attempt of this request can cost on any deployment it may be sent to.

@@ -75,11 +75,14 @@ class RouteInputs:
 
     async def embed_prompt(self, alias: AliasConfig, prompt: str, request: Request) -> npt.NDArray[np.float32] | None:
         """The prompt's vector, of the same text the router was trained on."""
-        vectors = await self.embed(alias, [routing_text(prompt)], request)
+        vectors = await self.embed(alias, [routing_text(prompt)], request, charge=True)
         return None if vectors is None else vectors[0]
 
-    async def embed(self, alias: AliasConfig, texts: list[str], request: Request) -> npt.NDArray[np.float32] | None:
-        """Normalised vectors for ``texts`` from the alias's embedding model, or None when it cannot answer."""
+    async def embed(self, alias: AliasConfig, texts: list[str], request: Request, charge: bool = False) -> npt.NDArray[np.float32] | None:
+        """Normalised vectors for ``texts`` from the alias's embedding model, or None when it cannot answer.
+
+        With ``charge`` the call's attempts are added to the request's overhead, so its cost is the request's.
+        """
         probe = Request(
             operation="embedding", model=alias.embedding_model, request_id=f"{request.request_id}:route",
             inputs=texts, workload="embedding", tenant=request.tenant, deadline=request.deadline,
@@ -89,4 +92,7 @@ class RouteInputs:
         except ModelyardError as exc:
             log.warning("alias %s: cannot embed for routing (%s); routing by rules", alias.name, exc.message)
             return None
+        finally:
+            if charge:
+                request.overhead.extend(probe.attempts)
         return normalise(np.asarray(result.vectors, dtype=np.float32))
