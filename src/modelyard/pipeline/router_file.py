@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from modelyard.routing.learned import LearnedRouter
+from modelyard.routing.lexical import LexicalProbe
 
 FORMAT = "modelyard-router/2"
 LINKS = ("identity", "logistic")
@@ -36,8 +37,19 @@ def save(router: LearnedRouter, path: Path, meta: dict[str, object]) -> None:
     }
     if router.linear is not None:
         arrays["linear"] = router.linear.astype(np.float32)
+    if router.lexical is not None:
+        arrays.update(
+            lexical_buckets=router.lexical.buckets.astype(np.int32), lexical_idf=router.lexical.idf.astype(np.float32),
+            lexical_weights=router.lexical.weights.astype(np.float32),
+        )
     with path.open("wb") as f:
         np.savez_compressed(f, **arrays)
+
+
+def _lexical(data: Any) -> LexicalProbe | None:
+    if "lexical_buckets" not in data.files:
+        return None
+    return LexicalProbe(data["lexical_buckets"].astype(np.int64), data["lexical_idf"].astype(np.float32), data["lexical_weights"].astype(np.float32))
 
 
 def load(path: Path) -> tuple[LearnedRouter, dict[str, object]]:
@@ -51,5 +63,6 @@ def load(path: Path) -> tuple[LearnedRouter, dict[str, object]]:
             models=tuple(header["models"]), costs=data["costs"].astype(np.float32), embeddings=data["embeddings"].astype(np.float32),
             quality=data["quality"].astype(np.float32), k=int(header["k"]), prior_weight=float(header["prior_weight"]), sharpness=float(header["sharpness"]),
             linear=data["linear"].astype(np.float32) if "linear" in data.files else None, link=str(header.get("link", "identity")), use_knn=bool(header.get("use_knn", True)),
+            lexical=_lexical(data),
         )
     return router, header

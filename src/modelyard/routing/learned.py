@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from modelyard.routing.lexical import LexicalProbe
+from modelyard.routing.text import routing_text
+
 Array = npt.NDArray[np.float32]
 
 
@@ -39,6 +42,7 @@ class LearnedRouter:
     linear: Array | None = None  # (d + 1, m) probe weights, bias last
     link: str = "identity"  # identity: a ridge probe (clipped to 0..1); logistic: a logistic-regression probe
     use_knn: bool = True  # false: the probe alone
+    lexical: LexicalProbe | None = None  # the word view, averaged with the embedding view when texts are given
 
     @staticmethod
     def fit_linear(embeddings: Array, quality: Array, alpha: float = 10.0) -> Array:
@@ -72,8 +76,18 @@ class LearnedRouter:
     def base_rates(self) -> Array:
         return self.quality.mean(axis=0).astype(np.float32)
 
-    def predict(self, queries: Array) -> Array:
-        """Predicted probability of a good answer, (q, m), for normalised query embeddings (q, d)."""
+    def predict(self, queries: Array, texts: list[str] | None = None) -> Array:
+        """Predicted probability of a good answer, (q, m), for normalised query embeddings (q, d).
+
+        With a lexical probe and the prompts' routing texts, the embedding view's
+        prediction and the word view's are averaged.
+        """
+        embedded = self._embedded(queries)
+        if self.lexical is None or texts is None:
+            return embedded
+        return ((embedded + self.lexical.predict(texts)) / 2).astype(np.float32)
+
+    def _embedded(self, queries: Array) -> Array:
         if self.linear is None:
             return self._knn(queries)
         scores = queries @ self.linear[:-1] + self.linear[-1]
@@ -105,9 +119,9 @@ class LearnedRouter:
         scale = float(self.costs.max()) or 1.0
         return np.argmax(predicted - lam * (self.costs[None, :] / scale), axis=1)
 
-    def route(self, query: Array, target: float | None = None, lam: float | None = None) -> RouteChoice:
+    def route(self, query: Array, target: float | None = None, lam: float | None = None, prompt: str | None = None) -> RouteChoice:
         """One prompt's choice, by ``target`` (0..1 of the best prediction) or else by ``lam``."""
-        predicted = self.predict(query[None, :])[0]
+        predicted = self.predict(query[None, :], None if prompt is None else [routing_text(prompt)])[0]
         if target is not None:
             index, reason = int(self.choose_by_target(predicted[None, :], target)[0]), f"learned:target={target:g}"
         else:

@@ -111,10 +111,10 @@ def choose_by_prediction(alias: AliasConfig, router: LearnedRouter, features: Pr
     """The learned router's pick: the request's quality target, else the alias's lambda, else the alias's target."""
     assert features.embedding is not None
     if features.quality_target is None and alias.quality_lambda is not None:
-        choice = router.route(features.embedding, lam=alias.quality_lambda)
+        choice = router.route(features.embedding, lam=alias.quality_lambda, prompt=features.text)
     else:
         target = alias.quality_target if features.quality_target is None else features.quality_target
-        choice = router.route(features.embedding, target=target)
+        choice = router.route(features.embedding, target=target, prompt=features.text)
     return RouteDecision(choice.model, choice.reason, predicted_quality=choice.predicted_quality)
 
 

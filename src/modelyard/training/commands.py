@@ -32,7 +32,7 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
         print(f"modelyard: the router knows {router.models}; the data has {table.models}")
         return 2
     target = args.target if args.target is not None else float(header.get("target", 0.9))  # type: ignore[arg-type]
-    return _print(evaluate.report(table, router, router.predict(embeddings), target), args.json)
+    return _print(evaluate.report(table, router, evaluate.predict(router, table.prompts, embeddings), target), args.json)
 
 
 def cross_validate(args: argparse.Namespace) -> int:

@@ -8,7 +8,9 @@ import numpy as np
 import numpy.typing as npt
 
 from modelyard.routing.learned import LearnedRouter
+from modelyard.routing.text import routing_text
 from modelyard.training.datasets import OutcomeTable
+from modelyard.training.lexical_fit import fit_lexical
 from modelyard.training.metrics import aiq, apgr, cpt, oracle_choice, outcome, pgr_curve
 
 LAMBDAS = [0.0] + list(np.geomspace(1e-4, 10.0, 60))
@@ -63,8 +65,8 @@ def report(table: OutcomeTable, router: LearnedRouter, predicted: npt.NDArray[np
     return result
 
 
-LEARNERS = ("knn+logistic", "knn+ridge", "knn", "ridge", "logistic")
-DEFAULT_LEARNER = "knn+logistic"  # the best of the five in cross-validation on every public table (docs/routing.md)
+LEARNERS = ("knn+logistic+lexical", "knn+logistic", "knn+ridge", "knn", "ridge", "logistic", "logistic+lexical")
+DEFAULT_LEARNER = "knn+logistic+lexical"  # chosen in cross-validation on the public tables (docs/routing.md)
 NEIGHBOUR_SHARE = 0.02  # k = 2% of the training prompts (at least 16) when not given
 PROBE_ALPHA = 10.0
 
@@ -80,12 +82,24 @@ def fit(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int | None 
         raise ValueError(f"unknown learner {learner!r} (known: {', '.join(LEARNERS)})")
     k = neighbours(len(table.prompts), k)
     quality = table.quality.astype(np.float32)
+    lexical = fit_lexical(texts_of(table.prompts), quality) if learner.endswith("+lexical") else None
+    learner = learner.removesuffix("+lexical")
     probe = learner.removeprefix("knn+") if learner != "knn" else ""
     linear = {"ridge": LearnedRouter.fit_linear, "logistic": LearnedRouter.fit_logistic}[probe](embeddings, quality, PROBE_ALPHA) if probe else None
     return LearnedRouter(
         models=table.models, costs=table.cost.mean(axis=0).astype(np.float32), embeddings=embeddings, quality=quality, k=k,
-        linear=linear, link="logistic" if probe == "logistic" else "identity", use_knn=learner.startswith("knn"),
+        linear=linear, link="logistic" if probe == "logistic" else "identity", use_knn=learner.startswith("knn"), lexical=lexical,
     )
+
+
+def texts_of(prompts: list[str]) -> list[str]:
+    """What the router reads of each prompt (the same function the server calls)."""
+    return [routing_text(p) for p in prompts]
+
+
+def predict(router: LearnedRouter, prompts: list[str], embeddings: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The router's predictions for a table's prompts (the word view too, when it has one)."""
+    return router.predict(embeddings, texts_of(prompts) if router.lexical is not None else None)
 
 
 def cross_validate(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int | None, folds: int, learner: str = DEFAULT_LEARNER, seed: int = 0) -> tuple[LearnedRouter, npt.NDArray[np.float32]]:
@@ -96,5 +110,5 @@ def cross_validate(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: 
         test = order[fold::folds]
         train = np.setdiff1d(order, test)
         router = fit(table.subset(train), embeddings[train], k, learner)
-        predicted[test] = router.predict(embeddings[test])
+        predicted[test] = predict(router, [table.prompts[i] for i in test], embeddings[test])
     return fit(table, embeddings, k, learner), predicted
