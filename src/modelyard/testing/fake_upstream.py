@@ -5,7 +5,7 @@ headers, so one server can script many cases:
 
 - ``x-fake-latency-ms``: delay before the first byte
 - ``x-fake-tokens``: tokens in the completion
-- ``x-fake-status``: answer with this HTTP error status instead (e.g. 429, 500)
+- ``x-fake-status``: answer with this HTTP error status instead (e.g. 429, 500), embeddings too
 - ``x-fake-fail-after``: stream this many tokens, then drop the connection
 - ``x-fake-retry-after``: ``Retry-After`` value sent with a 429 (``none``: no header)
 - ``x-fake-error-code``: the ``code`` in a scripted error body (e.g. ``context_length_exceeded``)
@@ -94,6 +94,8 @@ def create_fake_app(script: FakeScript) -> Starlette:
 
     async def embeddings(request: Request) -> Response:
         body = orjson.loads(await request.body())
+        if status := int(_setting(request, "x-fake-status", 0)):
+            return _json({"error": {"message": "scripted failure", "type": "server_error", "param": None, "code": None}}, status)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         data = [{"object": "embedding", "index": i, "embedding": [float(len(t) % 7), 1.0, 0.5]} for i, t in enumerate(inputs)]
         n = sum(len(t.split()) for t in inputs)

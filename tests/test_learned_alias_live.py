@@ -1,0 +1,92 @@
+"""A learned alias in a live server: real HTTP to an embedding model and chat models (the fake upstream).
+
+The fake upstream embeds a text as (len % 7, 1, 0.5); the router file built
+here says the cheap model answers prompts whose length is 0-2 mod 7 and
+fails those at 4-6. A second alias's embedding model always fails: the
+request must still be answered, routed by rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from modelyard.pipeline import router_file
+from modelyard.routing.learned import LearnedRouter
+
+from .conftest import LiveServer, start_modelyard, write_config
+
+CONFIG = """
+models:
+  cheap:
+    kind: chat
+    deployments: [{{backend: openai, base_url: '{url}/v1', price: {{replica_hour: 1.0}}}}]
+  strong:
+    kind: chat
+    deployments: [{{backend: openai, base_url: '{url}/v1', price: {{replica_hour: 10.0}}}}]
+  embedder:
+    kind: embedding
+    deployments: [{{backend: openai, base_url: '{url}/v1'}}]
+  broken-embedder:
+    kind: embedding
+    retry: {{max_attempts: 1}}
+    deployments: [{{backend: openai, base_url: '{url}/v1', headers: {{x-fake-status: '500'}}}}]
+aliases:
+  smart:
+    targets: [cheap, strong]
+    strategy: learned
+    embedding_model: embedder
+    router_file: '{router}'
+    quality_target: 0.9
+  smart-degraded:
+    targets: [cheap, strong]
+    strategy: learned
+    embedding_model: broken-embedder
+    router_file: '{router}'
+"""
+
+
+def fake_vector(length: int) -> np.ndarray:
+    v = np.array([length % 7, 1.0, 0.5], dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, fake_upstream: LiveServer) -> Iterator[LiveServer]:
+    tmp = tmp_path_factory.mktemp("learned")
+    lengths = [n for n in range(7, 70) if n % 7 != 3]
+    embeddings = np.stack([fake_vector(n) for n in lengths])
+    quality = np.array([[1.0, 1.0] if n % 7 <= 2 else [0.0, 1.0] for n in lengths], dtype=np.float32)
+    router = LearnedRouter(("cheap", "strong"), np.array([1.0, 10.0], dtype=np.float32), embeddings, quality, k=4, prior_weight=0.0)
+    router_file.save(router, tmp / "router.npz", {"target": 0.9})
+    live = start_modelyard(tmp, write_config(tmp / "fleet.yaml", CONFIG.format(url=fake_upstream.url, router=tmp / "router.npz")))
+    yield live
+    live.stop()
+
+
+def ask(server: LiveServer, alias: str, prompt: str, **headers: str) -> httpx.Response:
+    body = {"model": alias, "messages": [{"role": "user", "content": prompt}], "max_tokens": 3}
+    return httpx.post(server.url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
+
+
+def route(response: httpx.Response) -> list[str]:
+    return response.headers["x-modelyard-route"].split("; ")
+
+
+def test_the_embedding_decides(server: LiveServer) -> None:
+    easy, hard = ask(server, "smart", "x" * 14), ask(server, "smart", "x" * 13)  # 14 % 7 = 0, 13 % 7 = 6
+    assert easy.status_code == hard.status_code == 200
+    assert (easy.json()["model"], hard.json()["model"]) == ("cheap", "strong")
+    assert route(easy) == ["learned:target=0.9", "predicted_quality=1.000", "model=cheap"]
+    assert route(hard) == ["learned:target=0.9", "predicted_quality=1.000", "model=strong"]
+    cheapest = ask(server, "smart", "x" * 13, **{"x-modelyard-quality": "0"})
+    assert cheapest.json()["model"] == "cheap" and route(cheapest)[:2] == ["learned:target=0", "predicted_quality=0.000"]
+
+
+def test_a_failing_embedding_model_degrades_to_rules(server: LiveServer) -> None:
+    response = ask(server, "smart-degraded", "x" * 13)
+    assert response.status_code == 200
+    assert route(response) == ["rule:short-chat", "model=cheap"]  # no vector: the built-in rule, not an error
