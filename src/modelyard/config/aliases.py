@@ -67,12 +67,8 @@ def _alias(r: Reader, name: str, targets: tuple[str, ...], by_name: Mapping[str,
 
 
 def _parse_rules(r: Reader, targets: tuple[str, ...]) -> tuple[RouteRule, ...]:
-    raw = r.get("rules") or []
-    if not isinstance(raw, list):
-        raise r.fail("rules", "expected a list of rules")
     rules = []
-    for i, body in enumerate(raw):
-        v = Reader(r.source, f"{r.at('rules')}[{i}]", body)
+    for i, v in enumerate(r.each("rules", "rules")):
         rule = RouteRule(
             model=_target(v, targets),
             name=str(v.get("name", "") or f"rule{i}"),
@@ -116,12 +112,8 @@ def _optional_bool(v: Reader, key: str) -> bool | None:
 
 
 def _parse_validators(r: Reader) -> tuple[ValidatorConfig, ...]:
-    raw = r.get("validators") or []
-    if not isinstance(raw, list):
-        raise r.fail("validators", "expected a list of validators")
     validators = []
-    for i, body in enumerate(raw):
-        v = Reader(r.source, f"{r.at('validators')}[{i}]", body)
+    for v in r.each("validators", "validators"):
         kind = v.choice("type", VALIDATOR_KINDS, "")
         if kind == "regex":
             pattern = v.string("pattern")

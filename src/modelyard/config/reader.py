@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Mapping
 
 
@@ -81,6 +82,14 @@ class Reader:
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise self.fail(key, f"expected a list of names, got {show(value)}")
         return tuple(value)
+
+    def each(self, key: str, what: str) -> Iterator[Reader]:
+        """A reader for every mapping in the list at ``key`` (absent: none)."""
+        raw = self.get(key) or []
+        if not isinstance(raw, list):
+            raise self.fail(key, f"expected a list of {what}")
+        for i, body in enumerate(raw):
+            yield Reader(self.source, f"{self.at(key)}[{i}]", body)
 
     def child(self, key: str) -> Reader:
         return Reader(self.source, self.at(key), self.get(key, {}) or {})
