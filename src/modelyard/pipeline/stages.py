@@ -57,39 +57,43 @@ def classify(config: FleetConfig) -> Stage:
 def _timeout(header: str | None, cap: float) -> float:
     if header is None:
         return cap
-    try:
-        value = float(header)
-    except ValueError:
-        value = -1.0
+    value = _number(header)
     if not value > 0:
         raise InvalidRequest(f"{TIMEOUT_HEADER} must be a positive number of seconds", param=TIMEOUT_HEADER)
     return min(value, cap)
 
 
 def _features(request: Request) -> PromptFeatures:
-    who = {"headers": request.headers, "tenant": request.tenant, "key_id": request.policy.key_id if request.policy else ""}
-    call = request.call
-    if call is None:
-        return PromptFeatures(text="", **who)  # type: ignore[arg-type]
-    parts = [call.prompt] if call.prompt else []
-    for message in call.messages:
-        content = message.get("content")
-        if isinstance(content, str) and message.get("role") in ("user", None):
-            parts.append(content)
-    fmt = (call.response_format or {}).get("type")
+    """What the router sees: the user's text, what the call asks for, and who asks."""
+    text, wants_json, wants_tools = _asked(request.call)
     return PromptFeatures(
-        text="\n".join(parts), wants_json=fmt in ("json_object", "json_schema"), wants_tools=bool(call.tools),
-        quality_target=_quality(request.headers.get(QUALITY_HEADER)), **who,  # type: ignore[arg-type]
+        text=text, wants_json=wants_json, wants_tools=wants_tools, headers=request.headers, tenant=request.tenant,
+        key_id=request.policy.key_id if request.policy else "", quality_target=_quality(request.headers.get(QUALITY_HEADER)),
     )
+
+
+def _asked(call: ModelCall | None) -> tuple[str, bool, bool]:
+    """The prompt and the user turns, whether JSON output is asked for, whether tools are offered."""
+    if call is None:
+        return "", False, False
+    parts = [call.prompt] if call.prompt else []
+    parts += [m["content"] for m in call.messages if isinstance(m.get("content"), str) and m.get("role") in ("user", None)]
+    fmt = (call.response_format or {}).get("type")
+    return "\n".join(parts), fmt in ("json_object", "json_schema"), bool(call.tools)
+
+
+def _number(header: str) -> float:
+    """The header's number; -1 when it is not one (every caller rejects -1)."""
+    try:
+        return float(header)
+    except ValueError:
+        return -1.0
 
 
 def _quality(header: str | None) -> float | None:
     if header is None:
         return None
-    try:
-        value = float(header)
-    except ValueError:
-        value = -1.0
+    value = _number(header)
     if not 0.0 <= value <= 1.0:
         raise InvalidRequest(f"{QUALITY_HEADER} must be a number from 0 (cheapest) to 1 (best predicted quality)", param=QUALITY_HEADER)
     return value
