@@ -22,7 +22,7 @@ from modelyard.pipeline.quality import quality
 from modelyard.pipeline.route_inputs import RouteInputs, load_learned
 from modelyard.pipeline.types import WORKLOAD_CLASSES, Handler, Lifecycle, Request, Response, Stage
 from modelyard.protocol import ModelCall
-from modelyard.routing.router import AliasAssets, PromptFeatures, resolve_model
+from modelyard.routing.router import AliasAssets, PromptFeatures, match_rule, resolve_model
 
 CLASS_HEADER = "x-modelyard-class"
 SESSION_HEADER = "x-modelyard-session"
@@ -102,8 +102,8 @@ def _quality(header: str | None) -> float | None:
 async def _alias_inputs(inputs: RouteInputs, config: FleetConfig, request: Request, features: PromptFeatures) -> tuple[PromptFeatures, dict[str, AliasAssets]]:
     """For an alias that compares embeddings: the prompt's vector and the alias's assets."""
     alias = config.alias(request.model)
-    if alias is None or not inputs.needs_embedding(alias) or not features.text:
-        return features, {}
+    if alias is None or not inputs.needs_embedding(alias) or not features.text or match_rule(alias.rules, features):
+        return features, {}  # a rule decides without a vector: no embedding call
     assets = await inputs.assets(alias, request)
     vector = await inputs.embed_prompt(alias, features.text, request)
     if vector is not None:
