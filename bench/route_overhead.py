@@ -60,7 +60,8 @@ def main() -> int:
                     prompt = PROMPTS[i % len(PROMPTS)]
                     pair = [("smollm2-135m", {}, direct), ("auto", {"x-modelyard-quality": "0"}, routed)]
                     for model, headers, sink in pair if i % 2 else reversed(pair):
-                        ms, served_by = timed(http, url, model, f"Request {i} via {model}.\n{prompt}", headers)
+                        tag = "a" if model == "auto" else "d"  # same length on both paths: same prompt work
+                        ms, served_by = timed(http, url, model, f"Request {i}{tag}.\n{prompt}", headers)
                         sink.append(ms)
                         if model == "auto":
                             served.add(served_by)
