@@ -65,3 +65,8 @@ def test_a_router_for_other_models_is_refused_before_startup(tmp_path: Path) -> 
         load_learned(load_config(fleet))
     result = subprocess.run([sys.executable, "-m", "modelyard.cli", "check", "--config", str(fleet)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "trained for cheap, strong" in result.stderr and "Traceback" not in result.stderr
+    # serve reads the file once, before any model loads: one line and exit 3, in seconds.
+    serve = [sys.executable, "-m", "modelyard.cli", "serve", "--config", str(fleet), "--port", "0", "--data-dir", str(tmp_path / "data")]
+    result = subprocess.run(serve, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3 and "cannot start: aliases.auto.router_file: trained for cheap, strong" in result.stderr
+    assert "Traceback" not in result.stderr and "starting" not in result.stderr

@@ -36,7 +36,6 @@ def _check_backends(config: FleetConfig) -> None:
             except KeyError as exc:
                 raise ConfigError(config.source, f"models.{model.name}.deployments[{i}].backend", str(exc.args[0])) from None
             factory(d, model, context)
-    _check_routers(config)
 
 
 def _check_routers(config: FleetConfig) -> None:
@@ -74,6 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     _check_backends(config)
+    _check_routers(config)
     deployments = sum(len(m.deployments) for m in config.models)
     print(f"{config.source}: OK ({len(config.models)} models, {len(config.aliases)} aliases, {deployments} deployments)")
     return 0

@@ -18,6 +18,7 @@ from modelyard.economics.budget import BudgetBook
 from modelyard.fleet import artifacts
 from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.fleet import FleetRuntime
+from modelyard.pipeline.route_inputs import RouterFileError, load_learned
 from modelyard.pipeline.stages import build_pipeline
 from modelyard.store.accounts import Accounts
 from modelyard.store.ledger import LedgerWriter, ledger_sink
@@ -60,6 +61,11 @@ async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path,
             log.error("cannot start: without %s modelyard only listens on loopback (asked for %s)", MASTER_KEY_ENV, host)
             return 2
         log.warning("%s is not set: running open (no API keys) on %s only", MASTER_KEY_ENV, host)
+    try:
+        learned = load_learned(config)  # read before the models load: a bad router file fails in a second
+    except RouterFileError as exc:
+        log.error("cannot start: %s", exc)
+        return 3
     fleet = FleetRuntime(config, data_dir)
     log.info("starting %d deployment(s) from %s", len(fleet.deployments), config.source)
     try:
@@ -75,7 +81,7 @@ async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path,
     book = BudgetBook()
     keyring = Keyring(Accounts(store), master_key, book, ledger.sink.spend_by_owner)
     await keyring.start()
-    app = create_app(build_pipeline(dispatcher, config, book), fleet, dispatcher, config, store, ledger, keyring)
+    app = create_app(build_pipeline(dispatcher, config, learned, book), fleet, dispatcher, config, store, ledger, keyring)
     app.state.batches.start()  # resumes any job a previous run left unfinished
     uv_config = uvicorn.Config(
         app,

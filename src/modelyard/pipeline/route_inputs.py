@@ -52,8 +52,7 @@ def load_learned(config: FleetConfig) -> dict[str, LearnedRouter]:
 class RouteInputs:
     """Per-alias assets for :func:`modelyard.routing.router.resolve_model`, and the prompt embedding."""
 
-    def __init__(self, config: FleetConfig, dispatcher: Dispatcher, learned: dict[str, LearnedRouter]) -> None:
-        self.config = config
+    def __init__(self, dispatcher: Dispatcher, learned: dict[str, LearnedRouter]) -> None:
         self.dispatcher = dispatcher
         self.learned = learned
         self.intents: dict[str, IntentIndex] = {}

@@ -19,9 +19,10 @@ from modelyard.pipeline.costing import PriceCatalog
 from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.limits import limits
 from modelyard.pipeline.quality import quality
-from modelyard.pipeline.route_inputs import RouteInputs, load_learned
+from modelyard.pipeline.route_inputs import RouteInputs
 from modelyard.pipeline.types import WORKLOAD_CLASSES, Handler, Lifecycle, Request, Response, Stage
 from modelyard.protocol import ModelCall
+from modelyard.routing.learned import LearnedRouter
 from modelyard.routing.router import AliasAssets, PromptFeatures, match_rule, resolve_model
 
 CLASS_HEADER = "x-modelyard-class"
@@ -168,10 +169,12 @@ def _nth_choice(call: ModelCall, index: int) -> ModelCall:
     return dataclasses.replace(call, sampling=dataclasses.replace(call.sampling, seed=call.sampling.seed + index))
 
 
-def build_pipeline(dispatcher: Dispatcher, config: FleetConfig, book: BudgetBook | None = None, extra: list[Stage] | None = None) -> Handler:
-    """Compose the stages, outermost first, around the backend call."""
+def build_pipeline(
+    dispatcher: Dispatcher, config: FleetConfig, learned: dict[str, LearnedRouter], book: BudgetBook | None = None, extra: list[Stage] | None = None,
+) -> Handler:
+    """Compose the stages, outermost first, around the backend call (``learned``: :func:`load_learned`'s routers)."""
     spend = [budget(book, PriceCatalog(config))] if book is not None else []
-    inputs = RouteInputs(config, dispatcher, load_learned(config))
+    inputs = RouteInputs(dispatcher, learned)
     stages: list[Stage] = [classify(config), limits(RateLimiter()), *(extra or []), route(config, inputs), *spend, quality(config)]
     handler = call_backend(dispatcher)
     for stage in reversed(stages):

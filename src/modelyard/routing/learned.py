@@ -13,6 +13,7 @@ or the model maximising ``quality - lam * cost``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -47,14 +48,14 @@ class LearnedRouter:
     @staticmethod
     def fit_linear(embeddings: Array, quality: Array, alpha: float = 10.0) -> Array:
         """Ridge regression of each model's outcome on the embedding (a closed form, no iterations)."""
-        x = np.hstack([embeddings, np.ones((len(embeddings), 1), dtype=np.float32)]).astype(np.float64)
+        x = _with_bias(embeddings)
         weights = np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ quality.astype(np.float64))
         return weights.astype(np.float32)
 
     @staticmethod
     def fit_logistic(embeddings: Array, quality: Array, alpha: float = 3.0, iterations: int = 25) -> Array:
         """L2-regularised logistic regression of each model's outcome (0..1, soft labels allowed), by Newton's method."""
-        x = np.hstack([embeddings, np.ones((len(embeddings), 1), dtype=np.float32)]).astype(np.float64)
+        x = _with_bias(embeddings)
         penalty = alpha * np.eye(x.shape[1])
         penalty[-1, -1] = 0.0  # the bias is not shrunk
         weights = np.zeros((x.shape[1], quality.shape[1]))
@@ -72,7 +73,7 @@ class LearnedRouter:
             weights[:, j] = w
         return weights.astype(np.float32)
 
-    @property
+    @cached_property
     def base_rates(self) -> Array:
         return self.quality.mean(axis=0).astype(np.float32)
 
@@ -127,3 +128,8 @@ class LearnedRouter:
         else:
             index, reason = int(self.choose_by_lambda(predicted[None, :], lam or 0.0)[0]), f"learned:lambda={lam or 0.0:g}"
         return RouteChoice(self.models[index], float(predicted[index]), reason)
+
+
+def _with_bias(embeddings: Array) -> npt.NDArray[np.float64]:
+    """The design matrix: the embedding and a constant column (the bias is the last weight)."""
+    return np.hstack([embeddings, np.ones((len(embeddings), 1), dtype=np.float32)]).astype(np.float64)
