@@ -66,3 +66,20 @@ def test_linear_probe_learns_a_separable_split() -> None:
     gap_blended = blended.predict(emb)[:, 0]
     assert gap_blended[cheap_ok == 1].mean() - gap_blended[cheap_ok == 0].mean() > 0.5
     assert not np.allclose(gap_blended, plain.predict(emb)[:, 0])  # the probe takes part
+
+
+def test_the_sweep_spans_the_cost_range_even_when_the_cheap_model_looks_much_worse() -> None:
+    # The AIQ is taken from the cheapest single model's cost; a sweep that never sends
+    # everything to the cheap model would score zero over the start of that range.
+    from modelyard.training.datasets import OutcomeTable
+    from modelyard.training.evaluate import report
+
+    quality = np.array([[0.0, 1.0], [1.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
+    cost = np.array([[0.95, 1.0]] * 4)  # close in price: only a high price on cost sends everything to the cheap one
+    table = OutcomeTable(["a", "b", "c", "d"], ("cheap", "strong"), quality, cost, "hand-built")
+    router = LearnedRouter(models=table.models, costs=np.array([0.95, 1.0], dtype=np.float32),
+                           embeddings=np.eye(4, dtype=np.float32), quality=quality.astype(np.float32))
+    predicted = np.array([[0.05, 0.95]] * 4, dtype=np.float32)  # the strong model looks 0.9 better everywhere
+    result = report(table, router, predicted, target=0.9)
+    costs = [point["cost"] for point in result["sweep"]]
+    assert min(costs) == pytest.approx(0.95) and max(costs) == pytest.approx(1.0)

@@ -13,7 +13,9 @@ from modelyard.training.datasets import OutcomeTable
 from modelyard.training.lexical_fit import fit_lexical
 from modelyard.training.metrics import aiq, apgr, cpt, oracle_choice, outcome, pgr_curve
 
-LAMBDAS = [0.0] + list(np.geomspace(1e-4, 10.0, 60))
+# Willingness to pay, from "quality only" (0) to "cost only": at 1e3 every prompt goes to the
+# cheapest model, so the sweep spans the whole cost range the AIQ is taken over.
+LAMBDAS = [0.0] + list(np.geomspace(1e-4, 1e3, 300))
 TARGETS = list(np.linspace(0.5, 1.0, 26))
 
 
