@@ -90,3 +90,24 @@ def test_a_failing_embedding_model_degrades_to_rules(server: LiveServer) -> None
     response = ask(server, "smart-degraded", "x" * 13)
     assert response.status_code == 200
     assert route(response) == ["rule:short-chat", "model=cheap"]  # no vector: the built-in rule, not an error
+
+
+def test_metrics_count_routes_by_how_they_were_chosen(server: LiveServer) -> None:
+    def scrape() -> str:
+        return httpx.get(server.url + "/metrics").text
+
+    def count(text: str, labels: str) -> float:
+        line = next((row for row in text.splitlines() if row.startswith(f"modelyard_routed_requests_total{{{labels}}}")), None)
+        return 0.0 if line is None else float(line.rsplit(" ", 1)[1])
+
+    learned = 'alias="smart",model="cheap",route="learned"'
+    degraded = 'alias="smart-degraded",model="cheap",route="rule:short-chat"'
+    before = scrape()
+    assert ask(server, "smart", "x" * 21).json()["model"] == "cheap"  # 21 % 7 = 0
+    assert ask(server, "smart-degraded", "x" * 13).status_code == 200
+    assert ask(server, "cheap", "x" * 13).status_code == 200  # a named model is not routed
+    after = scrape()
+    assert count(after, learned) == count(before, learned) + 1
+    assert count(after, degraded) == count(before, degraded) + 1
+    assert 'modelyard_routed_requests_total{alias="cheap"' not in after
+    assert 'modelyard_route_predicted_quality_bucket{alias="smart",le="1.0",model="cheap"}' in after

@@ -11,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+QUALITY_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 FleetSnapshot = Callable[[], dict[str, Any]]
@@ -67,6 +68,9 @@ class Metrics:
         self.attempts = Counter("modelyard_attempts", "backend attempts (retries and failovers included)", ["model"], registry=self.registry)
         self.ttft = Histogram("modelyard_time_to_first_token_seconds", "time to first token", ["model", "workload"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.cost = Counter("modelyard_cost_usd", "cost of requests in US dollars", ["model", "tenant"], registry=self.registry)
+        self.routed = Counter("modelyard_routed_requests", "alias requests by the model that answered and how it was chosen", ["alias", "model", "route"], registry=self.registry)
+        self.predicted = Histogram("modelyard_route_predicted_quality", "the learned router's predicted chance of a good answer for the model it chose",
+                                   ["alias", "model"], buckets=QUALITY_BUCKETS, registry=self.registry)
         self.registry.register(FleetCollector(snapshot))
 
     def observe(self, state: dict[str, Any], status: int, seconds: float) -> None:
@@ -89,6 +93,15 @@ class Metrics:
             self.ttft.labels(model, workload).observe(first)
         if state.get("cost_usd"):
             self.cost.labels(model, getattr(request, "tenant", "")).inc(state["cost_usd"])
+        self._observe_route(request, model)
+
+    def _observe_route(self, request: Any, model: str) -> None:
+        kind = getattr(request, "route_kind", "")
+        if not kind:
+            return  # a model was named: nothing was routed
+        self.routed.labels(request.model, model, kind).inc()
+        if request.predicted_quality is not None:
+            self.predicted.labels(request.model, model).observe(request.predicted_quality)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

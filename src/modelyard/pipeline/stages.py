@@ -129,6 +129,8 @@ def route(config: FleetConfig, inputs: RouteInputs) -> Stage:
                 raise InvalidRequest(f"model '{model.name}' has no chat template; use /v1/completions", param="model")
             request.served_model = model.name
             request.route_reason = decision.describe()
+            request.route_kind = "" if decision.kind == "requested" else decision.kind
+            request.predicted_quality = decision.predicted_quality
             request.plan = [model.name, *model.fallbacks]
             request.escalations = list(decision.escalations)
             request.state = Lifecycle.ROUTED

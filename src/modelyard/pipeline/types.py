@@ -71,6 +71,8 @@ class Request:
     served_model: str | None = None
     deployment: str | None = None
     route_reason: str = ""
+    route_kind: str = ""  # how an alias chose the model (RouteDecision.kind); empty when a model was named
+    predicted_quality: float | None = None  # the learned router's prediction for the chosen model
     plan: list[str] = field(default_factory=list)  # the served model, then its fallbacks
     escalations: list[str] = field(default_factory=list)  # cascade targets not yet tried
     deadline: float = float("inf")  # time.monotonic() by which the request must be answered

@@ -54,6 +54,12 @@ class RouteDecision:
     reason: str
     escalations: tuple[str, ...] = ()  # cascade: the models to try next if this one's answer fails its checks
     predicted_quality: float | None = None  # learned: the chosen model's predicted chance of a good answer
+    label: str = ""  # a bounded name for metrics when the reason carries numbers (intent similarity, learned target)
+
+    @property
+    def kind(self) -> str:
+        """How the model was chosen, without per-request numbers: ``requested``, ``rule:<name>``, ``intent:<name>``, ``cascade``, ``learned``."""
+        return self.label or self.reason
 
     def describe(self) -> str:
         """The reason, with the prediction when there is one (the API adds the model that finally answered)."""
@@ -75,7 +81,8 @@ def resolve_model(requested: str, fleet: FleetConfig, features: PromptFeatures, 
     if found.intents is not None and features.embedding is not None:
         match = found.intents.match(features.embedding)
         if match is not None:
-            return RouteDecision(match.intent.model, f"intent:{match.intent.name}:similarity={match.similarity:.2f}")
+            reason = f"intent:{match.intent.name}:similarity={match.similarity:.2f}"
+            return RouteDecision(match.intent.model, reason, label=f"intent:{match.intent.name}")
     if alias.strategy == "cascade":
         return RouteDecision(alias.targets[0], "cascade", alias.targets[1:])
     if alias.strategy == "learned" and found.learned is not None and features.embedding is not None:
@@ -115,7 +122,7 @@ def choose_by_prediction(alias: AliasConfig, router: LearnedRouter, features: Pr
     else:
         target = alias.quality_target if features.quality_target is None else features.quality_target
         choice = router.route(features.embedding, target=target, prompt=features.text)
-    return RouteDecision(choice.model, choice.reason, predicted_quality=choice.predicted_quality)
+    return RouteDecision(choice.model, choice.reason, predicted_quality=choice.predicted_quality, label="learned")
 
 
 def choose_by_rule(alias: AliasConfig, features: PromptFeatures) -> RouteDecision:
