@@ -178,11 +178,52 @@ def test_wrong_model_kind_is_400(client: openai.OpenAI) -> None:
         client.chat.completions.create(model="minilm-l6", messages=[{"role": "user", "content": "x"}])
 
 
-def test_tools_on_llamacpp_is_a_clear_400(client: openai.OpenAI) -> None:
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}]
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {"name": "get_weather", "description": "Current weather in a city",
+                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},
+}
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris right now?"}]
+
+
+def test_tools_on_a_model_whose_template_has_none_is_a_clear_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": "x"}], tools=tools)  # type: ignore[arg-type]
+        client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": "x"}], tools=[WEATHER_TOOL])  # type: ignore[list-item]
     assert info.value.body["param"] == "tools"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="qwen2.5-0.5b", messages=ASK_WEATHER, tools=[WEATHER_TOOL],  # type: ignore[list-item]
+                                       response_format={"type": "json_object"})
+    assert info.value.body["param"] == "response_format"  # type: ignore[index]
+
+
+def test_a_required_tool_call_on_the_local_model(client: openai.OpenAI) -> None:
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    response = client.chat.completions.create(model="qwen2.5-0.5b", messages=ASK_WEATHER, tools=[WEATHER_TOOL],  # type: ignore[list-item]
+                                              tool_choice=named, max_tokens=60, seed=1)  # type: ignore[arg-type]
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None and choice.message.tool_calls is not None
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_")
+    assert isinstance(json.loads(call.function.arguments)["city"], str)  # the schema held: valid JSON with the required field
+
+    stream = client.chat.completions.create(model="qwen2.5-0.5b", messages=ASK_WEATHER, tools=[WEATHER_TOOL],  # type: ignore[list-item]
+                                            tool_choice="required", max_tokens=60, seed=1, stream=True)
+    deltas = [c.choices[0] for c in stream if c.choices]
+    streamed = [t for d in deltas for t in (d.delta.tool_calls or [])]
+    assert deltas[-1].finish_reason == "tool_calls"
+    assert streamed and streamed[0].function is not None and streamed[0].function.name == "get_weather"
+    assert "city" in json.loads("".join(t.function.arguments or "" for t in streamed if t.function))
+
+
+def test_a_tool_result_goes_back_to_the_local_model(client: openai.OpenAI) -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    messages = [*ASK_WEATHER, {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature_c": 21, "sky": "clear"}'}]
+    response = client.chat.completions.create(model="qwen2.5-0.5b", messages=messages, tools=[WEATHER_TOOL], max_tokens=40, seed=1)  # type: ignore[arg-type, list-item]
+    choice = response.choices[0]
+    assert choice.finish_reason in ("stop", "length", "tool_calls")
+    assert choice.message.content or choice.message.tool_calls  # an answer or another call, never an empty message
 
 
 def test_context_overflow_is_400(client: openai.OpenAI) -> None:
@@ -230,3 +271,10 @@ def test_health_and_readiness(default_server: LiveServer) -> None:
     assert httpx.get(default_server.url + "/readyz").status_code == 200
     fleet = httpx.get(default_server.url + "/admin/fleet").json()
     assert fleet["ready"] and {d["deployment"] for d in fleet["deployments"]} == {"smollm2-135m/0", "qwen2.5-0.5b/0", "minilm-l6/0"}
+
+
+def test_auto_sends_tool_requests_to_the_model_that_takes_tools(client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(model="auto", messages=ASK_WEATHER, tools=[WEATHER_TOOL], max_tokens=60, seed=1)  # type: ignore[list-item]
+    assert raw.headers["x-modelyard-route"] == "rule:tools; model=qwen2.5-0.5b"
+    message = raw.parse().choices[0].message
+    assert message.content or message.tool_calls

@@ -31,6 +31,7 @@ import threading
 import traceback
 from typing import IO, Any, Callable
 
+from modelyard.backends.tool_calls import messages_for_template
 from modelyard.protocol import ModelCall
 
 DEFAULT_TEMPERATURE = 0.8
@@ -139,7 +140,7 @@ class Worker:
             return self.llm.tokenize(call.prompt.encode("utf-8"), add_bos=True, special=False), ()
         if self.formatter is None:
             raise CallRejected("invalid", "this model has no chat template; use /v1/completions")
-        result = self.formatter(messages=list(call.messages), tools=list(call.tools) or None, tool_choice=call.tool_choice)  # type: ignore[arg-type]
+        result = self.formatter(messages=messages_for_template(call.messages), tools=list(call.tools) or None, tool_choice=call.tool_choice)  # type: ignore[arg-type]
         tokens = self.llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
         extra = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])
         return tokens, tuple(extra)

@@ -37,6 +37,7 @@ DEFAULT_FLEET: dict[str, Any] = {
                     "model_file": "builtin:qwen2.5-coder-0.5b",
                     "workers": 1,
                     "n_ctx": 4096,
+                    "tools": True,  # its chat template offers tools (<tool_call> JSON)
                     "price": {"replica_hour": 0.04},
                 }
             ],
