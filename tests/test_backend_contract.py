@@ -100,6 +100,18 @@ async def test_abandoned_stream_frees_capacity(generative: Backend) -> None:
         assert chunks[-1].finish_reason is not None
 
 
+async def test_tools_are_refused_exactly_when_the_capabilities_say_so(generative: Backend) -> None:
+    tool = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+    async with started(generative) as backend:
+        stream = backend.generate(chat_call(max_tokens=3, tools=(tool,)))
+        if backend.capabilities.tools:
+            assert (await drain(stream))[-1].finish_reason is not None
+        else:
+            with pytest.raises(InvalidRequest) as info:
+                await drain(stream)
+            assert info.value.param == "tools"
+
+
 async def test_generative_adapter_rejects_embeddings(generative: Backend) -> None:
     async with started(generative) as backend:
         with pytest.raises(ModelyardError):
