@@ -65,9 +65,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if database_url and not database_url.startswith(("postgresql://", "postgres://")):
         print(f"modelyard: --database-url must be postgresql://..., got {database_url!r}", file=sys.stderr)
         return 2
+    redis_url = args.redis_url or os.environ.get("MODELYARD_REDIS_URL")
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        print(f"modelyard: --redis-url must be redis://..., rediss://... or unix://..., got {redis_url!r}", file=sys.stderr)
+        return 2
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    return server.run(config, host, port, data_dir, args.log_level, database_url)
+    return server.run(config, host, port, data_dir, args.log_level, database_url, redis_url)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -280,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where assembled models and state live (default ~/.cache/modelyard)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--database-url", help="postgresql://... to keep the usage ledger in PostgreSQL (default: SQLite in the data directory)")
+    p.add_argument("--redis-url", help="redis://... to count rate limits in Redis, shared by every replica that names it (default: in this process)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check", help="validate a fleet file without starting anything")

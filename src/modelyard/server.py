@@ -10,6 +10,8 @@ from pathlib import Path
 
 import uvicorn
 import uvloop
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from modelyard.api.app import create_app
 from modelyard.api.auth import Keyring
@@ -18,10 +20,12 @@ from modelyard.economics.budget import BudgetBook
 from modelyard.fleet import artifacts
 from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.fleet import FleetRuntime
+from modelyard.pipeline.limits import SharedLimiter
 from modelyard.pipeline.route_inputs import RouterFileError, load_learned
 from modelyard.pipeline.stages import build_pipeline
 from modelyard.store.accounts import Accounts
 from modelyard.store.ledger import LedgerWriter, ledger_sink
+from modelyard.store.redis_limits import RedisWindows, SharedStateUnavailable
 from modelyard.store.sqlite import Store
 
 log = logging.getLogger("modelyard")
@@ -48,7 +52,9 @@ def configure_logging(level: str) -> None:
     access.setLevel(logging.INFO)
 
 
-async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path, log_level: str = "info", database_url: str | None = None) -> int:
+async def serve_fleet(
+    config: FleetConfig, host: str, port: int, data_dir: Path, log_level: str = "info", database_url: str | None = None, redis_url: str | None = None,
+) -> int:
     """Start the fleet, serve until SIGINT/SIGTERM, then stop the fleet.
 
     The fleet starts before the port opens, so a startup failure is one clear
@@ -63,9 +69,11 @@ async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path,
         log.warning("%s is not set: running open (no API keys) on %s only", MASTER_KEY_ENV, host)
     try:
         learned = load_learned(config)  # read before the models load: a bad router file fails in a second
-    except RouterFileError as exc:
+        shared = await connect_redis(redis_url) if redis_url else None
+    except (RouterFileError, SharedStateUnavailable) as exc:
         log.error("cannot start: %s", exc)
         return 3
+    limiter = SharedLimiter(RedisWindows(shared)) if shared is not None else None
     fleet = FleetRuntime(config, data_dir)
     log.info("starting %d deployment(s) from %s", len(fleet.deployments), config.source)
     try:
@@ -81,7 +89,7 @@ async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path,
     book = BudgetBook()
     keyring = Keyring(Accounts(store), master_key, book, ledger.sink.spend_by_owner)
     await keyring.start()
-    app = create_app(build_pipeline(dispatcher, config, learned, book), fleet, dispatcher, config, store, ledger, keyring)
+    app = create_app(build_pipeline(dispatcher, config, learned, book, limiter=limiter), fleet, dispatcher, config, store, ledger, keyring)
     app.state.batches.start()  # resumes any job a previous run left unfinished
     uv_config = uvicorn.Config(
         app,
@@ -109,14 +117,27 @@ async def serve_fleet(config: FleetConfig, host: str, port: int, data_dir: Path,
         await fleet.aclose()
         await ledger.aclose()  # after the last request: every row is written
         await keyring.aclose()
+        if shared is not None:
+            await shared.aclose()
         store.close()
     return 0 if server.started else 3
+
+
+async def connect_redis(url: str) -> Redis:
+    """A client for the Redis that replicas share, checked with a PING (so a wrong URL fails at startup)."""
+    client = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        raise SharedStateUnavailable(f"Redis at {url} cannot be reached ({exc})") from None
+    return client
 
 
 def _ignore_signal(signum: int, frame: object) -> None:
     log.debug("signal %d during shutdown ignored", signum)
 
 
-def run(config: FleetConfig, host: str, port: int, data_dir: Path, log_level: str = "info", database_url: str | None = None) -> int:
+def run(config: FleetConfig, host: str, port: int, data_dir: Path, log_level: str = "info", database_url: str | None = None, redis_url: str | None = None) -> int:
     """Blocking entry point used by ``modelyard serve``."""
-    return uvloop.run(serve_fleet(config, host, port, data_dir, log_level, database_url))
+    return uvloop.run(serve_fleet(config, host, port, data_dir, log_level, database_url, redis_url))

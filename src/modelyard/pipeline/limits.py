@@ -1,13 +1,93 @@
-"""The key's policy at work: allowed models, the class a header may claim, and rate limits."""
+"""The key's policy at work: allowed models, the class a header may claim, and rate limits.
+
+Limits are counted in this process (:class:`LocalLimiter`) or in Redis, shared
+by every replica that names the same one (:class:`SharedLimiter`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import Callable
+from typing import Protocol
 
 from modelyard.economics.ratelimit import LimitState, RateLimiter
 from modelyard.errors import PermissionDenied, RateLimited
 from modelyard.pipeline.types import Handler, Request, Response, Stage
 from modelyard.scheduling.scheduler import CLASS_RANK
+from modelyard.store.redis_limits import RedisWindows, SharedStateUnavailable, Taken, Window
+
+log = logging.getLogger("modelyard.limits")
+
+Scope = tuple[str, int | None, int | None]  # (name, requests per minute, tokens per minute)
+Settle = Callable[[int], None]  # called once with the request's actual token count
+Admission = tuple[Settle | None, float, dict[str, LimitState]]  # (None when refused, retry-after s, states)
+
+
+class Limiter(Protocol):
+    async def check(self, scopes: list[Scope], tokens: int) -> Admission:
+        """Admit a request estimated at ``tokens`` against every scope's limits, or refuse it."""
+        ...
+
+
+class LocalLimiter:
+    """Limits counted in this process."""
+
+    def __init__(self, limiter: RateLimiter | None = None) -> None:
+        self.limiter = limiter or RateLimiter()
+
+    async def check(self, scopes: list[Scope], tokens: int) -> Admission:
+        reservation, retry_after, states = self.limiter.check(scopes, tokens, time.monotonic())
+        if reservation is None:
+            return None, retry_after, states
+        return (lambda actual: self.limiter.settle(reservation, actual)), 0.0, states
+
+
+class SharedLimiter:
+    """Limits counted in Redis. When Redis cannot be reached, requests are let through
+    (and a warning logged at most once a minute): a limiter outage must not become an API outage."""
+
+    def __init__(self, windows: RedisWindows) -> None:
+        self.windows = windows
+        self.settling: set[asyncio.Task[None]] = set()
+        self._warned_at = -float("inf")
+
+    async def check(self, scopes: list[Scope], tokens: int) -> Admission:
+        windows = [Window(name, kind, limit, amount)
+                   for name, rpm, tpm in scopes
+                   for kind, limit, amount in (("requests", rpm, 1), ("tokens", tpm, tokens)) if limit is not None]
+        if not windows:
+            return (lambda actual: None), 0.0, {}
+        try:
+            checked = await self.windows.check(windows)
+        except SharedStateUnavailable as exc:
+            self._warn(exc)
+            return (lambda actual: None), 0.0, {}
+        states = {}
+        for w, (remaining, reset_s) in zip(windows, checked.states, strict=True):
+            left = remaining - (w.amount if checked.taken is not None else 0)
+            states[f"{w.kind}:{w.scope}"] = LimitState(w.limit, max(0, int(left)), reset_s)
+        if checked.taken is None:
+            return None, checked.retry_after_s, states
+        taken = checked.taken
+        return (lambda actual: self._settle(taken, actual)), 0.0, states
+
+    def _settle(self, taken: Taken, actual: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._settle_now(taken, actual))
+        self.settling.add(task)
+        task.add_done_callback(self.settling.discard)
+
+    async def _settle_now(self, taken: Taken, actual: int) -> None:
+        try:
+            await self.windows.settle(taken, actual)
+        except SharedStateUnavailable as exc:
+            self._warn(exc)
+
+    def _warn(self, exc: Exception) -> None:
+        if time.monotonic() - self._warned_at >= 60.0:
+            self._warned_at = time.monotonic()
+            log.warning("rate limits are not enforced: Redis cannot be reached (%s)", exc)
 
 DEFAULT_COMPLETION_ESTIMATE = 256
 
@@ -34,7 +114,7 @@ def headers_of(states: dict[str, LimitState]) -> dict[str, str]:
     return out
 
 
-def limits(limiter: RateLimiter) -> Stage:
+def limits(limiter: Limiter) -> Stage:
     def stage(next_handler: Handler) -> Handler:
         async def handle(request: Request) -> Response:
             policy = request.policy
@@ -45,11 +125,11 @@ def limits(limiter: RateLimiter) -> Stage:
             if policy.max_class and CLASS_RANK.get(request.workload, 9) < CLASS_RANK[policy.max_class]:
                 request.workload = policy.max_class  # a header may not claim more than the key's policy
             scopes = [(f"key:{policy.key_id}", policy.rpm, policy.tpm), (f"tenant:{policy.tenant}", policy.tenant_rpm, policy.tenant_tpm)]
-            reservation, retry_after, states = limiter.check(scopes, estimated_tokens(request), time.monotonic())
+            settle, retry_after, states = await limiter.check(scopes, estimated_tokens(request))
             request.ratelimit = headers_of(states)
-            if reservation is None:
+            if settle is None:
                 raise RateLimited(f"rate limit reached for this key or tenant; try again in {retry_after:.1f}s", retry_after=retry_after)
-            request.finalizers.append(lambda: limiter.settle(reservation, request.usage().total_tokens))
+            request.finalizers.append(lambda: settle(request.usage().total_tokens))
             return await next_handler(request)
 
         return handle

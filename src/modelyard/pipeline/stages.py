@@ -12,12 +12,11 @@ import time
 
 from modelyard.config import FleetConfig
 from modelyard.economics.budget import BudgetBook
-from modelyard.economics.ratelimit import RateLimiter
 from modelyard.errors import InvalidRequest
 from modelyard.pipeline.budget import budget
 from modelyard.pipeline.costing import PriceCatalog
 from modelyard.pipeline.dispatch import Dispatcher
-from modelyard.pipeline.limits import limits
+from modelyard.pipeline.limits import Limiter, LocalLimiter, limits
 from modelyard.pipeline.quality import quality
 from modelyard.pipeline.route_inputs import RouteInputs
 from modelyard.pipeline.types import WORKLOAD_CLASSES, Handler, Lifecycle, Request, Response, Stage
@@ -173,11 +172,13 @@ def _nth_choice(call: ModelCall, index: int) -> ModelCall:
 
 def build_pipeline(
     dispatcher: Dispatcher, config: FleetConfig, learned: dict[str, LearnedRouter], book: BudgetBook | None = None, extra: list[Stage] | None = None,
+    limiter: Limiter | None = None,
 ) -> Handler:
-    """Compose the stages, outermost first, around the backend call (``learned``: :func:`load_learned`'s routers)."""
+    """Compose the stages, outermost first, around the backend call (``learned``: :func:`load_learned`'s routers;
+    ``limiter``: where rate limits are counted, this process by default)."""
     spend = [budget(book, PriceCatalog(config))] if book is not None else []
     inputs = RouteInputs(dispatcher, learned)
-    stages: list[Stage] = [classify(config), limits(RateLimiter()), *(extra or []), route(config, inputs), *spend, quality(config)]
+    stages: list[Stage] = [classify(config), limits(limiter or LocalLimiter()), *(extra or []), route(config, inputs), *spend, quality(config)]
     handler = call_backend(dispatcher)
     for stage in reversed(stages):
         handler = stage(handler)

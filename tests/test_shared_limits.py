@@ -1,0 +1,142 @@
+"""Rate limits in Redis, shared between replicas: the real Redis on 127.0.0.1:6379.
+
+Unit tests drive the windows with two clients (two replicas); the live test
+runs two modelyard servers on one data directory and one Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from modelyard.pipeline.limits import SharedLimiter
+from modelyard.server import connect_redis
+from modelyard.store.redis_limits import RedisWindows, SharedStateUnavailable, Window
+
+from .conftest import LiveServer, free_port, start_modelyard, write_config
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+async def replicas() -> AsyncIterator[tuple[RedisWindows, RedisWindows]]:
+    """Two clients on one Redis, as two replicas would have, under a prefix of their own."""
+    prefix = f"modelyard-test:{uuid.uuid4().hex}"
+    clients = [await connect_redis(REDIS_URL), await connect_redis(REDIS_URL)]
+    yield RedisWindows(clients[0], window_s=1.0, prefix=prefix), RedisWindows(clients[1], window_s=1.0, prefix=prefix)
+    keys = [k async for k in clients[0].scan_iter(f"{prefix}:*")]
+    if keys:
+        await clients[0].delete(*keys)
+    for client in clients:
+        await client.aclose()
+
+
+async def test_two_replicas_never_take_more_than_the_limit_together(replicas: tuple[RedisWindows, RedisWindows]) -> None:
+    a, b = replicas
+    checks = [(a if i % 2 else b).check([Window("key:k1", "requests", 7, 1)]) for i in range(40)]
+    results = await asyncio.gather(*checks)
+    assert sum(r.taken is not None for r in results) == 7
+    refused = next(r for r in results if r.taken is None)
+    assert 0 < refused.retry_after_s <= 1.0
+    assert refused.states[0][0] == 0  # nothing left before this request
+
+
+async def test_tokens_are_reserved_then_settled_to_the_actual_count(replicas: tuple[RedisWindows, RedisWindows]) -> None:
+    a, b = replicas
+    first = await a.check([Window("key:k2", "tokens", 100, 60)])
+    assert first.taken is not None and first.states == ((100.0, 0.0),)
+    assert (await b.check([Window("key:k2", "tokens", 100, 60)])).taken is None  # 60 + 60 > 100
+    await a.settle(first.taken, 10)  # the answer was short
+    second = await b.check([Window("key:k2", "tokens", 100, 60)])
+    assert second.taken is not None and second.states[0][0] == 90.0
+
+
+async def test_every_scope_or_none_is_taken(replicas: tuple[RedisWindows, RedisWindows]) -> None:
+    a, _ = replicas
+    tenant_full = [Window("key:k3", "requests", 10, 1), Window("tenant:t3", "requests", 1, 1)]
+    assert (await a.check(tenant_full)).taken is not None
+    assert (await a.check(tenant_full)).taken is None
+    only_key = await a.check([Window("key:k3", "requests", 10, 1)])
+    assert only_key.states[0][0] == 9  # the refused request took nothing from the key's window
+
+
+async def test_the_window_slides(replicas: tuple[RedisWindows, RedisWindows]) -> None:
+    a, _ = replicas
+    assert (await a.check([Window("key:k4", "requests", 1, 1)])).taken is not None
+    assert (await a.check([Window("key:k4", "requests", 1, 1)])).taken is None
+    await asyncio.sleep(1.1)
+    assert (await a.check([Window("key:k4", "requests", 1, 1)])).taken is not None
+
+
+async def test_an_unreachable_redis_fails_startup_and_lets_requests_through_later(caplog: pytest.LogCaptureFixture) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(SharedStateUnavailable, match="cannot be reached"):
+        await connect_redis(dead)
+    client = Redis.from_url(dead, socket_connect_timeout=0.5)
+    limiter = SharedLimiter(RedisWindows(client))
+    with caplog.at_level(logging.WARNING, "modelyard.limits"):
+        settle, retry_after, states = await limiter.check([("key:k5", 1, None)], 10)
+    assert settle is not None and retry_after == 0.0 and states == {}
+    assert "rate limits are not enforced" in caplog.text
+    await client.aclose()
+
+
+FLEET = """
+models:
+  fake-chat:
+    kind: chat
+    deployments:
+      - {{backend: openai, base_url: '{url}/v1', upstream_model: fake}}
+"""
+MASTER = "sk-master-shared"
+
+
+@pytest.fixture(scope="module")
+def two_replicas(tmp_path_factory: pytest.TempPathFactory, fake_upstream: LiveServer) -> Iterator[tuple[LiveServer, LiveServer, str]]:
+    tmp = tmp_path_factory.mktemp("replicas")
+    config = write_config(tmp / "fleet.yaml", FLEET.format(url=fake_upstream.url))
+    args = ["--data-dir", str(tmp / "data"), "--redis-url", REDIS_URL]
+    env = {"MODELYARD_MASTER_KEY": MASTER}
+    first = start_modelyard(tmp, config, args, env=env)
+    admin = {"Authorization": f"Bearer {MASTER}"}
+    assert httpx.post(first.url + "/admin/tenants", json={"id": "shared"}, headers=admin).status_code == 201
+    key = httpx.post(first.url + "/admin/keys", json={"tenant": "shared", "rpm": 4}, headers=admin).json()["key"]
+    second = start_modelyard(tmp, config, args, env=env)  # reads the key from the same store at startup
+    yield first, second, key
+    first.stop()
+    second.stop()
+
+
+def test_replicas_on_one_redis_share_a_keys_rate_limit(two_replicas: tuple[LiveServer, LiveServer, str]) -> None:
+    first, second, key = two_replicas
+    statuses: list[int] = []
+
+    def one(server: LiveServer) -> None:
+        body = {"model": "fake-chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+        statuses.append(httpx.post(server.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30).status_code)
+
+    threads = [threading.Thread(target=one, args=(first if i % 2 else second,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses.count(200) == 4 and statuses.count(429) == 6  # each replica alone would have let 4 through
+
+
+def test_serve_refuses_a_redis_it_cannot_reach(tmp_path: Path, fake_upstream: LiveServer) -> None:
+    config = write_config(tmp_path / "fleet.yaml", FLEET.format(url=fake_upstream.url))
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    run = subprocess.run([sys.executable, "-m", "modelyard.cli", "serve", "--config", str(config), "--port", str(free_port()),
+                          "--data-dir", str(tmp_path / "data"), "--redis-url", dead], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 3
+    assert "cannot start" in run.stderr and "cannot be reached" in run.stderr and "Traceback" not in run.stderr
