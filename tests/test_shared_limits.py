@@ -1,7 +1,8 @@
 """Rate limits in Redis, shared between replicas: the real Redis on 127.0.0.1:6379.
 
-Unit tests drive the windows with two clients (two replicas); the live test
-runs two modelyard servers on one data directory and one Redis.
+Unit tests drive the windows with two clients (two replicas); the live tests
+run two modelyard servers on one data directory and one Redis (rate limits
+and budgets; tests/test_shared_budgets.py has the budgets' unit tests).
 """
 
 from __future__ import annotations
@@ -97,12 +98,16 @@ models:
     kind: chat
     deployments:
       - {{backend: openai, base_url: '{url}/v1', upstream_model: fake}}
+  priced:
+    kind: chat
+    deployments:
+      - {{backend: openai, base_url: '{url}/v1', upstream_model: fake, price: {{input_per_1m: 1000, output_per_1m: 2000}}}}
 """
 MASTER = "sk-master-shared"
 
 
 @pytest.fixture(scope="module")
-def two_replicas(tmp_path_factory: pytest.TempPathFactory, fake_upstream: LiveServer) -> Iterator[tuple[LiveServer, LiveServer, str]]:
+def two_replicas(tmp_path_factory: pytest.TempPathFactory, fake_upstream: LiveServer) -> Iterator[tuple[LiveServer, LiveServer, dict[str, str]]]:
     tmp = tmp_path_factory.mktemp("replicas")
     config = write_config(tmp / "fleet.yaml", FLEET.format(url=fake_upstream.url))
     args = ["--data-dir", str(tmp / "data"), "--redis-url", REDIS_URL]
@@ -111,26 +116,41 @@ def two_replicas(tmp_path_factory: pytest.TempPathFactory, fake_upstream: LiveSe
     admin = {"Authorization": f"Bearer {MASTER}"}
     assert httpx.post(first.url + "/admin/tenants", json={"id": "shared"}, headers=admin).status_code == 201
     key = httpx.post(first.url + "/admin/keys", json={"tenant": "shared", "rpm": 4}, headers=admin).json()["key"]
-    second = start_modelyard(tmp, config, args, env=env)  # reads the key from the same store at startup
-    yield first, second, key
+    assert httpx.post(first.url + "/admin/tenants", json={"id": "frugal"}, headers=admin).status_code == 201
+    assert httpx.post(first.url + "/admin/tenants/frugal/budget", json={"total": 0.05}, headers=admin).status_code == 200
+    frugal = httpx.post(first.url + "/admin/keys", json={"tenant": "frugal"}, headers=admin).json()["key"]
+    second = start_modelyard(tmp, config, args, env=env)  # reads the keys and budgets from the same store at startup
+    yield first, second, {"limited": key, "frugal": frugal}
     first.stop()
     second.stop()
 
 
-def test_replicas_on_one_redis_share_a_keys_rate_limit(two_replicas: tuple[LiveServer, LiveServer, str]) -> None:
-    first, second, key = two_replicas
+def spread(servers: tuple[LiveServer, LiveServer], key: str, model: str, n: int) -> list[int]:
+    """``n`` concurrent requests, alternating between the replicas; their statuses."""
     statuses: list[int] = []
 
     def one(server: LiveServer) -> None:
-        body = {"model": "fake-chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+        body = {"model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 4}
         statuses.append(httpx.post(server.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30).status_code)
 
-    threads = [threading.Thread(target=one, args=(first if i % 2 else second,)) for i in range(10)]
+    threads = [threading.Thread(target=one, args=(servers[i % 2],)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return statuses
+
+
+def test_replicas_on_one_redis_share_a_keys_rate_limit(two_replicas: tuple[LiveServer, LiveServer, dict[str, str]]) -> None:
+    first, second, keys = two_replicas
+    statuses = spread((first, second), keys["limited"], "fake-chat", 10)
     assert statuses.count(200) == 4 and statuses.count(429) == 6  # each replica alone would have let 4 through
+
+
+def test_replicas_on_one_redis_share_a_tenants_budget(two_replicas: tuple[LiveServer, LiveServer, dict[str, str]]) -> None:
+    first, second, keys = two_replicas
+    statuses = spread((first, second), keys["frugal"], "priced", 40)  # $0.009 each (1 prompt token, 4 completion tokens)
+    assert statuses.count(200) == 5 and statuses.count(429) == 35  # 5 x 0.009 <= 0.05; each replica alone would have let 5 through
 
 
 def test_serve_refuses_a_redis_it_cannot_reach(tmp_path: Path, fake_upstream: LiveServer) -> None:

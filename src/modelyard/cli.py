@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where assembled models and state live (default ~/.cache/modelyard)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--database-url", help="postgresql://... to keep the usage ledger in PostgreSQL (default: SQLite in the data directory)")
-    p.add_argument("--redis-url", help="redis://... to count rate limits in Redis, shared by every replica that names it (default: in this process)")
+    p.add_argument("--redis-url", help="redis://... to count rate limits and budgets in Redis, shared by every replica that names it (default: in this process)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check", help="validate a fleet file without starting anything")

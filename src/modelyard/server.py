@@ -25,6 +25,7 @@ from modelyard.pipeline.route_inputs import RouterFileError, load_learned
 from modelyard.pipeline.stages import build_pipeline
 from modelyard.store.accounts import Accounts
 from modelyard.store.ledger import LedgerWriter, ledger_sink
+from modelyard.store.redis_budgets import RedisBudgets
 from modelyard.store.redis_limits import RedisWindows, SharedStateUnavailable
 from modelyard.store.sqlite import Store
 
@@ -74,6 +75,8 @@ async def serve_fleet(
         log.error("cannot start: %s", exc)
         return 3
     limiter = SharedLimiter(RedisWindows(shared)) if shared is not None else None
+    # A hold outlives the longest a request may run, so a replica that dies does not keep it.
+    shared_budgets = RedisBudgets(shared, config.server.max_request_timeout_s + config.server.grace_period_s) if shared is not None else None
     fleet = FleetRuntime(config, data_dir)
     log.info("starting %d deployment(s) from %s", len(fleet.deployments), config.source)
     try:
@@ -89,7 +92,7 @@ async def serve_fleet(
     book = BudgetBook()
     keyring = Keyring(Accounts(store), master_key, book, ledger.sink.spend_by_owner)
     await keyring.start()
-    app = create_app(build_pipeline(dispatcher, config, learned, book, limiter=limiter), fleet, dispatcher, config, store, ledger, keyring)
+    app = create_app(build_pipeline(dispatcher, config, learned, book, limiter=limiter, shared_budgets=shared_budgets), fleet, dispatcher, config, store, ledger, keyring)
     app.state.batches.start()  # resumes any job a previous run left unfinished
     uv_config = uvicorn.Config(
         app,

@@ -1,25 +1,47 @@
-"""The budget stage: reserve the worst case before the call, commit the actual cost after."""
+"""The budget stage: reserve the worst case before the call, commit the actual cost after.
+
+Budgets are counted in this process (:class:`LocalBudgets`) or in Redis, shared
+by every replica that names the same one (:class:`SharedBudgets`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import Callable
+from typing import Protocol
 
-from modelyard.economics.budget import BudgetBook, Hold, key_owner
+from modelyard.economics.budget import PERIODS, BudgetBook, Hold, key_owner, period_keys
 from modelyard.errors import BudgetExceeded
 from modelyard.pipeline.costing import PriceCatalog
 from modelyard.pipeline.types import Handler, Request, Response, Stage
+from modelyard.store.redis_budgets import OwnerCheck, RedisBudgets, Refusal, SharedHold
+from modelyard.store.redis_limits import SharedStateUnavailable
+
+log = logging.getLogger("modelyard.budget")
+
+Commit = Callable[[float], None]  # called once with the request's actual cost
 
 
-def budget(book: BudgetBook, catalog: PriceCatalog) -> Stage:
+class Budgets(Protocol):
+    book: BudgetBook  # the limits (kept current by the keyring) and this replica's view of the spend
+
+    async def reserve(self, owners: list[str], amount: float) -> Commit:
+        """Hold ``amount`` on every owner's budget, or raise :class:`BudgetExceeded` holding nothing."""
+        ...
+
+
+def budget(budgets: Budgets, catalog: PriceCatalog) -> Stage:
     def stage(next_handler: Handler) -> Handler:
         async def handle(request: Request) -> Response:
             owners = [request.tenant] + ([key_owner(request.policy.key_id)] if request.policy else [])
-            owners = [o for o in owners if o in book.limits]
+            owners = [o for o in owners if o in budgets.book.limits]
             if not owners:
                 return await next_handler(request)
-            holds = _reserve_all(book, owners, catalog.worst_case(request))
+            commit = await budgets.reserve(owners, catalog.worst_case(request))
             # Committed when the request is over, however it ended (answered, failed, abandoned).
-            request.finalizers.append(lambda: _commit_all(book, holds, catalog.actual(request)))
+            request.finalizers.append(lambda: commit(catalog.actual(request)))
             return await next_handler(request)
 
         return handle
@@ -27,21 +49,80 @@ def budget(book: BudgetBook, catalog: PriceCatalog) -> Stage:
     return stage
 
 
-def _reserve_all(book: BudgetBook, owners: list[str], amount: float) -> list[Hold]:
-    """Holds on the tenant's and the key's budgets, or none at all."""
-    holds: list[Hold] = []
-    for owner in owners:
-        hold = book.reserve(owner, amount, time.time())
-        if hold is None:
-            for taken in holds:
-                book.release(taken)
-            left = book.remaining(owner, time.time())
-            who = f"API key {owner[4:]}" if owner.startswith("key:") else f"tenant '{owner}'"
-            raise BudgetExceeded(f"{who} has ${min(left.values()):.6f} of budget left; this request may cost up to ${amount:.6f}")
-        holds.append(hold)
-    return holds
+def _refused(owner: str, left: float, amount: float) -> BudgetExceeded:
+    who = f"API key {owner[4:]}" if owner.startswith("key:") else f"tenant '{owner}'"
+    return BudgetExceeded(f"{who} has ${left:.6f} of budget left; this request may cost up to ${amount:.6f}")
 
 
-def _commit_all(book: BudgetBook, holds: list[Hold], actual: float) -> None:
-    for hold in holds:
-        book.commit(hold, actual)
+class LocalBudgets:
+    """Budgets counted in this process."""
+
+    def __init__(self, book: BudgetBook) -> None:
+        self.book = book
+
+    async def reserve(self, owners: list[str], amount: float) -> Commit:
+        holds: list[Hold] = []
+        for owner in owners:
+            hold = self.book.reserve(owner, amount, time.time())
+            if hold is None:
+                for taken in holds:
+                    self.book.release(taken)
+                raise _refused(owner, min(self.book.remaining(owner, time.time()).values()), amount)
+            holds.append(hold)
+
+        def commit(actual: float) -> None:
+            for hold in holds:
+                self.book.commit(hold, actual)
+
+        return commit
+
+
+class SharedBudgets:
+    """Budgets counted in Redis. This replica's book keeps the limits and what it knows was
+    spent (passed along so a Redis that lost its data is corrected). When Redis cannot be
+    reached, budgets are enforced by this replica alone, with a warning at most once a minute."""
+
+    def __init__(self, shared: RedisBudgets, book: BudgetBook) -> None:
+        self.shared = shared
+        self.book = book
+        self.local = LocalBudgets(book)
+        self.committing: set[asyncio.Task[None]] = set()
+        self._warned_at = -float("inf")
+
+    async def reserve(self, owners: list[str], amount: float) -> Commit:
+        periods = period_keys(time.time())
+        checks = [self._check_of(owner, periods) for owner in owners]
+        try:
+            result = await self.shared.reserve(checks, amount, periods)
+        except SharedStateUnavailable as exc:
+            self._warn(exc)
+            return await self.local.reserve(owners, amount)
+        if isinstance(result, Refusal):
+            raise _refused(result.owner, result.left, amount)
+        return lambda actual: self._commit(result, owners, periods, actual)
+
+    def _check_of(self, owner: str, periods: dict[str, str]) -> OwnerCheck:
+        limits = self.book.limits[owner]
+        day, month, total = (limits.of(p) for p in PERIODS)
+        known = tuple(self.book.spent.get((owner, p, periods[p]), 0.0) for p in PERIODS)
+        return OwnerCheck(owner, (day, month, total), (known[0], known[1], known[2]))
+
+    def _commit(self, hold: SharedHold, owners: list[str], periods: dict[str, str], actual: float) -> None:
+        for owner in owners:  # this replica's own spend: the floor it passes along next time
+            for period in PERIODS:
+                slot = (owner, period, periods[period])
+                self.book.spent[slot] = self.book.spent.get(slot, 0.0) + actual
+        task = asyncio.get_running_loop().create_task(self._commit_now(hold, actual))
+        self.committing.add(task)
+        task.add_done_callback(self.committing.discard)
+
+    async def _commit_now(self, hold: SharedHold, actual: float) -> None:
+        try:
+            await self.shared.commit(hold, actual)
+        except SharedStateUnavailable as exc:
+            self._warn(exc)  # the hold expires by itself; the spend is in this replica's book and the ledger
+
+    def _warn(self, exc: Exception) -> None:
+        if time.monotonic() - self._warned_at >= 60.0:
+            self._warned_at = time.monotonic()
+            log.warning("budgets are enforced per replica: Redis cannot be reached (%s)", exc)

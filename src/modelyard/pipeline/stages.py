@@ -13,7 +13,7 @@ import time
 from modelyard.config import FleetConfig
 from modelyard.economics.budget import BudgetBook
 from modelyard.errors import InvalidRequest
-from modelyard.pipeline.budget import budget
+from modelyard.pipeline.budget import LocalBudgets, SharedBudgets, budget
 from modelyard.pipeline.costing import PriceCatalog
 from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.limits import Limiter, LocalLimiter, limits
@@ -23,6 +23,7 @@ from modelyard.pipeline.types import WORKLOAD_CLASSES, Handler, Lifecycle, Reque
 from modelyard.protocol import ModelCall
 from modelyard.routing.learned import LearnedRouter
 from modelyard.routing.router import AliasAssets, PromptFeatures, match_rule, resolve_model
+from modelyard.store.redis_budgets import RedisBudgets
 
 CLASS_HEADER = "x-modelyard-class"
 SESSION_HEADER = "x-modelyard-session"
@@ -172,11 +173,12 @@ def _nth_choice(call: ModelCall, index: int) -> ModelCall:
 
 def build_pipeline(
     dispatcher: Dispatcher, config: FleetConfig, learned: dict[str, LearnedRouter], book: BudgetBook | None = None, extra: list[Stage] | None = None,
-    limiter: Limiter | None = None,
+    limiter: Limiter | None = None, shared_budgets: RedisBudgets | None = None,
 ) -> Handler:
     """Compose the stages, outermost first, around the backend call (``learned``: :func:`load_learned`'s routers;
-    ``limiter``: where rate limits are counted, this process by default)."""
-    spend = [budget(book, PriceCatalog(config))] if book is not None else []
+    ``limiter`` and ``shared_budgets``: where limits and budgets are counted, this process by default)."""
+    budgets = None if book is None else SharedBudgets(shared_budgets, book) if shared_budgets is not None else LocalBudgets(book)
+    spend = [budget(budgets, PriceCatalog(config))] if budgets is not None else []
     inputs = RouteInputs(dispatcher, learned)
     stages: list[Stage] = [classify(config), limits(limiter or LocalLimiter()), *(extra or []), route(config, inputs), *spend, quality(config)]
     handler = call_backend(dispatcher)

@@ -1,0 +1,110 @@
+"""Budgets in Redis, shared between replicas: the real Redis on 127.0.0.1:6379, two books as two replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from modelyard.economics.budget import BudgetBook, BudgetLimits, period_keys
+from modelyard.errors import BudgetExceeded
+from modelyard.pipeline.budget import SharedBudgets
+from modelyard.server import connect_redis
+from modelyard.store.redis_budgets import RedisBudgets
+
+from .conftest import free_port
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+COST = 0.009
+
+
+def book(**limits: BudgetLimits) -> BudgetBook:
+    return BudgetBook(limits=dict(limits))
+
+
+@pytest.fixture
+async def redis_pair() -> AsyncIterator[tuple[Redis, Redis, str]]:
+    prefix = f"modelyard-test:{uuid.uuid4().hex}"
+    clients = (await connect_redis(REDIS_URL), await connect_redis(REDIS_URL))
+    yield clients[0], clients[1], prefix
+    keys = [k async for k in clients[0].scan_iter(f"{prefix}:*")]
+    if keys:
+        await clients[0].delete(*keys)
+    for client in clients:
+        await client.aclose()
+
+
+def replicas(pair: tuple[Redis, Redis, str], hold_ttl_s: float = 60.0, **limits: BudgetLimits) -> tuple[SharedBudgets, SharedBudgets]:
+    a, b, prefix = pair
+    return (SharedBudgets(RedisBudgets(a, hold_ttl_s, prefix), book(**limits)),
+            SharedBudgets(RedisBudgets(b, hold_ttl_s, prefix), book(**limits)))
+
+
+async def attempt(budgets: SharedBudgets, owners: list[str], amount: float) -> bool:
+    try:
+        commit = await budgets.reserve(owners, amount)
+    except BudgetExceeded:
+        return False
+    commit(amount)
+    return True
+
+
+async def settled(*budgets: SharedBudgets) -> None:
+    while any(b.committing for b in budgets):
+        await asyncio.sleep(0.01)
+
+
+async def test_two_replicas_never_overspend_together(redis_pair: tuple[Redis, Redis, str]) -> None:
+    a, b = replicas(redis_pair, acme=BudgetLimits(total=0.05))
+    results = await asyncio.gather(*(attempt(a if i % 2 else b, ["acme"], COST) for i in range(100)))
+    assert sum(results) == 5  # 5 x 0.009 = 0.045; a sixth would pass 0.05
+    await settled(a, b)
+    with pytest.raises(BudgetExceeded, match=r"tenant 'acme' has \$0\.005000 of budget left"):
+        await a.reserve(["acme"], COST)
+
+
+async def test_a_hold_is_all_owners_or_none_and_a_release_frees_it(redis_pair: tuple[Redis, Redis, str]) -> None:
+    a, b = replicas(redis_pair, acme=BudgetLimits(total=1.0), **{"key:k1": BudgetLimits(day=0.01)})
+    commit = await a.reserve(["acme", "key:k1"], COST)
+    with pytest.raises(BudgetExceeded, match="API key k1"):
+        await b.reserve(["acme", "key:k1"], COST)  # the key's day budget is held; the tenant's is not touched
+    commit(0.0)  # the request failed before any spend
+    await settled(a)
+    (await b.reserve(["acme", "key:k1"], COST))(COST)
+    await settled(b)
+    spent = await redis_pair[0].get(f"{redis_pair[2]}:acme:spent:total:all")
+    assert spent is not None and float(spent) == pytest.approx(COST)
+
+
+async def test_a_dead_replicas_holds_expire(redis_pair: tuple[Redis, Redis, str]) -> None:
+    a, b = replicas(redis_pair, hold_ttl_s=0.5, acme=BudgetLimits(day=COST))
+    await a.reserve(["acme"], COST)  # never committed: the replica "died"
+    with pytest.raises(BudgetExceeded):
+        await b.reserve(["acme"], COST)
+    await asyncio.sleep(0.6)
+    await b.reserve(["acme"], COST)
+
+
+async def test_what_a_replica_knows_was_spent_survives_a_redis_that_lost_it(redis_pair: tuple[Redis, Redis, str]) -> None:
+    a, _ = replicas(redis_pair, acme=BudgetLimits(month=0.05))
+    a.book.spent[("acme", "month", period_keys(0)["month"])] = 1.0  # an old month does not count
+    a.book.spent[("acme", "month", period_keys(time.time())["month"])] = 0.045  # from the ledger at startup
+    with pytest.raises(BudgetExceeded):
+        await a.reserve(["acme"], COST)
+
+
+async def test_without_redis_each_replica_enforces_alone(caplog: pytest.LogCaptureFixture) -> None:
+    client = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    budgets = SharedBudgets(RedisBudgets(client, 60.0), book(acme=BudgetLimits(total=0.01)))
+    with caplog.at_level(logging.WARNING, "modelyard.budget"):
+        (await budgets.reserve(["acme"], COST))(COST)
+        with pytest.raises(BudgetExceeded):
+            await budgets.reserve(["acme"], COST)
+    assert "budgets are enforced per replica" in caplog.text
+    await settled(budgets)
+    await client.aclose()
