@@ -1,12 +1,14 @@
-"""What sharing rate limits through Redis costs a request: limits in the process vs in Redis vs no gateway.
+"""What sharing rate limits and budgets through Redis costs a request: in the process vs in Redis vs no gateway.
 
     .venv/bin/python bench/shared_limits.py [--requests 400] [--rounds 3]
 
 Starts the fake upstream (a real HTTP server, no added latency, a 16-token
 answer) and two modelyard servers in front of it that differ only in where
-they count rate limits: in the process, and in the Redis on 127.0.0.1:6379
-(`--redis-url`). Every request authenticates with an API key that has RPM and
-TPM limits high enough never to refuse, so each request runs the limiter.
+they count rate limits and budgets: in the process, and in the Redis on
+127.0.0.1:6379 (`--redis-url`). Every request authenticates with an API key
+that has RPM and TPM limits, and its tenant a budget, all high enough never to
+refuse, so each request runs the limiter (check and settle) and the budget
+(reserve and commit).
 Rounds alternate between the servers (and the upstream directly, the floor);
 each round sends the requests one at a time (latency) and then 16 at a time
 (throughput). Prints medians over rounds with their spread and writes
@@ -34,7 +36,7 @@ models:
   fake-chat:
     kind: chat
     deployments:
-      - {{backend: openai, base_url: 'http://127.0.0.1:{port}/v1', upstream_model: fake}}
+      - {{backend: openai, base_url: 'http://127.0.0.1:{port}/v1', upstream_model: fake, price: {{input_per_1m: 1, output_per_1m: 2}}}}
 """
 BODY = {"model": "fake-chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16}
 
@@ -42,6 +44,7 @@ BODY = {"model": "fake-chat", "messages": [{"role": "user", "content": "hello"}]
 def api_key(url: str) -> str:
     admin = {"Authorization": f"Bearer {MASTER}"}
     httpx.post(url + "/admin/tenants", json={"id": "bench"}, headers=admin).raise_for_status()
+    httpx.post(url + "/admin/tenants/bench/budget", json={"total": 1_000_000}, headers=admin).raise_for_status()
     response = httpx.post(url + "/admin/keys", json={"tenant": "bench", "rpm": 10_000_000, "tpm": 1_000_000_000}, headers=admin)
     response.raise_for_status()
     return str(response.json()["key"])
@@ -91,7 +94,7 @@ def main() -> int:
         config = tmp / "fleet.yaml"
         config.write_text(FLEET.format(port=up_port))
         targets: dict[str, tuple[str, str]] = {"upstream directly": (f"http://127.0.0.1:{up_port}", "")}
-        for name, extra in (("limits in the process", []), ("limits in Redis", ["--redis-url", args.redis_url])):
+        for name, extra in (("in the process", []), ("in Redis", ["--redis-url", args.redis_url])):
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             serve = ["serve", "--config", str(config), "--port", str(port), "--data-dir", str(tmp / name.replace(" ", "-")), *extra]
@@ -107,7 +110,7 @@ def main() -> int:
     finally:
         for process in reversed(processes):
             stop(process)
-    local = summary(results["limits in the process"], "p50_ms")[0]
+    local = summary(results["in the process"], "p50_ms")[0]
     rows = [("target", "p50 ms (min-max)", "p99 ms", "req/s at c16 (min-max)", "p50 vs in-process")]
     for name, rounds in results.items():
         p50, p99, rps = summary(rounds, "p50_ms"), summary(rounds, "p99_ms"), summary(rounds, "rps_c16")
