@@ -22,6 +22,7 @@ import asyncio
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,11 @@ models:
 BODY = {"model": "fake-chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16}
 
 
-def api_key(url: str) -> str:
+def api_key(url: str, tenant: str) -> str:
     admin = {"Authorization": f"Bearer {MASTER}"}
-    httpx.post(url + "/admin/tenants", json={"id": "bench"}, headers=admin).raise_for_status()
-    httpx.post(url + "/admin/tenants/bench/budget", json={"total": 1_000_000}, headers=admin).raise_for_status()
-    response = httpx.post(url + "/admin/keys", json={"tenant": "bench", "rpm": 10_000_000, "tpm": 1_000_000_000}, headers=admin)
+    httpx.post(url + "/admin/tenants", json={"id": tenant}, headers=admin).raise_for_status()
+    httpx.post(url + f"/admin/tenants/{tenant}/budget", json={"total": 1_000_000}, headers=admin).raise_for_status()
+    response = httpx.post(url + "/admin/keys", json={"tenant": tenant, "rpm": 10_000_000, "tpm": 1_000_000_000}, headers=admin)
     response.raise_for_status()
     return str(response.json()["key"])
 
@@ -76,6 +77,16 @@ async def concurrent(url: str, key: str, n: int, width: int = 16) -> float:
     return n / (time.perf_counter() - started)
 
 
+def forget(redis_url: str, tenant: str) -> None:
+    """Delete what the run left in Redis (its tenant's budget figures)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(f"modelyard:*:{tenant}:*"):
+        client.delete(key)
+    client.close()
+
+
 def summary(rounds: list[dict[str, float]], field: str) -> tuple[float, float, float]:
     values = [r[field] for r in rounds]
     return median(values) or 0.0, min(values), max(values)
@@ -88,6 +99,7 @@ def main() -> int:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="modelyard-bench-"))
+    tenant = f"bench-{uuid.uuid4().hex[:8]}"  # Redis outlives the run: figures of this run's own
     up_port = free_port()
     processes = [start(["fake-upstream", "--port", str(up_port), "--tokens", "16"], tmp / "up.log", f"http://127.0.0.1:{up_port}/v1/models")]
     try:
@@ -99,7 +111,7 @@ def main() -> int:
             url = f"http://127.0.0.1:{port}"
             serve = ["serve", "--config", str(config), "--port", str(port), "--data-dir", str(tmp / name.replace(" ", "-")), *extra]
             processes.append(start(serve, tmp / f"{port}.log", url + "/readyz", env={"MODELYARD_MASTER_KEY": MASTER}))
-            targets[name] = (url, api_key(url))
+            targets[name] = (url, api_key(url, tenant))
         results: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
         for _ in range(args.rounds):
             for name, (url, key) in targets.items():
@@ -110,6 +122,7 @@ def main() -> int:
     finally:
         for process in reversed(processes):
             stop(process)
+        forget(args.redis_url, tenant)
     local = summary(results["in the process"], "p50_ms")[0]
     rows = [("target", "p50 ms (min-max)", "p99 ms", "req/s at c16 (min-max)", "p50 vs in-process")]
     for name, rounds in results.items():

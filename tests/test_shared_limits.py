@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from redis.asyncio import Redis
 
 from modelyard.pipeline.limits import SharedLimiter
@@ -114,15 +115,23 @@ def two_replicas(tmp_path_factory: pytest.TempPathFactory, fake_upstream: LiveSe
     env = {"MODELYARD_MASTER_KEY": MASTER}
     first = start_modelyard(tmp, config, args, env=env)
     admin = {"Authorization": f"Bearer {MASTER}"}
-    assert httpx.post(first.url + "/admin/tenants", json={"id": "shared"}, headers=admin).status_code == 201
-    key = httpx.post(first.url + "/admin/keys", json={"tenant": "shared", "rpm": 4}, headers=admin).json()["key"]
-    assert httpx.post(first.url + "/admin/tenants", json={"id": "frugal"}, headers=admin).status_code == 201
-    assert httpx.post(first.url + "/admin/tenants/frugal/budget", json={"total": 0.05}, headers=admin).status_code == 200
-    frugal = httpx.post(first.url + "/admin/keys", json={"tenant": "frugal"}, headers=admin).json()["key"]
+    # Redis outlives test runs (and CI uses this machine's): tenants of this run's own.
+    shared, frugal = f"shared-{uuid.uuid4().hex[:8]}", f"frugal-{uuid.uuid4().hex[:8]}"
+    assert httpx.post(first.url + "/admin/tenants", json={"id": shared}, headers=admin).status_code == 201
+    key = httpx.post(first.url + "/admin/keys", json={"tenant": shared, "rpm": 4}, headers=admin).json()["key"]
+    assert httpx.post(first.url + "/admin/tenants", json={"id": frugal}, headers=admin).status_code == 201
+    assert httpx.post(first.url + f"/admin/tenants/{frugal}/budget", json={"total": 0.05}, headers=admin).status_code == 200
+    frugal_key = httpx.post(first.url + "/admin/keys", json={"tenant": frugal}, headers=admin).json()["key"]
     second = start_modelyard(tmp, config, args, env=env)  # reads the keys and budgets from the same store at startup
-    yield first, second, {"limited": key, "frugal": frugal}
+    yield first, second, {"limited": key, "frugal": frugal_key}
     first.stop()
     second.stop()
+    client = redis.Redis.from_url(REDIS_URL)
+    for tenant in (shared, frugal):
+        for pattern in (f"modelyard:*:{tenant}:*", f"modelyard:*:tenant:{tenant}:*"):
+            for stale in client.scan_iter(pattern):
+                client.delete(stale)
+    client.close()
 
 
 def spread(servers: tuple[LiveServer, LiveServer], key: str, model: str, n: int) -> list[int]:
