@@ -21,6 +21,10 @@ models:
     kind: chat
     deployments:
       - {{backend: openai, base_url: '{url}/v1', upstream_model: fake, price: {{input_per_1m: 1000, output_per_1m: 2000}}}}
+aliases:
+  house:
+    targets: [priced]
+    strategy: rule
 """
 
 
@@ -41,6 +45,10 @@ def test_dashboard_shows_real_traffic(server: LiveServer, tmp_path: Path) -> Non
         reply = httpx.post(server.url + "/v1/chat/completions", json={"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
                            headers={"Authorization": f"Bearer {key}"}, timeout=30)
         assert reply.status_code == 200
+    for _ in range(2):  # through an alias: the routing table shows it
+        reply = httpx.post(server.url + "/v1/chat/completions", json={"model": "house", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+                           headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        assert reply.status_code == 200
     assert httpx.get(server.url + "/admin/dashboard").status_code == 401  # the data needs the master key
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"])
@@ -51,6 +59,9 @@ def test_dashboard_shows_real_traffic(server: LiveServer, tmp_path: Path) -> Non
             tenants = page.inner_text("#tenants")
             assert "acme-corp" in tenants
             assert "priced/0" in page.inner_text("#deployments")
+            page.wait_for_selector("#routes tbody tr", timeout=15_000)
+            routes = page.inner_text("#routes tbody")
+            assert "house" in routes and "priced" in routes and "100%" in routes and "rule 2" in routes
             assert page.locator("#requests-chart path").count() >= 1
             assert "acme-corp" in page.inner_text("#cost-legend")
             assert "updated" in page.inner_text("#status")
@@ -61,3 +72,21 @@ def test_dashboard_shows_real_traffic(server: LiveServer, tmp_path: Path) -> Non
     assert shot.stat().st_size > 10_000
     if keep := os.environ.get("MODELYARD_KEEP_SCREENSHOT"):
         shutil.copy(shot, keep)  # how bench/results/dashboard.png was made
+
+
+def test_route_shares_from_ledger_rows() -> None:
+    from modelyard.observe.dashboard import route_kind, route_shares
+
+    rows = [
+        {"requested_model": "auto", "served_model": "small", "route": "learned:target=0.7; predicted_quality=0.412"},
+        {"requested_model": "auto", "served_model": "small", "route": "learned:target=0.7; predicted_quality=0.388"},
+        {"requested_model": "auto", "served_model": "coder", "route": "intent:code:similarity=0.91"},
+        {"requested_model": "auto", "served_model": "coder", "route": "rule:tools"},
+        {"requested_model": "small", "served_model": "small", "route": "requested"},  # a named model: not routed
+        {"requested_model": "auto", "served_model": None, "route": None},  # refused before routing
+    ]
+    assert route_kind("cascade; escalated=big") == "cascade" and route_kind("requested") == route_kind("") == ""
+    assert route_shares(rows) == [
+        {"alias": "auto", "model": "coder", "requests": 2, "share": 0.5, "by": {"intent": 1, "rule": 1}},
+        {"alias": "auto", "model": "small", "requests": 2, "share": 0.5, "by": {"learned": 2}},
+    ]

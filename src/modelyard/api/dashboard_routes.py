@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from modelyard.api.responses import JSONResponse
 from modelyard.errors import InvalidRequest
-from modelyard.observe.dashboard import minute_series
+from modelyard.observe.dashboard import minute_series, route_shares
 from modelyard.store.ledger import LedgerWriter
 
 
@@ -33,7 +33,8 @@ class DashboardRoutes:
             raise InvalidRequest("'minutes' must be an integer between 1 and 1440", param="minutes")
         minutes = int(raw)
         start = time.time() - (minutes - 1) * 60
-        series = minute_series(await self.ledger.recent(int(start // 60) * 60), start, minutes)
+        rows = await self.ledger.recent(int(start // 60) * 60)
+        series = minute_series(rows, start, minutes)
         fleet = self.snapshot()
         deployments = [
             {
@@ -44,7 +45,7 @@ class DashboardRoutes:
             }
             for d in fleet["deployments"]
         ]
-        return JSONResponse({"now": time.time(), "series": series, "deployments": deployments, "budgets": fleet.get("budgets", {})})
+        return JSONResponse({"now": time.time(), "series": series, "routes": route_shares(rows), "deployments": deployments, "budgets": fleet.get("budgets", {})})
 
     def routes(self) -> list[Route]:
         return [Route("/ui", self.ui, methods=["GET"]), Route("/admin/dashboard", self.data, methods=["GET"])]

@@ -48,3 +48,26 @@ def minute_series(rows: Iterable[Mapping[str, Any]], start: float, minutes: int)
             for t in tenants
         },
     }
+
+
+def route_kind(route: str) -> str:
+    """How an alias chose (``learned``, ``rule``, ``intent``, ``cascade``) from a ledger row's route; '' when a model was named."""
+    if not route or route == "requested":
+        return ""
+    return route.split(";", 1)[0].split(":", 1)[0]
+
+
+def route_shares(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per alias and the model that answered: requests, their share of the alias, and how they were chosen."""
+    counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for row in rows:
+        kind = route_kind(row.get("route") or "")
+        if kind:
+            counts[(row["requested_model"] or "-", row["served_model"] or "-")][kind] += 1
+    per_alias: dict[str, int] = defaultdict(int)
+    for (alias, _), kinds in counts.items():
+        per_alias[alias] += sum(kinds.values())
+    return [
+        {"alias": alias, "model": model, "requests": sum(kinds.values()), "share": sum(kinds.values()) / per_alias[alias], "by": dict(kinds)}
+        for (alias, model), kinds in sorted(counts.items())
+    ]

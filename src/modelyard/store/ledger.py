@@ -28,7 +28,7 @@ COLUMN_TYPES = (
     "completion_tokens INTEGER, cost_usd DOUBLE PRECISION, revenue_usd DOUBLE PRECISION, latency_ms DOUBLE PRECISION, "
     "ttft_ms DOUBLE PRECISION, status INTEGER, error_type TEXT"
 )
-RECENT = "ts, tenant, requested_model, served_model, latency_ms, status, cost_usd, revenue_usd"
+RECENT = "ts, tenant, requested_model, served_model, route, latency_ms, status, cost_usd, revenue_usd"
 GROUPABLE = ("tenant", "api_key", "requested_model", "served_model", "deployment", "workload", "day", "endpoint")
 AGGREGATES = (
     "COUNT(*) AS requests, SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS errors, SUM(prompt_tokens) AS prompt_tokens, "
