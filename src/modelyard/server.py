@@ -18,9 +18,10 @@ from modelyard.api.auth import Keyring
 from modelyard.config import FleetConfig
 from modelyard.economics.budget import BudgetBook
 from modelyard.fleet import artifacts
+from modelyard.pipeline.budget import LocalBudgets, SharedBudgets
 from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.fleet import FleetRuntime
-from modelyard.pipeline.limits import SharedLimiter
+from modelyard.pipeline.limits import LocalLimiter, SharedLimiter
 from modelyard.pipeline.route_inputs import RouterFileError, load_learned
 from modelyard.pipeline.stages import build_pipeline
 from modelyard.store.accounts import Accounts
@@ -74,9 +75,7 @@ async def serve_fleet(
     except (RouterFileError, SharedStateUnavailable) as exc:
         log.error("cannot start: %s", exc)
         return 3
-    limiter = SharedLimiter(RedisWindows(shared)) if shared is not None else None
-    # A hold outlives the longest a request may run, so a replica that dies does not keep it.
-    shared_budgets = RedisBudgets(shared, config.server.max_request_timeout_s + config.server.grace_period_s) if shared is not None else None
+    limiter = SharedLimiter(RedisWindows(shared)) if shared is not None else LocalLimiter()
     fleet = FleetRuntime(config, data_dir)
     log.info("starting %d deployment(s) from %s", len(fleet.deployments), config.source)
     try:
@@ -90,9 +89,10 @@ async def serve_fleet(
     ledger = LedgerWriter(ledger_sink(store, database_url))
     await ledger.start()
     book = BudgetBook()
+    budgets = LocalBudgets(book) if shared is None else SharedBudgets(RedisBudgets(shared, _hold_ttl_s(config)), book)
     keyring = Keyring(Accounts(store), master_key, book, ledger.sink.spend_by_owner)
     await keyring.start()
-    app = create_app(build_pipeline(dispatcher, config, learned, book, limiter=limiter, shared_budgets=shared_budgets), fleet, dispatcher, config, store, ledger, keyring)
+    app = create_app(build_pipeline(dispatcher, config, learned, budgets, limiter=limiter), fleet, dispatcher, config, store, ledger, keyring)
     app.state.batches.start()  # resumes any job a previous run left unfinished
     uv_config = uvicorn.Config(
         app,
@@ -120,10 +120,17 @@ async def serve_fleet(
         await fleet.aclose()
         await ledger.aclose()  # after the last request: every row is written
         await keyring.aclose()
+        await limiter.drain()  # the last settles and commits reach Redis before it is closed
+        await budgets.drain()
         if shared is not None:
             await shared.aclose()
         store.close()
     return 0 if server.started else 3
+
+
+def _hold_ttl_s(config: FleetConfig) -> float:
+    """A budget hold outlives the longest a request may run, so a replica that dies does not keep it."""
+    return config.server.max_request_timeout_s + config.server.grace_period_s
 
 
 async def connect_redis(url: str) -> Redis:

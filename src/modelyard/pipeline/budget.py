@@ -31,6 +31,10 @@ class Budgets(Protocol):
         """Hold ``amount`` on every owner's budget, or raise :class:`BudgetExceeded` holding nothing."""
         ...
 
+    async def drain(self) -> None:
+        """Wait for commits still on their way (at shutdown)."""
+        ...
+
 
 def budget(budgets: Budgets, catalog: PriceCatalog) -> Stage:
     def stage(next_handler: Handler) -> Handler:
@@ -76,6 +80,9 @@ class LocalBudgets:
 
         return commit
 
+    async def drain(self) -> None:
+        return None  # commits are immediate
+
 
 class SharedBudgets:
     """Budgets counted in Redis. This replica's book keeps the limits and what it knows was
@@ -100,6 +107,10 @@ class SharedBudgets:
         if isinstance(result, Refusal):
             raise _refused(result.owner, result.left, amount)
         return lambda actual: self._commit(result, owners, periods, actual)
+
+    async def drain(self) -> None:
+        if self.committing:
+            await asyncio.gather(*self.committing, return_exceptions=True)
 
     def _check_of(self, owner: str, periods: dict[str, str]) -> OwnerCheck:
         limits = self.book.limits[owner]

@@ -30,6 +30,10 @@ class Limiter(Protocol):
         """Admit a request estimated at ``tokens`` against every scope's limits, or refuse it."""
         ...
 
+    async def drain(self) -> None:
+        """Wait for settles still on their way (at shutdown)."""
+        ...
+
 
 class LocalLimiter:
     """Limits counted in this process."""
@@ -42,6 +46,9 @@ class LocalLimiter:
         if reservation is None:
             return None, retry_after, states
         return (lambda actual: self.limiter.settle(reservation, actual)), 0.0, states
+
+    async def drain(self) -> None:
+        return None  # settles are immediate
 
 
 class SharedLimiter:
@@ -72,6 +79,10 @@ class SharedLimiter:
             return None, checked.retry_after_s, states
         taken = checked.taken
         return (lambda actual: self._settle(taken, actual)), 0.0, states
+
+    async def drain(self) -> None:
+        if self.settling:
+            await asyncio.gather(*self.settling, return_exceptions=True)
 
     def _settle(self, taken: Taken, actual: int) -> None:
         task = asyncio.get_running_loop().create_task(self._settle_now(taken, actual))

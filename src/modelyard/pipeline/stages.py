@@ -11,9 +11,8 @@ import dataclasses
 import time
 
 from modelyard.config import FleetConfig
-from modelyard.economics.budget import BudgetBook
 from modelyard.errors import InvalidRequest
-from modelyard.pipeline.budget import LocalBudgets, SharedBudgets, budget
+from modelyard.pipeline.budget import Budgets, budget
 from modelyard.pipeline.costing import PriceCatalog
 from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.limits import Limiter, LocalLimiter, limits
@@ -23,7 +22,6 @@ from modelyard.pipeline.types import WORKLOAD_CLASSES, Handler, Lifecycle, Reque
 from modelyard.protocol import ModelCall
 from modelyard.routing.learned import LearnedRouter
 from modelyard.routing.router import AliasAssets, PromptFeatures, match_rule, resolve_model
-from modelyard.store.redis_budgets import RedisBudgets
 
 CLASS_HEADER = "x-modelyard-class"
 SESSION_HEADER = "x-modelyard-session"
@@ -172,12 +170,11 @@ def _nth_choice(call: ModelCall, index: int) -> ModelCall:
 
 
 def build_pipeline(
-    dispatcher: Dispatcher, config: FleetConfig, learned: dict[str, LearnedRouter], book: BudgetBook | None = None, extra: list[Stage] | None = None,
-    limiter: Limiter | None = None, shared_budgets: RedisBudgets | None = None,
+    dispatcher: Dispatcher, config: FleetConfig, learned: dict[str, LearnedRouter], budgets: Budgets | None = None, extra: list[Stage] | None = None,
+    limiter: Limiter | None = None,
 ) -> Handler:
     """Compose the stages, outermost first, around the backend call (``learned``: :func:`load_learned`'s routers;
-    ``limiter`` and ``shared_budgets``: where limits and budgets are counted, this process by default)."""
-    budgets = None if book is None else SharedBudgets(shared_budgets, book) if shared_budgets is not None else LocalBudgets(book)
+    ``budgets`` and ``limiter``: where budgets and rate limits are counted; no budgets, limits in this process by default)."""
     spend = [budget(budgets, PriceCatalog(config))] if budgets is not None else []
     inputs = RouteInputs(dispatcher, learned)
     stages: list[Stage] = [classify(config), limits(limiter or LocalLimiter()), *(extra or []), route(config, inputs), *spend, quality(config)]
