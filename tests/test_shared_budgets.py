@@ -55,7 +55,7 @@ async def attempt(budgets: SharedBudgets, owners: list[str], amount: float) -> b
 
 
 async def settled(*budgets: SharedBudgets) -> None:
-    while any(b.committing for b in budgets):
+    while any(b.writes.pending for b in budgets):
         await asyncio.sleep(0.01)
 
 

@@ -6,7 +6,6 @@ by every replica that names the same one (:class:`SharedBudgets`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from typing import Protocol
 from modelyard.economics.budget import PERIODS, BudgetBook, Hold, key_owner, period_keys
 from modelyard.errors import BudgetExceeded
 from modelyard.pipeline.costing import PriceCatalog
+from modelyard.pipeline.shared_writes import SharedWrites
 from modelyard.pipeline.types import Handler, Request, Response, Stage
 from modelyard.store.redis_budgets import OwnerCheck, RedisBudgets, Refusal, SharedHold
 from modelyard.store.redis_limits import SharedStateUnavailable
@@ -93,8 +93,7 @@ class SharedBudgets:
         self.shared = shared
         self.book = book
         self.local = LocalBudgets(book)
-        self.committing: set[asyncio.Task[None]] = set()
-        self._warned_at = -float("inf")
+        self.writes = SharedWrites(log, "budgets are enforced per replica")
 
     async def reserve(self, owners: list[str], amount: float) -> Commit:
         periods = period_keys(time.time())
@@ -102,15 +101,14 @@ class SharedBudgets:
         try:
             result = await self.shared.reserve(checks, amount, periods)
         except SharedStateUnavailable as exc:
-            self._warn(exc)
+            self.writes.unavailable(exc)
             return await self.local.reserve(owners, amount)
         if isinstance(result, Refusal):
             raise _refused(result.owner, result.left, amount)
         return lambda actual: self._commit(result, owners, periods, actual)
 
     async def drain(self) -> None:
-        if self.committing:
-            await asyncio.gather(*self.committing, return_exceptions=True)
+        await self.writes.drain()
 
     def _check_of(self, owner: str, periods: dict[str, str]) -> OwnerCheck:
         limits = self.book.limits[owner]
@@ -123,17 +121,5 @@ class SharedBudgets:
             for period in PERIODS:
                 slot = (owner, period, periods[period])
                 self.book.spent[slot] = self.book.spent.get(slot, 0.0) + actual
-        task = asyncio.get_running_loop().create_task(self._commit_now(hold, actual))
-        self.committing.add(task)
-        task.add_done_callback(self.committing.discard)
-
-    async def _commit_now(self, hold: SharedHold, actual: float) -> None:
-        try:
-            await self.shared.commit(hold, actual)
-        except SharedStateUnavailable as exc:
-            self._warn(exc)  # the hold expires by itself; the spend is in this replica's book and the ledger
-
-    def _warn(self, exc: Exception) -> None:
-        if time.monotonic() - self._warned_at >= 60.0:
-            self._warned_at = time.monotonic()
-            log.warning("budgets are enforced per replica: Redis cannot be reached (%s)", exc)
+        # If Redis is gone the hold expires by itself; the spend is in this replica's book and the ledger.
+        self.writes.start(self.shared.commit(hold, actual))

@@ -6,7 +6,6 @@ by every replica that names the same one (:class:`SharedLimiter`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -14,9 +13,10 @@ from typing import Protocol
 
 from modelyard.economics.ratelimit import LimitState, RateLimiter
 from modelyard.errors import PermissionDenied, RateLimited
+from modelyard.pipeline.shared_writes import SharedWrites
 from modelyard.pipeline.types import Handler, Request, Response, Stage
 from modelyard.scheduling.scheduler import CLASS_RANK
-from modelyard.store.redis_limits import RedisWindows, SharedStateUnavailable, Taken, Window
+from modelyard.store.redis_limits import RedisWindows, SharedStateUnavailable, Window
 
 log = logging.getLogger("modelyard.limits")
 
@@ -57,8 +57,7 @@ class SharedLimiter:
 
     def __init__(self, windows: RedisWindows) -> None:
         self.windows = windows
-        self.settling: set[asyncio.Task[None]] = set()
-        self._warned_at = -float("inf")
+        self.writes = SharedWrites(log, "rate limits are not enforced")
 
     async def check(self, scopes: list[Scope], tokens: int) -> Admission:
         windows = [Window(name, kind, limit, amount)
@@ -69,7 +68,7 @@ class SharedLimiter:
         try:
             checked = await self.windows.check(windows)
         except SharedStateUnavailable as exc:
-            self._warn(exc)
+            self.writes.unavailable(exc)
             return (lambda actual: None), 0.0, {}
         states = {}
         for w, (remaining, reset_s) in zip(windows, checked.states, strict=True):
@@ -78,27 +77,11 @@ class SharedLimiter:
         if checked.taken is None:
             return None, checked.retry_after_s, states
         taken = checked.taken
-        return (lambda actual: self._settle(taken, actual)), 0.0, states
+        return (lambda actual: self.writes.start(self.windows.settle(taken, actual))), 0.0, states
 
     async def drain(self) -> None:
-        if self.settling:
-            await asyncio.gather(*self.settling, return_exceptions=True)
+        await self.writes.drain()
 
-    def _settle(self, taken: Taken, actual: int) -> None:
-        task = asyncio.get_running_loop().create_task(self._settle_now(taken, actual))
-        self.settling.add(task)
-        task.add_done_callback(self.settling.discard)
-
-    async def _settle_now(self, taken: Taken, actual: int) -> None:
-        try:
-            await self.windows.settle(taken, actual)
-        except SharedStateUnavailable as exc:
-            self._warn(exc)
-
-    def _warn(self, exc: Exception) -> None:
-        if time.monotonic() - self._warned_at >= 60.0:
-            self._warned_at = time.monotonic()
-            log.warning("rate limits are not enforced: Redis cannot be reached (%s)", exc)
 
 DEFAULT_COMPLETION_ESTIMATE = 256
 

@@ -19,9 +19,8 @@ import uuid
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from modelyard.store.redis_limits import SharedStateUnavailable
+from modelyard.store.redis_limits import run_script
 
 PREFIX = "modelyard:budget"
 PERIODS = ("day", "month", "total")
@@ -135,17 +134,11 @@ class RedisBudgets:
         for o in owners:
             for limit, known in zip(o.limits, o.known_spend, strict=True):
                 args += [NO_LIMIT if limit is None else limit, known]
-        try:
-            accepted, index, left = await self._reserve(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
-            raise SharedStateUnavailable(str(exc) or type(exc).__name__) from None
+        accepted, index, left = await run_script(self._reserve, keys, args)
         if int(accepted):
             return SharedHold(member, tuple(keys))
         return Refusal(owners[int(index)].owner, float(left))
 
     async def commit(self, hold: SharedHold, actual: float) -> None:
         """Release the holds and add the actual cost to every owner's spend (0: a release)."""
-        try:
-            await self._commit(keys=list(hold.keys), args=[hold.member, actual, DAY_KEY_TTL_MS, MONTH_KEY_TTL_MS])
-        except (RedisError, OSError) as exc:
-            raise SharedStateUnavailable(str(exc) or type(exc).__name__) from None
+        await run_script(self._commit, list(hold.keys), [hold.member, actual, DAY_KEY_TTL_MS, MONTH_KEY_TTL_MS])

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 PREFIX = "modelyard:rl"
@@ -78,6 +80,14 @@ class SharedStateUnavailable(Exception):
     """Redis could not be reached or refused the script (the message says which)."""
 
 
+async def run_script(script: AsyncScript, keys: list[str], args: list[float | int | str]) -> Any:
+    """Run a registered Lua script, with Redis's errors translated to :class:`SharedStateUnavailable`."""
+    try:
+        return await script(keys=keys, args=args)
+    except (RedisError, OSError) as exc:
+        raise SharedStateUnavailable(str(exc) or type(exc).__name__) from None
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
     """One limited (scope, kind): ``kind`` is ``requests`` or ``tokens``."""
@@ -123,13 +133,10 @@ class RedisWindows:
         """Check every window and, when all have room, take from all of them at once."""
         member = uuid.uuid4().hex
         keys = [k for w in windows for k in self._keys(w.scope, w.kind)]
-        args: list[int | str] = [self.window_ms, member]
+        args: list[float | int | str] = [self.window_ms, member]
         for w in windows:
             args += [w.limit, w.amount]
-        try:
-            accepted, retry, flat = await self._check(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
-            raise SharedStateUnavailable(str(exc) or type(exc).__name__) from None
+        accepted, retry, flat = await run_script(self._check, keys, args)
         states = tuple((float(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2))
         tokens = tuple(w.scope for w in windows if w.kind == "tokens")
         return Checked(Taken(member, tokens) if int(accepted) else None, float(retry), states)
@@ -138,7 +145,4 @@ class RedisWindows:
         """Correct the token windows from the estimate to the actual count (nothing when they have expired)."""
         if taken.token_scopes:
             keys = [k for scope in taken.token_scopes for k in self._keys(scope, "tokens")[1:]]
-            try:
-                await self._settle(keys=keys, args=[taken.member, actual])
-            except (RedisError, OSError) as exc:
-                raise SharedStateUnavailable(str(exc) or type(exc).__name__) from None
+            await run_script(self._settle, keys, [taken.member, actual])
