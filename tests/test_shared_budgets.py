@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 from modelyard.economics.budget import BudgetBook, BudgetLimits, period_keys
 from modelyard.errors import BudgetExceeded
 from modelyard.pipeline.budget import SharedBudgets
-from modelyard.server import connect_redis
 from modelyard.store.redis_budgets import RedisBudgets
+from modelyard.store.redis_client import connect_redis
 
 from .conftest import free_port
 

@@ -22,8 +22,8 @@ import redis
 from redis.asyncio import Redis
 
 from modelyard.pipeline.limits import SharedLimiter
-from modelyard.server import connect_redis
-from modelyard.store.redis_limits import RedisWindows, SharedStateUnavailable, Window
+from modelyard.store.redis_client import SharedStateUnavailable, connect_redis
+from modelyard.store.redis_limits import RedisWindows, Window
 
 from .conftest import LiveServer, free_port, start_modelyard, write_config
 

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import uvicorn
 import uvloop
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from modelyard.api.app import create_app
 from modelyard.api.auth import Keyring
@@ -27,7 +25,8 @@ from modelyard.pipeline.stages import build_pipeline
 from modelyard.store.accounts import Accounts
 from modelyard.store.ledger import LedgerWriter, ledger_sink
 from modelyard.store.redis_budgets import RedisBudgets
-from modelyard.store.redis_limits import RedisWindows, SharedStateUnavailable
+from modelyard.store.redis_client import SharedStateUnavailable, connect_redis
+from modelyard.store.redis_limits import RedisWindows
 from modelyard.store.sqlite import Store
 
 log = logging.getLogger("modelyard")
@@ -131,17 +130,6 @@ async def serve_fleet(
 def _hold_ttl_s(config: FleetConfig) -> float:
     """A budget hold outlives the longest a request may run, so a replica that dies does not keep it."""
     return config.server.max_request_timeout_s + config.server.grace_period_s
-
-
-async def connect_redis(url: str) -> Redis:
-    """A client for the Redis that replicas share, checked with a PING (so a wrong URL fails at startup)."""
-    client = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        await client.aclose()
-        raise SharedStateUnavailable(f"Redis at {url} cannot be reached ({exc})") from None
-    return client
 
 
 def _ignore_signal(signum: int, frame: object) -> None:

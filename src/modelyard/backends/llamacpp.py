@@ -227,23 +227,18 @@ class LlamaCppBackend:
 async def _with_tool_calls(chunks: AsyncGenerator[Chunk, None], reader: ToolCallReader) -> AsyncGenerator[Chunk, None]:
     """The stream with the model's <tool_call> text turned into OpenAI tool calls."""
     async with contextlib.aclosing(chunks):
-        async for chunk in _read_tool_calls(chunks, reader):
-            yield chunk
-
-
-async def _read_tool_calls(chunks: AsyncIterator[Chunk], reader: ToolCallReader) -> AsyncIterator[Chunk]:
-    async for chunk in chunks:
-        if chunk.finish_reason is None:
-            text = reader.feed(chunk.text)
-            if text or chunk.logprobs:
-                yield dataclasses.replace(chunk, text=text)
-            continue
-        text, calls = reader.finish()
-        if text:
-            yield Chunk(text=text)
-        if calls:
-            yield Chunk(tool_calls=calls)
-        yield dataclasses.replace(chunk, finish_reason="tool_calls" if calls else chunk.finish_reason)
+        async for chunk in chunks:
+            if chunk.finish_reason is None:
+                text = reader.feed(chunk.text)
+                if text or chunk.logprobs:
+                    yield dataclasses.replace(chunk, text=text)
+                continue
+            text, calls = reader.finish()
+            if text:
+                yield Chunk(text=text)
+            if calls:
+                yield Chunk(tool_calls=calls)
+            yield dataclasses.replace(chunk, finish_reason="tool_calls" if calls else chunk.finish_reason)
 
 
 def _to_chunk(event: dict[str, Any], deployment: str) -> Chunk:

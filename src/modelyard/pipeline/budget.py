@@ -17,7 +17,7 @@ from modelyard.pipeline.costing import PriceCatalog
 from modelyard.pipeline.shared_writes import SharedWrites
 from modelyard.pipeline.types import Handler, Request, Response, Stage
 from modelyard.store.redis_budgets import OwnerCheck, RedisBudgets, Refusal, SharedHold
-from modelyard.store.redis_limits import SharedStateUnavailable
+from modelyard.store.redis_client import SharedStateUnavailable
 
 log = logging.getLogger("modelyard.budget")
 

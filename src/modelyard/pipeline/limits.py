@@ -16,7 +16,8 @@ from modelyard.errors import PermissionDenied, RateLimited
 from modelyard.pipeline.shared_writes import SharedWrites
 from modelyard.pipeline.types import Handler, Request, Response, Stage
 from modelyard.scheduling.scheduler import CLASS_RANK
-from modelyard.store.redis_limits import RedisWindows, SharedStateUnavailable, Window
+from modelyard.store.redis_client import SharedStateUnavailable
+from modelyard.store.redis_limits import RedisWindows, Window
 
 log = logging.getLogger("modelyard.limits")
 
@@ -77,6 +78,8 @@ class SharedLimiter:
         if checked.taken is None:
             return None, checked.retry_after_s, states
         taken = checked.taken
+        if not taken.token_scopes:
+            return (lambda actual: None), 0.0, states  # requests only: nothing to settle
         return (lambda actual: self.writes.start(self.windows.settle(taken, actual))), 0.0, states
 
     async def drain(self) -> None:

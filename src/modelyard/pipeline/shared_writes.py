@@ -13,7 +13,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from modelyard.store.redis_limits import SharedStateUnavailable
+from modelyard.store.redis_client import SharedStateUnavailable
 
 WARN_EVERY_S = 60.0
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from modelyard.store.redis_limits import run_script
+from modelyard.store.redis_client import run_script
 
 PREFIX = "modelyard:budget"
 PERIODS = ("day", "month", "total")
@@ -116,7 +116,6 @@ class RedisBudgets:
     """Shared budget state (``redis.asyncio`` client; the caller owns it)."""
 
     def __init__(self, client: Redis, hold_ttl_s: float, prefix: str = PREFIX) -> None:
-        self.client = client
         self.hold_ttl_ms = int(hold_ttl_s * 1000)
         self.prefix = prefix
         self._reserve = client.register_script(RESERVE)

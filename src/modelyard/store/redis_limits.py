@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+
+from modelyard.store.redis_client import run_script
 
 PREFIX = "modelyard:rl"
 
@@ -76,18 +75,6 @@ return 1
 """
 
 
-class SharedStateUnavailable(Exception):
-    """Redis could not be reached or refused the script (the message says which)."""
-
-
-async def run_script(script: AsyncScript, keys: list[str], args: list[float | int | str]) -> Any:
-    """Run a registered Lua script, with Redis's errors translated to :class:`SharedStateUnavailable`."""
-    try:
-        return await script(keys=keys, args=args)
-    except (RedisError, OSError) as exc:
-        raise SharedStateUnavailable(str(exc) or type(exc).__name__) from None
-
-
 @dataclass(frozen=True, slots=True)
 class Window:
     """One limited (scope, kind): ``kind`` is ``requests`` or ``tokens``."""
@@ -119,7 +106,6 @@ class RedisWindows:
     """Sliding-window limits in Redis (``redis.asyncio`` client; the caller owns it)."""
 
     def __init__(self, client: Redis, window_s: float = 60.0, prefix: str = PREFIX) -> None:
-        self.client = client
         self.window_ms = int(window_s * 1000)
         self.prefix = prefix
         self._check = client.register_script(CHECK)
