@@ -10,7 +10,7 @@ PORT   ?= 8000
 # that have it, and its kernels crash under some sandboxes and hypervisors.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
-.PHONY: install serve test lint typecheck check clean browser
+.PHONY: install serve test lint typecheck check clean browser test-services
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,11 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || \
 		(echo "make test needs Chromium for the dashboard test: apt-get install chromium" >&2; exit 1)
 
-test: install browser
+# PostgreSQL and Redis: the running ones, else private instances the suite starts (tests/services.py).
+test-services:
+	scripts/test-services.sh
+
+test: install browser test-services
 	$(BIN)/modelyard prepare
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -p no:cacheprovider
 

@@ -69,10 +69,22 @@ def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
 
 
+def commit() -> str:
+    """The commit measured, with ``+dirty`` when the working tree differs from it (a number from uncommitted code says so)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    head = git("rev-parse", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "bench")
+    return head + ("+dirty" if dirty else "")
+
+
 def write_result(name: str, data: dict[str, Any]) -> Path:
+    """Write ``bench/results/NAME.json`` with the commit it measured and when."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    stamped = {"commit": commit(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())} | data
+    path.write_text(json.dumps(stamped, indent=2, sort_keys=True) + "\n")
     return path
 
 

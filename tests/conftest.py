@@ -8,12 +8,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+
+from . import services
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_ENV = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1")
@@ -23,6 +25,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0, poll_s: float = 0.05) -> float:
+    """Wait for an observable event instead of sleeping a guessed time; returns the seconds it took, fails past ``timeout``."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout:g} s waiting until {what}")
+        time.sleep(poll_s)
+    return time.monotonic() - started
 
 
 @dataclass
@@ -78,6 +90,23 @@ def start_modelyard(tmp: Path, config: Path | None = None, extra: list[str] | No
 def start_fake_upstream(tmp: Path, *flags: str) -> LiveServer:
     port = free_port()
     return start_process(["fake-upstream", "--port", str(port), *flags], tmp / f"fake-{port}.log", "/v1/models", port, timeout=30)
+
+
+SERVICES_KEY = pytest.StashKey[services.PrivateServices | None]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """PostgreSQL and Redis for the tests that need them: running ones, or private ones started now."""
+    try:
+        config.stash[SERVICES_KEY] = services.ensure_services(os.environ)
+    except (services.ServiceUnavailable, OSError, subprocess.SubprocessError) as exc:
+        os.environ[services.ERROR_ENV] = f"{type(exc).__name__}: {exc}"  # the tests that need them fail with this
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    private = config.stash.get(SERVICES_KEY, None)
+    if private is not None:
+        private.stop()
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 
@@ -59,9 +60,11 @@ models:
   twin:
     kind: chat
     deployments:
-      - {{name: one, backend: openai, base_url: '{url}/v1'}}
-      - {{name: two, backend: openai, base_url: '{url}/v1'}}
+      - {{name: one, backend: openai, base_url: '{url}/v1', headers: {{x-fake-token-interval-ms: '50'}}}}
+      - {{name: two, backend: openai, base_url: '{url}/v1', headers: {{x-fake-token-interval-ms: '50'}}}}
 """
+# session_affinity_slack's default: a session stays while its deployment has at most this many more in flight than the least loaded.
+SLACK = 2
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +87,33 @@ def test_sessions_stick_to_one_deployment(twin_server: LiveServer) -> None:
     assert {d for s in seen.values() for d in s} == {"twin/one", "twin/two"}  # sessions spread over both
     logged = [json.loads(x) for x in twin_server.log().splitlines() if x.startswith("{") and '"agent-a"' in x]
     assert logged and all(entry["session"] == "agent-a" and entry["workload"] == "agent" for entry in logged)
+
+
+def test_a_session_stays_on_its_loaded_deployment_within_the_slack(twin_server: LiveServer) -> None:
+    """Only affinity explains the result: the session's deployment is busier, so least-outstanding alone would pick the other."""
+    url, session = twin_server.url + "/v1/chat/completions", {"x-modelyard-session": "agent-loaded"}
+    probe = {"model": "twin", "messages": [{"role": "user", "content": "step"}], "max_tokens": 2}
+    hold = probe | {"max_tokens": 400, "stream": True}  # 400 tokens at 50 ms: open for 20 s unless closed
+    with httpx.Client(timeout=30) as http, contextlib.ExitStack() as holders:
+        home = http.post(url, json=probe, headers=session).headers["x-modelyard-deployment"]
+        other = ({"twin/one", "twin/two"} - {home}).pop()
+
+        readers: list[Iterator[bytes]] = []  # kept referenced: a collected iterator would close its stream
+
+        def hold_one() -> str:
+            response = holders.enter_context(http.stream("POST", url, json=hold, headers=session))
+            readers.append(response.iter_raw())
+            next(readers[-1])  # the first chunk has arrived: the request is in flight on its deployment
+            return response.headers["x-modelyard-deployment"]
+
+        for in_flight in range(1, SLACK + 1):
+            assert hold_one() == home
+            assert http.post(url, json=probe).headers["x-modelyard-deployment"] == other  # no session: the least loaded
+            assert http.post(url, json=probe, headers=session).headers["x-modelyard-deployment"] == home, f"left at {in_flight} in flight"
+        assert hold_one() == home  # SLACK in flight, still within the slack
+        # Now SLACK + 1 more than the other: the session moves, and stays where it moved.
+        assert http.post(url, json=probe, headers=session).headers["x-modelyard-deployment"] == other
+        assert http.post(url, json=probe, headers=session).headers["x-modelyard-deployment"] == other
 
 
 def test_user_field_is_a_session_too(twin_server: LiveServer) -> None:

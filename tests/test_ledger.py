@@ -18,6 +18,7 @@ from modelyard.economics.cost import AttemptUse, attempt_cost, request_cost
 from modelyard.protocol import Usage
 
 from .conftest import LiveServer, start_modelyard, write_config
+from .services import DATABASE_ENV, service_url
 
 
 def test_cost_arithmetic() -> None:
@@ -54,7 +55,7 @@ def chat(server: LiveServer, model: str, **extra: object) -> httpx.Response:
     return httpx.post(server.url + "/v1/chat/completions", json=body, timeout=30)
 
 
-POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+POSTGRES = service_url(DATABASE_ENV)  # this machine's, or a private one (tests/services.py)
 
 
 def ledger_rows(database: str, data: Path) -> dict[str, dict[str, object]]:

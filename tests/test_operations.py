@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import LiveServer, start_modelyard, write_config
+from .conftest import LiveServer, start_modelyard, wait_until, write_config
 
 MIXED = """
 server:
@@ -76,6 +76,40 @@ def worker_pids(server: LiveServer, deployment: str) -> list[int]:
     return [w["pid"] for w in entry["workers"] if w["state"] == "ready"]
 
 
+def outstanding(server: LiveServer, deployment: str) -> int:
+    fleet = httpx.get(server.url + "/admin/fleet").json()
+    return int(next(d for d in fleet["deployments"] if d["deployment"] == deployment)["outstanding"])
+
+
+class BackgroundStream:
+    """A streaming request on a thread; ``first_token`` is set when the first content arrives."""
+
+    def __init__(self, server: LiveServer, body: dict[str, object]) -> None:
+        self.lines: list[str] = []
+        self.status = 0
+        self.first_token = threading.Event()
+        self.thread = threading.Thread(target=self._consume, args=(server, body))
+        self.thread.start()
+        if not self.first_token.wait(60):
+            raise AssertionError("the stream sent no token within 60 s")
+
+    def _consume(self, server: LiveServer, body: dict[str, object]) -> None:
+        try:
+            with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as response:
+                self.status = response.status_code
+                for line in response.iter_lines():
+                    if line:
+                        self.lines.append(line)
+                    if '"content"' in line:
+                        self.first_token.set()
+        finally:
+            self.first_token.set()  # never leave the waiter hanging; it checks the lines
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the stream did not end"
+
+
 def chat(server: LiveServer, model: str, max_tokens: int = 4, stream: bool = False, timeout: float = 60) -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": "Tell me a long story about a dragon."}], "max_tokens": max_tokens, "stream": stream}
     return httpx.post(server.url + "/v1/chat/completions", json=body, timeout=timeout)
@@ -123,7 +157,7 @@ def test_overload_is_429_with_retry_after(mixed_server: LiveServer) -> None:
     results: list[httpx.Response] = []
     first = threading.Thread(target=lambda: results.append(chat(mixed_server, "smollm2-135m", max_tokens=150)))
     first.start()
-    time.sleep(0.5)  # the one worker is now busy and the queue holds 0
+    wait_until(lambda: outstanding(mixed_server, "smollm2-135m/0") == 1, "the one worker is busy (the queue holds 0)")
     second = chat(mixed_server, "smollm2-135m", max_tokens=2)
     first.join()
     assert second.status_code == 429
@@ -167,34 +201,24 @@ def test_killed_worker_is_restarted(mixed_server: LiveServer) -> None:
 
 
 def test_worker_killed_mid_request_is_a_clean_error_not_a_hang(mixed_server: LiveServer) -> None:
-    results: list[httpx.Response] = []
-    thread = threading.Thread(target=lambda: results.append(chat(mixed_server, "smollm2-135m", max_tokens=400, stream=True)))
-    thread.start()
-    time.sleep(1.0)
+    body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Tell me a long story about a dragon."}], "max_tokens": 400, "stream": True}
+    stream = BackgroundStream(mixed_server, body)  # returns once tokens are flowing
     for pid in worker_pids(mixed_server, "smollm2-135m/0"):
         os.kill(pid, signal.SIGKILL)
-    thread.join(30)
-    assert results and results[0].status_code == 200  # tokens were flowing: the stream ends with an error event
-    last = [line for line in results[0].text.splitlines() if line][-1]
-    assert "died" in json.loads(last[len("data: "):])["error"]["message"]
+    stream.join(30)
+    assert stream.status == 200  # tokens were flowing: the stream ends with an error event
+    assert "died" in json.loads(stream.lines[-1][len("data: "):])["error"]["message"]
 
 
 def test_sigterm_finishes_inflight_and_leaves_no_orphans(tmp_path: Path, fake_upstream: LiveServer) -> None:
     server = start_modelyard(tmp_path, write_config(tmp_path / "fleet.yaml", MIXED.format(url=fake_upstream.url)))
     pids = worker_pids(server, "smollm2-135m/0")
     body = {"model": "fake-paced", "messages": [{"role": "user", "content": "x"}], "max_tokens": 20, "stream": True}
-    lines: list[str] = []
-
-    def consume() -> None:
-        with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30) as response:
-            lines.extend(line for line in response.iter_lines() if line)
-
-    thread = threading.Thread(target=consume)
-    thread.start()
-    time.sleep(0.5)  # the stream is under way: 20 tokens at 100 ms
+    stream = BackgroundStream(server, body)  # under way: 20 tokens at 100 ms
     assert server.stop(signal.SIGTERM) == 0
-    thread.join(10)
-    assert lines and lines[-1] == "data: [DONE]"  # the in-flight stream was allowed to finish
+    stream.join(10)
+    assert stream.lines[-1] == "data: [DONE]"  # the in-flight stream was allowed to finish
+    assert sum('"content"' in line for line in stream.lines) >= 20
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

@@ -220,7 +220,8 @@ def _accounts_call(args: argparse.Namespace, action: str) -> int:
 def cmd_fake_upstream(args: argparse.Namespace) -> int:
     from modelyard.testing.fake_upstream import FakeScript, serve_fake
 
-    serve_fake(FakeScript(latency_ms=args.latency_ms, tokens=args.tokens, token_interval_ms=args.token_interval_ms), args.host, args.port)
+    script = FakeScript(latency_ms=args.latency_ms, tokens=args.tokens, token_interval_ms=args.token_interval_ms, capacity=args.capacity)
+    serve_fake(script, args.host, args.port)
     return 0
 
 
@@ -322,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-ms", type=float, default=0.0, help="delay before the first token")
     p.add_argument("--tokens", type=int, default=16, help="tokens per completion")
     p.add_argument("--token-interval-ms", type=float, default=0.0, help="delay between streamed tokens")
+    p.add_argument("--capacity", type=int, default=0, help="requests served at once, the rest queue (0: unbounded)")
     p.set_defaults(func=cmd_fake_upstream)
     return parser
 

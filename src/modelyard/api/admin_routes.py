@@ -23,6 +23,16 @@ def _optional_int(body: dict[str, Any], name: str) -> int | None:
     return value
 
 
+def _text(body: dict[str, Any], name: str) -> str:
+    """A string field ('' when absent); anything else is a 400 naming it."""
+    value = body.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{name}' must be a string", param=name)
+    return value
+
+
 def _budget(body: Any) -> tuple[float | None, float | None, float | None]:
     """``{"day", "month", "total"}`` in US dollars; a missing period has no limit."""
     if not isinstance(body, dict):
@@ -44,7 +54,7 @@ class AdminRoutes:
     async def create_tenant(self, http: HTTPRequest) -> HTTPResponse:
         body = parse.parse_json(await http.body())
         try:
-            tenant = await self.accounts.create_tenant(str(body.get("id") or ""), _optional_int(body, "rpm"), _optional_int(body, "tpm"))
+            tenant = await self.accounts.create_tenant(_text(body, "id"), _optional_int(body, "rpm"), _optional_int(body, "tpm"))
         except AccountError as exc:
             raise InvalidRequest(str(exc), param="id") from None
         return JSONResponse(tenant, status_code=201)
@@ -82,7 +92,7 @@ class AdminRoutes:
             raise InvalidRequest("'allowed_models' must be a list of model names", param="allowed_models")
         try:
             key = await self.accounts.create_key(
-                str(body.get("tenant") or ""), str(body.get("name") or ""), models, body.get("max_class"),
+                _text(body, "tenant"), _text(body, "name"), models, _text(body, "max_class") or None,
                 _optional_int(body, "rpm"), _optional_int(body, "tpm"), _budget(body.get("budget") or {}),
             )
         except AccountError as exc:

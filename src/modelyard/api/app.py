@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import time
 from dataclasses import dataclass
@@ -21,9 +22,12 @@ from modelyard.api import parse, render
 from modelyard.api.accounting import LedgerRecorder
 from modelyard.api.admin_routes import AdminRoutes
 from modelyard.api.auth import AuthMiddleware, Keyring
-from modelyard.api.batch_routes import BatchRoutes, line_executor
+from modelyard.api.batch_lines import line_executor
+from modelyard.api.batch_routes import BatchRoutes
 from modelyard.api.dashboard_routes import DashboardRoutes
 from modelyard.api.middleware import Observer, RequestContextMiddleware
+from modelyard.api.openapi import openapi_document
+from modelyard.api.record import note_request
 from modelyard.api.responses import JSONResponse
 from modelyard.api.usage_route import UsageRoute
 from modelyard.config import FleetConfig
@@ -84,10 +88,7 @@ class Api:
         return request
 
     def _note(self, http: HTTPRequest, request: Request, response: Response | None = None) -> None:
-        state = http.scope["state"]
-        state.update(request=request, requested_model=request.model, workload=request.workload, session=request.session, attempts=len(request.attempts))
-        if response is not None:
-            state.update(served_model=response.model, deployment=response.deployment, route_reason=response.route_reason)
+        note_request(http.scope["state"], request, response)
 
     def _model_headers(self, request: Request, response: Response) -> dict[str, str]:
         return {
@@ -187,6 +188,16 @@ class Api:
     async def metrics_endpoint(self, http: HTTPRequest) -> HTTPResponse:
         return HTTPResponse(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    async def openapi(self, http: HTTPRequest) -> HTTPResponse:
+        return JSONResponse(openapi_document(_version()))
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("modelyard")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
 
 def _finish_request(state: dict[str, Any], status: int, seconds: float) -> None:
     """The HTTP exchange is over: let the pipeline settle limits and commit budgets."""
@@ -252,11 +263,14 @@ def create_app(
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/metrics", api.metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/admin/fleet", api.fleet_status, methods=["GET"]),
         Route("/admin/breakers", api.breakers, methods=["GET"]),
         Route("/admin/usage", UsageRoute(ledger).handle, methods=["GET"]),
     ]
-    batches = BatchService(store, line_executor(handler), config.scheduling.batch_concurrency, config.scheduling.max_file_bytes)
+    observers: list[Observer] = [LedgerRecorder(ledger, config, lambda: keyring.plans).observe, metrics.observe, _finish_request]
+    execute = line_executor(handler, keyring.policy_of, observers, ledger.flush)
+    batches = BatchService(store, execute, config.scheduling.batch_concurrency, config.scheduling.max_file_bytes)
     routes += BatchRoutes(batches, config.server.max_body_bytes).routes()
     routes += AdminRoutes(keyring.accounts, keyring).routes()
     routes += DashboardRoutes(ledger, api.snapshot).routes()
@@ -265,7 +279,6 @@ def create_app(
         exception_handlers={ModelyardError: _modelyard_error, HTTPException: _http_error, Exception: _unexpected},
     )
     app.add_middleware(AuthMiddleware, keyring=keyring)
-    observers: list[Observer] = [LedgerRecorder(ledger, config, lambda: keyring.plans).observe, metrics.observe, _finish_request]
     app.add_middleware(RequestContextMiddleware, observers=observers)
     app.state.batches = batches
     return app

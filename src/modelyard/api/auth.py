@@ -3,7 +3,7 @@
 Without ``MODELYARD_MASTER_KEY`` modelyard runs open (every caller is tenant
 ``default``) and ``serve`` refuses to listen beyond loopback. With it, every
 ``/v1`` call needs a valid key (or the master key) and ``/admin`` needs the
-master key; ``/healthz``, ``/readyz`` and ``/metrics`` stay open.
+master key; ``/healthz``, ``/readyz``, ``/metrics`` and ``/openapi.json`` stay open.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from modelyard.errors import AuthenticationFailed
 from modelyard.store.accounts import BUDGET_COLUMNS, PLAN_COLUMNS, Accounts, hash_key
 
 log = logging.getLogger("modelyard.auth")
-OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/ui")  # /ui is a static page; its data needs the master key
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/ui", "/openapi.json")  # /ui is a static page; its data needs the master key
 SpendSource = Callable[[], Awaitable[list[dict[str, Any]]]]
 DEFAULT_TENANT = "default"
 
@@ -43,6 +43,7 @@ class Keyring:
         self.master_key = master_key or None
         self.refresh_s = refresh_s
         self.policies: dict[str, KeyPolicy] = {}
+        self.by_id: dict[str, KeyPolicy] = {}
         self.plans: dict[str, PricePlan] = {}
         self.task: asyncio.Task[None] | None = None
 
@@ -56,6 +57,7 @@ class Keyring:
             )
             for row in keys
         }
+        self.by_id = {p.key_id: p for p in self.policies.values()}
         tenants = await self.accounts.tenants()
         self.plans = {
             t["id"]: PricePlan(t["plan_input_per_1m"] or 0.0, t["plan_output_per_1m"] or 0.0, t["plan_per_request"] or 0.0)
@@ -112,6 +114,10 @@ class Keyring:
 
     def lookup(self, token: str) -> KeyPolicy | None:
         return self.policies.get(hash_key(token))
+
+    def policy_of(self, key_id: str) -> KeyPolicy | None:
+        """An active key's current policy by its id (None: revoked or unknown); batch lines run under it."""
+        return self.by_id.get(key_id)
 
 
 def bearer(scope: Scope) -> str:

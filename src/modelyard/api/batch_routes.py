@@ -1,60 +1,20 @@
-"""HTTP handlers for ``/v1/files`` and ``/v1/batches``, and the executor that runs batch lines."""
+"""HTTP handlers for ``/v1/files`` and ``/v1/batches`` (lines run in :mod:`modelyard.api.batch_lines`)."""
 
 from __future__ import annotations
 
-import time
-import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response as HTTPResponse
 from starlette.routing import Route
 
-from modelyard.api import parse, render
+from modelyard.api import parse
 from modelyard.api.responses import JSONResponse
-from modelyard.errors import InvalidRequest, ModelyardError, PayloadTooLarge
-from modelyard.pipeline.batches import BatchService, file_object
-from modelyard.pipeline.types import Handler, Request
+from modelyard.errors import InvalidRequest, PayloadTooLarge
+from modelyard.pipeline.batches import BatchOwner, BatchService, file_object
 
 DEFAULT_TENANT = "default"
-
-
-def line_executor(handler: Handler) -> Any:
-    """Run one batch line through the same pipeline as live traffic, in the ``batch`` class."""
-
-    async def execute(endpoint: str, body: dict[str, Any], tenant: str) -> tuple[int, dict[str, Any]]:
-        request_id = uuid.uuid4().hex
-        request: Request | None = None
-        headers = {"x-modelyard-class": "batch"}
-        body = {**body, "stream": False}
-        body.pop("stream_options", None)
-        try:
-            if endpoint == "/v1/embeddings":
-                request, encoding = parse.embedding_request(body, request_id, headers)
-                request.tenant = tenant
-                response = await handler(request)
-                assert response.embeddings is not None
-                return 200, render.embeddings_body(response, response.embeddings, encoding)
-            kind = "chat" if endpoint == "/v1/chat/completions" else "completion"
-            parser = parse.chat_request if kind == "chat" else parse.completion_request
-            request, _ = parser(body, request_id, headers)
-            request.tenant = tenant
-            response = await handler(request)
-            choices = await render.collect(response.streams, None)
-            build = render.chat_body if kind == "chat" else render.completion_body
-            return 200, build(request_id, response, choices, int(time.time()))
-        except ModelyardError as exc:
-            error = exc.to_body()
-            if exc.retry_after is not None:
-                error["retry_after"] = exc.retry_after
-            return exc.status, error
-        finally:
-            if request is not None:
-                request.finish()
-
-    return execute
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +24,10 @@ class BatchRoutes:
 
     def tenant(self, http: HTTPRequest) -> str:
         return http.scope.get("state", {}).get("tenant", DEFAULT_TENANT)
+
+    def owner(self, http: HTTPRequest) -> BatchOwner:
+        """The tenant and API key a new batch's lines will run as."""
+        return BatchOwner(self.tenant(http), http.scope.get("state", {}).get("api_key_id"))
 
     async def upload(self, http: HTTPRequest) -> HTTPResponse:
         declared = http.headers.get("content-length")
@@ -105,7 +69,7 @@ class BatchRoutes:
 
     async def create_batch(self, http: HTTPRequest) -> HTTPResponse:
         body = parse.parse_json(await http.body())
-        return JSONResponse(await self.service.create(self.tenant(http), body))
+        return JSONResponse(await self.service.create(self.owner(http), body))
 
     async def get_batch(self, http: HTTPRequest) -> HTTPResponse:
         return JSONResponse(await self.service.get(self.tenant(http), http.path_params["batch_id"]))

@@ -17,6 +17,8 @@ from modelyard.protocol import ModelCall, Sampling
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 MAX_N = 8
 MAX_STOPS = 4
+MAX_INT32 = 2**31 - 1  # engines keep token counts in C ints
+INT64 = (-(2**63), 2**63 - 1)
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -88,14 +90,14 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
 def _sampling(body: dict[str, Any], logprobs: bool, top_logprobs: int) -> Sampling:
     for name in ("frequency_penalty", "presence_penalty"):
         _number(body, name, -2.0, 2.0)
-    max_tokens = _integer(body, "max_tokens", 1)
-    max_completion = _integer(body, "max_completion_tokens", 1)
+    max_tokens = _integer(body, "max_tokens", 1, MAX_INT32)
+    max_completion = _integer(body, "max_completion_tokens", 1, MAX_INT32)
     return Sampling(
         max_tokens=max_completion if max_completion is not None else max_tokens,
         temperature=_number(body, "temperature", 0.0, 2.0),
         top_p=_number(body, "top_p", 0.0, 1.0),
         stop=_stop(body),
-        seed=_integer(body, "seed", -(2**63)),
+        seed=_integer(body, "seed", *INT64),
         logprobs=logprobs,
         top_logprobs=top_logprobs,
     )
@@ -106,7 +108,7 @@ def _message(index: int, message: Any) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise InvalidRequest(f"'{where}' must be an object", param=where)
     role = message.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise InvalidRequest(f"'{where}.role' must be one of {', '.join(sorted(ROLES))}, got {role!r}", param=f"{where}.role")
     content = message.get("content")
     if isinstance(content, list):

@@ -11,8 +11,8 @@ reservation by (retries are not reserved for).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 PERIODS = ("day", "month", "total")
 
@@ -33,8 +33,8 @@ def key_owner(key_id: str) -> str:
 
 
 def period_keys(now: float) -> dict[str, str]:
-    t = time.gmtime(now)
-    return {"day": time.strftime("%Y-%m-%d", t), "month": time.strftime("%Y-%m", t), "total": "all"}
+    day = datetime.fromtimestamp(now, UTC)  # formats the time it is given; reads no clock
+    return {"day": day.strftime("%Y-%m-%d"), "month": day.strftime("%Y-%m"), "total": "all"}
 
 
 @dataclass(slots=True)

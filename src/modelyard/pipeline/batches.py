@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from modelyard.errors import InvalidRequest, NotFound
@@ -25,11 +26,35 @@ log = logging.getLogger("modelyard.batches")
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 WINDOWS = {"24h": 24 * 3600}
-RETRYABLE_STATUS = {429, 502, 503, 504}
 MAX_LINE_TRIES = 5
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 
-LineExecutor = Callable[[str, dict[str, Any], str], Awaitable[tuple[int, dict[str, Any]]]]  # endpoint, body, tenant
+
+@dataclass(frozen=True, slots=True)
+class BatchOwner:
+    """Who submitted a batch: its lines run as this tenant and API key (None: the master key or open mode)."""
+
+    tenant: str
+    key_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LineResult:
+    """One line's answer (``status`` 200) or error, and whether trying again later may change it.
+
+    ``retryable``: try again after ``retry_after_s``, spending one of the line's tries (overload,
+    upstream failures). ``wait_s`` > 0: try again after that long without spending a try (a rate
+    limit: the line waits its turn, as a throttled client would).
+    """
+
+    status: int
+    body: dict[str, Any]
+    retryable: bool = False
+    retry_after_s: float = 1.0
+    wait_s: float = 0.0
+
+
+LineExecutor = Callable[[str, dict[str, Any], BatchOwner], Awaitable[LineResult]]  # endpoint, body, owner
 
 
 def batch_object(row: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
@@ -51,6 +76,15 @@ def file_object(row: dict[str, Any]) -> dict[str, Any]:
         "id": row["id"], "object": "file", "bytes": row["bytes"], "created_at": row["created_at"],
         "filename": row["filename"], "purpose": row["purpose"], "status": "processed", "status_details": None,
     }
+
+
+def _metadata(value: Any) -> dict[str, str] | None:
+    """OpenAI's rule: at most 16 pairs, keys up to 64 characters, string values up to 512."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) > 16 or not all(isinstance(v, str) and len(k) <= 64 and len(v) <= 512 for k, v in value.items()):
+        raise InvalidRequest("'metadata' must be an object of at most 16 keys (up to 64 characters) with string values (up to 512)", param="metadata")
+    return value
 
 
 def parse_line(number: int, raw: str, endpoint: str, seen: set[str]) -> tuple[str | None, str | None, str | None]:
@@ -116,7 +150,8 @@ class BatchService:
         return {"id": file_id, "object": "file", "deleted": True}
 
     # -- batches -------------------------------------------------------------------------------
-    async def create(self, tenant: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def create(self, owner: BatchOwner, body: dict[str, Any]) -> dict[str, Any]:
+        tenant = owner.tenant
         input_file_id = body.get("input_file_id")
         if not isinstance(input_file_id, str):
             raise InvalidRequest("'input_file_id' is required", param="input_file_id")
@@ -124,11 +159,9 @@ class BatchService:
         if endpoint not in ENDPOINTS:
             raise InvalidRequest(f"'endpoint' must be one of {', '.join(ENDPOINTS)}", param="endpoint")
         window = body.get("completion_window")
-        if window not in WINDOWS:
+        if not isinstance(window, str) or window not in WINDOWS:
             raise InvalidRequest("'completion_window' must be '24h'", param="completion_window")
-        metadata = body.get("metadata")
-        if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16):
-            raise InvalidRequest("'metadata' must be an object of at most 16 keys", param="metadata")
+        metadata = _metadata(body.get("metadata"))
         source = await self.store.get_file(tenant, input_file_id)
         if source is None:
             raise NotFound(f"No such file: {input_file_id}", param="input_file_id")
@@ -136,7 +169,7 @@ class BatchService:
             raise InvalidRequest(f"file {input_file_id} was not uploaded with purpose 'batch'", param="input_file_id")
         now = int(time.time())
         row = {
-            "id": new_id("batch_"), "tenant": tenant, "input_file_id": input_file_id, "endpoint": endpoint,
+            "id": new_id("batch_"), "tenant": tenant, "api_key": owner.key_id, "input_file_id": input_file_id, "endpoint": endpoint,
             "completion_window": window, "metadata": json.dumps(metadata) if metadata else None, "status": "validating",
             "created_at": now, "expires_at": now + WINDOWS[str(window)],
         }
@@ -236,12 +269,16 @@ class BatchService:
         return True
 
     async def _run_line(self, row: dict[str, Any], line: dict[str, Any]) -> None:
-        status, body = await self.execute(row["endpoint"], json.loads(line["request"]), row["tenant"])
-        if status in RETRYABLE_STATUS and await self.store.bump_tries(row["id"], line["line_no"]) < MAX_LINE_TRIES:
-            await asyncio.sleep(min(30.0, float(body.get("retry_after", 1.0)) if isinstance(body, dict) else 1.0))
+        owner = BatchOwner(row["tenant"], row.get("api_key"))
+        result = await self.execute(row["endpoint"], json.loads(line["request"]), owner)
+        if result.wait_s > 0:
+            await asyncio.sleep(min(60.0, result.wait_s))
+            return  # stays pending, its tries untouched; tried again on a later step
+        if result.retryable and await self.store.bump_tries(row["id"], line["line_no"]) < MAX_LINE_TRIES:
+            await asyncio.sleep(min(30.0, result.retry_after_s))
             return  # stays pending; tried again on a later step
-        response = {"status_code": status, "request_id": new_id("req_"), "body": body}
-        await self.store.finish_line(row["id"], line["line_no"], "done" if status == 200 else "error", response, None)
+        response = {"status_code": result.status, "request_id": new_id("req_"), "body": result.body}
+        await self.store.finish_line(row["id"], line["line_no"], "done" if result.status == 200 else "error", response, None)
 
     async def _finalize(self, row: dict[str, Any], status: str, when: str) -> None:
         lines = await self.store.all_lines(row["id"])

@@ -111,6 +111,16 @@ def headers_of(states: dict[str, LimitState]) -> dict[str, str]:
     return out
 
 
+def _refuse_never_fitting(scopes: list[Scope], tokens: int) -> None:
+    """A request larger than a whole minute's token limit can never be admitted: say so, with no retry-after."""
+    for name, _, tpm in scopes:
+        if tpm is not None and tokens > tpm:
+            raise RateLimited(
+                f"Request too large for {name.split(':')[0]} tokens per minute (TPM): limit {tpm}, requested about {tokens} "
+                "(prompt and max_tokens); send a smaller request"
+            )
+
+
 def limits(limiter: Limiter) -> Stage:
     def stage(next_handler: Handler) -> Handler:
         async def handle(request: Request) -> Response:
@@ -122,7 +132,9 @@ def limits(limiter: Limiter) -> Stage:
             if policy.max_class and CLASS_RANK.get(request.workload, 9) < CLASS_RANK[policy.max_class]:
                 request.workload = policy.max_class  # a header may not claim more than the key's policy
             scopes = [(f"key:{policy.key_id}", policy.rpm, policy.tpm), (f"tenant:{policy.tenant}", policy.tenant_rpm, policy.tenant_tpm)]
-            settle, retry_after, states = await limiter.check(scopes, estimated_tokens(request))
+            tokens = estimated_tokens(request)
+            _refuse_never_fitting(scopes, tokens)
+            settle, retry_after, states = await limiter.check(scopes, tokens)
             request.ratelimit = headers_of(states)
             if settle is None:
                 raise RateLimited(f"rate limit reached for this key or tenant; try again in {retry_after:.1f}s", retry_after=retry_after)

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS batches (
     completion_window TEXT NOT NULL, metadata TEXT, status TEXT NOT NULL, created_at INTEGER NOT NULL,
     expires_at INTEGER NOT NULL, in_progress_at INTEGER, finalizing_at INTEGER, completed_at INTEGER,
     failed_at INTEGER, expired_at INTEGER, cancelling_at INTEGER, cancelled_at INTEGER,
-    output_file_id TEXT, error_file_id TEXT, errors TEXT
+    output_file_id TEXT, error_file_id TEXT, errors TEXT, api_key TEXT
 );
 CREATE TABLE IF NOT EXISTS batch_lines (
     batch_id TEXT NOT NULL, line_no INTEGER NOT NULL, custom_id TEXT, request TEXT,
@@ -39,6 +39,16 @@ CREATE TABLE IF NOT EXISTS batch_lines (
 );
 CREATE INDEX IF NOT EXISTS batch_lines_pending ON batch_lines (batch_id, state);
 """
+
+
+# Columns added after a table first shipped: (table, column, type). Old data directories gain them at startup.
+ADDED_COLUMNS = (("batches", "api_key", "TEXT"),)
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    for table, column, kind in ADDED_COLUMNS:
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def new_id(prefix: str) -> str:
@@ -57,6 +67,7 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        _add_missing_columns(self._db)
         self._lock = threading.Lock()
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -118,8 +129,8 @@ class Store:
     # -- batches -------------------------------------------------------------------------------
     async def add_batch(self, row: dict[str, Any]) -> None:
         await self.run(lambda db: db.execute(
-            "INSERT INTO batches (id, tenant, input_file_id, endpoint, completion_window, metadata, status, created_at, expires_at) "
-            "VALUES (:id, :tenant, :input_file_id, :endpoint, :completion_window, :metadata, :status, :created_at, :expires_at)", row
+            "INSERT INTO batches (id, tenant, api_key, input_file_id, endpoint, completion_window, metadata, status, created_at, expires_at) "
+            "VALUES (:id, :tenant, :api_key, :input_file_id, :endpoint, :completion_window, :metadata, :status, :created_at, :expires_at)", row
         ))
 
     async def get_batch(self, tenant: str | None, batch_id: str) -> dict[str, Any] | None:

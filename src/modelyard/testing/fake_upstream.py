@@ -14,6 +14,13 @@ headers, so one server can script many cases:
 - ``x-fake-content-type``: answer 200 with an HTML page instead of the API response
 - ``x-fake-text``: the reply text (split on spaces into tokens) instead of the word list
 - ``x-fake-logprob``: the logprob reported for every token when logprobs are requested
+
+A running server also takes a fault for every later request at ``POST /fault``
+(``{"mode": "hang" | "slow" | "status" | null, "status": 500, "latency_ms": 5000}``):
+``hang`` accepts and never answers, ``slow`` delays the first byte by
+``latency_ms``, ``status`` answers every request with that error, ``null``
+clears it. ``FakeScript.capacity`` bounds the requests served at once (the
+rest queue), as a real replica's slots do.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ class FakeScript:
     latency_ms: float = 0.0
     tokens: int = 16
     token_interval_ms: float = 0.0
+    capacity: int = 0  # requests served at once; 0: unbounded
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -51,46 +59,35 @@ def _setting(request: Request, name: str, default: float) -> float:
     return float(value) if value is not None else default
 
 
+FAULT_MODES = ("hang", "slow", "status")
+
+
 def create_fake_app(script: FakeScript) -> Starlette:
     counter = {"requests": 0}
+    fault: dict[str, Any] = {"mode": None}
+    slots = asyncio.Semaphore(script.capacity) if script.capacity > 0 else None
 
     async def generate(request: Request) -> Response:
         counter["requests"] += 1
         body = orjson.loads(await request.body())
-        chat = request.url.path.endswith("/chat/completions")
-        latency = _setting(request, "x-fake-latency-ms", script.latency_ms) / 1000
-        tokens = int(_setting(request, "x-fake-tokens", body.get("max_tokens") or script.tokens))
-        tokens = min(tokens, int(body.get("max_tokens") or tokens))
-        status = int(_setting(request, "x-fake-status", 0))
-        if latency:
-            await asyncio.sleep(latency)
-        if status:
-            retry = request.headers.get("x-fake-retry-after", "1")
-            headers = {"retry-after": retry} if status == 429 and retry != "none" else None
-            code = request.headers.get("x-fake-error-code")
-            return _json({"error": {"message": f"scripted failure {status}", "type": "fake", "code": code}}, status, headers)
-        if request.headers.get("x-fake-garbage"):
-            body_type = "text/event-stream" if body.get("stream") else "application/json"
-            return Response(b"data: {this is not json\n\n" if body.get("stream") else b"{not json", media_type=body_type)
-        if request.headers.get("x-fake-content-type"):
-            return Response(b"<html><body>502 Bad Gateway</body></html>", media_type="text/html")
-        scripted = request.headers.get("x-fake-text")
-        words = scripted.split(" ")[:tokens] if scripted else [WORDS[i % len(WORDS)] for i in range(tokens)]
-        tokens = len(words)
-        logprob = _setting(request, "x-fake-logprob", -0.1) if body.get("logprobs") else None
-        model = body.get("model", "fake")
-        prompt_tokens = _prompt_tokens(body)
-        if body.get("stream"):
-            fail_after = int(_setting(request, "x-fake-fail-after", -1))
-            stall_after = int(_setting(request, "x-fake-stall-after", -1))
-            interval = _setting(request, "x-fake-token-interval-ms", script.token_interval_ms) / 1000
-            events = _stream(chat, model, words, prompt_tokens, body, fail_after, stall_after, interval, logprob)
-            return StreamingResponse(events, media_type="text/event-stream")
-        text = " ".join(words)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
-        return _json({"id": "fake-1", "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-                      "model": model, "choices": [choice | {"finish_reason": "length" if tokens else "stop"}], "usage": usage})
+        if fault["mode"] is not None:
+            return await _injected(fault)
+        if slots is None:
+            return await _generate(request, body, script)
+        async with slots:  # a streamed answer is fully generated before the slot is freed (bounded replica time)
+            response = await _generate(request, body, script)
+            if isinstance(response, StreamingResponse):
+                chunks = [chunk async for chunk in response.body_iterator]
+                return Response(b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks), media_type="text/event-stream")
+            return response
+
+    async def set_fault(request: Request) -> Response:
+        wanted = orjson.loads(await request.body())
+        if wanted.get("mode") not in (None, *FAULT_MODES):
+            return _json({"error": {"message": f"mode must be one of {FAULT_MODES} or null", "type": "invalid_request_error"}}, 400)
+        fault.clear()
+        fault.update({"mode": wanted.get("mode"), "status": int(wanted.get("status", 500)), "latency_ms": float(wanted.get("latency_ms", 5000))})
+        return _json(fault)
 
     async def embeddings(request: Request) -> Response:
         body = orjson.loads(await request.body())
@@ -113,7 +110,53 @@ def create_fake_app(script: FakeScript) -> Starlette:
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/stats", stats, methods=["GET"]),
+        Route("/fault", set_fault, methods=["POST"]),
     ])
+async def _injected(fault: dict[str, Any]) -> Response:
+    if fault["mode"] == "hang":
+        await asyncio.Event().wait()  # accepted, never answered (the client's timeout ends it)
+    if fault["mode"] == "slow":
+        await asyncio.sleep(fault["latency_ms"] / 1000)
+        return _json({"error": {"message": "too late", "type": "fake"}}, 504)
+    return _json({"error": {"message": f"injected failure {fault['status']}", "type": "fake", "code": None}}, fault["status"])
+
+
+async def _generate(request: Request, body: Any, script: FakeScript) -> Response:
+    chat = request.url.path.endswith("/chat/completions")
+    latency = _setting(request, "x-fake-latency-ms", script.latency_ms) / 1000
+    tokens = int(_setting(request, "x-fake-tokens", body.get("max_tokens") or script.tokens))
+    tokens = min(tokens, int(body.get("max_tokens") or tokens))
+    status = int(_setting(request, "x-fake-status", 0))
+    if latency:
+        await asyncio.sleep(latency)
+    if status:
+        retry = request.headers.get("x-fake-retry-after", "1")
+        headers = {"retry-after": retry} if status == 429 and retry != "none" else None
+        code = request.headers.get("x-fake-error-code")
+        return _json({"error": {"message": f"scripted failure {status}", "type": "fake", "code": code}}, status, headers)
+    if request.headers.get("x-fake-garbage"):
+        body_type = "text/event-stream" if body.get("stream") else "application/json"
+        return Response(b"data: {this is not json\n\n" if body.get("stream") else b"{not json", media_type=body_type)
+    if request.headers.get("x-fake-content-type"):
+        return Response(b"<html><body>502 Bad Gateway</body></html>", media_type="text/html")
+    scripted = request.headers.get("x-fake-text")
+    words = scripted.split(" ")[:tokens] if scripted else [WORDS[i % len(WORDS)] for i in range(tokens)]
+    tokens = len(words)
+    logprob = _setting(request, "x-fake-logprob", -0.1) if body.get("logprobs") else None
+    model = body.get("model", "fake")
+    prompt_tokens = _prompt_tokens(body)
+    if body.get("stream"):
+        fail_after = int(_setting(request, "x-fake-fail-after", -1))
+        stall_after = int(_setting(request, "x-fake-stall-after", -1))
+        interval = _setting(request, "x-fake-token-interval-ms", script.token_interval_ms) / 1000
+        events = _stream(chat, model, words, prompt_tokens, body, fail_after, stall_after, interval, logprob)
+        return StreamingResponse(events, media_type="text/event-stream")
+    text = " ".join(words)
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}
+    choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
+    return _json({"id": "fake-1", "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+                  "model": model, "choices": [choice | {"finish_reason": "length" if tokens else "stop"}], "usage": usage})
+
 
 
 def _prompt_tokens(body: dict[str, Any]) -> int:
