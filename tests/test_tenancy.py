@@ -137,6 +137,14 @@ def test_token_limit(server: LiveServer, keys: dict[str, str]) -> None:
     assert info.value.body["code"] == "rate_limit_exceeded"  # type: ignore[index]
 
 
+def test_a_request_larger_than_the_whole_token_limit_is_told_so_with_no_retry_after(server: LiveServer, keys: dict[str, str]) -> None:
+    # max_tokens 200 against a 100-token-per-minute key: waiting can never help, so no Retry-After (a batch line must not wait on it).
+    response = httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {keys['globex_tpm']}"},
+                          json={"model": "fake-chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 200}, timeout=30)
+    assert response.status_code == 429 and "retry-after" not in response.headers
+    assert "Request too large" in response.json()["error"]["message"] and "limit 100" in response.json()["error"]["message"]
+
+
 def test_usage_per_tenant_and_revocation(server: LiveServer, keys: dict[str, str]) -> None:
     rows = admin(server, "/admin/usage?group_by=tenant").json()["data"]
     tenants = {r["tenant"] for r in rows}
