@@ -240,7 +240,7 @@ def test_a_tool_result_goes_back_to_the_local_model(client: openai.OpenAI) -> No
 
 def test_context_overflow_is_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": "hello " * 5000}], max_tokens=5)
+        client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": "hello " * 10000}], max_tokens=5)
     assert info.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
 
 

@@ -1,7 +1,8 @@
 """One contract, every adapter: the same tests run against each backend.
 
-Generative adapters: llamacpp (real SmolLM2 in a worker process) and openai (a
-real fake upstream over HTTP). Embedding adapters: sentence-transformers (real
+Generative adapters: llamacpp (real SmolLM2 in a worker process),
+llamacpp_server (real SmolLM2 in llama.cpp's own server) and openai (a real
+fake upstream over HTTP). Embedding adapters: sentence-transformers (real
 MiniLM) and openai embeddings.
 """
 
@@ -32,6 +33,9 @@ def build(model: str, kind: str, deployment: dict[str, object]) -> Backend:
 
 GENERATIVE: dict[str, Callable[[str], Backend]] = {
     "llamacpp": lambda _url: build("smollm2-135m", "chat", {"backend": "llamacpp", "model_file": "builtin:smollm2-135m", "n_ctx": 1024}),
+    "llamacpp_server": lambda _url: build(
+        "smollm2-135m", "chat", {"backend": "llamacpp_server", "model_file": "builtin:smollm2-135m", "n_ctx": 1024, "parallel": 2}
+    ),
     "openai": lambda url: build("fake", "chat", {"backend": "openai", "base_url": url + "/v1"}),
 }
 EMBEDDING: dict[str, Callable[[str], Backend]] = {
@@ -175,10 +179,12 @@ async def test_openai_adapter_broken_stream_is_an_error(fake_upstream: LiveServe
         assert len(chunks) == 2 and all(c.finish_reason is None for c in chunks)
 
 
-async def test_llamacpp_context_window_is_a_400() -> None:
-    backend = build("smollm2-135m", "chat", {"backend": "llamacpp", "model_file": "builtin:smollm2-135m", "n_ctx": 256})
+@pytest.mark.parametrize("local_backend", ["llamacpp", "llamacpp_server"])
+async def test_local_context_window_is_a_400(local_backend: str) -> None:
+    backend = build("smollm2-135m", "chat", {"backend": local_backend, "model_file": "builtin:smollm2-135m", "n_ctx": 256})
     async with started(backend):
-        call = ModelCall(kind="chat", model="m", sampling=Sampling(max_tokens=10), messages=({"role": "user", "content": "word " * 400},))
+        # llama.cpp's server shares one unified KV cache of parallel x n_ctx tokens among its slots.
+        call = ModelCall(kind="chat", model="m", sampling=Sampling(max_tokens=10), messages=({"role": "user", "content": "word " * 1500},))
         with pytest.raises(InvalidRequest) as info:
             await drain(backend.generate(call))
         assert info.value.code == "context_length_exceeded"

@@ -120,3 +120,42 @@ def test_cancel_and_resize() -> None:
     started = s.resize(3, 1)
     assert [t.id for t in started] == ["y"]
     assert s.depth_by_class() == {}
+
+
+def test_deferrable_classes_leave_the_reserved_slots_free() -> None:
+    s = sched(capacity=4, reserved_slots=1, ttft_objective_s={})
+    for i in range(3):
+        assert s.admit(Ticket(f"b{i}", "batch"), 0).verdict == Verdict.RUN
+    # The fourth slot is free, but only urgent work may take it.
+    assert s.admit(Ticket("bg", "background"), 0).verdict == Verdict.QUEUED
+    assert s.admit(Ticket("e", "embedding"), 0).verdict == Verdict.QUEUED
+    assert s.estimated_wait_s(Ticket("probe", "interactive"), 0) == 0.0
+    assert s.admit(Ticket("i", "interactive"), 0).verdict == Verdict.RUN
+    # A finished batch line frees a deferrable slot: the best deferrable ticket takes it.
+    assert [t.id for t in s.finish("b0", 1.0, 1)] == ["e"]
+    # The interactive one leaves: its slot stays reserved, nothing deferrable starts.
+    assert s.finish("i", 1.0, 2) == []
+    assert s.admit(Ticket("a", "agent"), 3).verdict == Verdict.RUN
+
+
+def test_queued_urgent_work_takes_a_reserved_slot_before_deferrable_work() -> None:
+    s = sched(capacity=2, reserved_slots=1, ttft_objective_s={})
+    assert s.admit(Ticket("i0", "interactive"), 0).verdict == Verdict.RUN
+    assert s.admit(Ticket("b0", "batch"), 0).verdict == Verdict.RUN
+    assert s.admit(Ticket("b1", "batch"), 0).verdict == Verdict.QUEUED
+    assert s.admit(Ticket("i1", "interactive"), 0).verdict == Verdict.QUEUED
+    assert [t.id for t in s.finish("i0", 1.0, 1)] == ["i1"]
+    assert [t.id for t in s.finish("b0", 1.0, 2)] == ["b1"]
+
+
+def test_a_single_slot_is_never_reserved_away_from_batch_work() -> None:
+    s = sched(capacity=1, reserved_slots=3)
+    assert s.deferrable_limit() == 1
+    assert s.admit(Ticket("b", "batch"), 0).verdict == Verdict.RUN
+
+
+def test_wait_estimate_for_deferrable_work_counts_only_its_slots() -> None:
+    s = sched(capacity=4, reserved_slots=2, ttft_objective_s={}, default_service_s=2.0)
+    for i in range(2):
+        assert s.admit(Ticket(f"b{i}", "batch"), 0).verdict == Verdict.RUN
+    assert s.estimated_wait_s(Ticket("b2", "batch"), 0) == 2.0 * 1 / 2

@@ -84,6 +84,7 @@ async def serve_fleet(
         log.error("cannot start: %s", exc)
         return 3
     dispatcher = Dispatcher(fleet, config)
+    dispatcher.start()
     store = Store(data_dir)
     ledger = LedgerWriter(ledger_sink(store, database_url))
     await ledger.start()

@@ -175,6 +175,7 @@ class Api:
             "deployments": self.fleet.describe(),
             "breakers": self.dispatcher.describe(),
             "scheduler": self.dispatcher.gate.describe(),
+            "engine_load": self.dispatcher.engine_load.describe(),
             "tasks": len(asyncio.all_tasks()),
             "budgets": {t: self.book.remaining(t, time.time()) for t in self.book.limits} if self.book else {},
         }

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import sys
 import time
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncGenerator, AsyncIterator
 
 from modelyard.backends.base import BackendContext, Capabilities, Health, build_options
-from modelyard.backends.tool_calls import ToolCallReader, forced_call_schema
+from modelyard.backends.tool_calls import tool_call_plan, with_tool_calls
 from modelyard.config import DeploymentConfig, ModelConfig
 from modelyard.errors import (
     ContextWindowExceeded,
@@ -111,6 +110,17 @@ class WorkerPool:
 class LlamaCppBackend:
     """The ``llamacpp`` adapter."""
 
+    @staticmethod
+    def slots(deployment: DeploymentConfig) -> int:
+        """One request per worker process."""
+        workers = deployment.options.get("workers", 1)
+        return workers if isinstance(workers, int) and not isinstance(workers, bool) else 1
+
+    @staticmethod
+    def local_processes(deployment: DeploymentConfig) -> int:
+        """Each worker computes on this machine's cores."""
+        return LlamaCppBackend.slots(deployment)
+
     def __init__(self, deployment: DeploymentConfig, model: ModelConfig, context: BackendContext) -> None:
         where = f"models.{model.name}.deployments[{model.deployments.index(deployment)}]"
         self.options = build_options(LlamaCppOptions, deployment.options, where, context.config_source)
@@ -145,27 +155,13 @@ class LlamaCppBackend:
 
     async def generate(self, call: ModelCall) -> AsyncIterator[Chunk]:
         if call.tools:
-            call, reader = self._tool_call(call)
-            stream = _with_tool_calls(self._generate(call), reader)
+            call, reader = tool_call_plan(call, self.model.name, self.options.tools)
+            stream = with_tool_calls(self._generate(call), reader)
         else:
             stream = self._generate(call)
         async with contextlib.aclosing(stream) as chunks:  # an abandoned request must reach _generate's cleanup now
             async for chunk in chunks:
                 yield chunk
-
-    def _tool_call(self, call: ModelCall) -> tuple[ModelCall, ToolCallReader]:
-        """The call as the worker runs it when the client offers tools, and the reader of its answer."""
-        if not self.options.tools:
-            raise InvalidRequest(
-                f"model {self.model.name!r} (llama.cpp) does not take tools (a deployment whose chat template offers them sets 'tools: true')",
-                param="tools",
-            )
-        if call.response_format and call.response_format.get("type") != "text":
-            raise InvalidRequest("a local model takes 'tools' or 'response_format', not both", param="response_format")
-        schema = forced_call_schema(call.tools, call.tool_choice)
-        if schema is not None:  # the client requires a call: constrain the output to one
-            call = dataclasses.replace(call, response_format={"type": "json_schema", "json_schema": {"name": "tool_call", "schema": schema}})
-        return call, ToolCallReader(forced=schema is not None)
 
     async def _generate(self, call: ModelCall) -> AsyncGenerator[Chunk, None]:
         worker = await self.pool.acquire()
@@ -222,23 +218,6 @@ class LlamaCppBackend:
         if self._watch is not None:
             self._watch.cancel()
         await asyncio.gather(*(w.stop() for w in self.pool.workers), return_exceptions=True)
-
-
-async def _with_tool_calls(chunks: AsyncGenerator[Chunk, None], reader: ToolCallReader) -> AsyncGenerator[Chunk, None]:
-    """The stream with the model's <tool_call> text turned into OpenAI tool calls."""
-    async with contextlib.aclosing(chunks):
-        async for chunk in chunks:
-            if chunk.finish_reason is None:
-                text = reader.feed(chunk.text)
-                if text or chunk.logprobs:
-                    yield dataclasses.replace(chunk, text=text)
-                continue
-            text, calls = reader.finish()
-            if text:
-                yield Chunk(text=text)
-            if calls:
-                yield Chunk(tool_calls=calls)
-            yield dataclasses.replace(chunk, finish_reason="tool_calls" if calls else chunk.finish_reason)
 
 
 def _to_chunk(event: dict[str, Any], deployment: str) -> Chunk:

@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 
 from modelyard.backends.base import BackendContext, Capabilities, Health, build_options
+from modelyard.backends.engine_metrics import parse_engine_load
 from modelyard.config import DeploymentConfig, ModelConfig
 from modelyard.errors import (
     AuthenticationFailed,
@@ -30,6 +31,8 @@ from modelyard.errors import (
     UpstreamTimeout,
 )
 from modelyard.protocol import Chunk, Embeddings, ModelCall, TokenLogprob, Usage
+
+LOAD_POLL_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +50,14 @@ class OpenAICompatOptions:
 class OpenAICompatBackend:
     """The ``openai`` adapter."""
 
+    fresh_connections = False  # True: a new connection per request (for servers that drop idle keep-alive ones)
+
     def __init__(self, deployment: DeploymentConfig, model: ModelConfig, context: BackendContext) -> None:
         where = f"models.{model.name}.deployments[{model.deployments.index(deployment)}]"
-        self.options = build_options(OpenAICompatOptions, deployment.options, where, context.config_source)
+        self._init(deployment, model, build_options(OpenAICompatOptions, deployment.options, where, context.config_source))
+
+    def _init(self, deployment: DeploymentConfig, model: ModelConfig, options: OpenAICompatOptions) -> None:
+        self.options = options
         self.deployment = deployment
         self.model = model
         self.upstream_model = self.options.upstream_model or model.name
@@ -73,12 +81,16 @@ class OpenAICompatBackend:
         self._client = aiohttp.ClientSession(
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, sock_read=t.first_token_s),
-            connector=aiohttp.TCPConnector(limit=self.options.max_connections, ttl_dns_cache=300),
+            connector=aiohttp.TCPConnector(limit=self.options.max_connections, ttl_dns_cache=300, force_close=self.fresh_connections),
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
         )
 
     def health(self) -> Health:
         return Health(ready=self._client is not None)
+
+    def _url(self, path: str) -> str:
+        """Where ``path`` lives upstream (an adapter whose upstream moves overrides this)."""
+        return self._base + path
 
     def _client_or_fail(self) -> aiohttp.ClientSession:
         if self._client is None:
@@ -114,7 +126,7 @@ class OpenAICompatBackend:
         usage: Usage | None = None
         finish: str | None = None
         try:
-            async with client.post(self._base + path, data=orjson.dumps(self._body(call))) as response:
+            async with client.post(self._url(path), data=orjson.dumps(self._body(call))) as response:
                 if response.status >= 400:
                     raise _status_error(response.status, await response.read(), response.headers, self.deployment.name)
                 content_type = response.headers.get("content-type", "")
@@ -145,7 +157,7 @@ class OpenAICompatBackend:
             raise InvalidRequest(f"model {self.model.name!r} is not an embedding model", param="model")
         client = self._client_or_fail()
         try:
-            async with client.post(self._base + "/embeddings", data=orjson.dumps({"model": self.upstream_model, "input": texts})) as response:
+            async with client.post(self._url("/embeddings"), data=orjson.dumps({"model": self.upstream_model, "input": texts})) as response:
                 content = await response.read()
                 if response.status >= 400:
                     raise _status_error(response.status, content, response.headers, self.deployment.name)
@@ -159,6 +171,24 @@ class OpenAICompatBackend:
             return Embeddings([r["embedding"] for r in rows], int((body.get("usage") or {}).get("prompt_tokens") or 0))
         except (orjson.JSONDecodeError, KeyError, TypeError):
             raise UpstreamError(f"deployment {self.deployment.name} sent a malformed embeddings response") from None
+
+    def _metrics_url(self) -> str:
+        """Where the engine publishes Prometheus metrics: beside ``/v1``, as vLLM, SGLang and llama-server do."""
+        base = self._base[: -len("/v1")] if self._base.endswith("/v1") else self._base
+        return base + "/metrics"
+
+    async def poll_load(self) -> dict[str, float] | None:
+        """The engine's own running/waiting/KV figures, or None if it publishes none (or cannot be reached)."""
+        client = self._client
+        if client is None:
+            return None
+        try:
+            async with client.get(self._metrics_url(), timeout=aiohttp.ClientTimeout(total=LOAD_POLL_TIMEOUT_S)) as response:
+                if response.status != 200:
+                    return None
+                return parse_engine_load(await response.text())
+        except (aiohttp.ClientError, TimeoutError, NotReady, UnicodeDecodeError):
+            return None
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -191,21 +221,27 @@ def _choice_chunk(choice: dict[str, Any], kind: str) -> Chunk | None:
         delta = choice.get("delta") or {}
         text = delta.get("content") or ""
         tool_calls = tuple(delta.get("tool_calls") or ())
-        lp = choice.get("logprobs") or {}
-        logprobs = tuple(
-            TokenLogprob(t["token"], float(t["logprob"]), tuple((a["token"], float(a["logprob"])) for a in t.get("top_logprobs") or ()))
-            for t in lp.get("content") or ()
-        )
+        logprobs = _chat_logprobs(choice.get("logprobs") or {})
     else:
         text = choice.get("text") or ""
         tool_calls = ()
         lp = choice.get("logprobs") or {}
-        logprobs = tuple(
-            TokenLogprob(tok, float(val)) for tok, val in zip(lp.get("tokens") or (), lp.get("token_logprobs") or (), strict=False) if val is not None
-        )
+        if "content" in lp:  # llama-server answers completions with the chat form
+            logprobs = _chat_logprobs(lp)
+        else:
+            logprobs = tuple(
+                TokenLogprob(tok, float(val)) for tok, val in zip(lp.get("tokens") or (), lp.get("token_logprobs") or (), strict=False) if val is not None
+            )
     if not text and not tool_calls and not logprobs:
         return None
     return Chunk(text=text, tool_calls=tool_calls, logprobs=logprobs)
+
+
+def _chat_logprobs(lp: dict[str, Any]) -> tuple[TokenLogprob, ...]:
+    return tuple(
+        TokenLogprob(t["token"], float(t["logprob"]), tuple((a["token"], float(a["logprob"])) for a in t.get("top_logprobs") or ()))
+        for t in lp.get("content") or ()
+    )
 
 
 def _status_error(status: int, body: bytes, headers: Mapping[str, str], deployment: str) -> ModelyardError:
@@ -213,15 +249,16 @@ def _status_error(status: int, body: bytes, headers: Mapping[str, str], deployme
         error = orjson.loads(body).get("error") or {}
         message = error.get("message") or body.decode("utf-8", "replace")[:300]
         code = error.get("code")
+        kind = error.get("type")
     except (orjson.JSONDecodeError, AttributeError):
-        message, code = body.decode("utf-8", "replace")[:300], None
+        message, code, kind = body.decode("utf-8", "replace")[:300], None, None
     text = f"deployment {deployment} answered {status}: {message}"
     if status == 429:
         retry = headers.get("retry-after")
         return Overloaded(text, retry_after=float(retry) if retry and retry.replace(".", "", 1).isdigit() else None)
     if status in (401, 403):
         return UpstreamError(f"deployment {deployment} rejected modelyard's credentials ({status})")
-    if code == "context_length_exceeded":
+    if code == "context_length_exceeded" or kind == "exceed_context_size_error":  # OpenAI's and llama-server's names
         return ContextWindowExceeded(text)
     if status in (400, 404, 422):
         return InvalidRequest(text)

@@ -33,6 +33,11 @@ class SentenceTransformersOptions:
 class SentenceTransformersBackend:
     """The ``sentence-transformers`` adapter."""
 
+    @staticmethod
+    def local_processes(deployment: DeploymentConfig) -> int:
+        """It computes on this machine's cores, in this process."""
+        return 1
+
     def __init__(self, deployment: DeploymentConfig, model: ModelConfig, context: BackendContext) -> None:
         where = f"models.{model.name}.deployments[{model.deployments.index(deployment)}]"
         self.options = build_options(SentenceTransformersOptions, deployment.options, where, context.config_source)

@@ -15,10 +15,16 @@ function); the reader then parses the bare JSON object.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import re
 import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
+
+from modelyard.errors import InvalidRequest
+from modelyard.protocol import Chunk, ModelCall
 
 OPEN_TAG = "<tool_call>"
 CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
@@ -118,3 +124,43 @@ def messages_for_template(messages: tuple[dict[str, Any], ...]) -> list[dict[str
             unpacked.append({**call, "function": function})
         shaped.append({**message, "tool_calls": unpacked})
     return shaped
+
+
+def tool_call_plan(call: ModelCall, model_name: str, template_offers_tools: bool) -> tuple[ModelCall, ToolCallReader]:
+    """The call as a local engine runs it when the client offers tools, and the reader of its answer.
+
+    A required call (``tool_choice`` "required" or a named function) becomes a
+    JSON-schema-constrained generation of one bare call: small models do not
+    reliably follow their template's call syntax, a grammar makes them.
+    """
+    if not template_offers_tools:
+        raise InvalidRequest(
+            f"model {model_name!r} (llama.cpp) does not take tools (a deployment whose chat template offers them sets 'tools: true')",
+            param="tools",
+        )
+    if call.response_format and call.response_format.get("type") != "text":
+        raise InvalidRequest("a local model takes 'tools' or 'response_format', not both", param="response_format")
+    schema = forced_call_schema(call.tools, call.tool_choice)
+    if schema is not None:
+        call = dataclasses.replace(
+            call, tool_choice=None, response_format={"type": "json_schema", "json_schema": {"name": "tool_call", "schema": schema}}
+        )
+    return call, ToolCallReader(forced=schema is not None)
+
+
+async def with_tool_calls(chunks: AsyncIterator[Chunk], reader: ToolCallReader) -> AsyncGenerator[Chunk, None]:
+    """The stream with the model's call text turned into OpenAI tool calls (calls the engine parsed itself pass through)."""
+    async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+        async for chunk in chunks:
+            if chunk.finish_reason is None:
+                text = reader.feed(chunk.text)
+                if text or chunk.logprobs or chunk.tool_calls:
+                    yield dataclasses.replace(chunk, text=text)
+                continue
+            text, calls = reader.finish()
+            if text:
+                yield Chunk(text=text)
+            if calls:
+                yield Chunk(tool_calls=calls)
+            finish = "tool_calls" if calls else chunk.finish_reason
+            yield dataclasses.replace(chunk, finish_reason=finish)

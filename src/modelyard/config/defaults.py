@@ -19,10 +19,10 @@ DEFAULT_FLEET: dict[str, Any] = {
             "description": "SmolLM2-135M-Instruct (Q4_1), the cheap chat model",
             "deployments": [
                 {
-                    "backend": "llamacpp",
+                    "backend": "llamacpp_server",  # llama.cpp's own server: continuous batching, prompt cache
                     "model_file": "builtin:smollm2-135m",
-                    "workers": 1,
-                    "n_ctx": 4096,
+                    "parallel": 4,
+                    "n_ctx": 2048,  # per slot; the slots share one KV cache of 8192 tokens
                     "price": {"replica_hour": 0.02},
                 }
             ],
@@ -33,10 +33,10 @@ DEFAULT_FLEET: dict[str, Any] = {
             "description": "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M), the stronger chat model",
             "deployments": [
                 {
-                    "backend": "llamacpp",
+                    "backend": "llamacpp_server",  # llama.cpp's own server: continuous batching, prompt cache
                     "model_file": "builtin:qwen2.5-coder-0.5b",
-                    "workers": 1,
-                    "n_ctx": 4096,
+                    "parallel": 4,
+                    "n_ctx": 2048,  # per slot; the slots share one KV cache of 8192 tokens
                     "tools": True,  # its chat template offers tools (<tool_call> JSON)
                     "price": {"replica_hour": 0.04},
                 }

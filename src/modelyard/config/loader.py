@@ -29,7 +29,7 @@ from modelyard.config.schema import (
 )
 
 MODEL_KINDS = ("chat", "completion", "embedding")
-BALANCE_STRATEGIES = ("least_outstanding", "weighted", "lowest_latency", "lowest_cost")
+BALANCE_STRATEGIES = ("least_outstanding", "least_load", "weighted", "lowest_latency", "lowest_cost")
 DEPLOYMENT_COMMON_KEYS = {"name", "backend", "max_concurrency", "max_queue", "weight", "price", "timeouts", "batching"}
 WORKLOADS = ("interactive", "agent", "batch", "embedding", "background")
 
@@ -219,6 +219,7 @@ def _parse_scheduling(r: Reader) -> SchedulingConfig:
         ttft_objective_s=MappingProxyType(objectives),
         tenant_weights=MappingProxyType(_number_map(r, "tenant_weights", None)),
         session_affinity_slack=r.integer("session_affinity_slack", d.session_affinity_slack, minimum=0),
+        reserved_slots=r.integer("reserved_slots", d.reserved_slots, minimum=0),
         batch_concurrency=r.integer("batch_concurrency", d.batch_concurrency),
         max_file_bytes=r.integer("max_file_bytes", d.max_file_bytes),
     )

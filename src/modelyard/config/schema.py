@@ -13,7 +13,7 @@ from typing import Any, Literal, Mapping
 
 ModelKind = Literal["chat", "completion", "embedding"]
 AliasStrategy = Literal["rule", "cascade", "learned"]
-BalanceStrategy = Literal["least_outstanding", "weighted", "lowest_latency", "lowest_cost"]
+BalanceStrategy = Literal["least_outstanding", "least_load", "weighted", "lowest_latency", "lowest_cost"]
 ValidatorKind = Literal["regex", "json_schema", "max_length"]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -191,6 +191,7 @@ class SchedulingConfig:
     ttft_objective_s: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({"interactive": 10.0, "agent": 30.0}))
     tenant_weights: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     session_affinity_slack: int = 2
+    reserved_slots: int = 1  # per deployment, slots only interactive and agent work may take
     batch_concurrency: int = 2
     max_file_bytes: int = 200 * 1024 * 1024
 

@@ -8,18 +8,11 @@ import time
 import uuid
 from collections.abc import Callable
 
+from modelyard.backends.registry import deployment_slots
 from modelyard.config import FleetConfig
 from modelyard.errors import Overloaded, UpstreamTimeout
 from modelyard.pipeline.types import Request
 from modelyard.scheduling.scheduler import DeploymentScheduler, SchedulerPolicy, Ticket, Verdict
-
-
-def capacity_of(backend: str, options: dict[str, object], max_concurrency: int) -> int:
-    """Local workers serve one request each; remote deployments take ``max_concurrency``."""
-    if backend == "llamacpp":
-        workers = options.get("workers", 1)
-        return workers if isinstance(workers, int) else 1
-    return max_concurrency
 
 
 class SchedulerGate:
@@ -36,8 +29,9 @@ class SchedulerGate:
                     aging_s=config.scheduling.aging_s,
                     ttft_objective_s=config.scheduling.ttft_objective_s if self.classes else {},
                     tenant_weights=config.scheduling.tenant_weights,
+                    reserved_slots=config.scheduling.reserved_slots if self.classes else 0,
                 )
-                self.schedulers[d.name] = DeploymentScheduler(policy, capacity_of(d.backend, dict(d.options), d.max_concurrency))
+                self.schedulers[d.name] = DeploymentScheduler(policy, deployment_slots(d))
         self.waiting: dict[str, asyncio.Future[None]] = {}
 
     async def acquire(self, deployment: str, request: Request) -> Ticket:

@@ -26,6 +26,7 @@ from modelyard.config import DeploymentConfig, FleetConfig, ModelConfig
 from modelyard.errors import ContextWindowExceeded, ModelyardError, NotReady, Overloaded, UpstreamTimeout
 from modelyard.pipeline.admission import SchedulerGate
 from modelyard.pipeline.batcher import EmbeddingBatcher
+from modelyard.pipeline.engine_load import EngineLoadPoller
 from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.pipeline.types import Attempt, Request
 from modelyard.pipeline.watchdog import StallGuard
@@ -72,6 +73,7 @@ class Dispatcher:
             for name, (m, d) in self.deployments.items()
             if m.kind == "embedding" and d.batching.enabled
         }
+        self.engine_load = EngineLoadPoller(fleet, config, clock=clock)
         self.sessions: OrderedDict[str, str] = OrderedDict()
         self.affinity_slack = config.scheduling.session_affinity_slack
 
@@ -85,6 +87,7 @@ class Dispatcher:
                 weight=by_name[n].weight,
                 ewma_ttft_s=self.ewma_ttft.get(n),
                 unit_price=by_name[n].price.input_per_1m + by_name[n].price.output_per_1m + by_name[n].price.replica_hour,
+                engine=self.engine_load.load(n),
             )
             for n in names
         ]
@@ -348,7 +351,12 @@ class Dispatcher:
                     await asyncio.sleep(backoff_s(model.retry, attempt_no, last, self.rng))
         raise last or NotReady("no embedding model could serve the request")
 
+    def start(self) -> None:
+        """Background work: polling engine load for ``least_load`` models."""
+        self.engine_load.start()
+
     async def aclose(self) -> None:
+        await self.engine_load.aclose()
         for batcher in self.batchers.values():
             await batcher.aclose()
 

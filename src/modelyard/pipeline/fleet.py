@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.backends.base import Backend, BackendContext
-from modelyard.backends.registry import backend_factory
+from modelyard.backends.registry import backend_factory, local_processes
 from modelyard.config import FleetConfig
 from modelyard.protocol import Chunk, ModelCall
 
@@ -28,15 +28,8 @@ class Deployment:
 
 
 def local_worker_count(config: FleetConfig) -> int:
-    """Processes that compute on this machine's cores (llama.cpp workers and local embedders)."""
-    total = 0
-    for model in config.models:
-        for d in model.deployments:
-            if d.backend == "llamacpp":
-                total += int(d.options.get("workers", 1))
-            elif d.backend == "sentence-transformers":
-                total += 1
-    return total
+    """Processes that compute on this machine's cores (llama.cpp engines and workers, local embedders)."""
+    return sum(local_processes(d) for model in config.models for d in model.deployments)
 
 
 class FleetRuntime:

@@ -11,6 +11,11 @@
   may try another deployment, else answers 429 with an honest Retry-After).
 - The queue is bounded: when full, the lowest-ranked queued ticket is shed to
   make room for a better one; otherwise the newcomer is refused.
+- Slots are reserved: deferrable classes (embedding, background, batch) hold at
+  most ``capacity - reserved_slots`` slots, so an interactive or agent request
+  always finds one free. An engine that batches continuously queues requests
+  it cannot start inside itself, where nobody can reprioritize them; the
+  reservation keeps the urgent ones out of that queue.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 CLASS_RANK: dict[str, int] = {"interactive": 0, "agent": 1, "embedding": 2, "background": 3, "batch": 4}
+URGENT_RANK = CLASS_RANK["agent"]  # this rank and better may use the reserved slots
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +39,7 @@ class SchedulerPolicy:
     tenant_weights: Mapping[str, float] = field(default_factory=dict)
     default_service_s: float = 2.0
     service_ewma_alpha: float = 0.2
+    reserved_slots: int = 0  # slots only interactive and agent work may hold (capped at capacity - 1)
 
 
 @dataclass(slots=True)
@@ -69,7 +76,7 @@ class DeploymentScheduler:
     def __init__(self, policy: SchedulerPolicy, capacity: int) -> None:
         self.policy = policy
         self.capacity = capacity
-        self.running: set[str] = set()
+        self.running: dict[str, int] = {}  # ticket id -> class rank
         self.queues: dict[int, dict[str, deque[Ticket]]] = {}
         self.served: dict[tuple[int, str], float] = {}
         self.service_s = policy.default_service_s
@@ -84,16 +91,31 @@ class DeploymentScheduler:
 
     def estimated_wait_s(self, ticket: Ticket, now: float) -> float:
         """Seconds until ``ticket`` would start: everything ranked at or above it, spread over the slots."""
-        if len(self.running) < self.capacity and self.queued() == 0:
+        if self.may_start(ticket) and not self._heads():
             return 0.0
         ahead = sum(len(q) for rank, tenants in self.queues.items() if rank <= ticket.rank for q in tenants.values())
-        return (ahead + 1) * self.service_s / self.capacity
+        slots = self.capacity if ticket.rank <= URGENT_RANK else self.deferrable_limit()
+        return (ahead + 1) * self.service_s / slots
+
+    def deferrable_limit(self) -> int:
+        """Slots the deferrable classes may hold together: all but the reserved ones, never none."""
+        reserved = min(self.policy.reserved_slots, self.capacity - 1)
+        return self.capacity - max(0, reserved)
+
+    def may_start(self, ticket: Ticket) -> bool:
+        """A free slot exists for this ticket's class right now."""
+        if len(self.running) >= self.capacity:
+            return False
+        if ticket.rank <= URGENT_RANK:
+            return True
+        deferrable = sum(1 for rank in self.running.values() if rank > URGENT_RANK)
+        return deferrable < self.deferrable_limit()
 
     # -- decisions --------------------------------------------------------------------------
     def admit(self, ticket: Ticket, now: float) -> Admission:
         ticket.enqueued_at = now
-        if len(self.running) < self.capacity and self.queued() == 0:
-            self.running.add(ticket.id)
+        if self.may_start(ticket) and not self._heads():  # nobody queued could take this slot
+            self.running[ticket.id] = ticket.rank
             return Admission(Verdict.RUN)
         wait = self.estimated_wait_s(ticket, now)
         objective = self.policy.ttft_objective_s.get(ticket.workload)
@@ -111,7 +133,7 @@ class DeploymentScheduler:
 
     def finish(self, ticket_id: str, service_s: float | None, now: float) -> list[Ticket]:
         """A running ticket ended; returns the tickets that start now (in order)."""
-        self.running.discard(ticket_id)
+        self.running.pop(ticket_id, None)
         if service_s is not None:
             a = self.policy.service_ewma_alpha
             self.service_s = a * service_s + (1 - a) * self.service_s
@@ -124,7 +146,7 @@ class DeploymentScheduler:
             if ticket is None:
                 break
             self._remove(ticket)
-            self.running.add(ticket.id)
+            self.running[ticket.id] = ticket.rank
             started.append(ticket)
         return started
 
@@ -147,7 +169,8 @@ class DeploymentScheduler:
         return ticket.rank - (now - ticket.enqueued_at) / self.policy.aging_s
 
     def _heads(self) -> list[Ticket]:
-        return [q[0] for tenants in self.queues.values() for q in tenants.values() if q]
+        """The first ticket of every (class, tenant) queue that has a slot it may take."""
+        return [q[0] for tenants in self.queues.values() for q in tenants.values() if q and self.may_start(q[0])]
 
     def _next(self, now: float) -> Ticket | None:
         heads = self._heads()

@@ -20,7 +20,10 @@ A running server also takes a fault for every later request at ``POST /fault``
 ``hang`` accepts and never answers, ``slow`` delays the first byte by
 ``latency_ms``, ``status`` answers every request with that error, ``null``
 clears it. ``FakeScript.capacity`` bounds the requests served at once (the
-rest queue), as a real replica's slots do.
+rest queue), as a real replica's slots do. ``GET /metrics`` publishes the
+requests in flight under vLLM's names (``vllm:num_requests_running``,
+``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc``), counting
+requests sent to it directly as well as through a gateway.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterable, AsyncIterator
 
 import orjson
 import uvicorn
@@ -60,15 +63,29 @@ def _setting(request: Request, name: str, default: float) -> float:
 
 
 FAULT_MODES = ("hang", "slow", "status")
+LOAD_SCALE = 8  # without a capacity, /metrics reports KV usage as in-flight requests / this
 
 
 def create_fake_app(script: FakeScript) -> Starlette:
-    counter = {"requests": 0}
+    counter = {"requests": 0, "in_flight": 0}
     fault: dict[str, Any] = {"mode": None}
     slots = asyncio.Semaphore(script.capacity) if script.capacity > 0 else None
 
     async def generate(request: Request) -> Response:
         counter["requests"] += 1
+        counter["in_flight"] += 1
+        try:
+            response = await _generate_counted(request)
+        except BaseException:
+            counter["in_flight"] -= 1
+            raise
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = _counted(response.body_iterator, counter)
+        else:
+            counter["in_flight"] -= 1
+        return response
+
+    async def _generate_counted(request: Request) -> Response:
         body = orjson.loads(await request.body())
         if fault["mode"] is not None:
             return await _injected(fault)
@@ -104,14 +121,36 @@ def create_fake_app(script: FakeScript) -> Starlette:
     async def stats(request: Request) -> Response:
         return _json(counter)
 
+    async def metrics(request: Request) -> Response:
+        """Load under vLLM's metric names, so load-aware balancing can be tested against it."""
+        capacity = script.capacity or LOAD_SCALE
+        running = min(counter["in_flight"], capacity)
+        waiting = counter["in_flight"] - running
+        lines = [
+            f'vllm:num_requests_running{{model_name="fake"}} {running}',
+            f'vllm:num_requests_waiting{{model_name="fake"}} {waiting}',
+            f'vllm:kv_cache_usage_perc{{model_name="fake"}} {min(1.0, counter["in_flight"] / capacity):.4f}',
+        ]
+        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
     return Starlette(routes=[
         Route("/v1/chat/completions", generate, methods=["POST"]),
         Route("/v1/completions", generate, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/stats", stats, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/fault", set_fault, methods=["POST"]),
     ])
+async def _counted(body: AsyncIterable[Any], counter: dict[str, int]) -> AsyncIterator[Any]:
+    """A streamed body that counts as in flight until it ends or the client leaves."""
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        counter["in_flight"] -= 1
+
+
 async def _injected(fault: dict[str, Any]) -> Response:
     if fault["mode"] == "hang":
         await asyncio.Event().wait()  # accepted, never answered (the client's timeout ends it)

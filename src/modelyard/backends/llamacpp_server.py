@@ -1,0 +1,137 @@
+"""Local GGUF models on llama.cpp's own server, supervised by modelyard.
+
+One engine process per deployment holds one copy of the model and decodes up
+to ``parallel`` sequences together (continuous batching) out of one unified KV
+cache, reusing cached prompt prefixes between requests. modelyard does not
+reimplement the engine: it launches ``llama_server_launcher`` (llama.cpp's
+server through the ``xllamacpp`` wheel) as a :class:`SupervisedProcess`,
+restarts it when it dies or stops answering, and speaks OpenAI's HTTP API to
+it through the ``openai`` adapter's client, so streaming, logprobs, JSON
+schema (grammar-constrained), tool calls (the model's chat template) and the
+error translation are the same code for a local engine and a remote one.
+
+A request in flight when the engine dies gets :class:`UpstreamError` (502),
+and the engine comes back on a new port. A client that goes away closes its
+upstream connection, and llama.cpp's server stops that sequence alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from modelyard.backends.base import BackendContext, Capabilities, Health, build_options
+from modelyard.backends.openai_compat import OpenAICompatBackend, OpenAICompatOptions
+from modelyard.backends.tool_calls import tool_call_plan, with_tool_calls
+from modelyard.config import ConfigError, DeploymentConfig, ModelConfig
+from modelyard.errors import NotReady
+from modelyard.fleet import artifacts
+from modelyard.fleet.supervisor import ProcessState, SupervisedProcess, SupervisionPolicy
+from modelyard.protocol import Chunk, ModelCall
+
+LAUNCHER_MODULE = "modelyard.backends.llama_server_launcher"
+DEFAULT_PARALLEL = 4
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaServerOptions:
+    """Fields of a ``backend: llamacpp_server`` deployment."""
+
+    model_file: str
+    parallel: int = DEFAULT_PARALLEL  # slots: sequences decoded together
+    n_ctx: int = 4096  # context tokens per slot; the unified KV cache holds parallel x n_ctx
+    threads: int | None = None  # default: cores shared among all local engines
+    tools: bool = False  # the model's chat template offers tools (Qwen2.5, Hermes)
+    slot_similarity: float = 0.1  # llama.cpp's slot_prompt_similarity: reuse the slot whose cached prompt matches best
+    cache_ram_mib: int = 256  # host RAM keeping prompts evicted from slots reusable
+    cache_prompt: bool = True  # false: every request re-reads its whole prompt (for measuring what reuse saves)
+    start_timeout_s: float = 180.0
+
+
+class LlamaServerBackend(OpenAICompatBackend):
+    """The ``llamacpp_server`` adapter."""
+
+    # llama.cpp's HTTP server closes a kept-alive connection after a few requests,
+    # and a request written into one that just closed fails; on loopback a fresh
+    # connection per request costs a fraction of a millisecond.
+    fresh_connections = True
+
+    @staticmethod
+    def slots(deployment: DeploymentConfig) -> int:
+        """The engine's slots: requests it decodes at once."""
+        parallel = deployment.options.get("parallel", DEFAULT_PARALLEL)
+        return parallel if isinstance(parallel, int) and not isinstance(parallel, bool) and parallel > 0 else 1
+
+    @staticmethod
+    def local_processes(deployment: DeploymentConfig) -> int:
+        """One engine process computes on this machine's cores, whatever its slots."""
+        return 1
+
+    def __init__(self, deployment: DeploymentConfig, model: ModelConfig, context: BackendContext) -> None:
+        where = f"models.{model.name}.deployments[{model.deployments.index(deployment)}]"
+        self.server_options = build_options(LlamaServerOptions, deployment.options, where, context.config_source)
+        if self.server_options.parallel < 1:
+            raise ConfigError(context.config_source, f"{where}.parallel", "expected an integer >= 1")
+        if self.server_options.n_ctx < 64:
+            raise ConfigError(context.config_source, f"{where}.n_ctx", "expected an integer >= 64")
+        http = OpenAICompatOptions(base_url="", upstream_model=model.name, tools=self.server_options.tools, max_connections=4 * self.server_options.parallel)
+        self._init(deployment, model, http)
+        self.capabilities = Capabilities(chat=model.kind == "chat", completion=True, tools=self.server_options.tools, logprobs=True, json_schema=True)
+        self.context = context
+        self.process: SupervisedProcess | None = None
+        self.in_flight = 0
+
+    async def start(self) -> None:
+        o = self.server_options
+        model_file = artifacts.resolve(o.model_file, self.context.models_dir)
+        threads = o.threads or self.context.threads_per_worker
+        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+        argv = [
+            sys.executable, "-m", LAUNCHER_MODULE, "--model-file", str(model_file), "--parallel", str(o.parallel),
+            "--n-ctx", str(o.n_ctx), "--threads", str(threads), "--slot-similarity", str(o.slot_similarity),
+            "--cache-ram-mib", str(o.cache_ram_mib),
+        ] + ([] if o.cache_prompt else ["--no-cache-prompt"])
+        self.process = SupervisedProcess(f"{self.deployment.name}#engine", argv, env, SupervisionPolicy(start_timeout_s=o.start_timeout_s))
+        await self.process.start()
+        await super().start()
+
+    def _url(self, path: str) -> str:
+        process = self.process
+        if process is None or process.state != ProcessState.READY:
+            raise NotReady(f"deployment {self.deployment.name}: the engine is not running")
+        return str(process.ready_info["base_url"]) + "/v1" + path
+
+    def _metrics_url(self) -> str:
+        return self._url("/metrics")[: -len("/v1/metrics")] + "/metrics"
+
+    def health(self) -> Health:
+        process = self.process
+        if process is None:
+            return Health(ready=False, detail="not started")
+        ready = process.state == ProcessState.READY and self._client is not None
+        engine = process.describe() | {"busy": self.in_flight > 0, "slots": self.server_options.parallel, "busy_slots": self.in_flight}
+        return Health(ready=ready, detail="" if ready else f"engine {process.state.name.lower()}", workers=(engine,))
+
+    async def generate(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        if call.tools:
+            call, reader = tool_call_plan(call, self.model.name, self.server_options.tools)
+            stream: AsyncIterator[Chunk] = with_tool_calls(super().generate(call), reader)
+        else:
+            stream = super().generate(call)
+        self.in_flight += 1
+        try:
+            async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            self.in_flight -= 1
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self.process is not None:
+            await self.process.stop()
+
+
