@@ -179,10 +179,14 @@ def old_deployment(builtin: str) -> str:
     return f"{{backend: llamacpp, model_file: '{builtin}', workers: 2, threads: 1, n_ctx: 2048, max_queue: 512}}"
 
 
+# One-token steps on one thread where that measured faster (docs/configuration.md, decode_threads).
+DECODE_THREADS = {"builtin:smollm2-135m": 1, "builtin:qwen2.5-coder-0.5b": 2}
+
+
 def new_deployment(builtin: str, parallel: int, cache_prompt: bool = True) -> str:
     return (
-        f"{{backend: llamacpp_server, model_file: '{builtin}', parallel: {parallel}, threads: 2, n_ctx: 2048, "
-        f"max_queue: 512, cache_prompt: {str(cache_prompt).lower()}}}"
+        f"{{backend: llamacpp_server, model_file: '{builtin}', parallel: {parallel}, threads: 2, decode_threads: {DECODE_THREADS[builtin]}, "
+        f"n_ctx: 2048, max_queue: 512, cache_prompt: {str(cache_prompt).lower()}}}"
     )
 
 
@@ -202,9 +206,9 @@ class Gateway:
 class DirectEngine:
     """modelyard's launcher run by hand: llama.cpp's server with nothing in front."""
 
-    def __init__(self, model_file: Path, parallel: int) -> None:
+    def __init__(self, model_file: Path, parallel: int, decode_threads: int) -> None:
         argv = [sys.executable, "-m", "modelyard.backends.llama_server_launcher", "--model-file", str(model_file),
-                "--parallel", str(parallel), "--n-ctx", "2048", "--threads", "2", "--verbosity", "0"]
+                "--parallel", str(parallel), "--n-ctx", "2048", "--threads", "2", "--decode-threads", str(decode_threads), "--n-batch", "64", "--verbosity", "0"]
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV | {"OMP_NUM_THREADS": "2"}, cwd=ROOT)
         assert self.process.stdout is not None
         ready = json.loads(self.process.stdout.readline())
@@ -316,7 +320,7 @@ async def measure_model(model: str, args: argparse.Namespace, tmp: Path) -> dict
                 continue
             print(f"  {model} repeat {repeat + 1}: {system}", flush=True)
             if system == "ceiling":
-                direct = DirectEngine(model_file, args.parallel)
+                direct = DirectEngine(model_file, args.parallel, DECODE_THREADS[builtin])
                 try:
                     sweeps[system].append(await sweep(direct.url, model, args.levels, args.rounds, repeat * 100, direct.process.pid))
                 finally:

@@ -44,6 +44,8 @@ class LlamaServerOptions:
     parallel: int = DEFAULT_PARALLEL  # slots: sequences decoded together
     n_ctx: int = 4096  # context tokens per slot; the unified KV cache holds parallel x n_ctx
     threads: int | None = None  # default: cores shared among all local engines
+    step_tokens: int = 64  # prompt tokens per engine step (llama.cpp's n_batch): smaller lets a newcomer's first token out sooner
+    decode_threads: int | None = None  # threads for one-token steps; default: threads (SmolLM2 decodes faster on 1)
     tools: bool = False  # the model's chat template offers tools (Qwen2.5, Hermes)
     slot_similarity: float = 0.1  # llama.cpp's slot_prompt_similarity: reuse the slot whose cached prompt matches best
     cache_ram_mib: int = 256  # host RAM keeping prompts evicted from slots reusable
@@ -92,7 +94,8 @@ class LlamaServerBackend(OpenAICompatBackend):
         argv = [
             sys.executable, "-m", LAUNCHER_MODULE, "--model-file", str(model_file), "--parallel", str(o.parallel),
             "--n-ctx", str(o.n_ctx), "--threads", str(threads), "--slot-similarity", str(o.slot_similarity),
-            "--cache-ram-mib", str(o.cache_ram_mib),
+            "--cache-ram-mib", str(o.cache_ram_mib), "--decode-threads", str(o.decode_threads or 0),
+            "--n-batch", str(o.step_tokens),
         ] + ([] if o.cache_prompt else ["--no-cache-prompt"])
         self.process = SupervisedProcess(f"{self.deployment.name}#engine", argv, env, SupervisionPolicy(start_timeout_s=o.start_timeout_s))
         await self.process.start()
