@@ -430,15 +430,17 @@ def main() -> None:
         for model in args.models.split(","):
             results[model] = asyncio.run(measure_model(model, args, Path(tmp)))
             print(report(model, results[model]), flush=True)
-    data = {
-        "models": results, "machine": machine(), "quick": args.quick,
-        "settings": {"parallel": args.parallel, "threads": 2, "old_workers": 2, "rounds": args.rounds, "repeats": args.repeats,
-                     "levels": list(args.levels), "interactive": args.interactive, "turns": args.turns},
-        "peer": "llama-cpp-python server" if peer_available() else None,
-        "fresh_make_test_s_before": None, "fresh_make_test_s_after": None,
-    }
-    if not args.no_write:
-        print("wrote", write_result("engine" + ("-quick" if args.quick else ""), data))
+            data = {
+                "models": results, "machine": machine(), "quick": args.quick,
+                "settings": {"parallel": args.parallel, "threads": 2, "old_workers": 2, "step_tokens": 64, "decode_threads": DECODE_THREADS,
+                             "rounds": args.rounds, "repeats": args.repeats, "levels": list(args.levels), "interactive": args.interactive,
+                             "turns": args.turns},
+                "peer": "llama-cpp-python server" if peer_available() else None,
+                # bench/fresh_install.sh measures these; null until it has run on this commit.
+                "fresh_make_test_s_before": None, "fresh_make_test_s_after": None,
+            }
+            if not args.no_write:  # after each model, so a long run keeps what it measured
+                print("wrote", write_result("engine" + ("-quick" if args.quick else ""), data))
 
 
 if __name__ == "__main__":
