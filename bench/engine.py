@@ -52,7 +52,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ENV, ROOT, free_port, machine, percentile, start, stop, table, write_result  # noqa: E402
+from _common import ENV, RESULTS, ROOT, commit, free_port, machine, percentile, start, stop, table, write_result  # noqa: E402
 
 MODELS = {"smollm2-135m": "builtin:smollm2-135m", "qwen2.5-0.5b": "builtin:qwen2.5-coder-0.5b"}
 LEVELS = (1, 2, 4, 8, 16)
@@ -424,14 +424,21 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=5, help="conversations for the turn-2 TTFT")
     parser.add_argument("--quick", action="store_true", help="smoke run: SmolLM2 only, c1 and c8, 20 interactive requests")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--fresh", action="store_true", help="drop models measured by earlier runs from the results file")
     args = parser.parse_args()
     if args.quick:
         args.models, args.levels, args.repeats, args.interactive, args.turns, args.rounds = "smollm2-135m", "1,8", 1, 20, 2, 1
     args.levels = tuple(int(x) for x in str(args.levels).split(","))
-    results: dict[str, Any] = {}
+    # Models measured by an earlier run stay in the file, each with the commit and settings it was measured at.
+    name = "engine" + ("-quick" if args.quick else "")
+    previous = RESULTS / f"{name}.json"
+    results: dict[str, Any] = json.loads(previous.read_text()).get("models", {}) if previous.exists() and not args.fresh else {}
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
-            results[model] = asyncio.run(measure_model(model, args, Path(tmp)))
+            results[model] = asyncio.run(measure_model(model, args, Path(tmp))) | {
+                "commit": commit(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "settings": {"repeats": args.repeats, "rounds": args.rounds, "levels": list(args.levels), "interactive": args.interactive, "turns": args.turns},
+            }
             print(report(model, results[model]), flush=True)
             data = {
                 "models": results, "machine": machine(), "quick": args.quick,
@@ -443,7 +450,7 @@ def main() -> None:
                 "fresh_make_test_s_before": None, "fresh_make_test_s_after": None,
             }
             if not args.no_write:  # after each model, so a long run keeps what it measured
-                print("wrote", write_result("engine" + ("-quick" if args.quick else ""), data))
+                print("wrote", write_result(name, data))
 
 
 if __name__ == "__main__":
