@@ -317,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(sub)
 
+    from modelyard.planning.commands import add_commands as add_planning_commands
+
+    add_planning_commands(sub)
+
     p = sub.add_parser("fake-upstream", help="run a fake OpenAI-compatible server (for tests and benchmarks)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9000)

@@ -17,6 +17,7 @@ upstream connection, and llama.cpp's server stops that sequence alone.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sys
@@ -27,13 +28,14 @@ from modelyard.backends.base import BackendContext, Capabilities, Health, build_
 from modelyard.backends.openai_compat import OpenAICompatBackend, OpenAICompatOptions
 from modelyard.backends.tool_calls import tool_call_plan, with_tool_calls
 from modelyard.config import ConfigError, DeploymentConfig, ModelConfig
-from modelyard.errors import NotReady
+from modelyard.errors import NotReady, UpstreamError
 from modelyard.fleet import artifacts
 from modelyard.fleet.supervisor import ProcessState, SupervisedProcess, SupervisionPolicy
 from modelyard.protocol import Chunk, ModelCall
 
 LAUNCHER_MODULE = "modelyard.backends.llama_server_launcher"
 DEFAULT_PARALLEL = 4
+DEATH_NOTICE_S = 2.0  # after a broken stream, how long to wait for the supervisor to see the engine's death
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +127,28 @@ class LlamaServerBackend(OpenAICompatBackend):
         else:
             stream = super().generate(call)
         self.in_flight += 1
+        pid = self.process.pid if self.process else None
         try:
             async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
                 async for chunk in chunks:
                     yield chunk
+        except UpstreamError:
+            if await self._engine_died(pid):
+                raise UpstreamError(f"deployment {self.deployment.name}: the engine process died during the request") from None
+            raise
         finally:
             self.in_flight -= 1
+
+    async def _engine_died(self, pid: int | None) -> bool:
+        """Whether the engine that served ``pid`` is gone (waits briefly for the supervisor to notice)."""
+        process = self.process
+        if process is None or pid is None:
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DEATH_NOTICE_S):
+                while process.pid == pid and process.state == ProcessState.READY:
+                    await process.wait_state_change()
+        return process.pid != pid or process.state != ProcessState.READY
 
     async def aclose(self) -> None:
         await super().aclose()
