@@ -10,6 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modelyard.backends.base import BackendContext
+from modelyard.backends.registry import backend_factory
+from modelyard.config import parse_config
+from modelyard.planning.profile import batch_sizes, fit_line, profile_backend
 from modelyard.planning.replay import Outcome, ReplayResult, percentile, summarize, synthesize_prompt
 from modelyard.planning.traces import TraceError, TraceRequest, parse_trace, scale, to_jsonl, window
 
@@ -109,3 +113,27 @@ def test_replay_refuses_a_missing_trace_clearly(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert run.returncode == 2 and "none.csv" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_line_fit_and_batch_sizes() -> None:
+    assert fit_line([(0, 1.0), (10, 2.0), (20, 3.0)]) == pytest.approx((1.0, 0.1))
+    assert fit_line([(5, 1.0), (5, 3.0)]) == (2.0, 0.0)
+    assert batch_sizes(1) == [1] and batch_sizes(6) == [1, 2, 4, 6] and batch_sizes(8) == [1, 2, 4, 8]
+
+
+async def test_profile_recovers_a_fake_engines_latency_and_token_interval(fake_upstream: LiveServer) -> None:
+    config = parse_config({"models": {"fake": {"kind": "chat", "deployments": [{
+        "backend": "openai", "base_url": fake_upstream.url + "/v1",
+        "headers": {"x-fake-latency-ms": "80", "x-fake-token-interval-ms": "20", "x-fake-tokens": "12"},
+    }]}}})
+    model = config.models[0]
+    backend = backend_factory("openai")(model.deployments[0], model, BackendContext(models_dir=Path(".")))
+    await backend.start()
+    try:
+        profile = await profile_backend(backend, "fake", slots=2, repeats=2)
+    finally:
+        await backend.aclose()
+    assert profile["prefill"]["fixed_s"] == pytest.approx(0.08, abs=0.03)
+    assert abs(profile["prefill"]["per_token_s"]) < 0.001  # the fake's latency does not grow with the prompt
+    assert set(profile["decode_interval_s"]) == {"1", "2"}
+    assert profile["decode_interval_s"]["1"] == pytest.approx(0.02, abs=0.004)

@@ -63,6 +63,52 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    import time
+
+    from modelyard import server
+    from modelyard.backends.base import BackendContext
+    from modelyard.backends.registry import backend_factory, deployment_slots
+    from modelyard.config import load_config
+    from modelyard.config.defaults import default_fleet
+    from modelyard.fleet.artifacts import ArtifactError
+    from modelyard.planning.profile import profile_backend
+
+    config = load_config(args.config) if args.config else default_fleet()
+    model = config.model(args.model)
+    if model is None or model.kind == "embedding":
+        known = ", ".join(m.name for m in config.models if m.kind != "embedding")
+        print(f"modelyard profile: no generative model {args.model!r} in {config.source} (known: {known})", file=sys.stderr)
+        return 2
+    context = BackendContext(models_dir=server.data_dir_of(config, args.data_dir) / "models", threads_per_worker=args.threads, config_source=config.source)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    async def run() -> None:
+        for deployment in model.deployments:
+            backend = backend_factory(deployment.backend)(deployment, model, context)
+            await backend.start()
+            try:
+                print(f"profiling {deployment.name} ...", file=sys.stderr)
+                result = await profile_backend(backend, model.name, deployment_slots(deployment), repeats=args.repeats)
+            finally:
+                await backend.aclose()
+            result |= {"model": model.name, "deployment": deployment.name, "backend": deployment.backend,
+                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            path = out / (deployment.name.replace("/", "__") + ".json")
+            path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+            pre, dec = result["prefill"], result["decode_interval_s"]
+            print(f"{deployment.name}: prefill {pre['fixed_s'] * 1000:.0f} ms + {pre['per_token_s'] * 1000:.2f} ms/token; "
+                  f"token interval by batch {', '.join(f'{k}: {v * 1000:.1f} ms' for k, v in dec.items())} -> {path}")
+
+    try:
+        asyncio.run(run())
+    except ArtifactError as exc:
+        print(f"modelyard profile: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     p = sub.add_parser(
         "replay", help="send a trace's requests at their arrival times to an OpenAI-compatible endpoint and measure",
@@ -74,3 +120,15 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--ignore-eos", action="store_true", help="ask the engine to generate exactly max_tokens (vLLM, llama-server)")
     p.add_argument("--json", action="store_true", help="also print one JSON object on the last line")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser(
+        "profile", help="measure a model's deployments: prefill time by prompt length, token interval by batch size",
+        description="Start each deployment of the model through its own adapter and measure the engine model the planner uses.",
+    )
+    p.add_argument("--model", required=True, help="a chat or completion model of the fleet")
+    p.add_argument("--config", help="fleet file (default: the embedded fleet)")
+    p.add_argument("--data-dir", help="where assembled models live (default ~/.cache/modelyard)")
+    p.add_argument("--out", required=True, help="directory for the profile files")
+    p.add_argument("--threads", type=int, default=2, help="threads for local engines without their own setting")
+    p.add_argument("--repeats", type=int, default=2, help="measurements per point")
+    p.set_defaults(func=cmd_profile)
