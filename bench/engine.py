@@ -58,6 +58,9 @@ MODELS = {"smollm2-135m": "builtin:smollm2-135m", "qwen2.5-0.5b": "builtin:qwen2
 LEVELS = (1, 2, 4, 8, 16)
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "the", "gateway", "routes", "requests", "across", "a", "fleet", "of", "local", "and", "hosted", "models", "and", "every", "answer", "is", "accounted", "per", "tenant", "so", "that", "the", "margins", "hold", "at", "ten", "times", "the", "traffic"]
 PROMPT_WORDS = (30, 120, 380)
+# llama.cpp's HTTP server closes idle kept-alive connections, and a request sent
+# into one as it closes fails; every system is measured with fresh connections.
+FRESH = httpx.Limits(max_connections=64, max_keepalive_connections=0)
 
 
 def prompt(i: int) -> str:
@@ -157,7 +160,7 @@ async def run_level(url: str, model: str, concurrency: int, rounds: int, seed: i
     done = asyncio.Event()
     sampler = asyncio.create_task(sample_rss(pid, level, done)) if pid else None
     t0 = time.monotonic()
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as http:
+    async with httpx.AsyncClient(timeout=600, limits=FRESH) as http:
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
     level.wall_s = time.monotonic() - t0
     done.set()
@@ -274,7 +277,7 @@ async def interactive_ttft(url: str, model: str, count: int, batch_clients: int)
             await stream_once(http, url, body, headers={"x-modelyard-class": "batch"})
             i += 1
 
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as http:
+    async with httpx.AsyncClient(timeout=600, limits=FRESH) as http:
         batch = [asyncio.create_task(batch_loop(http, k)) for k in range(batch_clients)]
         if batch_clients:
             await asyncio.sleep(3.0)  # let the batch fill the engine before measuring
@@ -291,7 +294,7 @@ async def interactive_ttft(url: str, model: str, count: int, batch_clients: int)
 async def turn_two_ttft(url: str, model: str, conversations: int, seed: int) -> list[float]:
     """TTFT of turn 2 for conversations with a ~1,500-token first turn, each with its own history."""
     out = []
-    async with httpx.AsyncClient(timeout=600) as http:
+    async with httpx.AsyncClient(timeout=600, limits=FRESH) as http:
         for c in range(conversations):
             history = " ".join(WORDS[(seed + c * 13 + k * 5) % len(WORDS)] for k in range(1150))
             turn1 = [{"role": "system", "content": f"Conversation {seed}-{c}."}, {"role": "user", "content": f"Remember this text: {history}"}]
