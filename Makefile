@@ -6,21 +6,25 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-# A portable x86-64 (AVX2) llama.cpp build. A native build enables AMX on CPUs
-# that have it, and its kernels crash under some sandboxes and hypervisors.
+# For `make install-legacy` only: a portable x86-64 (AVX2) llama.cpp build. A native
+# build enables AMX on CPUs that have it, and its kernels crash under some sandboxes.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
-.PHONY: install serve test lint typecheck check clean browser test-services
+.PHONY: install install-legacy serve test lint typecheck check clean browser test-services
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/python -c "import llama_cpp, sentence_transformers, modelyard"
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -c "import xllamacpp, sentence_transformers, modelyard"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The older one-request worker backend (`backend: llamacpp`) and its tests; compiles llama.cpp (~20 min).
+install-legacy: install
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install --quiet -e '.[dev,legacy]'
 
 serve: install
 	$(BIN)/modelyard prepare

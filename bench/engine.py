@@ -172,9 +172,11 @@ async def run_level(url: str, model: str, concurrency: int, rounds: int, seed: i
 # -- the systems -------------------------------------------------------------------------------
 
 def gateway_config(model: str, deployment: str) -> str:
+    """``deployment`` is one flow mapping, or several separated by newlines (the 2x1 layout)."""
+    lines = "".join(f"      - {d}\n" for d in deployment.splitlines())
     return (
         "scheduling:\n  ttft_objective_s: {interactive: 600, agent: 600}\n  reserved_slots: 1\n"
-        f"models:\n  {model}:\n    kind: chat\n    deployments:\n      - {deployment}\n"
+        f"models:\n  {model}:\n    kind: chat\n    strategy: least_load\n    deployments:\n{lines}"
     )
 
 
@@ -186,7 +188,14 @@ def old_deployment(builtin: str) -> str:
 DECODE_THREADS = {"builtin:smollm2-135m": 1, "builtin:qwen2.5-coder-0.5b": 2}
 
 
-def new_deployment(builtin: str, parallel: int, cache_prompt: bool = True) -> str:
+def new_deployment(builtin: str, parallel: int, cache_prompt: bool = True, layout: str = "1x2") -> str:
+    """One engine with 2 threads, or (``2x1``) two engines with 1 thread and half the slots each."""
+    if layout == "2x1":
+        return "\n".join(
+            f"{{name: e{i}, backend: llamacpp_server, model_file: '{builtin}', parallel: {max(1, parallel // 2)}, threads: 1, "
+            f"n_ctx: 2048, max_queue: 512, cache_prompt: {str(cache_prompt).lower()}}}"
+            for i in range(2)
+        )
     return (
         f"{{backend: llamacpp_server, model_file: '{builtin}', parallel: {parallel}, threads: 2, decode_threads: {DECODE_THREADS[builtin]}, "
         f"n_ctx: 2048, max_queue: 512, cache_prompt: {str(cache_prompt).lower()}}}"
@@ -318,7 +327,7 @@ async def measure_model(model: str, args: argparse.Namespace, tmp: Path) -> dict
     model_file = artifacts.resolve(builtin, Path("~/.cache/modelyard/models").expanduser())
     sweeps: dict[str, list[dict[int, Level]]] = {"old": [], "new": [], "ceiling": []}
     for repeat in range(args.repeats):
-        for system in ("old", "new", "ceiling"):
+        for system in args.systems:
             if system == "old" and not old_available():
                 continue
             print(f"  {model} repeat {repeat + 1}: {system}", flush=True)
@@ -329,7 +338,7 @@ async def measure_model(model: str, args: argparse.Namespace, tmp: Path) -> dict
                 finally:
                     direct.close()
                 continue
-            deployment = old_deployment(builtin) if system == "old" else new_deployment(builtin, args.parallel)
+            deployment = old_deployment(builtin) if system == "old" else new_deployment(builtin, args.parallel, layout=args.layout)
             gateway = Gateway(tmp, f"{model}-{system}-{repeat}", model, deployment)
             try:
                 sweeps[system].append(await sweep(gateway.url, model, args.levels, args.rounds, repeat * 100, gateway.process.pid))
@@ -337,6 +346,8 @@ async def measure_model(model: str, args: argparse.Namespace, tmp: Path) -> dict
                 gateway.close()
 
     peer = None
+    if args.no_extras:
+        return summarize(sweeps, None, [], [], [], [])
     if peer_available() and 8 in args.levels:
         print(f"  {model}: peer (llama-cpp-python server) at c8", flush=True)
         server = PeerServer(tmp, model_file)
@@ -346,14 +357,14 @@ async def measure_model(model: str, args: argparse.Namespace, tmp: Path) -> dict
             server.close()
 
     print(f"  {model}: interactive TTFT alone and beside a batch job ({args.interactive} requests each)", flush=True)
-    gateway = Gateway(tmp, f"{model}-interactive", model, new_deployment(builtin, args.parallel))
+    gateway = Gateway(tmp, f"{model}-interactive", model, new_deployment(builtin, args.parallel, layout=args.layout))
     try:
         alone = await interactive_ttft(gateway.url, model, args.interactive, 0)
         beside = await interactive_ttft(gateway.url, model, args.interactive, args.parallel - 1)
         reuse = await turn_two_ttft(gateway.url, model, args.turns, seed=1)
     finally:
         gateway.close()
-    gateway = Gateway(tmp, f"{model}-nocache", model, new_deployment(builtin, args.parallel, cache_prompt=False))
+    gateway = Gateway(tmp, f"{model}-nocache", model, new_deployment(builtin, args.parallel, cache_prompt=False, layout=args.layout))
     try:
         no_reuse = await turn_two_ttft(gateway.url, model, args.turns, seed=2)
     finally:
@@ -425,28 +436,36 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: SmolLM2 only, c1 and c8, 20 interactive requests")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--fresh", action="store_true", help="drop models measured by earlier runs from the results file")
+    parser.add_argument("--systems", default="old,new,ceiling", help="which of old, new, ceiling to sweep")
+    parser.add_argument("--layout", choices=("1x2", "2x1"), default="1x2",
+                        help="new: one engine with 2 threads, or two engines with 1 thread and half the slots each")
+    parser.add_argument("--no-extras", action="store_true", help="the concurrency sweep only (no peer, interactive or turn-2 runs)")
+    parser.add_argument("--name", default="engine", help="results file name under bench/results/")
     args = parser.parse_args()
     if args.quick:
         args.models, args.levels, args.repeats, args.interactive, args.turns, args.rounds = "smollm2-135m", "1,8", 1, 20, 2, 1
     args.levels = tuple(int(x) for x in str(args.levels).split(","))
+    args.systems = tuple(s for s in str(args.systems).split(",") if s)
     # Models measured by an earlier run stay in the file, each with the commit and settings it was measured at.
-    name = "engine" + ("-quick" if args.quick else "")
+    name = args.name + ("-quick" if args.quick else "")
     previous = RESULTS / f"{name}.json"
     results: dict[str, Any] = json.loads(previous.read_text()).get("models", {}) if previous.exists() and not args.fresh else {}
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
             results[model] = asyncio.run(measure_model(model, args, Path(tmp))) | {
                 "commit": commit(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "settings": {"repeats": args.repeats, "rounds": args.rounds, "levels": list(args.levels), "interactive": args.interactive, "turns": args.turns},
+                "settings": {"repeats": args.repeats, "rounds": args.rounds, "levels": list(args.levels), "interactive": args.interactive, "turns": args.turns,
+                             "layout": args.layout, "systems": list(args.systems)},
             }
             print(report(model, results[model]), flush=True)
             data = {
                 "models": results, "machine": machine(), "quick": args.quick,
                 "settings": {"parallel": args.parallel, "threads": 2, "old_workers": 2, "step_tokens": 64, "decode_threads": DECODE_THREADS,
+                             "layout": args.layout, "systems": list(args.systems),
                              "rounds": args.rounds, "repeats": args.repeats, "levels": list(args.levels), "interactive": args.interactive,
                              "turns": args.turns},
                 "peer": "llama-cpp-python server" if peer_available() else None,
-                # bench/fresh_install.sh measures these; null until it has run on this commit.
+                # bench/fresh_install.py measures these (bench/results/fresh_install.json).
                 "fresh_make_test_s_before": None, "fresh_make_test_s_after": None,
             }
             if not args.no_write:  # after each model, so a long run keeps what it measured

@@ -25,6 +25,10 @@ it, share = (u_both - u_alone) / (1 - u_alone), clipped at 0. The goal
 fails when either is missed.
 
 Writes bench/results/mixed_load.json.
+
+It runs the legacy worker pool (``backend: llamacpp``, ``make install-legacy``):
+its busy-worker accounting is per worker; measuring llama.cpp's server here
+needs busy time per slot and has not been done yet.
 """
 
 from __future__ import annotations

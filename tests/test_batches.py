@@ -31,7 +31,7 @@ models:
   smollm2-135m:
     kind: chat
     deployments:
-      - {{backend: llamacpp, model_file: 'builtin:smollm2-135m', n_ctx: 1024}}
+      - {{backend: llamacpp_server, model_file: 'builtin:smollm2-135m', n_ctx: 1024, parallel: 2}}
 """
 
 

@@ -21,7 +21,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "modelyard"
 
 # A layer may import itself and anything to its right, never to its left.
-ORDER = ["cli", "server", "training", "api", "observe", "pipeline", "routing", "scheduling", "economics", "reliability", "backends", "store", "fleet", "data", "testing"]
+ORDER = ["cli", "server", "training", "planning", "api", "observe", "pipeline", "routing", "scheduling", "economics", "reliability", "backends", "store", "fleet", "data", "testing"]
 PEERS = {"routing", "scheduling", "economics", "reliability"}  # side by side; none imports another
 CORE = {"errors", "protocol", "config", "__init__"}
 PURE = PEERS

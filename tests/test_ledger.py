@@ -15,6 +15,7 @@ import pytest
 
 from modelyard.config import Price
 from modelyard.economics.cost import AttemptUse, attempt_cost, request_cost
+from modelyard.planning.traces import parse_trace
 from modelyard.protocol import Usage
 
 from .conftest import LiveServer, start_modelyard, write_config
@@ -117,3 +118,11 @@ def test_every_request_gets_a_ledger_row(tmp_path: Path, fake_upstream: LiveServ
     db_args = ["--database-url", POSTGRES] if database == "postgresql" else []
     table = subprocess.run([sys.executable, "-m", "modelyard.cli", "usage", "--data-dir", str(data), "--group-by", "served_model", *db_args], capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and "priced" in table.stdout and "cost_usd" in table.stdout
+    trace_file = tmp_path / "trace.jsonl"
+    export = subprocess.run([sys.executable, "-m", "modelyard.cli", "usage", "--data-dir", str(data), "--export-trace", str(trace_file), *db_args],
+                            capture_output=True, text=True, timeout=60)
+    assert export.returncode == 0, export.stderr
+    trace = parse_trace(trace_file.read_text())
+    chats = [r for r in rows.values() if r["endpoint"] == "/v1/chat/completions"]
+    assert len(trace) == len(chats) and trace[0].arrival_s == 0.0
+    assert (3, 4, "priced", "default", "interactive") in {(t.input_tokens, t.output_tokens, t.model, t.tenant, t.workload) for t in trace}

@@ -54,9 +54,9 @@ models:
   smollm2-135m:
     kind: chat
     deployments:
-      - backend: llamacpp
+      - backend: llamacpp_server
         model_file: builtin:smollm2-135m
-        workers: 1
+        parallel: 1
         max_queue: 0
         n_ctx: 1024
 """

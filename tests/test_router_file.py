@@ -54,7 +54,7 @@ def test_a_router_for_other_models_is_refused_before_startup(tmp_path: Path) -> 
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(
         "models:\n"
-        "  smollm2-135m: {kind: chat, deployments: [{backend: llamacpp, model_file: 'builtin:smollm2-135m'}]}\n"
+        "  smollm2-135m: {kind: chat, deployments: [{backend: llamacpp_server, model_file: 'builtin:smollm2-135m'}]}\n"
         "  minilm-l6: {kind: embedding, deployments: [{backend: sentence-transformers, model_path: 'builtin:all-minilm-l6-v2'}]}\n"
         "aliases:\n"
         f"  auto: {{targets: [smollm2-135m], strategy: learned, embedding_model: minilm-l6, router_file: '{tmp_path / 'r.npz'}'}}\n"

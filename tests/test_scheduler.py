@@ -159,3 +159,18 @@ def test_wait_estimate_for_deferrable_work_counts_only_its_slots() -> None:
     for i in range(2):
         assert s.admit(Ticket(f"b{i}", "batch"), 0).verdict == Verdict.RUN
     assert s.estimated_wait_s(Ticket("b2", "batch"), 0) == 2.0 * 1 / 2
+
+
+def test_wait_estimate_uses_service_time_measured_at_full_load() -> None:
+    s = sched(capacity=4, ttft_objective_s={}, default_service_s=1.0, service_ewma_alpha=1.0)
+    # A continuously batching engine: 4 s per request beside three others, 1 s alone.
+    for i in range(4):
+        assert s.admit(Ticket(f"r{i}", "interactive"), 0).verdict == Verdict.RUN
+    for i, seconds in enumerate((4.0, 3.0, 2.0, 1.0)):
+        s.finish(f"r{i}", seconds, 1 + i)
+    assert s.service_s == 1.0  # the overall average is the last, lone request
+    assert (s.service_at(4), s.service_at(2), s.service_at(1)) == (4.0, 2.0, 1.0)
+    for i in range(4):
+        assert s.admit(Ticket(f"f{i}", "interactive"), 5).verdict == Verdict.RUN
+    # Full: the next one waits for a slot of a full deployment, 4 s / 4 slots, not 1 s / 4.
+    assert s.estimated_wait_s(Ticket("next", "interactive"), 5) == 1.0

@@ -110,6 +110,28 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_trace(rows: list[dict[str, object]], path: str) -> int:
+    from pathlib import Path
+
+    from modelyard.planning.traces import TraceRequest, to_jsonl
+
+    def count(value: object) -> int:
+        return int(value) if isinstance(value, (int, float)) else 0
+
+    def text(value: object) -> str | None:
+        return value if isinstance(value, str) else None
+
+    origin = float(rows[0]["arrival"]) if rows else 0.0  # type: ignore[arg-type]
+    requests = [
+        TraceRequest(float(r["arrival"]) - origin, count(r["prompt_tokens"]), count(r["completion_tokens"]),  # type: ignore[arg-type]
+                     tenant=text(r["tenant"]), workload=text(r["workload"]), model=text(r["requested_model"]))
+        for r in rows
+    ]
+    Path(path).write_text(to_jsonl(requests))
+    print(f"wrote {len(requests)} requests to {path}", file=sys.stderr)
+    return 0
+
+
 def cmd_usage(args: argparse.Namespace) -> int:
     import asyncio
     import csv
@@ -125,6 +147,8 @@ def cmd_usage(args: argparse.Namespace) -> int:
         ledger = LedgerWriter(ledger_sink(store, args.database_url or os.environ.get("MODELYARD_DATABASE_URL")))
         await ledger.sink.setup()
         try:
+            if args.export_trace:
+                return await ledger.trace(args.since, args.until)
             return await ledger.usage(tuple(g for g in args.group_by.split(",") if g), args.since, args.until)
         finally:
             await ledger.sink.aclose()
@@ -136,6 +160,8 @@ def cmd_usage(args: argparse.Namespace) -> int:
         return 2
     finally:
         store.close()
+    if args.export_trace:
+        return _write_trace(rows, args.export_trace)
     if args.csv:
         writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["requests"])
         writer.writeheader()
@@ -308,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="first day, YYYY-MM-DD")
     p.add_argument("--until", help="last day, YYYY-MM-DD")
     p.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    p.add_argument("--export-trace", metavar="FILE", help="write the chat and completion requests as a trace (JSONL) for replay and plan")
     p.add_argument("--database-url", help="postgresql://... when the server keeps its ledger there")
     p.set_defaults(func=cmd_usage)
 
@@ -316,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     from modelyard.training.commands import add_commands
 
     add_commands(sub)
+
+    from modelyard.planning.commands import add_commands as add_planning_commands
+
+    add_planning_commands(sub)
 
     p = sub.add_parser("fake-upstream", help="run a fake OpenAI-compatible server (for tests and benchmarks)")
     p.add_argument("--host", default="127.0.0.1")

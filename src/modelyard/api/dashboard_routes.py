@@ -40,7 +40,7 @@ class DashboardRoutes:
             {
                 "deployment": d["deployment"], "ready": d["ready"], "outstanding": d["outstanding"],
                 "queued": sum(fleet["scheduler"].get(d["deployment"], {}).get("queued", {}).values()),
-                "utilization": (sum(1 for w in d["workers"] if w.get("busy")) / len(d["workers"])) if d["workers"] else None,
+                "utilization": _slot_use(fleet["scheduler"].get(d["deployment"], {})),
                 "breaker": fleet["breakers"].get(d["deployment"], {}).get("state"),
             }
             for d in fleet["deployments"]
@@ -49,3 +49,11 @@ class DashboardRoutes:
 
     def routes(self) -> list[Route]:
         return [Route("/ui", self.ui, methods=["GET"]), Route("/admin/dashboard", self.data, methods=["GET"])]
+
+
+def _slot_use(scheduler: dict[str, object]) -> float | None:
+    """Share of the deployment's slots (engine slots, workers or max_concurrency) holding a request."""
+    running, capacity = scheduler.get("running"), scheduler.get("capacity")
+    if not isinstance(running, int) or not isinstance(capacity, int) or capacity <= 0:
+        return None
+    return running / capacity

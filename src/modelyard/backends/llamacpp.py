@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import sys
 import time
@@ -132,6 +133,11 @@ class LlamaCppBackend:
         self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise RuntimeError(
+                f"deployment {self.deployment.name}: backend 'llamacpp' needs llama-cpp-python, an optional extra "
+                "(make install-legacy, or pip install 'modelyard[legacy]'); backend 'llamacpp_server' needs nothing more"
+            )
         model_file = artifacts.resolve(self.options.model_file, self.context.models_dir)
         threads = self.options.threads or self.context.threads_per_worker
         env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")

@@ -17,6 +17,7 @@ upstream connection, and llama.cpp's server stops that sequence alone.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sys
@@ -27,13 +28,19 @@ from modelyard.backends.base import BackendContext, Capabilities, Health, build_
 from modelyard.backends.openai_compat import OpenAICompatBackend, OpenAICompatOptions
 from modelyard.backends.tool_calls import tool_call_plan, with_tool_calls
 from modelyard.config import ConfigError, DeploymentConfig, ModelConfig
-from modelyard.errors import NotReady
+from modelyard.errors import NotReady, UpstreamError
 from modelyard.fleet import artifacts
 from modelyard.fleet.supervisor import ProcessState, SupervisedProcess, SupervisionPolicy
 from modelyard.protocol import Chunk, ModelCall
 
 LAUNCHER_MODULE = "modelyard.backends.llama_server_launcher"
 DEFAULT_PARALLEL = 4
+# The engine gets one slot more than the scheduler hands out: a finished
+# request's slot is released a moment after its last byte reaches modelyard,
+# and a request admitted in that moment must not wait in llama-server's own
+# queue (where it could wait for a whole long generation).
+SPARE_SLOTS = 1
+DEATH_NOTICE_S = 2.0  # after a broken stream, how long to wait for the supervisor to see the engine's death
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +49,7 @@ class LlamaServerOptions:
 
     model_file: str
     parallel: int = DEFAULT_PARALLEL  # slots: sequences decoded together
-    n_ctx: int = 4096  # context tokens per slot; the unified KV cache holds parallel x n_ctx
+    n_ctx: int = 4096  # context tokens per slot; the unified KV cache holds (parallel + spare) x n_ctx
     threads: int | None = None  # default: cores shared among all local engines
     step_tokens: int = 64  # prompt tokens per engine step (llama.cpp's n_batch): smaller lets a newcomer's first token out sooner
     decode_threads: int | None = None  # threads for one-token steps; default: threads (SmolLM2 decodes faster on 1)
@@ -92,7 +99,7 @@ class LlamaServerBackend(OpenAICompatBackend):
         threads = o.threads or self.context.threads_per_worker
         env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
         argv = [
-            sys.executable, "-m", LAUNCHER_MODULE, "--model-file", str(model_file), "--parallel", str(o.parallel),
+            sys.executable, "-m", LAUNCHER_MODULE, "--model-file", str(model_file), "--parallel", str(o.parallel + SPARE_SLOTS),
             "--n-ctx", str(o.n_ctx), "--threads", str(threads), "--slot-similarity", str(o.slot_similarity),
             "--cache-ram-mib", str(o.cache_ram_mib), "--decode-threads", str(o.decode_threads or 0),
             "--n-batch", str(o.step_tokens),
@@ -125,12 +132,28 @@ class LlamaServerBackend(OpenAICompatBackend):
         else:
             stream = super().generate(call)
         self.in_flight += 1
+        pid = self.process.pid if self.process else None
         try:
             async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
                 async for chunk in chunks:
                     yield chunk
+        except UpstreamError:
+            if await self._engine_died(pid):
+                raise UpstreamError(f"deployment {self.deployment.name}: the engine process died during the request") from None
+            raise
         finally:
             self.in_flight -= 1
+
+    async def _engine_died(self, pid: int | None) -> bool:
+        """Whether the engine that served ``pid`` is gone (waits briefly for the supervisor to notice)."""
+        process = self.process
+        if process is None or pid is None:
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DEATH_NOTICE_S):
+                while process.pid == pid and process.state == ProcessState.READY:
+                    await process.wait_state_change()
+        return process.pid != pid or process.state != ProcessState.READY
 
     async def aclose(self) -> None:
         await super().aclose()

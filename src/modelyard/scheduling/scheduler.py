@@ -80,6 +80,9 @@ class DeploymentScheduler:
         self.queues: dict[int, dict[str, deque[Ticket]]] = {}
         self.served: dict[tuple[int, str], float] = {}
         self.service_s = policy.default_service_s
+        # A continuously batching engine serves a request more slowly the more it runs
+        # beside it: service time is learned per number of requests running.
+        self.service_by_running: dict[int, float] = {}
 
     # -- what is waiting -----------------------------------------------------------------
     def queued(self) -> int:
@@ -95,7 +98,15 @@ class DeploymentScheduler:
             return 0.0
         ahead = sum(len(q) for rank, tenants in self.queues.items() if rank <= ticket.rank for q in tenants.values())
         slots = self.capacity if ticket.rank <= URGENT_RANK else self.deferrable_limit()
-        return (ahead + 1) * self.service_s / slots
+        # Whoever waits starts when a full deployment frees a slot: service time at full load.
+        return (ahead + 1) * self.service_at(self.capacity) / slots
+
+    def service_at(self, running: int) -> float:
+        """Learned service time with ``running`` requests in flight: the nearest measured load, else the overall average."""
+        if not self.service_by_running:
+            return self.service_s
+        nearest = min(self.service_by_running, key=lambda k: (abs(k - running), -k))
+        return self.service_by_running[nearest]
 
     def deferrable_limit(self) -> int:
         """Slots the deferrable classes may hold together: all but the reserved ones, never none."""
@@ -133,10 +144,14 @@ class DeploymentScheduler:
 
     def finish(self, ticket_id: str, service_s: float | None, now: float) -> list[Ticket]:
         """A running ticket ended; returns the tickets that start now (in order)."""
+        was_running = len(self.running)
         self.running.pop(ticket_id, None)
         if service_s is not None:
             a = self.policy.service_ewma_alpha
             self.service_s = a * service_s + (1 - a) * self.service_s
+            if was_running:
+                before = self.service_by_running.get(was_running, service_s)
+                self.service_by_running[was_running] = a * service_s + (1 - a) * before
         return self.start_ready(now)
 
     def start_ready(self, now: float) -> list[Ticket]:

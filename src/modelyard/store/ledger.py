@@ -29,6 +29,11 @@ COLUMN_TYPES = (
     "ttft_ms DOUBLE PRECISION, status INTEGER, error_type TEXT"
 )
 RECENT = "ts, tenant, requested_model, served_model, route, latency_ms, status, cost_usd, revenue_usd"
+# What a trace needs: arrival (the row is written when the request ends), sizes, who and what.
+TRACE = (
+    "ts - COALESCE(latency_ms, 0) / 1000.0 AS arrival, prompt_tokens, completion_tokens, tenant, workload, requested_model "
+    "FROM ledger WHERE endpoint IN ('/v1/chat/completions', '/v1/completions')"
+)
 GROUPABLE = ("tenant", "api_key", "requested_model", "served_model", "deployment", "workload", "day", "endpoint")
 AGGREGATES = (
     "COUNT(*) AS requests, SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS errors, SUM(prompt_tokens) AS prompt_tokens, "
@@ -45,6 +50,7 @@ class LedgerSink(Protocol):
     async def aggregate(self, group_by: tuple[str, ...], since: str | None, until: str | None) -> list[dict[str, Any]]: ...
     async def spend_by_owner(self) -> list[dict[str, Any]]: ...
     async def since(self, ts: float) -> list[dict[str, Any]]: ...
+    async def trace(self, since: str | None, until: str | None) -> list[dict[str, Any]]: ...
     async def aclose(self) -> None: ...
 
 
@@ -62,6 +68,15 @@ def _query(group_by: tuple[str, ...], since: str | None, until: str | None, mark
     sql += f" WHERE {' AND '.join(where)}" if where else ""
     sql += f" GROUP BY {keys} ORDER BY {keys}" if keys else ""
     return sql, args
+
+
+def _trace_query(since: str | None, until: str | None, mark: Any) -> tuple[str, list[str]]:
+    sql, args = f"SELECT {TRACE}", []
+    for op, value in ((">=", since), ("<=", until)):
+        if value:
+            args.append(value)
+            sql += f" AND day {op} {mark(len(args))}"
+    return sql + " ORDER BY arrival", args
 
 
 def _rounded(row: dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +114,11 @@ class SQLiteLedger:
         rows = await self.store.run(lambda db: db.execute(f"SELECT {RECENT} FROM ledger WHERE ts >= ? ORDER BY ts", (ts,)).fetchall())
         return [dict(r) for r in rows]
 
+    async def trace(self, since: str | None, until: str | None) -> list[dict[str, Any]]:
+        sql, args = _trace_query(since, until, lambda n: "?")
+        rows = await self.store.run(lambda db: db.execute(sql, args).fetchall())
+        return [dict(r) for r in rows]
+
     async def aclose(self) -> None:
         return None
 
@@ -134,6 +154,11 @@ class PostgresLedger:
     async def since(self, ts: float) -> list[dict[str, Any]]:
         async with self.pool.acquire() as conn:
             return [dict(r) for r in await conn.fetch(f"SELECT {RECENT} FROM ledger WHERE ts >= $1 ORDER BY ts", ts)]
+
+    async def trace(self, since: str | None, until: str | None) -> list[dict[str, Any]]:
+        sql, args = _trace_query(since, until, lambda n: f"${n}")
+        async with self.pool.acquire() as conn:
+            return [dict(r) for r in await conn.fetch(sql, *args)]
 
     async def aclose(self) -> None:
         if self.pool is not None:
@@ -185,6 +210,11 @@ class LedgerWriter:
         """Aggregates per ``group_by`` columns, including rows not yet flushed."""
         await self.flush()
         return await self.sink.aggregate(group_by, since, until)
+
+    async def trace(self, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+        """Generation requests in arrival order (for ``modelyard usage --export-trace``), including rows not yet flushed."""
+        await self.flush()
+        return await self.sink.trace(since, until)
 
     async def recent(self, ts: float) -> list[dict[str, Any]]:
         """Rows since ``ts`` (epoch seconds), including rows not yet flushed."""

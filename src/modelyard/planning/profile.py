@@ -1,0 +1,116 @@
+"""Measure a deployment's speed: the engine model the planner simulates with.
+
+A profile is two fitted curves, measured through the deployment's own adapter
+(so a local llama.cpp engine and a remote vLLM are probed the same way):
+
+- **prefill**: time to first token of a lone request against its prompt
+  length, fitted as ``fixed_s + per_token_s x tokens`` (least squares);
+- **decode**: the time between two streamed tokens while ``k`` requests
+  generate together, for k = 1, 2, 4, ... up to the deployment's slots (the
+  median interval of every request of the round).
+
+Saved as ``<out>/<deployment id with / as __>.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from modelyard.backends.base import Backend
+from modelyard.protocol import ModelCall, Sampling
+
+PROMPT_LENGTHS = (16, 64, 256, 768)
+DECODE_TOKENS = 32
+FILLER = "the quick brown fox jumps over a lazy dog and keeps on running across the wide green field"
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    ttft_s: float
+    total_s: float
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def interval_s(self) -> float | None:
+        """Mean time between streamed tokens after the first."""
+        if self.completion_tokens < 2:
+            return None
+        return (self.total_s - self.ttft_s) / (self.completion_tokens - 1)
+
+
+def prompt_of(words: int, salt: int) -> str:
+    """About ``words`` tokens; ``salt`` makes it unique, so no prefix cache helps."""
+    filler = FILLER.split()
+    return f"{salt} " + " ".join(filler[(salt + i) % len(filler)] for i in range(max(1, words - 1)))
+
+
+async def timed(backend: Backend, call: ModelCall) -> Timing:
+    started = time.monotonic()
+    first: float | None = None
+    usage = None
+    async for chunk in backend.generate(call):
+        if first is None and (chunk.text or chunk.finish_reason is not None):
+            first = time.monotonic() - started
+        if chunk.usage is not None:
+            usage = chunk.usage
+    total = time.monotonic() - started
+    return Timing(first if first is not None else total, total, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+
+
+def chat(model: str, text: str, max_tokens: int) -> ModelCall:
+    sampling = Sampling(max_tokens=max_tokens, temperature=0.0)
+    return ModelCall(kind="chat", model=model, sampling=sampling, messages=({"role": "user", "content": text},))
+
+
+def fit_line(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares ``(intercept, slope)`` through ``(x, y)`` points (slope 0 for a single x)."""
+    xs = [p[0] for p in points]
+    ys = [p[1] for p in points]
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread if spread else 0.0
+    return mean_y - slope * mean_x, slope
+
+
+def batch_sizes(slots: int) -> list[int]:
+    sizes, k = [], 1
+    while k <= slots:
+        sizes.append(k)
+        k *= 2
+    if sizes[-1] != slots:
+        sizes.append(slots)
+    return sizes
+
+
+async def profile_backend(backend: Backend, model: str, slots: int, repeats: int = 2, max_prompt: int = 4096) -> dict[str, Any]:
+    """The deployment's prefill line and decode intervals by batch size."""
+    await timed(backend, chat(model, prompt_of(8, 0), 2))  # warm-up: first-call costs are not the model's speed
+    prefill_points: list[tuple[float, float]] = []
+    salt = 1
+    for length in (n for n in PROMPT_LENGTHS if n < max_prompt):
+        for _ in range(repeats):
+            t = await timed(backend, chat(model, prompt_of(length, salt), 1))
+            salt += 1
+            prefill_points.append((float(t.prompt_tokens), t.ttft_s))
+    fixed_s, per_token_s = fit_line(prefill_points)
+    decode: dict[str, float] = {}
+    for k in batch_sizes(slots):
+        intervals: list[float] = []
+        for _ in range(repeats):
+            round_ = await asyncio.gather(*(timed(backend, chat(model, prompt_of(16, salt + i), DECODE_TOKENS)) for i in range(k)))
+            salt += k
+            intervals += [t.interval_s for t in round_ if t.interval_s is not None]
+        if intervals:
+            decode[str(k)] = round(statistics.median(intervals), 6)
+    return {
+        "prefill": {"fixed_s": round(fixed_s, 6), "per_token_s": round(per_token_s, 8), "points": [[int(x), round(y, 4)] for x, y in prefill_points]},
+        "decode_interval_s": decode,
+        "slots": slots,
+        "repeats": repeats,
+    }
