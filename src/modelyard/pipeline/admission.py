@@ -77,6 +77,6 @@ class SchedulerGate:
     def describe(self) -> dict[str, dict[str, object]]:
         return {
             name: {"running": len(s.running), "capacity": s.capacity, "queued": s.depth_by_class(), "service_s": round(s.service_s, 3),
-                   "service_s_by_running": {k: round(v, 3) for k, v in sorted(s.service_by_running.items())}}
+                   "service_s_by_running": {str(k): round(v, 3) for k, v in sorted(s.service_by_running.items())}}
             for name, s in self.schedulers.items()
         }
