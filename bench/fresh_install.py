@@ -8,7 +8,8 @@ the venv, every download and build, model assembly and the whole suite. The
 machine's PostgreSQL and Redis are used when they answer, as on CI. Writes
 the seconds into bench/results/fresh_install.json under the label (default:
 the commit), keeping earlier labels, so a before/after pair can be measured
-one after the other.
+one after the other; the labels ``before`` and ``after`` also fill
+``fresh_make_test_s_before`` / ``_after`` in bench/results/engine.json.
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--commit", default="HEAD", help="the revision to clone")
     parser.add_argument("--label", help="name of this measurement in the results file (default: the commit)")
+    parser.add_argument("--sync", action="store_true", help="only copy the before/after runs already measured into engine.json")
     args = parser.parse_args()
+    if args.sync:
+        sync_engine()
+        return
     rev = subprocess.run(["git", "rev-parse", args.commit], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
         clone = Path(tmp) / "modelyard"
@@ -55,6 +60,22 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     print("wrote", path)
+    sync_engine()
+
+
+def sync_engine() -> None:
+    """The runs labelled before/after, as the engine issue's figures in engine.json (a failed run counts as none)."""
+    engine, runs = RESULTS / "engine.json", RESULTS / "fresh_install.json"
+    if not engine.exists() or not runs.exists():
+        return
+    figures = json.loads(engine.read_text())
+    measured = json.loads(runs.read_text()).get("runs", {})
+    for label in ("before", "after"):
+        run = measured.get(label)
+        figures[f"fresh_make_test_s_{label}"] = run["seconds"] if run and run["exit_code"] == 0 else None
+        figures[f"fresh_make_test_commit_{label}"] = run["commit"] if run else None
+    engine.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+    print("updated", engine)
 
 
 if __name__ == "__main__":
