@@ -47,7 +47,10 @@ def main() -> None:
         started = time.monotonic()
         run = subprocess.run(["make", "test"], cwd=clone, env=env, capture_output=True, text=True, check=False)
         seconds = time.monotonic() - started
-    tail = (run.stdout + run.stderr).strip().splitlines()[-3:]
+    lines = (run.stdout + run.stderr).strip().splitlines()
+    tail = [line for line in lines if line.startswith(("FAILED", "ERROR"))] + [line for line in lines if "passed" in line or "failed" in line][-1:]
+    if not tail:
+        tail = [line for line in lines if not line.startswith("WARNING: Location")][-5:]
     print(f"{rev[:10]}: make test exited {run.returncode} after {seconds:.0f} s")
     print("\n".join(tail))
     path = RESULTS / "fresh_install.json"

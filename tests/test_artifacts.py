@@ -78,7 +78,7 @@ def test_serve_refuses_corrupt_model_file(tmp_path: Path) -> None:
     corrupt = tmp_path / "broken.gguf"
     corrupt.write_bytes(b"GGUF" + b"\0" * 64)
     config = tmp_path / "fleet.yaml"
-    config.write_text(f"models:\n  m:\n    deployments:\n      - backend: llamacpp\n        model_file: {corrupt}\n")
+    config.write_text(f"models:\n  m:\n    deployments:\n      - backend: llamacpp_server\n        model_file: {corrupt}\n")
     result = subprocess.run(
         [sys.executable, "-m", "modelyard.cli", "serve", "--config", str(config), "--port", "0", "--data-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
@@ -90,7 +90,7 @@ def test_serve_refuses_corrupt_model_file(tmp_path: Path) -> None:
 
 def test_serve_refuses_missing_model_file(tmp_path: Path) -> None:
     config = tmp_path / "fleet.yaml"
-    config.write_text(f"models:\n  m:\n    deployments:\n      - backend: llamacpp\n        model_file: {tmp_path / 'nope.gguf'}\n")
+    config.write_text(f"models:\n  m:\n    deployments:\n      - backend: llamacpp_server\n        model_file: {tmp_path / 'nope.gguf'}\n")
     result = subprocess.run([sys.executable, "-m", "modelyard.cli", "serve", "--config", str(config), "--port", "0"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "cannot start: model file" in result.stderr and "does not exist" in result.stderr
