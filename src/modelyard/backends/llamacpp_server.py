@@ -108,14 +108,17 @@ class LlamaServerBackend(OpenAICompatBackend):
         await self.process.start()
         await super().start()
 
-    def _url(self, path: str) -> str:
+    def _engine_url(self) -> str:
         process = self.process
         if process is None or process.state != ProcessState.READY:
             raise NotReady(f"deployment {self.deployment.name}: the engine is not running")
-        return str(process.ready_info["base_url"]) + "/v1" + path
+        return str(process.ready_info["base_url"])
+
+    def _url(self, path: str) -> str:
+        return self._engine_url() + "/v1" + path
 
     def _metrics_url(self) -> str:
-        return self._url("/metrics")[: -len("/v1/metrics")] + "/metrics"
+        return self._engine_url() + "/metrics"
 
     def health(self) -> Health:
         process = self.process
