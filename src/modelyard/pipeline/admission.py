@@ -9,10 +9,22 @@ import uuid
 from collections.abc import Callable
 
 from modelyard.backends.registry import deployment_slots
-from modelyard.config import FleetConfig
+from modelyard.config import DeploymentConfig, FleetConfig
 from modelyard.errors import Overloaded, UpstreamTimeout
 from modelyard.pipeline.types import Request
 from modelyard.scheduling.scheduler import DeploymentScheduler, SchedulerPolicy, Ticket, Verdict
+
+
+def scheduler_policy(config: FleetConfig, deployment: DeploymentConfig) -> SchedulerPolicy:
+    """The policy of a deployment's scheduler, from the fleet's scheduling settings (the live gate and the simulator both use it)."""
+    classes = config.scheduling.classes
+    return SchedulerPolicy(
+        max_queue=deployment.max_queue,
+        aging_s=config.scheduling.aging_s,
+        ttft_objective_s=config.scheduling.ttft_objective_s if classes else {},
+        tenant_weights=config.scheduling.tenant_weights,
+        reserved_slots=config.scheduling.reserved_slots if classes else 0,
+    )
 
 
 class SchedulerGate:
@@ -24,14 +36,7 @@ class SchedulerGate:
         self.schedulers: dict[str, DeploymentScheduler] = {}
         for model in config.models:
             for d in model.deployments:
-                policy = SchedulerPolicy(
-                    max_queue=d.max_queue,
-                    aging_s=config.scheduling.aging_s,
-                    ttft_objective_s=config.scheduling.ttft_objective_s if self.classes else {},
-                    tenant_weights=config.scheduling.tenant_weights,
-                    reserved_slots=config.scheduling.reserved_slots if self.classes else 0,
-                )
-                self.schedulers[d.name] = DeploymentScheduler(policy, deployment_slots(d))
+                self.schedulers[d.name] = DeploymentScheduler(scheduler_policy(config, d), deployment_slots(d))
         self.waiting: dict[str, asyncio.Future[None]] = {}
 
     async def acquire(self, deployment: str, request: Request) -> Ticket:

@@ -101,6 +101,11 @@ class DeploymentPicker:
     def _balanced(self, model: ModelConfig, candidates: list[str]) -> str:
         if len(candidates) == 1:
             return candidates[0]
+        if model.strategy == "least_outstanding":
+            # balancer.choose's rule for this strategy (fewest in flight, first on a tie) without building
+            # a view per candidate: the simulator picks among hundreds of replicas per request.
+            outstanding = self.fleet.outstanding
+            return min(candidates, key=lambda n: outstanding.get(n, 0))
         return choose(model.strategy, self._views(model, candidates), self.rng)
 
     def _sticky(self, session: str | None, candidates: list[str]) -> str | None:

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from modelyard.planning.replay import ProgressBar, ReplayOptions, replay, summarize
-from modelyard.planning.traces import TraceError, parse_trace, scale, window
+from modelyard.planning.replay import ProgressBar, ReplayOptions, outcomes_jsonl, replay, summarize
+from modelyard.planning.traces import TraceError, amplify, parse_trace, scale, window
 
 
 def add_trace_flags(p: argparse.ArgumentParser) -> None:
@@ -20,6 +20,7 @@ def add_trace_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration-s", type=float, help="replay this many seconds of the trace (after --start-s, before --time-scale)")
     p.add_argument("--time-scale", type=float, default=1.0, help="multiply the gaps between arrivals (0.5: twice the rate)")
     p.add_argument("--token-scale", type=float, default=1.0, help="multiply input and output lengths")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the traffic over the same span (10: ten times the requests, the trace's bursts kept)")
     p.add_argument("--max-requests", type=int, help="stop after this many requests")
     p.add_argument("--model", default="auto", help="the model for requests whose trace names none")
     p.add_argument("--workload", help="workload class for requests whose trace names none (interactive, batch, ...)")
@@ -33,6 +34,8 @@ def load_trace(args: argparse.Namespace) -> list[Any]:
         raise TraceError(f"{path}: {exc.strerror or exc}") from None
     requests = window(requests, args.start_s, args.duration_s)
     requests = scale(requests, args.time_scale, args.token_scale)
+    if args.scale != 1.0:
+        requests = amplify(requests, args.scale)
     if args.max_requests is not None:
         requests = requests[: args.max_requests]
     if args.workload:
@@ -55,6 +58,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(f"replaying {len(requests)} requests over {requests[-1].arrival_s:.0f} s against {args.base_url}", file=sys.stderr)
     result = asyncio.run(replay(requests, options, ProgressBar()))
     summary = summarize(result)
+    if args.outcomes:
+        Path(args.outcomes).write_text(outcomes_jsonl(requests, result))
     width = max(len(k) for k in summary)
     for key, value in summary.items():
         print(f"{key.ljust(width)}  {'-' if value is None else value}")
@@ -109,6 +114,66 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from modelyard.config import ConfigError, load_config
+    from modelyard.config.defaults import default_fleet
+    from modelyard.planning.engine_model import ProfileError
+    from modelyard.planning.plan import DEFAULT_OBJECTIVES, PlanError, load_engines, parse_objective, parse_price_plan, parse_split
+    from modelyard.planning.simulate import SimOptions
+    from modelyard.planning.whatif import WHAT_IFS, PlanInputs
+
+    try:
+        requests = load_trace(args)
+        config = load_config(args.config) if args.config else default_fleet()
+        objectives = [parse_objective(s) for s in args.slo] if args.slo else None
+        plans = dict(parse_price_plan(p) for p in args.price_plan)
+        splits = dict(parse_split(s) for s in args.split)
+        chosen = [w.strip() for w in args.what_if.split(",") if w.strip()] if args.what_if else []
+        unknown = sorted(set(chosen) - set(WHAT_IFS))
+        if unknown:
+            raise PlanError(f"--what-if: unknown {', '.join(unknown)} (choose from {', '.join(WHAT_IFS)})")
+        options = SimOptions(default_model=args.model, default_workload=args.workload or "interactive", splits=splits,
+                             gateway_overhead_s=args.overhead_ms / 1000, cache_hit_rate=args.cache_hit_rate,
+                             token_scale=args.token_scale, seed=args.seed)
+        inputs = PlanInputs(config, load_engines(config, Path(args.profiles)), requests, objectives or list(DEFAULT_OBJECTIVES), options, plans)
+    except (TraceError, PlanError, ProfileError, ConfigError, ValueError) as exc:
+        print(f"modelyard plan: {exc}", file=sys.stderr)
+        return 2
+    if not requests:
+        print("modelyard plan: the chosen window holds no requests", file=sys.stderr)
+        return 2
+    return run_plan(inputs, chosen, args)
+
+
+def run_plan(inputs: Any, chosen: list[str], args: argparse.Namespace) -> int:
+    import time
+
+    from modelyard.errors import ModelyardError
+    from modelyard.planning.plan import plan_replicas, summarize_run
+    from modelyard.planning.report import print_plan, records_jsonl, write_html
+    from modelyard.planning.whatif import what_ifs
+
+    started = time.perf_counter()
+    print(f"planning {len(inputs.trace)} requests over {inputs.trace[-1].arrival_s:.0f} s ...", file=sys.stderr)
+    try:
+        planned = plan_replicas(inputs.config, inputs.engines, inputs.trace, inputs.objectives, inputs.options, args.max_replicas)
+        summary = summarize_run(inputs.config, planned.run, inputs.objectives, inputs.plans)
+        rows = what_ifs(inputs, planned, chosen) if chosen else []
+    except ModelyardError as exc:
+        print(f"modelyard plan: {exc}", file=sys.stderr)
+        return 2
+    summary |= {"objectives_met": planned.met, "simulations": planned.runs, "what_ifs": rows, "plan_seconds": round(time.perf_counter() - started, 2)}
+    print_plan(summary)
+    if args.outcomes:
+        Path(args.outcomes).write_text(records_jsonl(planned.run.records))
+    if args.html:
+        write_html(Path(args.html), summary, planned.run.records, inputs.objectives)
+        print(f"report: {args.html}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    return 0 if all(planned.met.values()) else 1
+
+
 def add_commands(sub: Any) -> None:
     p = sub.add_parser(
         "replay", help="send a trace's requests at their arrival times to an OpenAI-compatible endpoint and measure",
@@ -118,6 +183,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--base-url", required=True, help="the endpoint, up to and including /v1 (e.g. http://127.0.0.1:8000/v1)")
     p.add_argument("--api-key", help="sent as a bearer token (the key decides the tenant)")
     p.add_argument("--ignore-eos", action="store_true", help="ask the engine to generate exactly max_tokens (vLLM, llama-server)")
+    p.add_argument("--outcomes", metavar="FILE", help="write one JSON line per request: status, model, deployment, TTFT, end to end")
     p.add_argument("--json", action="store_true", help="also print one JSON object on the last line")
     p.set_defaults(func=cmd_replay)
 
@@ -132,3 +198,29 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=2, help="threads for local engines without their own setting")
     p.add_argument("--repeats", type=int, default=2, help="measurements per point")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser(
+        "plan", help="simulate a trace through the fleet's own decisions: replicas needed, latency, cost and margin",
+        description="Discrete-event simulation of a trace (at --scale times its rate) through modelyard's router, balancer, schedulers, "
+        "breakers, retries and cost code, with engines modelled from `modelyard profile` files. Searches the fewest replicas per "
+        "self-hosted deployment that meet the objectives. Exit status 1 when no size up to --max-replicas meets them.",
+    )
+    add_trace_flags(p)
+    p.add_argument("--config", help="fleet file, the one `serve` takes (default: the embedded fleet)")
+    p.add_argument("--profiles", required=True, help="directory of `modelyard profile` files, one per deployment")
+    p.add_argument("--slo", action="append", default=[], metavar="NAME=VALUE",
+                   help="objective, repeatable: [CLASS_]p50|p90|p99_ttft_s|e2e_s=SECONDS or max_rejected_rate=FRACTION "
+                   "(default: interactive_p99_ttft_s=2 and max_rejected_rate=0.01)")
+    p.add_argument("--price-plan", action="append", default=[], metavar="TENANT=IN,OUT[,REQ]",
+                   help="what a tenant pays per 1M input and output tokens (and per request); TENANT * for everyone else; gives revenue and margin")
+    p.add_argument("--split", action="append", default=[], metavar="ALIAS=MODEL:SHARE,...",
+                   help="how an alias that routes by prompt content (learned, intents) divides the trace; without it the alias's rules decide on an empty prompt")
+    p.add_argument("--cache-hit-rate", type=float, default=0.0, help="share of prompt tokens a prefix cache saves (0-1)")
+    p.add_argument("--overhead-ms", type=float, default=3.0, help="the gateway's own time added to each request")
+    p.add_argument("--max-replicas", type=int, default=512, help="the largest replica count tried per deployment")
+    p.add_argument("--what-if", default="burst,cache,split,mix", help=f"variants to report, comma-separated from {', '.join(('burst', 'cache', 'split', 'mix'))}; empty for none")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulation's random choices")
+    p.add_argument("--html", metavar="FILE", help="also write an HTML report with plots")
+    p.add_argument("--outcomes", metavar="FILE", help="write one JSON line per simulated request (as `replay --outcomes` does)")
+    p.add_argument("--json", action="store_true", help="also print one JSON object on the last line")
+    p.set_defaults(func=cmd_plan)

@@ -54,6 +54,8 @@ class Outcome:
     e2e_s: float | None = None
     output_tokens: int = 0
     error: str = ""
+    model: str = ""  # x-modelyard-model: the model that answered (a modelyard endpoint only)
+    deployment: str = ""  # x-modelyard-deployment
 
 
 @dataclass(slots=True)
@@ -109,6 +111,8 @@ async def send_one(http: httpx.AsyncClient, url: str, body: dict[str, Any], head
     try:
         async with http.stream("POST", url, json=body, headers=headers) as response:
             outcome.status = response.status_code
+            outcome.model = response.headers.get("x-modelyard-model", "")
+            outcome.deployment = response.headers.get("x-modelyard-deployment", "")
             if response.status_code != 200:
                 outcome.error = (await response.aread()).decode("utf-8", "replace")[:200]
                 return
@@ -180,6 +184,16 @@ def summarize(result: ReplayResult) -> dict[str, Any]:
         "wall_s": round(result.wall_s, 2),
         "cost_usd": None,  # read from the ledger (modelyard usage) for a modelyard endpoint
     }
+
+
+def outcomes_jsonl(requests: Sequence[TraceRequest], result: ReplayResult) -> str:
+    """One line per request, in trace order: what happened to it (for comparing with ``plan``'s simulation)."""
+    lines = []
+    for i, (r, o) in enumerate(zip(requests, result.outcomes, strict=True)):
+        item = {"index": i, "arrival_s": round(r.arrival_s, 6), "status": o.status, "model": o.model, "deployment": o.deployment,
+                "ttft_s": o.ttft_s, "e2e_s": o.e2e_s, "output_tokens": o.output_tokens, "error": o.error}
+        lines.append(json.dumps(item, separators=(",", ":")))
+    return "\n".join(lines) + "\n"
 
 
 class ProgressBar:

@@ -20,10 +20,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+GOLDEN = 0.6180339887498949
 BLOCK_TOKENS = 512  # Mooncake's hash_ids cover this many prompt tokens each
 
 
@@ -142,6 +144,29 @@ def scale(requests: Iterable[TraceRequest], time_scale: float = 1.0, token_scale
         )
         for r in requests
     ]
+
+
+def amplify(requests: Sequence[TraceRequest], factor: float) -> list[TraceRequest]:
+    """``factor`` times the traffic over the same time span: the trace's shape (bursts, quiet spells) kept.
+
+    Copy ``k`` of ``n = ceil(factor)`` copies arrives ``k/n`` of the way to the
+    next request of the original; the last copy is thinned to the fractional
+    part (deterministically, evenly over the trace). A copy keeps its
+    original's ``hash_ids``, so it shares its original's prefix.
+    """
+    if factor <= 0:
+        raise ValueError("the traffic factor must be positive")
+    copies = math.ceil(factor)
+    fraction = factor - (copies - 1)
+    out: list[TraceRequest] = []
+    for i, r in enumerate(requests):
+        gap = requests[i + 1].arrival_s - r.arrival_s if i + 1 < len(requests) else 0.0
+        for k in range(copies):
+            if k == copies - 1 and (i * GOLDEN) % 1.0 >= fraction:
+                continue  # thinned: a low-discrepancy sequence keeps an even fraction of the copy
+            out.append(r if k == 0 else replace(r, arrival_s=r.arrival_s + gap * k / copies))
+    out.sort(key=lambda r: r.arrival_s)
+    return out
 
 
 def to_jsonl(requests: Iterable[TraceRequest]) -> str:

@@ -69,6 +69,8 @@ class CircuitBreaker:
 
     def available(self) -> bool:
         """Like :meth:`allow` without taking a probe slot (for ranking candidates)."""
+        if self.state == BreakerState.CLOSED:
+            return True  # the common case, without reading the clock
         state = self.current()
         return state == BreakerState.CLOSED or (state == BreakerState.HALF_OPEN and self.probes_in_flight < self.policy.half_open_probes)
 

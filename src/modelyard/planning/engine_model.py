@@ -1,0 +1,90 @@
+"""Engine models for the simulator, built from ``modelyard profile`` files. Pure.
+
+Two kinds:
+
+- **batched** (a local continuous-batching engine: llama-server, vLLM): the
+  sequences running on one replica share it. A step decodes one token for every
+  sequence past its prompt and, when prompts are waiting, up to
+  ``step_tokens`` prompt tokens of the oldest; it takes
+  ``interval(k) + chunk x per_token_s`` with ``k`` sequences decoding, where
+  ``interval(k)`` is the measured time between tokens at that batch size and
+  ``per_token_s`` the measured prefill cost per prompt token. The simulator
+  runs this as a fluid model: rates change only when a sequence starts,
+  finishes its prompt or ends.
+- **independent** (a hosted API): every request takes ``fixed_s +
+  per_token_s x prompt`` to its first token and ``interval(1)`` per token
+  after, whatever else runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+EngineKind = Literal["batched", "independent"]
+DEFAULT_STEP_TOKENS = 64  # llama-server's n_batch as modelyard starts it
+
+
+class ProfileError(ValueError):
+    """A profile that is missing or unreadable; the message names the file."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineModel:
+    """How fast one replica of a deployment serves, as fitted numbers."""
+
+    kind: EngineKind
+    prefill_fixed_s: float
+    prefill_per_token_s: float
+    intervals: tuple[tuple[int, float], ...]  # (batch size, seconds between tokens), ascending
+    step_tokens: int = DEFAULT_STEP_TOKENS
+
+    def interval(self, k: int) -> float:
+        """Seconds between two tokens of each sequence while ``k`` decode together (linear between and beyond measured sizes)."""
+        points = self.intervals
+        if k <= points[0][0] or len(points) == 1:
+            return points[0][1] if k <= points[0][0] else points[0][1] * k / points[0][0]
+        for (k0, t0), (k1, t1) in zip(points, points[1:], strict=False):
+            if k <= k1:
+                return t0 + (t1 - t0) * (k - k0) / (k1 - k0)
+        (k0, t0), (k1, t1) = points[-2], points[-1]
+        return max(t1, t1 + (t1 - t0) * (k - k1) / (k1 - k0))
+
+    def prefill_s(self, tokens: int) -> float:
+        """Seconds to the first token of a lone request with a ``tokens``-token prompt."""
+        return max(0.0, self.prefill_fixed_s + self.prefill_per_token_s * tokens)
+
+    def lone_service_s(self, input_tokens: int, output_tokens: int) -> float:
+        """A request's time alone on a replica: the unit of the offered-load estimate."""
+        return self.prefill_s(input_tokens) + max(0, output_tokens - 1) * self.interval(1)
+
+
+def engine_from_profile(profile: Mapping[str, Any], kind: EngineKind, step_tokens: int = DEFAULT_STEP_TOKENS) -> EngineModel:
+    """The engine model of a ``modelyard profile`` result."""
+    prefill = profile["prefill"]
+    intervals = tuple(sorted((int(k), float(v)) for k, v in profile["decode_interval_s"].items()))
+    if not intervals:
+        raise ProfileError("the profile has no decode intervals")
+    return EngineModel(kind, float(prefill["fixed_s"]), max(0.0, float(prefill["per_token_s"])), intervals, step_tokens)
+
+
+def profile_path(directory: Path, deployment: str) -> Path:
+    """Where ``modelyard profile`` saves a deployment's profile."""
+    return directory / f"{deployment.replace('/', '__')}.json"
+
+
+def load_profile(directory: Path, deployment: str, kind: EngineKind, step_tokens: int = DEFAULT_STEP_TOKENS) -> EngineModel:
+    path = profile_path(directory, deployment)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: no profile for deployment {deployment!r}; run `modelyard profile --model <its model> --out {directory}`") from None
+    except (OSError, ValueError) as exc:
+        raise ProfileError(f"{path}: {exc}") from None
+    try:
+        return engine_from_profile(data, kind, step_tokens)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProfileError(f"{path}: not a modelyard profile ({exc})") from None
