@@ -170,3 +170,13 @@ async def test_a_bad_model_file_fails_start_with_the_reason(tmp_path: Path) -> N
         await backend.start()
     await backend.aclose()
     assert "did not become ready" in str(info.value)
+
+
+async def test_ignore_eos_generates_exactly_max_tokens(smollm: LlamaServerBackend) -> None:
+    short = call("Reply with the single word: yes", max_tokens=64)
+    _, chunks = await text_of(smollm, short)
+    natural = next(c.usage for c in chunks if c.usage is not None)
+    assert natural.completion_tokens < 64  # the model stops by itself ...
+    forced = ModelCall(kind="chat", model="m", sampling=Sampling(max_tokens=64, temperature=0.0, seed=1, ignore_eos=True), messages=short.messages)
+    _, chunks = await text_of(smollm, forced)
+    assert next(c.usage for c in chunks if c.usage is not None).completion_tokens == 64  # ... unless told to run to max_tokens

@@ -19,6 +19,7 @@ class Sampling:
     seed: int | None = None
     logprobs: bool = False
     top_logprobs: int = 0
+    ignore_eos: bool = False  # generate exactly max_tokens (vLLM's and llama-server's extension; for load tests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ class ModelCall:
                 "seed": self.sampling.seed,
                 "logprobs": self.sampling.logprobs,
                 "top_logprobs": self.sampling.top_logprobs,
+                "ignore_eos": self.sampling.ignore_eos,
             },
             "messages": list(self.messages),
             "prompt": self.prompt,
@@ -75,6 +77,7 @@ class ModelCall:
                 seed=s.get("seed"),
                 logprobs=bool(s.get("logprobs")),
                 top_logprobs=int(s.get("top_logprobs") or 0),
+                ignore_eos=bool(s.get("ignore_eos")),
             ),
             messages=tuple(data.get("messages") or ()),
             prompt=data.get("prompt") or "",

@@ -100,6 +100,7 @@ def _sampling(body: dict[str, Any], logprobs: bool, top_logprobs: int) -> Sampli
         seed=_integer(body, "seed", *INT64),
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+        ignore_eos=_boolean(body, "ignore_eos"),
     )
 
 

@@ -110,6 +110,8 @@ class OpenAICompatBackend:
             "tools": list(call.tools) or None, "tool_choice": call.tool_choice,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
+        if s.ignore_eos:
+            body["ignore_eos"] = True  # only when asked: hosted APIs refuse parameters they do not know
         if s.logprobs:
             body["logprobs"] = True if call.kind == "chat" else max(1, s.top_logprobs)
             if call.kind == "chat" and s.top_logprobs:
