@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from modelyard.config import load_config
     from modelyard.config.defaults import default_fleet
     from modelyard.fleet.artifacts import ArtifactError
+    from modelyard.pipeline.fleet import local_worker_count
     from modelyard.planning.profile import profile_backend
 
     config = load_config(args.config) if args.config else default_fleet()
@@ -85,7 +87,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
         known = ", ".join(m.name for m in config.models if m.kind != "embedding")
         print(f"modelyard profile: no generative model {args.model!r} in {config.source} (known: {known})", file=sys.stderr)
         return 2
-    context = BackendContext(models_dir=server.data_dir_of(config, args.data_dir) / "models", threads_per_worker=args.threads, config_source=config.source)
+    # Threads as `serve` gives them on this machine, so the profile measures the deployment as it is served.
+    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, local_worker_count(config)))
+    context = BackendContext(models_dir=server.data_dir_of(config, args.data_dir) / "models", threads_per_worker=threads, config_source=config.source)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -98,7 +102,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                 result = await profile_backend(backend, model.name, deployment_slots(deployment), repeats=args.repeats)
             finally:
                 await backend.aclose()
-            result |= {"model": model.name, "deployment": deployment.name, "backend": deployment.backend,
+            result |= {"model": model.name, "deployment": deployment.name, "backend": deployment.backend, "threads": threads,
                        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             path = out / (deployment.name.replace("/", "__") + ".json")
             path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
@@ -195,7 +199,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--config", help="fleet file (default: the embedded fleet)")
     p.add_argument("--data-dir", help="where assembled models live (default ~/.cache/modelyard)")
     p.add_argument("--out", required=True, help="directory for the profile files")
-    p.add_argument("--threads", type=int, default=2, help="threads for local engines without their own setting")
+    p.add_argument("--threads", type=int, help="threads for local engines without their own setting (default: what `serve` gives them here)")
     p.add_argument("--repeats", type=int, default=2, help="measurements per point")
     p.set_defaults(func=cmd_profile)
 

@@ -1,0 +1,207 @@
+"""The planner against reality, and its speed.
+
+    .venv/bin/python bench/planner.py [--slice-s 180] [--target-busy 0.75] [--speed-only]
+
+1. Profile: ``modelyard profile`` measures both chat models of the embedded
+   fleet (prefill line, token interval by batch size) with the threads
+   ``serve`` gives them here. Saved under bench/results/profiles/.
+2. Load: for each Azure trace (conversation -> smollm2-135m, code ->
+   qwen2.5-0.5b), a slice from the trace's start, tokens scaled to fit the
+   engines' 2,048-token slots, arrivals time-scaled so that the simulator
+   predicts the model's engine busy ``--target-busy`` of the time, and the
+   slice long enough for ``--slice-s`` seconds of real time.
+3. Reality: ``modelyard serve`` on the embedded fleet; ``modelyard replay``
+   sends each slice (``--ignore-eos``, so every answer has the trace's length)
+   and records every request.
+4. Simulation: the same slices through ``modelyard plan``'s simulator with the
+   profiles. Reported per trace: TTFT p50 and p99, end-to-end p50, throughput
+   and rejection rate, measured and simulated, and the error of each
+   (``|sim - real| / real``; for a rate that is 0 in reality, the absolute
+   difference in points).
+5. Speed: one simulation of the whole conversation trace (one hour) at 10x
+   its traffic (about 194,000 requests) on a fleet the planner sized for it;
+   median and range of ``--repeats`` runs.
+
+Writes bench/results/planner.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ENV, RESULTS, ROOT, free_port, machine, start, stop, table, write_result  # noqa: E402
+
+from modelyard.config.defaults import default_fleet  # noqa: E402
+from modelyard.planning.plan import DEFAULT_OBJECTIVES, load_engines, plan_replicas, simulate, summarize_run  # noqa: E402
+from modelyard.planning.simulate import SimOptions  # noqa: E402
+from modelyard.planning.traces import TraceRequest, amplify, parse_trace, scale, to_jsonl, window  # noqa: E402
+
+TRACES = ROOT.parent / "shared" / "data" / "traces"
+CASES = (("conversation", "azure_llm_2023_conv.csv", "smollm2-135m"), ("code", "azure_llm_2023_code.csv", "qwen2.5-0.5b"))
+TOKEN_SCALE = 0.1
+COMPARED = ("ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "throughput_rps", "rejected_rate")
+PROFILES = RESULTS / "profiles"
+
+
+def profile(models: list[str]) -> None:
+    for model in models:
+        run = subprocess.run([sys.executable, "-m", "modelyard.cli", "profile", "--model", model, "--out", str(PROFILES), "--repeats", "3"],
+                             env=ENV, cwd=ROOT, capture_output=True, text=True, check=False)
+        print(run.stderr.strip().splitlines()[-1] if run.stderr.strip() else "", file=sys.stderr)
+        if run.returncode != 0:
+            raise SystemExit(f"profile {model} failed:\n{run.stderr}")
+
+
+def busy(model: str, trace: list[TraceRequest], options: SimOptions) -> float:
+    config = default_fleet()
+    result = simulate(config, load_engines(config, PROFILES), trace, {}, options)
+    deployment = next(d.name for m in config.models if m.name == model for d in m.deployments)
+    return result.utilization[deployment]
+
+
+def choose_slice(requests: list[TraceRequest], model: str, target: float, slice_s: float) -> tuple[list[TraceRequest], float, float]:
+    """A slice from the start, time-scaled so the simulated engine is ``target`` busy, lasting about ``slice_s`` real seconds."""
+    options = SimOptions(default_model=model, token_scale=TOKEN_SCALE)
+    time_scale, length = 1.0, slice_s
+    for _ in range(3):
+        lo, hi = 0.05, 50.0
+        piece = scale(window(requests, 0.0, length), 1.0, TOKEN_SCALE)
+        for _ in range(18):  # bisect the time scale on the simulated busy share
+            mid = (lo * hi) ** 0.5
+            if busy(model, scale(piece, mid, 1.0), options) > target:
+                lo = mid
+            else:
+                hi = mid
+        time_scale = (lo * hi) ** 0.5
+        length = slice_s / time_scale
+    chosen = scale(window(requests, 0.0, length), time_scale, TOKEN_SCALE)
+    return chosen, time_scale, busy(model, chosen, options)
+
+
+def replay(base_url: str, model: str, trace: list[TraceRequest], work: Path, name: str) -> dict[str, Any]:
+    path = work / f"{name}.jsonl"
+    path.write_text(to_jsonl(trace))
+    run = subprocess.run(
+        [sys.executable, "-m", "modelyard.cli", "replay", "--trace", str(path), "--base-url", base_url, "--model", model, "--ignore-eos",
+         "--token-scale", str(TOKEN_SCALE), "--outcomes", str(work / f"{name}-outcomes.jsonl"), "--json"],
+        env=ENV, cwd=ROOT, capture_output=True, text=True, check=False, timeout=3600,
+    )
+    if run.returncode != 0:
+        raise SystemExit(f"replay failed:\n{run.stderr}")
+    summary: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+    return summary
+
+
+def simulated(model: str, trace: list[TraceRequest]) -> dict[str, Any]:
+    config = default_fleet()
+    options = SimOptions(default_model=model, token_scale=TOKEN_SCALE)
+    result = simulate(config, load_engines(config, PROFILES), trace, {}, options)
+    return summarize_run(config, result, DEFAULT_OBJECTIVES)
+
+
+def errors(real: dict[str, Any], sim: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    out: dict[str, dict[str, float | None]] = {}
+    for key in COMPARED:
+        r, s = real.get(key), sim.get(key)
+        if r is None or s is None:
+            out[key] = {"real": r, "sim": s, "error_pct": None}
+        elif r == 0:
+            out[key] = {"real": r, "sim": s, "error_pct": None, "abs_diff_points": round(abs(s - r) * 100, 2)}
+        else:
+            out[key] = {"real": r, "sim": s, "error_pct": round(abs(s - r) / abs(r) * 100, 1)}
+    return out
+
+
+def validate(target: float, slice_s: float) -> dict[str, Any]:
+    slices = {}
+    for name, file, model in CASES:
+        requests = parse_trace((TRACES / file).read_text())
+        chosen, time_scale, predicted = choose_slice(requests, model, target, slice_s)
+        slices[name] = (model, chosen, time_scale, predicted)
+        print(f"{name}: {len(chosen)} requests over {chosen[-1].arrival_s:.0f} s (time scale {time_scale:.3f}), predicted busy {predicted:.0%}", file=sys.stderr)
+    results: dict[str, Any] = {}
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        server = start(["serve", "--port", str(port)], work / "serve.log", f"http://127.0.0.1:{port}/readyz", timeout=300)
+        try:
+            for name, (model, chosen, time_scale, predicted) in slices.items():
+                replay(f"http://127.0.0.1:{port}/v1", model, [TraceRequest(0.0, 40, 8)] * 2, work, f"{name}-warmup")
+                real = replay(f"http://127.0.0.1:{port}/v1", model, chosen, work, name)
+                sim = simulated(model, chosen)
+                results[name] = {
+                    "model": model, "requests": len(chosen), "trace_seconds": round(chosen[-1].arrival_s / time_scale, 1), "time_scale": round(time_scale, 4),
+                    "token_scale": TOKEN_SCALE, "predicted_busy": round(predicted, 3), "simulated_busy": sim["utilization"], "real": real, "sim": sim,
+                    "errors": errors(real, sim),
+                }
+                print(f"{name}: replayed", file=sys.stderr)
+        finally:
+            stop(server)
+    return results
+
+
+def speed(repeats: int) -> dict[str, Any]:
+    config = default_fleet()
+    engines = load_engines(config, PROFILES)
+    hour = scale(parse_trace((TRACES / "azure_llm_2023_conv.csv").read_text()), 1.0, TOKEN_SCALE)
+    ten = amplify(hour, 10)
+    options = SimOptions(default_model="smollm2-135m", token_scale=TOKEN_SCALE)
+    started = time.perf_counter()
+    planned = plan_replicas(config, engines, ten, DEFAULT_OBJECTIVES, options)
+    plan_s = time.perf_counter() - started
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        simulate(config, engines, ten, planned.run.replicas, options)
+        times.append(time.perf_counter() - t)
+    summary = summarize_run(config, planned.run, DEFAULT_OBJECTIVES)
+    return {"requests": len(ten), "replicas": planned.run.replicas, "objectives_met": planned.met, "simulations_in_plan": planned.runs,
+            "plan_seconds": round(plan_s, 1), "sim_seconds": [round(t, 2) for t in times], "sim_seconds_median": round(statistics.median(times), 2),
+            "ttft_p99_ms": summary["ttft_p99_ms"], "cost_per_1k_requests_usd": summary["cost_per_1k_requests_usd"]}
+
+
+def report(validation: dict[str, Any], fast: dict[str, Any]) -> None:
+    rows = [("trace", "metric", "real", "simulated", "error")]
+    for name, v in validation.items():
+        for key, e in v["errors"].items():
+            err = f"{e['error_pct']}%" if e.get("error_pct") is not None else (f"{e['abs_diff_points']} pts" if "abs_diff_points" in e else "-")
+            rows.append((name, key, str(e["real"]), str(e["sim"]), err))
+    if validation:
+        print(table(rows))
+    print(f"\nspeed: {fast['requests']} requests (1 h of the conversation trace at 10x) simulated in {fast['sim_seconds_median']} s "
+          f"(median of {len(fast['sim_seconds'])}: {fast['sim_seconds']}); the whole plan ({fast['simulations_in_plan']} simulations) took {fast['plan_seconds']} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slice-s", type=float, default=180.0, help="real seconds each trace slice lasts")
+    parser.add_argument("--target-busy", type=float, default=0.75, help="the share of time the engine should be busy during the slice")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of the 10x simulation")
+    parser.add_argument("--speed-only", action="store_true", help="skip profiling and the replays (uses the saved profiles)")
+    args = parser.parse_args()
+    if not args.speed_only:
+        profile([model for _, _, model in CASES])
+    validation = {} if args.speed_only else validate(args.target_busy, args.slice_s)
+    fast = speed(args.repeats)
+    report(validation, fast)
+    previous = json.loads((RESULTS / "planner.json").read_text()) if (RESULTS / "planner.json").exists() else {}
+    error_pct = {name: {k: e["error_pct"] for k, e in v["errors"].items()} for name, v in validation.items()} or previous.get("error_pct", {})
+    data = {
+        "machine": machine(), "error_pct": error_pct, "validation": validation or previous.get("validation", {}),
+        "sim_seconds_1h_10x": fast["sim_seconds_median"], "speed": fast,
+        "profiles": {p.stem: json.loads(p.read_text()) for p in sorted(PROFILES.glob("*.json"))},
+    }
+    print(f"wrote {write_result('planner', data)}")
+
+
+if __name__ == "__main__":
+    main()
