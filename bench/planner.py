@@ -1,6 +1,6 @@
 """The planner against reality, and its speed.
 
-    .venv/bin/python bench/planner.py [--slice-s 180] [--target-busy 0.75] [--speed-only]
+    .venv/bin/python bench/planner.py [--slice-s 360] [--target-busy 0.75] [--speed-only | --resimulate]
 
 1. Profile: ``modelyard profile`` measures both chat models of the embedded
    fleet (prefill line, token interval by batch size) with the threads
@@ -47,7 +47,7 @@ from modelyard.planning.traces import TraceRequest, amplify, parse_trace, scale,
 
 TRACES = ROOT.parent / "shared" / "data" / "traces"
 CASES = (("conversation", "azure_llm_2023_conv.csv", "smollm2-135m"), ("code", "azure_llm_2023_code.csv", "qwen2.5-0.5b"))
-TOKEN_SCALE = 0.1
+TOKEN_SCALE = 0.05  # prompts of ~58 (conversation) and ~100 (code) tokens: hundreds of requests per slice on 2 cores
 COMPARED = ("ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "throughput_rps", "rejected_rate")
 PROFILES = RESULTS / "profiles"
 
@@ -68,23 +68,26 @@ def busy(model: str, trace: list[TraceRequest], options: SimOptions) -> float:
     return result.utilization[deployment]
 
 
-def choose_slice(requests: list[TraceRequest], model: str, target: float, slice_s: float) -> tuple[list[TraceRequest], float, float]:
-    """A slice from the start, time-scaled so the simulated engine is ``target`` busy, lasting about ``slice_s`` real seconds."""
+def the_slice(requests: list[TraceRequest], window_s: float, time_scale: float) -> list[TraceRequest]:
+    return scale(window(requests, 0.0, window_s), time_scale, TOKEN_SCALE)
+
+
+def choose_slice(requests: list[TraceRequest], model: str, target: float, slice_s: float) -> tuple[float, float, float]:
+    """(window in trace seconds, time scale, predicted busy share): the simulated engine ``target`` busy for about ``slice_s`` real seconds."""
     options = SimOptions(default_model=model, token_scale=TOKEN_SCALE)
-    time_scale, length = 1.0, slice_s
-    for _ in range(3):
-        lo, hi = 0.05, 50.0
-        piece = scale(window(requests, 0.0, length), 1.0, TOKEN_SCALE)
-        for _ in range(18):  # bisect the time scale on the simulated busy share
+    time_scale, window_s = 1.0, slice_s
+    for _ in range(4):  # the window depends on the scale and the scale on the window's traffic: a few rounds settle both
+        lo, hi = 0.02, 50.0
+        piece = the_slice(requests, window_s, 1.0)
+        for _ in range(20):  # bisect the time scale on the simulated busy share
             mid = (lo * hi) ** 0.5
             if busy(model, scale(piece, mid, 1.0), options) > target:
                 lo = mid
             else:
                 hi = mid
         time_scale = (lo * hi) ** 0.5
-        length = slice_s / time_scale
-    chosen = scale(window(requests, 0.0, length), time_scale, TOKEN_SCALE)
-    return chosen, time_scale, busy(model, chosen, options)
+        window_s = slice_s / time_scale
+    return window_s, time_scale, busy(model, the_slice(requests, window_s, time_scale), options)
 
 
 def replay(base_url: str, model: str, trace: list[TraceRequest], work: Path, name: str) -> dict[str, Any]:
@@ -125,8 +128,9 @@ def validate(target: float, slice_s: float) -> dict[str, Any]:
     slices = {}
     for name, file, model in CASES:
         requests = parse_trace((TRACES / file).read_text())
-        chosen, time_scale, predicted = choose_slice(requests, model, target, slice_s)
-        slices[name] = (model, chosen, time_scale, predicted)
+        window_s, time_scale, predicted = choose_slice(requests, model, target, slice_s)
+        chosen = the_slice(requests, window_s, time_scale)
+        slices[name] = (model, chosen, window_s, time_scale, predicted)
         print(f"{name}: {len(chosen)} requests over {chosen[-1].arrival_s:.0f} s (time scale {time_scale:.3f}), predicted busy {predicted:.0%}", file=sys.stderr)
     results: dict[str, Any] = {}
     port = free_port()
@@ -134,12 +138,12 @@ def validate(target: float, slice_s: float) -> dict[str, Any]:
         work = Path(tmp)
         server = start(["serve", "--port", str(port)], work / "serve.log", f"http://127.0.0.1:{port}/readyz", timeout=300)
         try:
-            for name, (model, chosen, time_scale, predicted) in slices.items():
+            for name, (model, chosen, window_s, time_scale, predicted) in slices.items():
                 replay(f"http://127.0.0.1:{port}/v1", model, [TraceRequest(0.0, 40, 8)] * 2, work, f"{name}-warmup")
                 real = replay(f"http://127.0.0.1:{port}/v1", model, chosen, work, name)
                 sim = simulated(model, chosen)
                 results[name] = {
-                    "model": model, "requests": len(chosen), "trace_seconds": round(chosen[-1].arrival_s / time_scale, 1), "time_scale": round(time_scale, 4),
+                    "model": model, "requests": len(chosen), "window_s": window_s, "time_scale": time_scale,
                     "token_scale": TOKEN_SCALE, "predicted_busy": round(predicted, 3), "simulated_busy": sim["utilization"], "real": real, "sim": sim,
                     "errors": errors(real, sim),
                 }
@@ -147,6 +151,19 @@ def validate(target: float, slice_s: float) -> dict[str, Any]:
         finally:
             stop(server)
     return results
+
+
+def resimulate(previous: dict[str, Any]) -> dict[str, Any]:
+    """The saved replays against a new simulation of the same slices (after a change to the engine model or the profiles)."""
+    validation = previous.get("validation") or {}
+    files = {name: file for name, file, _ in CASES}
+    for name, v in validation.items():
+        chosen = the_slice(parse_trace((TRACES / files[name]).read_text()), v["window_s"], v["time_scale"])
+        assert len(chosen) == v["requests"], (name, len(chosen), v["requests"])
+        v["sim"] = simulated(v["model"], chosen)
+        v["simulated_busy"] = v["sim"]["utilization"]
+        v["errors"] = errors(v["real"], v["sim"])
+    return dict(validation)
 
 
 def speed(repeats: int) -> dict[str, Any]:
@@ -170,7 +187,7 @@ def speed(repeats: int) -> dict[str, Any]:
 
 
 def report(validation: dict[str, Any], fast: dict[str, Any]) -> None:
-    rows = [("trace", "metric", "real", "simulated", "error")]
+    rows: list[tuple[str, ...]] = [("trace", "metric", "real", "simulated", "error")]
     for name, v in validation.items():
         for key, e in v["errors"].items():
             err = f"{e['error_pct']}%" if e.get("error_pct") is not None else (f"{e['abs_diff_points']} pts" if "abs_diff_points" in e else "-")
@@ -183,17 +200,22 @@ def report(validation: dict[str, Any], fast: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--slice-s", type=float, default=180.0, help="real seconds each trace slice lasts")
+    parser.add_argument("--slice-s", type=float, default=360.0, help="real seconds each trace slice lasts")
     parser.add_argument("--target-busy", type=float, default=0.75, help="the share of time the engine should be busy during the slice")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of the 10x simulation")
     parser.add_argument("--speed-only", action="store_true", help="skip profiling and the replays (uses the saved profiles)")
+    parser.add_argument("--resimulate", action="store_true", help="keep the saved profiles and replays; simulate the saved slices again")
     args = parser.parse_args()
-    if not args.speed_only:
+    previous = json.loads((RESULTS / "planner.json").read_text()) if (RESULTS / "planner.json").exists() else {}
+    if not (args.speed_only or args.resimulate):
         profile([model for _, _, model in CASES])
-    validation = {} if args.speed_only else validate(args.target_busy, args.slice_s)
+    validation: dict[str, Any] = {}
+    if args.resimulate:
+        validation = resimulate(previous)
+    elif not args.speed_only:
+        validation = validate(args.target_busy, args.slice_s)
     fast = speed(args.repeats)
     report(validation, fast)
-    previous = json.loads((RESULTS / "planner.json").read_text()) if (RESULTS / "planner.json").exists() else {}
     error_pct = {name: {k: e["error_pct"] for k, e in v["errors"].items()} for name, v in validation.items()} or previous.get("error_pct", {})
     data = {
         "machine": machine(), "error_pct": error_pct, "validation": validation or previous.get("validation", {}),

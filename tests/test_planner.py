@@ -132,7 +132,13 @@ def test_picker_fast_path_decides_as_the_balancer_does() -> None:
 def test_engine_model_interpolates_and_extrapolates_token_intervals() -> None:
     engine = engine_from_profile({"prefill": {"fixed_s": 0.1, "per_token_s": 0.001}, "decode_interval_s": {"1": 0.02, "2": 0.03, "4": 0.05}}, "batched")
     assert engine.interval(1) == 0.02 and engine.interval(3) == pytest.approx(0.04) and engine.interval(6) == pytest.approx(0.07)
-    assert engine.prefill_s(100) == pytest.approx(0.2)
+    assert engine.prefill_s(100) == pytest.approx(0.2)  # no measured points: the fitted line
+    measured = engine_from_profile({"prefill": {"fixed_s": -0.3, "per_token_s": 0.0078, "points": [[46, 0.15], [46, 0.13], [94, 0.41], [286, 1.7], [286, 1.8]]},
+                                    "decode_interval_s": {"1": 0.01}}, "batched")
+    # Superlinear prefill: the measured medians, linear between them, not the line (negative below 41 tokens).
+    assert measured.prefill_s(46) == pytest.approx(0.14) and measured.prefill_s(286) == pytest.approx(1.75)
+    assert measured.prefill_s(70) == pytest.approx((0.14 + 0.41) / 2) and 0 < measured.prefill_s(10) < 0.14
+    assert measured.prefill_s(400) > 1.75
 
 
 def test_a_replica_shares_steps_between_a_prompt_and_the_decoding_sequences() -> None:

@@ -19,7 +19,8 @@ Two kinds:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,7 @@ class EngineModel:
     prefill_per_token_s: float
     intervals: tuple[tuple[int, float], ...]  # (batch size, seconds between tokens), ascending
     step_tokens: int = DEFAULT_STEP_TOKENS
+    prefill_points: tuple[tuple[int, float], ...] = ()  # (prompt tokens, median seconds to first token), ascending
 
     def interval(self, k: int) -> float:
         """Seconds between two tokens of each sequence while ``k`` decode together (linear between and beyond measured sizes)."""
@@ -54,8 +56,24 @@ class EngineModel:
         return max(t1, t1 + (t1 - t0) * (k - k1) / (k1 - k0))
 
     def prefill_s(self, tokens: int) -> float:
-        """Seconds to the first token of a lone request with a ``tokens``-token prompt."""
-        return max(0.0, self.prefill_fixed_s + self.prefill_per_token_s * tokens)
+        """Seconds to the first token of a lone request with a ``tokens``-token prompt.
+
+        Between measured lengths, linear between the two nearest; beyond them,
+        the nearest segment's slope (attention makes long prompts cost more per
+        token, so one line through every point undershoots short prompts);
+        without points, the fitted line.
+        """
+        points = self.prefill_points
+        if len(points) < 2:
+            return max(0.0, self.prefill_fixed_s + self.prefill_per_token_s * tokens)
+        if tokens <= points[0][0]:
+            (n0, t0), (n1, t1) = points[0], points[1]
+            return max(t0 * tokens / n0 if n0 else 0.0, t0 + (t1 - t0) * (tokens - n0) / (n1 - n0))
+        for (n0, t0), (n1, t1) in zip(points, points[1:], strict=False):
+            if tokens <= n1:
+                return t0 + (t1 - t0) * (tokens - n0) / (n1 - n0)
+        (n0, t0), (n1, t1) = points[-2], points[-1]
+        return t1 + (t1 - t0) * (tokens - n1) / (n1 - n0)
 
     def lone_service_s(self, input_tokens: int, output_tokens: int) -> float:
         """A request's time alone on a replica: the unit of the offered-load estimate."""
@@ -68,7 +86,15 @@ def engine_from_profile(profile: Mapping[str, Any], kind: EngineKind, step_token
     intervals = tuple(sorted((int(k), float(v)) for k, v in profile["decode_interval_s"].items()))
     if not intervals:
         raise ProfileError("the profile has no decode intervals")
-    return EngineModel(kind, float(prefill["fixed_s"]), max(0.0, float(prefill["per_token_s"])), intervals, step_tokens)
+    return EngineModel(kind, float(prefill["fixed_s"]), max(0.0, float(prefill["per_token_s"])), intervals, step_tokens, _medians(prefill.get("points") or ()))
+
+
+def _medians(points: Iterable[Sequence[float]]) -> tuple[tuple[int, float], ...]:
+    """The median time per measured prompt length, ascending by length."""
+    by_length: dict[int, list[float]] = {}
+    for tokens, seconds in points:
+        by_length.setdefault(int(tokens), []).append(float(seconds))
+    return tuple((n, statistics.median(ts)) for n, ts in sorted(by_length.items()) if n > 0)
 
 
 def profile_path(directory: Path, deployment: str) -> Path:

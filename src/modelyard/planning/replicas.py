@@ -22,6 +22,7 @@ class Sequence:
     prefill_left_s: float  # lone prefill work still to do
     tokens_left: float  # tokens after the first still to decode
     first_token_at: float | None = None
+    prompt_token_s: float = 0.0  # this prompt's lone prefill time per token (long prompts cost more per token)
 
 
 @dataclass(slots=True)
@@ -61,7 +62,8 @@ class Replica:
             return 0.0, 1.0 / engine.interval(decoding) if decoding else 0.0
         if not decoding:
             return 1.0, 0.0
-        chunk_s = engine.step_tokens * engine.prefill_per_token_s
+        head = next(s for s in self.seqs if s.prefill_left_s > 0.0)
+        chunk_s = engine.step_tokens * (head.prompt_token_s or engine.prefill_per_token_s)
         step_s = engine.interval(decoding) + chunk_s
         return chunk_s / step_s, 1.0 / step_s
 

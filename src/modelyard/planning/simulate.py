@@ -221,7 +221,8 @@ class Simulation:
         trace = live.trace
         engine = self.replicas[live.deployment].engine
         prompt = int(trace.input_tokens * (1.0 - self.options.cache_hit_rate))
-        seq = sim_replicas.Sequence(next(self.counter), engine.prefill_s(prompt), float(max(0, trace.output_tokens - 1)))
+        prefill_s = engine.prefill_s(prompt)
+        seq = sim_replicas.Sequence(next(self.counter), prefill_s, float(max(0, trace.output_tokens - 1)), prompt_token_s=prefill_s / max(1, prompt))
         live.seq, live.engine_started = seq, self.now
         self.by_seq[seq.key] = live
         self.fleet.outstanding[live.deployment] += 1
