@@ -42,6 +42,7 @@ from _common import ENV, RESULTS, ROOT, free_port, machine, start, stop, table, 
 
 from modelyard.config.defaults import default_fleet  # noqa: E402
 from modelyard.planning.plan import DEFAULT_OBJECTIVES, load_engines, plan_replicas, simulate, summarize_run  # noqa: E402
+from modelyard.planning.report import records_jsonl  # noqa: E402
 from modelyard.planning.simulate import SimOptions  # noqa: E402
 from modelyard.planning.traces import TraceRequest, amplify, parse_trace, scale, to_jsonl, window  # noqa: E402
 
@@ -50,6 +51,7 @@ CASES = (("conversation", "azure_llm_2023_conv.csv", "smollm2-135m"), ("code", "
 TOKEN_SCALE = 0.05  # prompts of ~58 (conversation) and ~100 (code) tokens: hundreds of requests per slice on 2 cores
 COMPARED = ("ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "throughput_rps", "rejected_rate")
 PROFILES = RESULTS / "profiles"
+OUTCOMES = RESULTS / "planner-outcomes"  # every request, replayed and simulated, for a closer look
 
 
 def profile(models: list[str]) -> None:
@@ -61,19 +63,22 @@ def profile(models: list[str]) -> None:
             raise SystemExit(f"profile {model} failed:\n{run.stderr}")
 
 
-def busy(model: str, trace: list[TraceRequest], options: SimOptions) -> float:
+def busy(model: str, trace: list[TraceRequest], options: SimOptions) -> tuple[float, float]:
+    """(the model's engine's simulated busy share, the simulated rejection rate)."""
     config = default_fleet()
     result = simulate(config, load_engines(config, PROFILES), trace, {}, options)
     deployment = next(d.name for m in config.models if m.name == model for d in m.deployments)
-    return result.utilization[deployment]
+    return result.utilization[deployment], sum(1 for r in result.records if r.status != 200) / max(1, len(result.records))
 
 
 def the_slice(requests: list[TraceRequest], window_s: float, time_scale: float) -> list[TraceRequest]:
     return scale(window(requests, 0.0, window_s), time_scale, TOKEN_SCALE)
 
 
-def choose_slice(requests: list[TraceRequest], model: str, target: float, slice_s: float) -> tuple[float, float, float]:
-    """(window in trace seconds, time scale, predicted busy share): the simulated engine ``target`` busy for about ``slice_s`` real seconds."""
+def choose_slice(requests: list[TraceRequest], model: str, target: float, slice_s: float, max_rejected: float) -> tuple[float, float, float]:
+    """(window in trace seconds, time scale, predicted busy share): the simulated engine at most ``target`` busy and
+    refusing at most ``max_rejected`` of the requests (a bursty trace overflows the queue long before its engine is
+    busy all the time), for about ``slice_s`` real seconds."""
     options = SimOptions(default_model=model, token_scale=TOKEN_SCALE)
     time_scale, window_s = 1.0, slice_s
     for _ in range(4):  # the window depends on the scale and the scale on the window's traffic: a few rounds settle both
@@ -81,13 +86,14 @@ def choose_slice(requests: list[TraceRequest], model: str, target: float, slice_
         piece = the_slice(requests, window_s, 1.0)
         for _ in range(20):  # bisect the time scale on the simulated busy share
             mid = (lo * hi) ** 0.5
-            if busy(model, scale(piece, mid, 1.0), options) > target:
+            share, rejected = busy(model, scale(piece, mid, 1.0), options)
+            if share > target or rejected > max_rejected:
                 lo = mid
             else:
                 hi = mid
         time_scale = (lo * hi) ** 0.5
         window_s = slice_s / time_scale
-    return window_s, time_scale, busy(model, the_slice(requests, window_s, time_scale), options)
+    return window_s, time_scale, busy(model, the_slice(requests, window_s, time_scale), options)[0]
 
 
 def replay(base_url: str, model: str, trace: list[TraceRequest], work: Path, name: str) -> dict[str, Any]:
@@ -95,7 +101,8 @@ def replay(base_url: str, model: str, trace: list[TraceRequest], work: Path, nam
     path.write_text(to_jsonl(trace))
     run = subprocess.run(
         [sys.executable, "-m", "modelyard.cli", "replay", "--trace", str(path), "--base-url", base_url, "--model", model, "--ignore-eos",
-         "--token-scale", str(TOKEN_SCALE), "--outcomes", str(work / f"{name}-outcomes.jsonl"), "--json"],
+         # The slice is scaled already: scaling it again in replay would send prompts 20x too short.
+         "--outcomes", str(OUTCOMES / f"{name}-real.jsonl"), "--json"],
         env=ENV, cwd=ROOT, capture_output=True, text=True, check=False, timeout=3600,
     )
     if run.returncode != 0:
@@ -104,10 +111,11 @@ def replay(base_url: str, model: str, trace: list[TraceRequest], work: Path, nam
     return summary
 
 
-def simulated(model: str, trace: list[TraceRequest]) -> dict[str, Any]:
+def simulated(model: str, trace: list[TraceRequest], name: str) -> dict[str, Any]:
     config = default_fleet()
     options = SimOptions(default_model=model, token_scale=TOKEN_SCALE)
     result = simulate(config, load_engines(config, PROFILES), trace, {}, options)
+    (OUTCOMES / f"{name}-sim.jsonl").write_text(records_jsonl(result.records))
     return summarize_run(config, result, DEFAULT_OBJECTIVES)
 
 
@@ -124,11 +132,13 @@ def errors(real: dict[str, Any], sim: dict[str, Any]) -> dict[str, dict[str, flo
     return out
 
 
-def validate(target: float, slice_s: float) -> dict[str, Any]:
+def validate(target: float, slice_s: float, max_rejected: float, cases: list[str]) -> dict[str, Any]:
     slices = {}
     for name, file, model in CASES:
+        if name not in cases:
+            continue
         requests = parse_trace((TRACES / file).read_text())
-        window_s, time_scale, predicted = choose_slice(requests, model, target, slice_s)
+        window_s, time_scale, predicted = choose_slice(requests, model, target, slice_s, max_rejected)
         chosen = the_slice(requests, window_s, time_scale)
         slices[name] = (model, chosen, window_s, time_scale, predicted)
         print(f"{name}: {len(chosen)} requests over {chosen[-1].arrival_s:.0f} s (time scale {time_scale:.3f}), predicted busy {predicted:.0%}", file=sys.stderr)
@@ -141,7 +151,7 @@ def validate(target: float, slice_s: float) -> dict[str, Any]:
             for name, (model, chosen, window_s, time_scale, predicted) in slices.items():
                 replay(f"http://127.0.0.1:{port}/v1", model, [TraceRequest(0.0, 40, 8)] * 2, work, f"{name}-warmup")
                 real = replay(f"http://127.0.0.1:{port}/v1", model, chosen, work, name)
-                sim = simulated(model, chosen)
+                sim = simulated(model, chosen, name)
                 results[name] = {
                     "model": model, "requests": len(chosen), "window_s": window_s, "time_scale": time_scale,
                     "token_scale": TOKEN_SCALE, "predicted_busy": round(predicted, 3), "simulated_busy": sim["utilization"], "real": real, "sim": sim,
@@ -160,7 +170,7 @@ def resimulate(previous: dict[str, Any]) -> dict[str, Any]:
     for name, v in validation.items():
         chosen = the_slice(parse_trace((TRACES / files[name]).read_text()), v["window_s"], v["time_scale"])
         assert len(chosen) == v["requests"], (name, len(chosen), v["requests"])
-        v["sim"] = simulated(v["model"], chosen)
+        v["sim"] = simulated(v["model"], chosen, name)
         v["simulated_busy"] = v["sim"]["utilization"]
         v["errors"] = errors(v["real"], v["sim"])
     return dict(validation)
@@ -202,18 +212,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slice-s", type=float, default=360.0, help="real seconds each trace slice lasts")
     parser.add_argument("--target-busy", type=float, default=0.75, help="the share of time the engine should be busy during the slice")
+    parser.add_argument("--cases", default="conversation,code", help="which traces to replay (the others keep their saved results)")
+    parser.add_argument("--max-rejected", type=float, default=0.02, help="the most the simulator may predict to be refused at the chosen load")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of the 10x simulation")
     parser.add_argument("--speed-only", action="store_true", help="skip profiling and the replays (uses the saved profiles)")
+    parser.add_argument("--reuse-profiles", action="store_true", help="replay and simulate with the saved profiles")
     parser.add_argument("--resimulate", action="store_true", help="keep the saved profiles and replays; simulate the saved slices again")
     args = parser.parse_args()
     previous = json.loads((RESULTS / "planner.json").read_text()) if (RESULTS / "planner.json").exists() else {}
-    if not (args.speed_only or args.resimulate):
-        profile([model for _, _, model in CASES])
+    OUTCOMES.mkdir(parents=True, exist_ok=True)
+    if not (args.speed_only or args.resimulate or args.reuse_profiles):
+        profile([model for name, _, model in CASES if name in args.cases.split(",")])
     validation: dict[str, Any] = {}
     if args.resimulate:
         validation = resimulate(previous)
     elif not args.speed_only:
-        validation = validate(args.target_busy, args.slice_s)
+        validation = (previous.get("validation") or {}) | validate(args.target_busy, args.slice_s, args.max_rejected, args.cases.split(","))
     fast = speed(args.repeats)
     report(validation, fast)
     error_pct = {name: {k: e["error_pct"] for k, e in v["errors"].items()} for name, v in validation.items()} or previous.get("error_pct", {})

@@ -43,6 +43,7 @@ class EngineModel:
     intervals: tuple[tuple[int, float], ...]  # (batch size, seconds between tokens), ascending
     step_tokens: int = DEFAULT_STEP_TOKENS
     prefill_points: tuple[tuple[int, float], ...] = ()  # (prompt tokens, median seconds to first token), ascending
+    prompt_overhead_tokens: int = 0  # the chat template's tokens around every prompt
 
     def interval(self, k: int) -> float:
         """Seconds between two tokens of each sequence while ``k`` decode together (linear between and beyond measured sizes)."""
@@ -86,7 +87,8 @@ def engine_from_profile(profile: Mapping[str, Any], kind: EngineKind, step_token
     intervals = tuple(sorted((int(k), float(v)) for k, v in profile["decode_interval_s"].items()))
     if not intervals:
         raise ProfileError("the profile has no decode intervals")
-    return EngineModel(kind, float(prefill["fixed_s"]), max(0.0, float(prefill["per_token_s"])), intervals, step_tokens, _medians(prefill.get("points") or ()))
+    return EngineModel(kind, float(prefill["fixed_s"]), max(0.0, float(prefill["per_token_s"])), intervals, step_tokens, _medians(prefill.get("points") or ()),
+                       int(profile.get("prompt_overhead_tokens", 0)))
 
 
 def _medians(points: Iterable[Sequence[float]]) -> tuple[tuple[int, float], ...]:

@@ -92,12 +92,14 @@ async def profile_backend(backend: Backend, model: str, slots: int, repeats: int
     """The deployment's prefill line and decode intervals by batch size."""
     await timed(backend, chat(model, prompt_of(8, 0), 2))  # warm-up: first-call costs are not the model's speed
     prefill_points: list[tuple[float, float]] = []
+    overheads: list[int] = []
     salt = 1
     for length in (n for n in PROMPT_LENGTHS if n < max_prompt):
         for _ in range(repeats):
             t = await timed(backend, chat(model, prompt_of(length, salt), 1))
             salt += 1
             prefill_points.append((float(t.prompt_tokens), t.ttft_s))
+            overheads.append(t.prompt_tokens - length)
     fixed_s, per_token_s = fit_line(prefill_points)
     decode: dict[str, float] = {}
     for k in batch_sizes(slots):
@@ -111,6 +113,8 @@ async def profile_backend(backend: Backend, model: str, slots: int, repeats: int
     return {
         "prefill": {"fixed_s": round(fixed_s, 6), "per_token_s": round(per_token_s, 8), "points": [[int(x), round(y, 4)] for x, y in prefill_points]},
         "decode_interval_s": decode,
+        # What the chat template adds to every prompt: a trace counts the user's tokens, the engine reads these too.
+        "prompt_overhead_tokens": int(statistics.median(overheads)) if overheads else 0,
         "slots": slots,
         "repeats": repeats,
     }

@@ -220,7 +220,7 @@ class Simulation:
     def _start(self, live: _Live) -> None:
         trace = live.trace
         engine = self.replicas[live.deployment].engine
-        prompt = int(trace.input_tokens * (1.0 - self.options.cache_hit_rate))
+        prompt = int(trace.input_tokens * (1.0 - self.options.cache_hit_rate)) + engine.prompt_overhead_tokens
         prefill_s = engine.prefill_s(prompt)
         seq = sim_replicas.Sequence(next(self.counter), prefill_s, float(max(0, trace.output_tokens - 1)), prompt_token_s=prefill_s / max(1, prompt))
         live.seq, live.engine_started = seq, self.now
