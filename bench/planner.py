@@ -2,15 +2,17 @@
 
     .venv/bin/python bench/planner.py [--slice-s 360] [--target-busy 0.75] [--speed-only | --resimulate]
 
-1. Profile: ``modelyard profile`` measures both chat models of the embedded
-   fleet (prefill line, token interval by batch size) with the threads
-   ``serve`` gives them here. Saved under bench/results/profiles/.
-2. Load: for each Azure trace (conversation -> smollm2-135m, code ->
-   qwen2.5-0.5b), a slice from the trace's start, tokens scaled to fit the
-   engines' 2,048-token slots, arrivals time-scaled so that the simulator
-   predicts the model's engine busy ``--target-busy`` of the time, and the
+1. Profile: ``modelyard serve`` on the embedded fleet, and ``modelyard
+   profile --base-url`` measures both chat models through it (prefill by
+   prompt length, token interval by batch size; gateway included). Saved
+   under bench/results/profiles/.
+2. Load: for each Azure trace (conversation -> smollm2-135m from its start,
+   code -> qwen2.5-0.5b from its fourth minute), tokens scaled down (0.05,
+   0.02) so one engine thread serves hundreds of requests, arrivals
+   time-scaled so that the simulator predicts the model's engine busy at most
+   ``--target-busy`` of the time and refusing at most ``--max-rejected``, the
    slice long enough for ``--slice-s`` seconds of real time.
-3. Reality: ``modelyard serve`` on the embedded fleet; ``modelyard replay``
+3. Reality: on the same server, ``modelyard replay``
    sends each slice (``--ignore-eos``, so every answer has the trace's length)
    and records every request.
 4. Simulation: the same slices through ``modelyard plan``'s simulator with the
@@ -47,16 +49,22 @@ from modelyard.planning.simulate import SimOptions  # noqa: E402
 from modelyard.planning.traces import TraceRequest, amplify, parse_trace, scale, to_jsonl, window  # noqa: E402
 
 TRACES = ROOT.parent / "shared" / "data" / "traces"
-CASES = (("conversation", "azure_llm_2023_conv.csv", "smollm2-135m"), ("code", "azure_llm_2023_code.csv", "qwen2.5-0.5b"))
-TOKEN_SCALE = 0.05  # prompts of ~58 (conversation) and ~100 (code) tokens: hundreds of requests per slice on 2 cores
+# (name, trace, model, token scale): prompts of ~58 (conversation: mean 1,155 x 0.05) and ~41 tokens (code: mean 2,048 x 0.02)
+# plus the chat template, so that one engine thread serves hundreds of requests per slice.
+# The code trace is off and on (63 requests in its first minute, none in the next two, 531 in the fourth): its slice
+# starts at the fourth minute.
+CASES = (("conversation", "azure_llm_2023_conv.csv", "smollm2-135m", 0.05, 0.0), ("code", "azure_llm_2023_code.csv", "qwen2.5-0.5b", 0.02, 180.0))
+OVERHEAD_S = 0.0  # the profiles are measured through the gateway, so its time is in them already
+TOKEN_SCALE = 0.05  # the speed run's (the conversation trace)
 COMPARED = ("ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "throughput_rps", "rejected_rate")
 PROFILES = RESULTS / "profiles"
 OUTCOMES = RESULTS / "planner-outcomes"  # every request, replayed and simulated, for a closer look
 
 
-def profile(models: list[str]) -> None:
+def profile(models: list[str], base_url: str) -> None:
+    """Each model measured through the running gateway: what a client sees, gateway and engine together."""
     for model in models:
-        run = subprocess.run([sys.executable, "-m", "modelyard.cli", "profile", "--model", model, "--out", str(PROFILES), "--repeats", "3"],
+        run = subprocess.run([sys.executable, "-m", "modelyard.cli", "profile", "--model", model, "--out", str(PROFILES), "--repeats", "3", "--base-url", base_url],
                              env=ENV, cwd=ROOT, capture_output=True, text=True, check=False)
         print(run.stderr.strip().splitlines()[-1] if run.stderr.strip() else "", file=sys.stderr)
         if run.returncode != 0:
@@ -71,19 +79,20 @@ def busy(model: str, trace: list[TraceRequest], options: SimOptions) -> tuple[fl
     return result.utilization[deployment], sum(1 for r in result.records if r.status != 200) / max(1, len(result.records))
 
 
-def the_slice(requests: list[TraceRequest], window_s: float, time_scale: float) -> list[TraceRequest]:
-    return scale(window(requests, 0.0, window_s), time_scale, TOKEN_SCALE)
+def the_slice(requests: list[TraceRequest], start_s: float, window_s: float, time_scale: float, token_scale: float) -> list[TraceRequest]:
+    return scale(window(requests, start_s, window_s), time_scale, token_scale)
 
 
-def choose_slice(requests: list[TraceRequest], model: str, target: float, slice_s: float, max_rejected: float) -> tuple[float, float, float]:
+def choose_slice(requests: list[TraceRequest], model: str, target: float, slice_s: float, max_rejected: float, token_scale: float,
+                 start_s: float) -> tuple[float, float, float]:
     """(window in trace seconds, time scale, predicted busy share): the simulated engine at most ``target`` busy and
     refusing at most ``max_rejected`` of the requests (a bursty trace overflows the queue long before its engine is
     busy all the time), for about ``slice_s`` real seconds."""
-    options = SimOptions(default_model=model, token_scale=TOKEN_SCALE)
+    options = SimOptions(default_model=model, token_scale=token_scale, gateway_overhead_s=OVERHEAD_S)
     time_scale, window_s = 1.0, slice_s
     for _ in range(4):  # the window depends on the scale and the scale on the window's traffic: a few rounds settle both
         lo, hi = 0.02, 50.0
-        piece = the_slice(requests, window_s, 1.0)
+        piece = the_slice(requests, start_s, window_s, 1.0, token_scale)
         for _ in range(20):  # bisect the time scale on the simulated busy share
             mid = (lo * hi) ** 0.5
             share, rejected = busy(model, scale(piece, mid, 1.0), options)
@@ -93,7 +102,7 @@ def choose_slice(requests: list[TraceRequest], model: str, target: float, slice_
                 hi = mid
         time_scale = (lo * hi) ** 0.5
         window_s = slice_s / time_scale
-    return window_s, time_scale, busy(model, the_slice(requests, window_s, time_scale), options)[0]
+    return window_s, time_scale, busy(model, the_slice(requests, start_s, window_s, time_scale, token_scale), options)[0]
 
 
 def replay(base_url: str, model: str, trace: list[TraceRequest], work: Path, name: str) -> dict[str, Any]:
@@ -111,9 +120,9 @@ def replay(base_url: str, model: str, trace: list[TraceRequest], work: Path, nam
     return summary
 
 
-def simulated(model: str, trace: list[TraceRequest], name: str) -> dict[str, Any]:
+def simulated(model: str, trace: list[TraceRequest], name: str, token_scale: float) -> dict[str, Any]:
     config = default_fleet()
-    options = SimOptions(default_model=model, token_scale=TOKEN_SCALE)
+    options = SimOptions(default_model=model, token_scale=token_scale, gateway_overhead_s=OVERHEAD_S)
     result = simulate(config, load_engines(config, PROFILES), trace, {}, options)
     (OUTCOMES / f"{name}-sim.jsonl").write_text(records_jsonl(result.records))
     return summarize_run(config, result, DEFAULT_OBJECTIVES)
@@ -132,29 +141,32 @@ def errors(real: dict[str, Any], sim: dict[str, Any]) -> dict[str, dict[str, flo
     return out
 
 
-def validate(target: float, slice_s: float, max_rejected: float, cases: list[str]) -> dict[str, Any]:
-    slices = {}
-    for name, file, model in CASES:
-        if name not in cases:
-            continue
-        requests = parse_trace((TRACES / file).read_text())
-        window_s, time_scale, predicted = choose_slice(requests, model, target, slice_s, max_rejected)
-        chosen = the_slice(requests, window_s, time_scale)
-        slices[name] = (model, chosen, window_s, time_scale, predicted)
-        print(f"{name}: {len(chosen)} requests over {chosen[-1].arrival_s:.0f} s (time scale {time_scale:.3f}), predicted busy {predicted:.0%}", file=sys.stderr)
+def validate(target: float, slice_s: float, max_rejected: float, cases: list[str], reuse_profiles: bool) -> dict[str, Any]:
     results: dict[str, Any] = {}
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         server = start(["serve", "--port", str(port)], work / "serve.log", f"http://127.0.0.1:{port}/readyz", timeout=300)
         try:
-            for name, (model, chosen, window_s, time_scale, predicted) in slices.items():
+            if not reuse_profiles:
+                profile([case[2] for case in CASES if case[0] in cases], f"http://127.0.0.1:{port}/v1")
+            slices = {}
+            for name, file, model, token_scale, start_s in CASES:
+                if name not in cases:
+                    continue
+                requests = parse_trace((TRACES / file).read_text())
+                window_s, time_scale, predicted = choose_slice(requests, model, target, slice_s, max_rejected, token_scale, start_s)
+                chosen = the_slice(requests, start_s, window_s, time_scale, token_scale)
+                slices[name] = (model, chosen, window_s, time_scale, predicted, token_scale, start_s)
+                print(f"{name}: {len(chosen)} requests over {chosen[-1].arrival_s:.0f} s (time scale {time_scale:.3f}), predicted busy {predicted:.0%}",
+                      file=sys.stderr)
+            for name, (model, chosen, window_s, time_scale, predicted, token_scale, start_s) in slices.items():
                 replay(f"http://127.0.0.1:{port}/v1", model, [TraceRequest(0.0, 40, 8)] * 2, work, f"{name}-warmup")
                 real = replay(f"http://127.0.0.1:{port}/v1", model, chosen, work, name)
-                sim = simulated(model, chosen, name)
+                sim = simulated(model, chosen, name, token_scale)
                 results[name] = {
-                    "model": model, "requests": len(chosen), "window_s": window_s, "time_scale": time_scale,
-                    "token_scale": TOKEN_SCALE, "predicted_busy": round(predicted, 3), "simulated_busy": sim["utilization"], "real": real, "sim": sim,
+                    "model": model, "requests": len(chosen), "start_s": start_s, "window_s": window_s, "time_scale": time_scale,
+                    "token_scale": token_scale, "predicted_busy": round(predicted, 3), "simulated_busy": sim["utilization"], "real": real, "sim": sim,
                     "errors": errors(real, sim),
                 }
                 print(f"{name}: replayed", file=sys.stderr)
@@ -166,11 +178,11 @@ def validate(target: float, slice_s: float, max_rejected: float, cases: list[str
 def resimulate(previous: dict[str, Any]) -> dict[str, Any]:
     """The saved replays against a new simulation of the same slices (after a change to the engine model or the profiles)."""
     validation = previous.get("validation") or {}
-    files = {name: file for name, file, _ in CASES}
+    files = {case[0]: case[1] for case in CASES}
     for name, v in validation.items():
-        chosen = the_slice(parse_trace((TRACES / files[name]).read_text()), v["window_s"], v["time_scale"])
+        chosen = the_slice(parse_trace((TRACES / files[name]).read_text()), v.get("start_s", 0.0), v["window_s"], v["time_scale"], v["token_scale"])
         assert len(chosen) == v["requests"], (name, len(chosen), v["requests"])
-        v["sim"] = simulated(v["model"], chosen, name)
+        v["sim"] = simulated(v["model"], chosen, name, v["token_scale"])
         v["simulated_busy"] = v["sim"]["utilization"]
         v["errors"] = errors(v["real"], v["sim"])
     return dict(validation)
@@ -181,7 +193,7 @@ def speed(repeats: int) -> dict[str, Any]:
     engines = load_engines(config, PROFILES)
     hour = scale(parse_trace((TRACES / "azure_llm_2023_conv.csv").read_text()), 1.0, TOKEN_SCALE)
     ten = amplify(hour, 10)
-    options = SimOptions(default_model="smollm2-135m", token_scale=TOKEN_SCALE)
+    options = SimOptions(default_model="smollm2-135m", token_scale=TOKEN_SCALE, gateway_overhead_s=OVERHEAD_S)
     started = time.perf_counter()
     planned = plan_replicas(config, engines, ten, DEFAULT_OBJECTIVES, options)
     plan_s = time.perf_counter() - started
@@ -221,13 +233,11 @@ def main() -> None:
     args = parser.parse_args()
     previous = json.loads((RESULTS / "planner.json").read_text()) if (RESULTS / "planner.json").exists() else {}
     OUTCOMES.mkdir(parents=True, exist_ok=True)
-    if not (args.speed_only or args.resimulate or args.reuse_profiles):
-        profile([model for name, _, model in CASES if name in args.cases.split(",")])
     validation: dict[str, Any] = {}
     if args.resimulate:
         validation = resimulate(previous)
     elif not args.speed_only:
-        validation = (previous.get("validation") or {}) | validate(args.target_busy, args.slice_s, args.max_rejected, args.cases.split(","))
+        validation = (previous.get("validation") or {}) | validate(args.target_busy, args.slice_s, args.max_rejected, args.cases.split(","), args.reuse_profiles)
     fast = speed(args.repeats)
     report(validation, fast)
     error_pct = {name: {k: e["error_pct"] for k, e in v["errors"].items()} for name, v in validation.items()} or previous.get("error_pct", {})

@@ -316,3 +316,12 @@ def test_live_server_and_simulator_make_the_same_decisions(tmp_path: Path, decis
     for o, r in zip(live, records, strict=True):
         if o["status"] == 200:
             assert r.ttft_s == pytest.approx(o["ttft_s"], abs=0.15)
+
+
+def test_a_lone_request_takes_the_profiled_prefill_of_its_prompt_and_template_then_its_tokens() -> None:
+    profile = {"prefill": {"fixed_s": 0.0, "per_token_s": 0.0, "points": [[40, 0.1], [140, 0.5]]}, "decode_interval_s": {"1": 0.02}, "prompt_overhead_tokens": 40}
+    engine = engine_from_profile(profile, "batched")
+    assert engine.prompt_overhead_tokens == 40
+    records = Simulation(fleet(LOCAL), {"m/0": engine}, SimOptions(gateway_overhead_s=0.0)).run([TraceRequest(0.0, 100, 11, model="m")])
+    assert records[0].ttft_s == pytest.approx(0.5)  # 100 trace tokens + 40 of template = the 140-token point
+    assert records[0].e2e_s == pytest.approx(0.5 + 10 * 0.02)

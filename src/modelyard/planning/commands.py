@@ -95,14 +95,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         for deployment in model.deployments:
-            backend = backend_factory(deployment.backend)(deployment, model, context)
+            backend = _through(args.base_url, model, deployment, context) if args.base_url else backend_factory(deployment.backend)(deployment, model, context)
             await backend.start()
             try:
                 print(f"profiling {deployment.name} ...", file=sys.stderr)
                 result = await profile_backend(backend, model.name, deployment_slots(deployment), repeats=args.repeats)
             finally:
                 await backend.aclose()
-            result |= {"model": model.name, "deployment": deployment.name, "backend": deployment.backend, "threads": threads,
+            result |= {"model": model.name, "deployment": deployment.name, "backend": deployment.backend, "threads": threads, "through": args.base_url,
                        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             path = out / (deployment.name.replace("/", "__") + ".json")
             path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
@@ -116,6 +116,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print(f"modelyard profile: {exc}", file=sys.stderr)
         return 3
     return 0
+
+
+def _through(base_url: str, model: Any, deployment: Any, context: Any) -> Any:
+    """An OpenAI-compatible client of ``model`` at ``base_url`` (a running modelyard): the deployment measured as clients see it."""
+    from dataclasses import replace
+    from types import MappingProxyType
+
+    from modelyard.backends.registry import backend_factory
+
+    remote = replace(deployment, backend="openai", options=MappingProxyType({"base_url": base_url, "upstream_model": model.name}))
+    return backend_factory("openai")(remote, replace(model, deployments=(remote,)), context)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -201,6 +212,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--out", required=True, help="directory for the profile files")
     p.add_argument("--threads", type=int, help="threads for local engines without their own setting (default: what `serve` gives them here)")
     p.add_argument("--repeats", type=int, default=2, help="measurements per point")
+    p.add_argument("--base-url", help="measure through a running modelyard (or any OpenAI-compatible endpoint) serving the model, "
+                   "gateway included, instead of starting the deployment here; with several deployments per model, profile each engine directly")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser(
