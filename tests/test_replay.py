@@ -137,3 +137,14 @@ async def test_profile_recovers_a_fake_engines_latency_and_token_interval(fake_u
     assert abs(profile["prefill"]["per_token_s"]) < 0.001  # the fake's latency does not grow with the prompt
     assert set(profile["decode_interval_s"]) == {"1", "2"}
     assert profile["decode_interval_s"]["1"] == pytest.approx(0.02, abs=0.004)
+
+
+def test_profile_through_a_running_endpoint_starts_nothing_and_says_where_it_measured(tmp_path: Path, fake_upstream: LiveServer) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "modelyard.cli", "profile", "--model", "smollm2-135m", "--base-url", fake_upstream.url + "/v1", "--out", str(tmp_path), "--repeats", "1"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    profile = json.loads((tmp_path / "smollm2-135m__0.json").read_text())
+    assert profile["through"] == fake_upstream.url + "/v1" and set(profile["decode_interval_s"]) == {"1", "2", "4"}
+    assert "prompt_overhead_tokens" in profile and len(profile["prefill"]["points"]) == 5

@@ -59,17 +59,17 @@ class EngineModel:
     def prefill_s(self, tokens: int) -> float:
         """Seconds to the first token of a lone request with a ``tokens``-token prompt.
 
-        Between measured lengths, linear between the two nearest; beyond them,
-        the nearest segment's slope (attention makes long prompts cost more per
-        token, so one line through every point undershoots short prompts);
-        without points, the fitted line.
+        Between measured lengths, linear between the two nearest; above the
+        longest, the last segment's slope (attention makes long prompts cost
+        more per token, so one line through every point undershoots short
+        prompts); below the shortest, the shortest's time (a step's fixed costs
+        dominate a short prompt); without points, the fitted line.
         """
         points = self.prefill_points
         if len(points) < 2:
             return max(0.0, self.prefill_fixed_s + self.prefill_per_token_s * tokens)
         if tokens <= points[0][0]:
-            (n0, t0), (n1, t1) = points[0], points[1]
-            return max(t0 * tokens / n0 if n0 else 0.0, t0 + (t1 - t0) * (tokens - n0) / (n1 - n0))
+            return points[0][1]
         for (n0, t0), (n1, t1) in zip(points, points[1:], strict=False):
             if tokens <= n1:
                 return t0 + (t1 - t0) * (tokens - n0) / (n1 - n0)

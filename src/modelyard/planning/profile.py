@@ -24,7 +24,7 @@ from typing import Any
 from modelyard.backends.base import Backend
 from modelyard.protocol import ModelCall, Sampling
 
-PROMPT_LENGTHS = (16, 64, 256, 768)
+PROMPT_LENGTHS = (1, 16, 64, 256, 768)  # 1: the chat template alone, the floor of every prompt
 DECODE_TOKENS = 32
 FILLER = "the quick brown fox jumps over a lazy dog and keeps on running across the wide green field"
 
