@@ -144,3 +144,30 @@ def test_validators() -> None:
     assert first_violation("123", [ValidatorConfig(kind="regex", pattern=r"^\d+$")]) is None
     assert "at most 3" in (first_violation("abcd", [ValidatorConfig(kind="max_length", max_chars=3)]) or "")
     assert mean_logprob([-1.0, -3.0]) == -2.0 and mean_logprob([]) is None
+
+
+async def test_limits_and_deadlines_read_the_injected_clock() -> None:
+    from modelyard.config import parse_config
+    from modelyard.pipeline.limits import LocalLimiter
+    from modelyard.pipeline.stages import classify
+    from modelyard.pipeline.types import Request, Response
+
+    now = [1000.0]
+    limiter = LocalLimiter(clock=lambda: now[0])
+    scopes = [("key:a", 2, None)]  # two requests a minute
+    assert (await limiter.check(scopes, 1))[0] is not None and (await limiter.check(scopes, 1))[0] is not None
+    assert (await limiter.check(scopes, 1))[0] is None  # the window is full ...
+    now[0] += 61.0
+    assert (await limiter.check(scopes, 1))[0] is not None  # ... and a simulated minute later it is not: no sleeping, no real clock
+
+    seen: list[float] = []
+
+    async def record(request: Request) -> Response:
+        seen.append(request.deadline)
+        raise StopAsyncIteration
+
+    config = parse_config({"models": {"m": {"kind": "chat", "deployments": [{"backend": "openai", "base_url": "http://127.0.0.1:9/v1"}]}}})
+    handler = classify(config, clock=lambda: now[0])(record)
+    with pytest.raises(StopAsyncIteration):
+        await handler(Request(operation="chat", model="m", request_id="r", headers={"x-modelyard-timeout": "30"}))
+    assert seen == [now[0] + 30.0]

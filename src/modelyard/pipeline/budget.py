@@ -61,17 +61,18 @@ def _refused(owner: str, left: float, amount: float) -> BudgetExceeded:
 class LocalBudgets:
     """Budgets counted in this process."""
 
-    def __init__(self, book: BudgetBook) -> None:
+    def __init__(self, book: BudgetBook, clock: Callable[[], float] = time.time) -> None:
         self.book = book
+        self.clock = clock  # wall time: budgets run per calendar day and month
 
     async def reserve(self, owners: list[str], amount: float) -> Commit:
         holds: list[Hold] = []
         for owner in owners:
-            hold = self.book.reserve(owner, amount, time.time())
+            hold = self.book.reserve(owner, amount, self.clock())
             if hold is None:
                 for taken in holds:
                     self.book.release(taken)
-                raise _refused(owner, min(self.book.remaining(owner, time.time()).values()), amount)
+                raise _refused(owner, min(self.book.remaining(owner, self.clock()).values()), amount)
             holds.append(hold)
 
         def commit(actual: float) -> None:
@@ -89,14 +90,15 @@ class SharedBudgets:
     spent (passed along so a Redis that lost its data is corrected). When Redis cannot be
     reached, budgets are enforced by this replica alone, with a warning at most once a minute."""
 
-    def __init__(self, shared: RedisBudgets, book: BudgetBook) -> None:
+    def __init__(self, shared: RedisBudgets, book: BudgetBook, clock: Callable[[], float] = time.time) -> None:
         self.shared = shared
         self.book = book
-        self.local = LocalBudgets(book)
+        self.clock = clock
+        self.local = LocalBudgets(book, clock)
         self.writes = SharedWrites(log, "budgets are enforced per replica")
 
     async def reserve(self, owners: list[str], amount: float) -> Commit:
-        periods = period_keys(time.time())
+        periods = period_keys(self.clock())
         checks = [self._check_of(owner, periods) for owner in owners]
         try:
             result = await self.shared.reserve(checks, amount, periods)

@@ -132,7 +132,7 @@ class Dispatcher:
         if second is None or second == deployment:
             return await primary
         backup = asyncio.create_task(self._prime(request, model, second, call))
-        return await _first_success([primary, backup])
+        return await _first_success([primary, backup], self.clock)
 
     # -- the public surface -------------------------------------------------------------
     async def open(self, request: Request, call: ModelCall, models: Sequence[str], avoid: frozenset[str] = frozenset()) -> Opened:
@@ -158,7 +158,7 @@ class Dispatcher:
             on_open(opened.model, opened.deployment)
         stall = self.deployments[opened.deployment][1].timeouts.stall_s
         rest = opened.rest
-        guard = StallGuard(stall, request.deadline)
+        guard = StallGuard(stall, request.deadline - self.clock())
         try:
             chunk = opened.first
             while True:
@@ -275,7 +275,7 @@ def _for_model(call: ModelCall, model: ModelConfig) -> ModelCall:
     return replace(call, model=model.name)
 
 
-async def _first_success(tasks: list[asyncio.Task[Opened]]) -> Opened:
+async def _first_success(tasks: list[asyncio.Task[Opened]], clock: Callable[[], float]) -> Opened:
     """The first task to succeed; the others are cancelled and any stream they opened is closed."""
     pending = set(tasks)
     winner: Opened | None = None
@@ -289,7 +289,7 @@ async def _first_success(tasks: list[asyncio.Task[Opened]]) -> Opened:
                 elif winner is None:
                     winner = task.result()
                 else:
-                    await _discard(task.result())
+                    await _discard(task.result(), clock())
         if winner is None:
             assert error is not None
             raise error
@@ -299,11 +299,11 @@ async def _first_success(tasks: list[asyncio.Task[Opened]]) -> Opened:
             task.cancel()
         for task in pending:
             with contextlib.suppress(BaseException):
-                await _discard(await task)
+                await _discard(await task, clock())
 
 
-async def _discard(loser: Opened) -> None:
+async def _discard(loser: Opened, now: float) -> None:
     loser.attempt.outcome = "hedge-lost"
-    loser.attempt.finish(time.monotonic())
+    loser.attempt.finish(now)
     with contextlib.suppress(Exception):
         await loser.rest.aclose()

@@ -39,11 +39,12 @@ class Limiter(Protocol):
 class LocalLimiter:
     """Limits counted in this process."""
 
-    def __init__(self, limiter: RateLimiter | None = None) -> None:
+    def __init__(self, limiter: RateLimiter | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.limiter = limiter or RateLimiter()
+        self.clock = clock
 
     async def check(self, scopes: list[Scope], tokens: int) -> Admission:
-        reservation, retry_after, states = self.limiter.check(scopes, tokens, time.monotonic())
+        reservation, retry_after, states = self.limiter.check(scopes, tokens, self.clock())
         if reservation is None:
             return None, retry_after, states
         return (lambda actual: self.limiter.settle(reservation, actual)), 0.0, states

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 
 from modelyard.config import FleetConfig
 from modelyard.errors import InvalidRequest
@@ -29,8 +30,8 @@ TIMEOUT_HEADER = "x-modelyard-timeout"
 QUALITY_HEADER = "x-modelyard-quality"
 
 
-def classify(config: FleetConfig) -> Stage:
-    """Set the workload class (endpoint first, then header), the session and the deadline."""
+def classify(config: FleetConfig, clock: Callable[[], float] = time.monotonic) -> Stage:
+    """Set the workload class (endpoint first, then header), the session and the deadline (on ``clock``, the dispatcher's)."""
     cap = config.server.max_request_timeout_s
 
     def stage(next_handler: Handler) -> Handler:
@@ -44,7 +45,7 @@ def classify(config: FleetConfig) -> Stage:
             request.session = request.headers.get(SESSION_HEADER) or (request.call.user if request.call else None)
             if request.session and request.workload == "interactive" and request.headers.get(SESSION_HEADER):
                 request.workload = "agent"
-            request.deadline = time.monotonic() + _timeout(request.headers.get(TIMEOUT_HEADER), cap)
+            request.deadline = clock() + _timeout(request.headers.get(TIMEOUT_HEADER), cap)
             request.state = Lifecycle.CLASSIFIED
             return await next_handler(request)
 
@@ -171,13 +172,14 @@ def _nth_choice(call: ModelCall, index: int) -> ModelCall:
 
 def build_pipeline(
     dispatcher: Dispatcher, config: FleetConfig, learned: dict[str, LearnedRouter], budgets: Budgets | None = None, extra: list[Stage] | None = None,
-    limiter: Limiter | None = None,
+    limiter: Limiter | None = None, clock: Callable[[], float] | None = None,
 ) -> Handler:
     """Compose the stages, outermost first, around the backend call (``learned``: :func:`load_learned`'s routers;
-    ``budgets`` and ``limiter``: where budgets and rate limits are counted; no budgets, limits in this process by default)."""
+    ``budgets`` and ``limiter``: where budgets and rate limits are counted; no budgets, limits in this process by default;
+    ``clock``: what deadlines are measured on, the dispatcher's clock by default)."""
     spend = [budget(budgets, PriceCatalog(config))] if budgets is not None else []
     inputs = RouteInputs(dispatcher, learned)
-    stages: list[Stage] = [classify(config), limits(limiter or LocalLimiter()), *(extra or []), route(config, inputs), *spend, quality(config)]
+    stages: list[Stage] = [classify(config, clock or dispatcher.clock), limits(limiter or LocalLimiter()), *(extra or []), route(config, inputs), *spend, quality(config)]
     handler = call_backend(dispatcher)
     for stage in reversed(stages):
         handler = stage(handler)

@@ -75,7 +75,7 @@ class Request:
     predicted_quality: float | None = None  # the learned router's prediction for the chosen model
     plan: list[str] = field(default_factory=list)  # the served model, then its fallbacks
     escalations: list[str] = field(default_factory=list)  # cascade targets not yet tried
-    deadline: float = float("inf")  # time.monotonic() by which the request must be answered
+    deadline: float = float("inf")  # on the dispatcher's clock (time.monotonic unless injected): when the request must be answered
     attempts: list[Attempt] = field(default_factory=list)
     overhead: list[Attempt] = field(default_factory=list)  # work for the request that is not an answer (routing embeddings): costed, not counted as attempts or tokens
     finalizers: list[Callable[[], None]] = field(default_factory=list)

@@ -13,11 +13,12 @@ import asyncio
 
 
 class StallGuard:
-    def __init__(self, stall_s: float, deadline: float) -> None:
+    def __init__(self, stall_s: float, remaining_s: float) -> None:
+        """``remaining_s``: seconds until the request's deadline (whatever clock the deadline is kept on)."""
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
         self.stall_s = stall_s
-        self.deadline = deadline  # on the loop's clock (time.monotonic)
+        self.deadline = self.loop.time() + remaining_s  # timers run on the loop's own clock
         self.last = self.loop.time()
         self.waiting = False
         self.fired = False
