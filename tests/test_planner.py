@@ -325,3 +325,19 @@ def test_a_lone_request_takes_the_profiled_prefill_of_its_prompt_and_template_th
     records = Simulation(fleet(LOCAL), {"m/0": engine}, SimOptions(gateway_overhead_s=0.0)).run([TraceRequest(0.0, 100, 11, model="m")])
     assert records[0].ttft_s == pytest.approx(0.5)  # 100 trace tokens + 40 of template = the 140-token point
     assert records[0].e2e_s == pytest.approx(0.5 + 10 * 0.02)
+
+
+def test_the_mixed_factor_is_what_prompts_beside_running_answers_measured() -> None:
+    profile = {"prefill": {"fixed_s": 0.0, "per_token_s": 0.0, "points": [[48, 0.2], [96, 0.46]]}, "decode_interval_s": {"1": 0.011, "4": 0.04}}
+    alone = engine_from_profile(profile, "batched")
+    assert alone.mixed_factor == 1.0  # nothing measured: a prompt costs beside answers what it costs alone
+    # Measurements made by a 1.2x engine: two steps of interval(k) plus 1.2x the lone prefill.
+    mixed = [[k, 96, 2 * alone.interval(k) + 1.2 * 0.46] for k in (1, 2, 3)] + [[3, 48, alone.interval(3) + 1.2 * 0.2]]
+    engine = engine_from_profile(profile | {"mixed_prefill": mixed}, "batched")
+    assert engine.mixed_factor == pytest.approx(1.2)
+    replica = Replica(engine)
+    replica.add(Sequence(1, prefill_left_s=0.0, tokens_left=100), 0.0)
+    prompt = Sequence(2, prefill_left_s=0.46, tokens_left=1, prompt_token_s=0.46 / 96)
+    replica.add(prompt, 0.0)
+    at, who = replica.next_event()
+    assert who is prompt and at == pytest.approx(2 * alone.interval(1) + 1.2 * 0.46, rel=0.05)

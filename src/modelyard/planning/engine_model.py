@@ -19,9 +19,10 @@ Two kinds:
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +45,7 @@ class EngineModel:
     step_tokens: int = DEFAULT_STEP_TOKENS
     prefill_points: tuple[tuple[int, float], ...] = ()  # (prompt tokens, median seconds to first token), ascending
     prompt_overhead_tokens: int = 0  # the chat template's tokens around every prompt
+    mixed_factor: float = 1.0  # a prompt's chunk in a step with answers costs this many times its cost alone (profiled)
 
     def interval(self, k: int) -> float:
         """Seconds between two tokens of each sequence while ``k`` decode together (linear between and beyond measured sizes)."""
@@ -87,8 +89,27 @@ def engine_from_profile(profile: Mapping[str, Any], kind: EngineKind, step_token
     intervals = tuple(sorted((int(k), float(v)) for k, v in profile["decode_interval_s"].items()))
     if not intervals:
         raise ProfileError("the profile has no decode intervals")
-    return EngineModel(kind, float(prefill["fixed_s"]), max(0.0, float(prefill["per_token_s"])), intervals, step_tokens, _medians(prefill.get("points") or ()),
-                       int(profile.get("prompt_overhead_tokens", 0)))
+    engine = EngineModel(kind, float(prefill["fixed_s"]), max(0.0, float(prefill["per_token_s"])), intervals, step_tokens, _medians(prefill.get("points") or ()),
+                         int(profile.get("prompt_overhead_tokens", 0)))
+    mixed = profile.get("mixed_prefill") or ()
+    return replace(engine, mixed_factor=mixed_factor(engine, mixed)) if mixed else engine
+
+
+def mixed_factor(engine: EngineModel, points: Iterable[Sequence[float]]) -> float:
+    """What the measured mixed TTFTs say a prompt's chunk costs beside ``k`` answers, relative to alone.
+
+    A prompt of ``n`` tokens takes ``ceil(n / step_tokens)`` steps; each step
+    also decodes the ``k`` answers (``interval(k)``), so
+    ``TTFT = steps x interval(k) + factor x prefill_s(n)``. The median over the
+    measurements, kept within [0.5, 3].
+    """
+    factors = []
+    for k, tokens, ttft in points:
+        alone = engine.prefill_s(int(tokens))
+        if alone > 0:
+            steps = math.ceil(tokens / engine.step_tokens)
+            factors.append((ttft - steps * engine.interval(int(k))) / alone)
+    return min(3.0, max(0.5, statistics.median(factors))) if factors else 1.0
 
 
 def _medians(points: Iterable[Sequence[float]]) -> tuple[tuple[int, float], ...]:

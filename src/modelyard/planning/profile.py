@@ -7,7 +7,10 @@ A profile is two fitted curves, measured through the deployment's own adapter
   length, fitted as ``fixed_s + per_token_s x tokens`` (least squares);
 - **decode**: the time between two streamed tokens while ``k`` requests
   generate together, for k = 1, 2, 4, ... up to the deployment's slots (the
-  median interval of every request of the round).
+  median interval of every request of the round);
+- **mixed**: the time to first token of a prompt that arrives while ``k``
+  others are generating (k = 1 .. slots - 1): how much a prompt and running
+  answers slow each other down when one engine step carries both.
 
 Saved as ``<out>/<deployment id with / as __>.json``.
 """
@@ -26,6 +29,9 @@ from modelyard.protocol import ModelCall, Sampling
 
 PROMPT_LENGTHS = (1, 16, 64, 256, 768)  # 1: the chat template alone, the floor of every prompt
 DECODE_TOKENS = 32
+MIXED_LENGTHS = (64, 256)  # prompt words sent while others generate
+MIXED_ANSWER_TOKENS = 2000  # long enough to outlast the probe; cancelled after it
+MIXED_START_TIMEOUT_S = 60.0
 FILLER = "the quick brown fox jumps over a lazy dog and keeps on running across the wide green field"
 
 
@@ -78,6 +84,37 @@ def fit_line(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
     return mean_y - slope * mean_x, slope
 
 
+async def _generating(backend: Backend, call: ModelCall, started: asyncio.Event) -> None:
+    async for chunk in backend.generate(call):
+        if chunk.text:
+            started.set()
+
+
+async def _mixed(backend: Backend, model: str, slots: int, repeats: int, salt: int) -> list[list[float]]:
+    """TTFT of prompts arriving while ``k`` long answers are being generated."""
+    points: list[list[float]] = []
+    for k in range(1, slots):
+        for length in MIXED_LENGTHS:
+            for _ in range(repeats):
+                flags = [asyncio.Event() for _ in range(k)]
+                long_answers = Sampling(max_tokens=MIXED_ANSWER_TOKENS, temperature=0.0, ignore_eos=True)
+                calls = [ModelCall(kind="chat", model=model, sampling=long_answers, messages=({"role": "user", "content": prompt_of(16, salt + i)},)) for i in range(k)]
+                salt += k
+                tasks = [asyncio.create_task(_generating(backend, c, f)) for c, f in zip(calls, flags, strict=True)]
+                try:
+                    await asyncio.wait_for(asyncio.gather(*(f.wait() for f in flags)), MIXED_START_TIMEOUT_S)
+                    t = await timed(backend, chat(model, prompt_of(length, salt), 1))
+                    points.append([k, t.prompt_tokens, round(t.ttft_s, 4)])
+                except TimeoutError:
+                    pass  # the engine could not start k answers at once: no point at this k
+                finally:
+                    salt += 1
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+    return points
+
+
 def batch_sizes(slots: int) -> list[int]:
     sizes, k = [], 1
     while k <= slots:
@@ -110,9 +147,11 @@ async def profile_backend(backend: Backend, model: str, slots: int, repeats: int
             intervals += [t.interval_s for t in round_ if t.interval_s is not None]
         if intervals:
             decode[str(k)] = round(statistics.median(intervals), 6)
+    mixed = await _mixed(backend, model, slots, repeats, salt + 1000)
     return {
         "prefill": {"fixed_s": round(fixed_s, 6), "per_token_s": round(per_token_s, 8), "points": [[int(x), round(y, 4)] for x, y in prefill_points]},
         "decode_interval_s": decode,
+        "mixed_prefill": mixed,  # [decoding, prompt tokens, seconds to first token]
         # What the chat template adds to every prompt: a trace counts the user's tokens, the engine reads these too.
         "prompt_overhead_tokens": int(statistics.median(overheads)) if overheads else 0,
         "slots": slots,

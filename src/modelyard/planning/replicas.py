@@ -64,7 +64,7 @@ class Replica:
             return 1.0, 0.0
         head = next(s for s in self.seqs if s.prefill_left_s > 0.0)
         chunk_s = engine.step_tokens * (head.prompt_token_s or engine.prefill_per_token_s)
-        step_s = engine.interval(decoding) + chunk_s
+        step_s = engine.interval(decoding) + engine.mixed_factor * chunk_s
         return chunk_s / step_s, 1.0 / step_s
 
     def _prefilling(self) -> list[Sequence]:
