@@ -53,6 +53,7 @@ class Outcome:
     ttft_s: float | None = None
     e2e_s: float | None = None
     output_tokens: int = 0
+    prompt_tokens: int = 0  # as the engine counted them (usage): the synthesized prompt's real size
     error: str = ""
     model: str = ""  # x-modelyard-model: the model that answered (a modelyard endpoint only)
     deployment: str = ""  # x-modelyard-deployment
@@ -127,6 +128,7 @@ async def send_one(http: httpx.AsyncClient, url: str, body: dict[str, Any], head
                     outcome.ttft_s = time.monotonic() - started
                 if event.get("usage"):
                     outcome.output_tokens = int(event["usage"].get("completion_tokens") or 0)
+                    outcome.prompt_tokens = int(event["usage"].get("prompt_tokens") or 0)
         outcome.e2e_s = time.monotonic() - started
     except httpx.HTTPError as exc:
         outcome.error = f"{type(exc).__name__}: {exc}"[:200]
@@ -191,7 +193,7 @@ def outcomes_jsonl(requests: Sequence[TraceRequest], result: ReplayResult) -> st
     lines = []
     for i, (r, o) in enumerate(zip(requests, result.outcomes, strict=True)):
         item = {"index": i, "arrival_s": round(r.arrival_s, 6), "status": o.status, "model": o.model, "deployment": o.deployment,
-                "ttft_s": o.ttft_s, "e2e_s": o.e2e_s, "output_tokens": o.output_tokens, "error": o.error}
+                "ttft_s": o.ttft_s, "e2e_s": o.e2e_s, "output_tokens": o.output_tokens, "prompt_tokens": o.prompt_tokens, "error": o.error}
         lines.append(json.dumps(item, separators=(",", ":")))
     return "\n".join(lines) + "\n"
 
