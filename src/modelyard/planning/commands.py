@@ -55,10 +55,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not requests:
         print("modelyard replay: the chosen window holds no requests", file=sys.stderr)
         return 2
-    options = ReplayOptions(base_url=args.base_url, model=args.model, api_key=args.api_key, token_scale=args.token_scale, ignore_eos=args.ignore_eos)
+    options = ReplayOptions(base_url=args.base_url, model=args.model, api_key=args.api_key, token_scale=args.token_scale, ignore_eos=args.ignore_eos,
+                            calibrate=not args.no_calibrate)
     print(f"replaying {len(requests)} requests over {requests[-1].arrival_s:.0f} s against {args.base_url}", file=sys.stderr)
     result = asyncio.run(replay(requests, options, ProgressBar()))
-    summary = summarize(result)
+    summary = summarize(result) | {"words_per_token": round(result.words_per_token, 4)}
     if args.outcomes:
         Path(args.outcomes).write_text(outcomes_jsonl(requests, result))
     width = max(len(k) for k in summary)
@@ -199,6 +200,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--api-key", help="sent as a bearer token (the key decides the tenant)")
     p.add_argument("--ignore-eos", action="store_true", help="ask the engine to generate exactly max_tokens (vLLM, llama-server)")
     p.add_argument("--outcomes", metavar="FILE", help="write one JSON line per request: status, model, deployment, TTFT, end to end")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="send one word per trace token; by default two probe requests first measure the endpoint's tokens per word "
+                   "(usage.prompt_tokens), so prompts have the trace's token counts")
     p.add_argument("--json", action="store_true", help="also print one JSON object on the last line")
     p.set_defaults(func=cmd_replay)
 

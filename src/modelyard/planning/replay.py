@@ -17,7 +17,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 import httpx
@@ -42,6 +42,7 @@ class ReplayOptions:
     ignore_eos: bool = False  # send ignore_eos (vLLM, llama-server) so generation runs to max_tokens
     timeout_s: float = 600.0
     max_connections: int = 1000
+    calibrate: bool = True  # measure the endpoint's tokens per synthesized word first, so prompts have the trace's token counts
 
 
 @dataclass(slots=True)
@@ -63,6 +64,7 @@ class Outcome:
 class ReplayResult:
     outcomes: list[Outcome] = field(default_factory=list)
     wall_s: float = 0.0
+    words_per_token: float = 1.0  # what calibration found (1.0: not calibrated)
 
 
 def synthesize_prompt(request: TraceRequest, index: int, block_tokens: int) -> str:
@@ -82,11 +84,12 @@ def synthesize_prompt(request: TraceRequest, index: int, block_tokens: int) -> s
     return " ".join(parts)
 
 
-def request_body(request: TraceRequest, index: int, options: ReplayOptions) -> dict[str, Any]:
-    block = max(1, round(BLOCK_TOKENS * options.token_scale))
+def request_body(request: TraceRequest, index: int, options: ReplayOptions, words_per_token: float = 1.0) -> dict[str, Any]:
+    block = max(1, round(BLOCK_TOKENS * options.token_scale * words_per_token))
+    words = replace(request, input_tokens=max(1, round(request.input_tokens * words_per_token)))
     body: dict[str, Any] = {
         "model": request.model or options.model,
-        "messages": [{"role": "user", "content": synthesize_prompt(request, index, block)}],
+        "messages": [{"role": "user", "content": synthesize_prompt(words, index, block)}],
         "max_tokens": max(1, request.output_tokens),
         "temperature": 0.7,
         "seed": index,
@@ -142,12 +145,15 @@ async def replay(requests: Sequence[TraceRequest], options: ReplayOptions,
     done = 0
     limits = httpx.Limits(max_connections=options.max_connections, max_keepalive_connections=options.max_connections)
     async with httpx.AsyncClient(timeout=options.timeout_s, limits=limits) as http:
+        if options.calibrate:
+            result.words_per_token = await calibrate(http, url, options, requests[0] if requests else TraceRequest(0.0, 1, 1))
         start = time.monotonic()
 
         async def one(i: int, request: TraceRequest) -> None:
             nonlocal done
             await asyncio.sleep(max(0.0, start + request.arrival_s - time.monotonic()))
-            await send_one(http, url, request_body(request, i, options), request_headers(request, options), result.outcomes[i])
+            body = request_body(request, i, options, result.words_per_token)
+            await send_one(http, url, body, request_headers(request, options), result.outcomes[i])
             done += 1
             if progress is not None:
                 progress(done, len(requests))
@@ -155,6 +161,27 @@ async def replay(requests: Sequence[TraceRequest], options: ReplayOptions,
         await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
         result.wall_s = time.monotonic() - start
     return result
+
+
+CALIBRATION_WORDS = (40, 440)
+
+
+async def calibrate(http: httpx.AsyncClient, url: str, options: ReplayOptions, sample: TraceRequest) -> float:
+    """Synthesized words per token of the endpoint's tokenizer, from two probe prompts' ``usage.prompt_tokens``.
+
+    The difference of a long and a short probe cancels the chat template and the
+    fixed preamble; 1.0 when the endpoint reports no usage (nothing to correct by).
+    """
+    counts = []
+    for n in CALIBRATION_WORDS:
+        probe = replace(sample, input_tokens=n, output_tokens=1, hash_ids=())
+        outcome = Outcome(0.0)
+        await send_one(http, url, request_body(probe, -n, options), request_headers(probe, options), outcome)
+        counts.append(outcome.prompt_tokens)
+    short, long = counts
+    if outcome.status != 200 or long <= short:
+        return 1.0
+    return min(3.0, max(0.3, (CALIBRATION_WORDS[1] - CALIBRATION_WORDS[0]) / (long - short)))
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
