@@ -104,7 +104,7 @@ def test_replay_sends_the_trace_and_reports(tmp_path: Path, fake_upstream: LiveS
     assert summary["requests"] == 20 and summary["completed"] == 20 and summary["rejected_rate"] == 0.0
     assert summary["ttft_p50_ms"] is not None and summary["e2e_p99_ms"] >= summary["ttft_p50_ms"]
     after = int(httpx.get(fake_upstream.url + "/stats").json()["requests"])
-    assert after - before == 22  # two calibration probes, then the trace
+    assert after - before == 23  # three calibration probes, then the trace
     assert summary["words_per_token"] == pytest.approx(1.0, abs=0.1)  # the fake counts a word as a token
 
 

@@ -59,7 +59,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                             calibrate=not args.no_calibrate)
     print(f"replaying {len(requests)} requests over {requests[-1].arrival_s:.0f} s against {args.base_url}", file=sys.stderr)
     result = asyncio.run(replay(requests, options, ProgressBar()))
-    summary = summarize(result) | {"words_per_token": round(result.words_per_token, 4)}
+    summary = summarize(result) | {"words_per_token": round(result.words_per_token, 4), "preamble_tokens": round(result.preamble_tokens, 1)}
     if args.outcomes:
         Path(args.outcomes).write_text(outcomes_jsonl(requests, result))
     width = max(len(k) for k in summary)

@@ -65,6 +65,7 @@ class ReplayResult:
     outcomes: list[Outcome] = field(default_factory=list)
     wall_s: float = 0.0
     words_per_token: float = 1.0  # what calibration found (1.0: not calibrated)
+    preamble_tokens: float = 0.0  # tokens the synthesized preamble ("Request N. Continue ...") costs beyond its words
 
 
 def synthesize_prompt(request: TraceRequest, index: int, block_tokens: int) -> str:
@@ -84,9 +85,9 @@ def synthesize_prompt(request: TraceRequest, index: int, block_tokens: int) -> s
     return " ".join(parts)
 
 
-def request_body(request: TraceRequest, index: int, options: ReplayOptions, words_per_token: float = 1.0) -> dict[str, Any]:
+def request_body(request: TraceRequest, index: int, options: ReplayOptions, words_per_token: float = 1.0, preamble_tokens: float = 0.0) -> dict[str, Any]:
     block = max(1, round(BLOCK_TOKENS * options.token_scale * words_per_token))
-    words = replace(request, input_tokens=max(1, round(request.input_tokens * words_per_token)))
+    words = replace(request, input_tokens=max(1, round((request.input_tokens - preamble_tokens) * words_per_token)))
     body: dict[str, Any] = {
         "model": request.model or options.model,
         "messages": [{"role": "user", "content": synthesize_prompt(words, index, block)}],
@@ -146,13 +147,13 @@ async def replay(requests: Sequence[TraceRequest], options: ReplayOptions,
     limits = httpx.Limits(max_connections=options.max_connections, max_keepalive_connections=options.max_connections)
     async with httpx.AsyncClient(timeout=options.timeout_s, limits=limits) as http:
         if options.calibrate:
-            result.words_per_token = await calibrate(http, url, options, requests[0] if requests else TraceRequest(0.0, 1, 1))
+            result.words_per_token, result.preamble_tokens = await calibrate(http, url, options, requests[0] if requests else TraceRequest(0.0, 1, 1))
         start = time.monotonic()
 
         async def one(i: int, request: TraceRequest) -> None:
             nonlocal done
             await asyncio.sleep(max(0.0, start + request.arrival_s - time.monotonic()))
-            body = request_body(request, i, options, result.words_per_token)
+            body = request_body(request, i, options, result.words_per_token, result.preamble_tokens)
             await send_one(http, url, body, request_headers(request, options), result.outcomes[i])
             done += 1
             if progress is not None:
@@ -166,11 +167,13 @@ async def replay(requests: Sequence[TraceRequest], options: ReplayOptions,
 CALIBRATION_WORDS = (40, 440)
 
 
-async def calibrate(http: httpx.AsyncClient, url: str, options: ReplayOptions, sample: TraceRequest) -> float:
-    """Synthesized words per token of the endpoint's tokenizer, from two probe prompts' ``usage.prompt_tokens``.
+async def calibrate(http: httpx.AsyncClient, url: str, options: ReplayOptions, sample: TraceRequest) -> tuple[float, float]:
+    """(synthesized words per token, the preamble's extra tokens) of the endpoint's tokenizer, from ``usage.prompt_tokens``.
 
-    The difference of a long and a short probe cancels the chat template and the
-    fixed preamble; 1.0 when the endpoint reports no usage (nothing to correct by).
+    Two synthesized probes give tokens = a + n / words_per_token; a one-word
+    message gives the chat template alone. What ``a`` holds beyond the template
+    is the preamble every synthesized prompt starts with, and is taken off each
+    prompt's budget. (1.0, 0.0) when the endpoint reports no usage.
     """
     counts = []
     for n in CALIBRATION_WORDS:
@@ -178,10 +181,16 @@ async def calibrate(http: httpx.AsyncClient, url: str, options: ReplayOptions, s
         outcome = Outcome(0.0)
         await send_one(http, url, request_body(probe, -n, options), request_headers(probe, options), outcome)
         counts.append(outcome.prompt_tokens)
+    bare = Outcome(0.0)
+    body = request_body(replace(sample, output_tokens=1), -1, options) | {"messages": [{"role": "user", "content": "hello"}]}
+    await send_one(http, url, body, request_headers(sample, options), bare)
     short, long = counts
-    if outcome.status != 200 or long <= short:
-        return 1.0
-    return min(3.0, max(0.3, (CALIBRATION_WORDS[1] - CALIBRATION_WORDS[0]) / (long - short)))
+    if outcome.status != 200 or bare.status != 200 or long <= short:
+        return 1.0, 0.0
+    words_per_token = min(3.0, max(0.3, (CALIBRATION_WORDS[1] - CALIBRATION_WORDS[0]) / (long - short)))
+    at_zero = short - CALIBRATION_WORDS[0] / words_per_token
+    template = bare.prompt_tokens - 1
+    return words_per_token, max(0.0, at_zero - template)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
