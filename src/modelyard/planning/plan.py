@@ -22,7 +22,7 @@ from modelyard.backends.registry import local_processes
 from modelyard.config import DeploymentConfig, FleetConfig, ModelConfig
 from modelyard.economics.cost import PricePlan
 from modelyard.planning.engine_model import EngineModel, load_profile
-from modelyard.planning.replay import percentile
+from modelyard.planning.replay import latency_figures, percentile
 from modelyard.planning.simulate import SimOptions, SimRecord, Simulation
 from modelyard.planning.traces import TraceRequest
 from modelyard.protocol import Usage
@@ -247,7 +247,6 @@ def summarize_run(
     """The figures ``replay`` reports plus replicas, utilization, fleet cost, per-tenant cost, revenue and margin."""
     records = result.records
     ok = [r for r in records if r.status == 200]
-    ms = lambda v: None if v is None else round(v * 1000, 1)  # noqa: E731
     ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
     e2e = [r.e2e_s for r in ok if r.e2e_s is not None]
     tpot = [(r.e2e_s - r.ttft_s) / (r.output_tokens - 1) for r in ok if r.e2e_s is not None and r.ttft_s is not None and r.output_tokens > 1]
@@ -264,9 +263,7 @@ def summarize_run(
         "completed": len(ok),
         "rejected_rate": round(sum(1 for r in records if r.status == 429) / total, 4) if total else 0.0,
         "error_rate": round(sum(1 for r in records if r.status not in (200, 429)) / total, 4) if total else 0.0,
-        "ttft_p50_ms": ms(percentile(ttft, 50)), "ttft_p90_ms": ms(percentile(ttft, 90)), "ttft_p99_ms": ms(percentile(ttft, 99)),
-        "tpot_p50_ms": ms(percentile(tpot, 50)), "tpot_p99_ms": ms(percentile(tpot, 99)),
-        "e2e_p50_ms": ms(percentile(e2e, 50)), "e2e_p90_ms": ms(percentile(e2e, 90)), "e2e_p99_ms": ms(percentile(e2e, 99)),
+        **latency_figures(ttft, tpot, e2e),
         "throughput_rps": round(len(ok) / result.span_s, 3) if result.span_s else None,
         "output_tokens": sum(r.output_tokens for r in ok),
         "span_s": round(result.span_s, 2),

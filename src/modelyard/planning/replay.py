@@ -193,6 +193,18 @@ async def calibrate(http: httpx.AsyncClient, url: str, options: ReplayOptions, s
     return words_per_token, max(0.0, at_zero - template)
 
 
+def latency_figures(ttft: Sequence[float], tpot: Sequence[float], e2e: Sequence[float]) -> dict[str, float | None]:
+    """The percentiles ``replay`` and ``plan`` both report, in milliseconds (nearest rank)."""
+    def ms(v: float | None) -> float | None:
+        return None if v is None else round(v * 1000, 1)
+
+    return {
+        "ttft_p50_ms": ms(percentile(ttft, 50)), "ttft_p90_ms": ms(percentile(ttft, 90)), "ttft_p99_ms": ms(percentile(ttft, 99)),
+        "tpot_p50_ms": ms(percentile(tpot, 50)), "tpot_p99_ms": ms(percentile(tpot, 99)),
+        "e2e_p50_ms": ms(percentile(e2e, 50)), "e2e_p90_ms": ms(percentile(e2e, 90)), "e2e_p99_ms": ms(percentile(e2e, 99)),
+    }
+
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     """Nearest-rank percentile (None for no values)."""
     if not values:
@@ -208,15 +220,12 @@ def summarize(result: ReplayResult) -> dict[str, Any]:
     e2e = [o.e2e_s for o in ok if o.e2e_s is not None]
     tpot = [(o.e2e_s - o.ttft_s) / (o.output_tokens - 1) for o in ok if o.ttft_s is not None and o.e2e_s is not None and o.output_tokens > 1]
     total = len(result.outcomes)
-    ms = lambda v: None if v is None else round(v * 1000, 1)  # noqa: E731
     return {
         "requests": total,
         "completed": len(ok),
         "rejected_rate": round(sum(1 for o in result.outcomes if o.status == 429) / total, 4) if total else 0.0,
         "error_rate": round(sum(1 for o in result.outcomes if o.status not in (200, 429) or (o.status == 200 and o.error)) / total, 4) if total else 0.0,
-        "ttft_p50_ms": ms(percentile(ttft, 50)), "ttft_p90_ms": ms(percentile(ttft, 90)), "ttft_p99_ms": ms(percentile(ttft, 99)),
-        "tpot_p50_ms": ms(percentile(tpot, 50)), "tpot_p99_ms": ms(percentile(tpot, 99)),
-        "e2e_p50_ms": ms(percentile(e2e, 50)), "e2e_p90_ms": ms(percentile(e2e, 90)), "e2e_p99_ms": ms(percentile(e2e, 99)),
+        **latency_figures(ttft, tpot, e2e),
         "throughput_rps": round(len(ok) / result.wall_s, 3) if result.wall_s else None,
         "output_tokens": sum(o.output_tokens for o in ok),
         "wall_s": round(result.wall_s, 2),
