@@ -14,7 +14,8 @@ Three steps, each a plain function over an outcome table and its embeddings:
 well?": per fold it predicts each model's training base rate plus noise with
 the real router's spread, sends that through the same sweep, and returns the
 distribution of its AIQ gain over the zero router (the single models' hull).
-A gain is claimed only above that band's upper edge (:func:`gain_claim`).
+A gain is claimed only when it is positive and above that band's upper edge
+under every fold seed (:func:`gain_claim`).
 """
 
 from __future__ import annotations
@@ -119,5 +120,5 @@ def spread_of(values: Sequence[float]) -> dict[str, float]:
 
 
 def gain_claim(gains: Sequence[float], band: dict[str, Any]) -> bool:
-    """True when every seed's AIQ gain over the zero router lies above the uninformative band's upper edge."""
-    return bool(gains) and min(gains) > band["gain_high"]
+    """True when every seed's AIQ gain over the zero router is positive and above the uninformative band's upper edge."""
+    return bool(gains) and min(gains) > max(0.0, band["gain_high"])
