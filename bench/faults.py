@@ -83,6 +83,9 @@ def phase(samples: list[tuple[float, bool, float]], lo: float, hi: float) -> dic
         "success_rate": ok / len(inside) if inside else None,
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
+        # the requests sent to a hanging replica before the breaker opens are too few to move a p99
+        "p999_ms": percentile(latencies, 99.9),
+        "max_ms": max(latencies, default=None),
     }
 
 
@@ -143,6 +146,7 @@ def summarise_run(samples: list[tuple[float, bool, float]], states: list[tuple[f
         "requests": len(samples),
         "p50_ms_before": before["p50_ms"], "p99_ms_before": before["p99_ms"],
         "p50_ms_during": during["p50_ms"], "p99_ms_during": during["p99_ms"],
+        "p999_ms_before": before["p999_ms"], "p999_ms_during": during["p999_ms"], "max_ms_during": during["max_ms"],
         "p50_ms_after": after["p50_ms"], "p99_ms_after": after["p99_ms"],
         "requests_during": during["requests"], "success_rate_during": during["success_rate"],
         "breaker_open_s": None if opened is None else round(opened - killed_at, 3),
@@ -176,7 +180,7 @@ def main() -> None:
             by_fault[kind] = asyncio.run(run(args, Path(tmp), kind))
             print(f"{kind}: done", flush=True)
     keys = ("requests", "success_rate", "success_rate_during", "p50_ms_before", "p99_ms_before", "p50_ms_during", "p99_ms_during",
-            "p50_ms_after", "p99_ms_after", "breaker_open_s", "breaker_close_s", "cooldown_s")
+            "p999_ms_before", "p999_ms_during", "max_ms_during", "p50_ms_after", "p99_ms_after", "breaker_open_s", "breaker_close_s", "cooldown_s")
     rows = [("metric", *kinds)]
     for key in keys:
         rows.append((key, *(f"{v:.4f}" if isinstance(v := by_fault[k][key], float) else str(v) for k in kinds)))
