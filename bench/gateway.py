@@ -3,7 +3,10 @@
     .venv/bin/python bench/gateway.py [--quick]
 
 Starts the fake OpenAI-compatible upstream (a real HTTP server; 50 ms and 0 ms
-variants, a fixed 16-token completion), modelyard in front of it with its
+variants, a fixed 16-token completion), the floor (bench/floor_proxy.py: a bare
+pass-through proxy on modelyard's own stack — uvicorn, httptools, uvloop, the
+same aiohttp client — with no features: what any Python gateway costs),
+modelyard in front of it with its
 production features on (API keys: every request authenticates with a tenant's
 key and passes its rate limits and budget; routing, scheduler, breakers,
 metrics, access log, usage ledger),
@@ -111,6 +114,26 @@ def start_litellm(binary: Path, upstream_port: int, tmp: Path) -> tuple[subproce
         time.sleep(0.5)
     process.kill()
     raise RuntimeError("litellm did not become ready")
+
+
+def start_floor(upstream_port: int, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The bare pass-through proxy (bench/floor_proxy.py), ready when it relays a request."""
+    port = free_port()
+    command = [sys.executable, str(ROOT / "bench" / "floor_proxy.py"), "--port", str(port), "--upstream", f"http://127.0.0.1:{upstream_port}"]
+    process = subprocess.Popen(command, stdout=(tmp / "floor.log").open("wb"), stderr=subprocess.STDOUT, env=ENV)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the floor proxy exited; see {tmp / 'floor.log'}")
+        try:
+            if httpx.post(url + "/v1/chat/completions", json=BODY, timeout=5).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("the floor proxy did not become ready")
 
 
 def wrk(binary: str, url: str, concurrency: int, seconds: float, script: Path) -> dict[str, float]:
@@ -236,8 +259,10 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
             tmp / f"my{latency}.log", f"http://127.0.0.1:{my_port}/readyz", env={"MODELYARD_MASTER_KEY": MASTER_KEY},
         )
         lite, lite_url = start_litellm(litellm_bin, up_port, tmp)
-        targets = {"direct": f"http://127.0.0.1:{up_port}", "modelyard": f"http://127.0.0.1:{my_port}", "litellm": lite_url}
-        keys = {"direct": "unused", "modelyard": tenant_key(targets["modelyard"]), "litellm": MASTER_KEY}
+        floor, floor_url = start_floor(up_port, tmp)
+        targets = {"direct": f"http://127.0.0.1:{up_port}", "floor": floor_url, "modelyard": f"http://127.0.0.1:{my_port}", "litellm": lite_url}
+        keys = {"direct": "unused", "floor": "unused", "modelyard": tenant_key(targets["modelyard"]), "litellm": MASTER_KEY}
+        measured_pids = {"modelyard": gateway.pid, "floor": floor.pid}
         scripts = {}
         for name, key in keys.items():
             scripts[name] = tmp / f"post-{name}.lua"
@@ -247,11 +272,12 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                 wrk(wrk_bin, url, 10, 2, scripts[name])  # warm-up
             for concurrency in (1, 50, 200):
                 for name, url in targets.items():
-                    cpu_before = cpu_seconds(gateway.pid) if name == "modelyard" and gateway.pid else 0.0
+                    pid = measured_pids.get(name)
+                    cpu_before = cpu_seconds(pid) if pid else 0.0
                     point = wrk(wrk_bin, url, concurrency, args.seconds, scripts[name])
-                    if name == "modelyard" and gateway.pid:
-                        # The gateway's own CPU per request: tells work apart from waiting.
-                        point["cpu_ms_per_request"] = (cpu_seconds(gateway.pid) - cpu_before) * 1000 / max(1.0, point["rps"] * args.seconds)
+                    if pid:
+                        # The proxy's own CPU per request: tells work apart from waiting.
+                        point["cpu_ms_per_request"] = (cpu_seconds(pid) - cpu_before) * 1000 / max(1.0, point["rps"] * args.seconds)
                     results[f"{name}_lat{latency}_c{concurrency}"] = point
                     print(f"  upstream {latency} ms  c{concurrency:<3}  {name:<9}  {point['rps']:8.1f} req/s  p50 {point['p50_ms']:7.2f} ms  p99 {point['p99_ms']:7.2f} ms  errors {point['errors']:.0f}", flush=True)
             if latency == 50:
@@ -260,7 +286,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                 assert gateway.pid is not None
                 results["soak"] = asyncio.run(soak(targets["modelyard"], gateway.pid, args.soak_rate, args.soak_s, keys["modelyard"]))
         finally:
-            for process in (lite, gateway, upstream):
+            for process in (lite, floor, gateway, upstream):
                 stop(process)
     return results
 
@@ -280,7 +306,17 @@ def summarise(r: dict[str, object]) -> dict[str, object]:
         "modelyard_rss_growth_pct": r["soak"]["rss_growth_pct"],  # type: ignore[index]
         "modelyard_cpu_ms_per_request_c1": round(get("modelyard_lat50_c1", "cpu_ms_per_request"), 3),
         "modelyard_cpu_ms_per_request_c1_upstream0": round(get("modelyard_lat0_c1", "cpu_ms_per_request"), 3),
+        "floor_rps_c50": get("floor_lat50_c50", "rps"),
+        "floor_added_p50_ms_c1": round(get("floor_lat50_c1", "p50_ms") - get("direct_lat50_c1", "p50_ms"), 3),
+        "floor_added_p99_ms_c1": round(get("floor_lat50_c1", "p99_ms") - get("direct_lat50_c1", "p99_ms"), 3),
+        "floor_cpu_ms_per_request_c1": round(get("floor_lat50_c1", "cpu_ms_per_request"), 3),
+        "floor_cpu_ms_per_request_c1_upstream0": round(get("floor_lat0_c1", "cpu_ms_per_request"), 3),
     }
+    # What modelyard's features cost above any Python gateway's floor, in the same run.
+    out["features_added_p50_ms_c1"] = round(out["modelyard_added_p50_ms_c1"] - out["floor_added_p50_ms_c1"], 3)  # type: ignore[operator]
+    out["features_cpu_ms_per_request_c1_upstream0"] = round(out["modelyard_cpu_ms_per_request_c1_upstream0"] - out["floor_cpu_ms_per_request_c1_upstream0"], 3)  # type: ignore[operator]
+    out["ratio_modelyard_vs_floor_c50"] = round(out["modelyard_rps_c50"] / out["floor_rps_c50"], 3)  # type: ignore[operator]
+    out["ratio_modelyard_vs_floor_c50_upstream0"] = round(get("modelyard_lat0_c50", "rps") / get("floor_lat0_c50", "rps"), 3)
     out["ratio_modelyard_vs_litellm_c50"] = round(out["modelyard_rps_c50"] / out["litellm_rps_c50"], 2)  # type: ignore[operator]
     out["ratio_modelyard_vs_direct_c50"] = round(out["modelyard_rps_c50"] / out["direct_rps_c50"], 3)  # type: ignore[operator]
     out["goals"] = {
@@ -305,7 +341,7 @@ def main() -> None:
     rows = [("upstream", "concurrency", "system", "req/s", "p50 ms", "p99 ms", "errors")]
     for latency in (50, 0):
         for c in (1, 50, 200):
-            for name in ("direct", "modelyard", "litellm"):
+            for name in ("direct", "floor", "modelyard", "litellm"):
                 p = raw[f"{name}_lat{latency}_c{c}"]
                 rows.append((f"{latency} ms", str(c), name, f"{p['rps']:.1f}", f"{p['p50_ms']:.2f}", f"{p['p99_ms']:.2f}", f"{p['errors']:.0f}"))  # type: ignore[index]
     print(table(rows))

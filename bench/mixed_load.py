@@ -24,7 +24,11 @@ one sequence under the interactive load alone and u_both the same fraction
 with the batch job beside it, share = (u_both - u_alone) / (1 - u_alone),
 clipped at 0. (The engine decodes its sequences together, so engine time,
 not slot time, is what the interactive load leaves idle; the slots' mean
-occupancy is reported beside it.) The goal
+occupancy is reported beside it.) Both come from the server's own integrals
+(``busy_s`` and ``slot_busy_s`` in ``/admin/fleet``, exact at every request's
+start and end) read at the start and end of the measured window: sampling
+"busy now?" undercounts a loaded engine, because the probe waits behind the
+load. The goal
 (share >= 0.8, interactive p99 <= 1.5x alone) is checked on the medians and
 fails when either is missed.
 
@@ -150,28 +154,22 @@ async def completed_lines(base: str, batch_id: str) -> tuple[int, str]:
         return int(batch["request_counts"]["completed"]), str(batch["status"])
 
 
-async def sample_busy(base: str, stop: asyncio.Event, samples: list[float], slots: list[float]) -> None:
-    """Whether the engine holds a sequence, and the share of its slots held, sampled every 100 ms (the server's own view)."""
-    async with httpx.AsyncClient(timeout=10) as http:
-        while not stop.is_set():
-            fleet = (await http.get(base + "/admin/fleet")).json()
-            engines = [w for d in fleet["deployments"] for w in d["workers"]]
-            if engines:
-                samples.append(sum(1 for w in engines if w.get("busy")) / len(engines))
-                slots.append(sum(w.get("busy_slots", 0) for w in engines) / max(1, sum(w.get("slots", 1) for w in engines)))
-            await asyncio.sleep(0.1)
+async def engine_totals(base: str) -> tuple[float, float, int]:
+    """(engine busy seconds, sequence-seconds, slots) from the server's own integrals (exact at every start and end)."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        fleet = (await http.get(base + "/admin/fleet")).json()
+    engines = [w for d in fleet["deployments"] for w in d["workers"]]
+    return (sum(float(w["busy_s"]) for w in engines), sum(float(w["slot_busy_s"]) for w in engines),
+            sum(int(w["slots"]) for w in engines))
 
 
 async def scenario(base: str, trace: list[tuple[float, int, int]] | None, batch_lines: int, seconds: float) -> dict[str, object]:
     result: dict[str, object] = {}
-    busy: list[float] = []
-    slots: list[float] = []
-    done = asyncio.Event()
-    sampler = asyncio.create_task(sample_busy(base, done, busy, slots))
     batch_id = await submit_batch(base, batch_lines) if batch_lines else None
     if batch_id:
         while (await completed_lines(base, batch_id))[0] < 2:  # the job is under way
             await asyncio.sleep(0.2)
+    busy_0, slot_0, slots = await engine_totals(base)
     t0 = time.monotonic()
     before = (await completed_lines(base, batch_id))[0] if batch_id else 0
     if trace is not None:
@@ -183,10 +181,10 @@ async def scenario(base: str, trace: list[tuple[float, int, int]] | None, batch_
         after, status = await completed_lines(base, batch_id)
         result["batch_lines_per_min"] = (after - before) / max(1e-9, time.monotonic() - t0) * 60
         result["batch_status"] = status
-    done.set()
-    await sampler
-    result["worker_busy_fraction"] = sum(busy) / len(busy) if busy else 0.0
-    result["slot_occupancy"] = sum(slots) / len(slots) if slots else 0.0
+    busy_1, slot_1, _ = await engine_totals(base)
+    span = max(1e-9, time.monotonic() - t0)
+    result["worker_busy_fraction"] = min(1.0, (busy_1 - busy_0) / span)
+    result["slot_occupancy"] = min(1.0, (slot_1 - slot_0) / (span * max(1, slots)))
     return result
 
 

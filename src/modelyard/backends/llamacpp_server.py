@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from modelyard.backends.base import BackendContext, Capabilities, Health, build_options
+from modelyard.backends.occupancy import Occupancy
 from modelyard.backends.openai_compat import OpenAICompatBackend, OpenAICompatOptions
 from modelyard.backends.tool_calls import tool_call_plan, with_tool_calls
 from modelyard.config import ConfigError, DeploymentConfig, ModelConfig
@@ -91,7 +92,7 @@ class LlamaServerBackend(OpenAICompatBackend):
         self.capabilities = Capabilities(chat=model.kind == "chat", completion=True, tools=self.server_options.tools, logprobs=True, json_schema=True)
         self.context = context
         self.process: SupervisedProcess | None = None
-        self.in_flight = 0
+        self.occupancy = Occupancy()
 
     async def start(self) -> None:
         o = self.server_options
@@ -125,7 +126,14 @@ class LlamaServerBackend(OpenAICompatBackend):
         if process is None:
             return Health(ready=False, detail="not started")
         ready = process.state == ProcessState.READY and self._client is not None
-        engine = process.describe() | {"busy": self.in_flight > 0, "slots": self.server_options.parallel, "busy_slots": self.in_flight}
+        busy_s, slot_s = self.occupancy.totals()
+        engine = process.describe() | {
+            "busy": self.in_flight > 0,
+            "slots": self.server_options.parallel,
+            "busy_slots": self.in_flight,
+            "busy_s": round(busy_s, 3),  # seconds with a sequence in flight, since start
+            "slot_busy_s": round(slot_s, 3),  # sequence-seconds in flight, since start
+        }
         return Health(ready=ready, detail="" if ready else f"engine {process.state.name.lower()}", workers=(engine,))
 
     async def generate(self, call: ModelCall) -> AsyncIterator[Chunk]:
@@ -134,7 +142,7 @@ class LlamaServerBackend(OpenAICompatBackend):
             stream: AsyncIterator[Chunk] = with_tool_calls(super().generate(call), reader)
         else:
             stream = super().generate(call)
-        self.in_flight += 1
+        self.occupancy.started()
         pid = self.process.pid if self.process else None
         try:
             async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
@@ -145,7 +153,12 @@ class LlamaServerBackend(OpenAICompatBackend):
                 raise UpstreamError(f"deployment {self.deployment.name}: the engine process died during the request") from None
             raise
         finally:
-            self.in_flight -= 1
+            self.occupancy.ended()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests this deployment has sent to its engine and not yet finished."""
+        return self.occupancy.in_flight
 
     async def _engine_died(self, pid: int | None) -> bool:
         """Whether the engine that served ``pid`` is gone (waits briefly for the supervisor to notice)."""
