@@ -1,6 +1,6 @@
 """How long `make test` takes on a fresh clone with an empty pip cache.
 
-    python3 bench/fresh_install.py [--commit REV] [--label NAME]
+    .venv/bin/python bench/fresh_install.py [--commit REV] [--label NAME]
 
 Clones this repository at REV (default HEAD) into a temporary directory,
 points pip at an empty cache (PIP_CACHE_DIR), and times `make test` there:
