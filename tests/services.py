@@ -20,6 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -173,3 +174,25 @@ def service_url(name: str) -> str:
     if not url:
         raise ServiceUnavailable(f"{name} is not set: {os.environ.get(ERROR_ENV, 'the test services were not started')}")
     return url
+
+
+@contextlib.contextmanager
+def fresh_database(url: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database on the server at ``url`` (dropped afterwards): a test's own schema and rows."""
+    import asyncpg
+
+    name = f"modelyard_{os.getpid()}_{os.urandom(4).hex()}"
+    admin = urlparse(url)._replace(path="/postgres").geturl()
+
+    async def run(statement: str) -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    try:
+        yield urlparse(url)._replace(path=f"/{name}").geturl()
+    finally:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -136,30 +136,23 @@ def cmd_usage(args: argparse.Namespace) -> int:
     import asyncio
     import csv
 
-    from modelyard import server
-    from modelyard.store.ledger import LedgerWriter, ledger_sink
-    from modelyard.store.sqlite import Store
-
-    config = _load(args.config)
-    store = Store(server.data_dir_of(config, args.data_dir))
+    from modelyard.store.ledger import DatabaseLedger, LedgerWriter
 
     async def query() -> list[dict[str, object]]:
-        ledger = LedgerWriter(ledger_sink(store, args.database_url or os.environ.get("MODELYARD_DATABASE_URL")))
-        await ledger.sink.setup()
+        store = await _open_store(args)
+        ledger = LedgerWriter(DatabaseLedger(store.db))
         try:
             if args.export_trace:
                 return await ledger.trace(args.since, args.until)
             return await ledger.usage(tuple(g for g in args.group_by.split(",") if g), args.since, args.until)
         finally:
-            await ledger.sink.aclose()
+            await store.aclose()
 
     try:
         rows = asyncio.run(query())
-    except ValueError as exc:
+    except _open_store_errors() as exc:
         print(f"modelyard: {exc}", file=sys.stderr)
         return 2
-    finally:
-        store.close()
     if args.export_trace:
         return _write_trace(rows, args.export_trace)
     if args.csv:
@@ -179,6 +172,49 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_store_errors() -> tuple[type[Exception], ...]:
+    from modelyard.store.database import StoreUnavailable
+    from modelyard.store.migrations import SchemaTooNew
+
+    return (ValueError, StoreUnavailable, SchemaTooNew)
+
+
+async def _open_store(args: argparse.Namespace) -> Any:
+    """The server's store: PostgreSQL when --database-url (or MODELYARD_DATABASE_URL) names one, else the data directory's SQLite."""
+    from modelyard import server
+    from modelyard.store.store import open_store
+
+    data_dir = server.data_dir_of(_load(args.config), args.data_dir)
+    return await open_store(data_dir, getattr(args, "database_url", None) or os.environ.get("MODELYARD_DATABASE_URL"))
+
+
+async def _accounts_action(accounts: Any, args: argparse.Namespace, action: str) -> object:
+    from modelyard.store.accounts import AccountError
+
+    if action == "tenant-create":
+        return await accounts.create_tenant(args.tenant, args.rpm, args.tpm)
+    if action == "tenant-list":
+        return await accounts.tenants()
+    if action == "tenant-plan":
+        if not await accounts.set_plan(args.tenant, args.input_per_1m, args.output_per_1m, args.per_request):
+            raise AccountError(f"unknown tenant {args.tenant!r}")
+        return {"tenant": args.tenant, "input_per_1m": args.input_per_1m, "output_per_1m": args.output_per_1m, "per_request": args.per_request}
+    if action == "tenant-budget":
+        if not await accounts.set_budget(args.tenant, args.day, args.month, args.total):
+            raise AccountError(f"unknown tenant {args.tenant!r}")
+        return {"tenant": args.tenant, "day": args.day, "month": args.month, "total": args.total}
+    if action == "key-create":
+        models = [m for m in (args.models or "").split(",") if m] or None
+        budget = (args.budget_day, args.budget_month, args.budget_total)
+        return await accounts.create_key(args.tenant, args.name or "", models, args.max_class, args.rpm, args.tpm, budget)
+    if action == "key-list":
+        return await accounts.keys(args.tenant)
+    if not await accounts.revoke(args.key_id):
+        raise AccountError(f"no active key {args.key_id!r}")
+    return {"id": args.key_id, "revoked": True}
+
+
+
 GROUP_COLUMNS = ("tenant", "api_key", "requested_model", "served_model", "deployment", "workload", "day", "endpoint")
 
 
@@ -192,44 +228,21 @@ def _accounts_call(args: argparse.Namespace, action: str) -> int:
     """Tenant and key commands work on the data directory's store directly (a running server picks changes up within seconds)."""
     import asyncio
 
-    from modelyard import server
     from modelyard.store.accounts import AccountError, Accounts
-    from modelyard.store.sqlite import Store
-
-    store = Store(server.data_dir_of(_load(args.config), args.data_dir))
-    accounts = Accounts(store)
 
     async def run() -> object:
-        await accounts.setup()
-        if action == "tenant-create":
-            return await accounts.create_tenant(args.tenant, args.rpm, args.tpm)
-        if action == "tenant-list":
-            return await accounts.tenants()
-        if action == "tenant-plan":
-            if not await accounts.set_plan(args.tenant, args.input_per_1m, args.output_per_1m, args.per_request):
-                raise AccountError(f"unknown tenant {args.tenant!r}")
-            return {"tenant": args.tenant, "input_per_1m": args.input_per_1m, "output_per_1m": args.output_per_1m, "per_request": args.per_request}
-        if action == "tenant-budget":
-            if not await accounts.set_budget(args.tenant, args.day, args.month, args.total):
-                raise AccountError(f"unknown tenant {args.tenant!r}")
-            return {"tenant": args.tenant, "day": args.day, "month": args.month, "total": args.total}
-        if action == "key-create":
-            models = [m for m in (args.models or "").split(",") if m] or None
-            budget = (args.budget_day, args.budget_month, args.budget_total)
-            return await accounts.create_key(args.tenant, args.name or "", models, args.max_class, args.rpm, args.tpm, budget)
-        if action == "key-list":
-            return await accounts.keys(args.tenant)
-        if not await accounts.revoke(args.key_id):
-            raise AccountError(f"no active key {args.key_id!r}")
-        return {"id": args.key_id, "revoked": True}
+        store = await _open_store(args)
+        try:
+            return await _accounts_action(Accounts(store.db), args, action)
+        finally:
+            await store.aclose()
 
+    errors: tuple[type[Exception], ...] = (AccountError, *_open_store_errors())
     try:
         result = asyncio.run(run())
-    except AccountError as exc:
+    except errors as exc:
         print(f"modelyard: {exc}", file=sys.stderr)
         return 2
-    finally:
-        store.close()
     if action == "key-create":
         assert isinstance(result, dict)
         print(f"created key {result['id']} for tenant {result['tenant']}. It is shown once; store it now:\n{result['key']}")
@@ -295,6 +308,7 @@ def _add_account_commands(sub: Any, config_arg: Callable[[argparse.ArgumentParse
         for child in group.choices.values():
             config_arg(child)
             child.add_argument("--data-dir", help="the server's data directory (default ~/.cache/modelyard)")
+            child.add_argument("--database-url", help="postgresql://... when the servers keep their state there (default: the data directory's SQLite)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to bind (default 8000)")
     p.add_argument("--data-dir", help="where assembled models and state live (default ~/.cache/modelyard)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--database-url", help="postgresql://... to keep the usage ledger in PostgreSQL (default: SQLite in the data directory)")
+    p.add_argument("--database-url", help="postgresql://... to keep all state (tenants, keys, files, batch jobs, the ledger) in PostgreSQL, shared by every replica that names it (default: SQLite in the data directory)")
     p.add_argument("--redis-url", help="redis://... to count rate limits and budgets in Redis, shared by every replica that names it (default: in this process)")
     p.set_defaults(func=cmd_serve)
 
@@ -327,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where assembled models live (default ~/.cache/modelyard)")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("usage", help="requests, tokens and cost from the ledger", description="Aggregate the usage ledger (the data directory's SQLite file).")
+    p = sub.add_parser("usage", help="requests, tokens and cost from the ledger", description="Aggregate the usage ledger (the data directory's SQLite file, or PostgreSQL with --database-url).")
     config_arg(p)
     p.add_argument("--data-dir", help="the server's data directory (default ~/.cache/modelyard)")
     p.add_argument("--group-by", default="tenant,served_model,day", help="comma-separated: tenant, api_key, requested_model, served_model, deployment, workload, day, endpoint")
@@ -335,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", help="last day, YYYY-MM-DD")
     p.add_argument("--csv", action="store_true", help="CSV instead of a table")
     p.add_argument("--export-trace", metavar="FILE", help="write the chat and completion requests as a trace (JSONL) for replay and plan")
-    p.add_argument("--database-url", help="postgresql://... when the server keeps its ledger there")
+    p.add_argument("--database-url", help="postgresql://... when the servers keep their state there")
     p.set_defaults(func=cmd_usage)
 
     _add_account_commands(sub, config_arg)

@@ -23,11 +23,13 @@ from modelyard.pipeline.limits import LocalLimiter, SharedLimiter
 from modelyard.pipeline.route_inputs import RouterFileError, load_learned
 from modelyard.pipeline.stages import build_pipeline
 from modelyard.store.accounts import Accounts
-from modelyard.store.ledger import LedgerWriter, ledger_sink
+from modelyard.store.database import StoreUnavailable
+from modelyard.store.ledger import DatabaseLedger, LedgerWriter
+from modelyard.store.migrations import SchemaTooNew
 from modelyard.store.redis_budgets import RedisBudgets
 from modelyard.store.redis_client import SharedStateUnavailable, connect_redis
 from modelyard.store.redis_limits import RedisWindows
-from modelyard.store.sqlite import Store
+from modelyard.store.store import open_store
 
 log = logging.getLogger("modelyard")
 MASTER_KEY_ENV = "MODELYARD_MASTER_KEY"
@@ -71,7 +73,8 @@ async def serve_fleet(
     try:
         learned = load_learned(config)  # read before the models load: a bad router file fails in a second
         shared = await connect_redis(redis_url) if redis_url else None
-    except (RouterFileError, SharedStateUnavailable) as exc:
+        store = await open_store(data_dir, database_url)  # migrated before the models load: a schema problem fails in a second
+    except (RouterFileError, SharedStateUnavailable, StoreUnavailable, SchemaTooNew) as exc:
         log.error("cannot start: %s", exc)
         return 3
     limiter = SharedLimiter(RedisWindows(shared)) if shared is not None else LocalLimiter()
@@ -82,15 +85,15 @@ async def serve_fleet(
     except Exception as exc:  # every startup failure is reported the same way, without a traceback
         log.debug("startup failure", exc_info=True)
         log.error("cannot start: %s", exc)
+        await store.aclose()
         return 3
     dispatcher = Dispatcher(fleet, config)
     dispatcher.start()
-    store = Store(data_dir)
-    ledger = LedgerWriter(ledger_sink(store, database_url))
+    ledger = LedgerWriter(DatabaseLedger(store.db))
     await ledger.start()
     book = BudgetBook()
     budgets = LocalBudgets(book) if shared is None else SharedBudgets(RedisBudgets(shared, _hold_ttl_s(config)), book)
-    keyring = Keyring(Accounts(store), master_key, book, ledger.sink.spend_by_owner)
+    keyring = Keyring(Accounts(store.db), master_key, book, ledger.sink.spend_by_owner)
     await keyring.start()
     app = create_app(build_pipeline(dispatcher, config, learned, budgets, limiter=limiter), fleet, dispatcher, config, store, ledger, keyring)
     app.state.batches.start()  # resumes any job a previous run left unfinished
@@ -124,7 +127,7 @@ async def serve_fleet(
         await budgets.drain()
         if shared is not None:
             await shared.aclose()
-        store.close()
+        await store.aclose()
     return 0 if server.started else 3
 
 

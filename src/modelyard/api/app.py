@@ -34,13 +34,14 @@ from modelyard.config import FleetConfig
 from modelyard.economics.budget import BudgetBook
 from modelyard.errors import InvalidRequest, MethodNotAllowed, ModelNotFound, ModelyardError, NotFound, NotReady, PayloadTooLarge
 from modelyard.observe.metrics import Metrics
+from modelyard.pipeline.batch_runner import BatchRunner
 from modelyard.pipeline.batches import BatchService
 from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.pipeline.types import Handler, Request, Response
 from modelyard.protocol import Usage
 from modelyard.store.ledger import LedgerWriter
-from modelyard.store.sqlite import Store
+from modelyard.store.store import Store
 
 log = logging.getLogger("modelyard.api")
 
@@ -271,7 +272,9 @@ def create_app(
     ]
     observers: list[Observer] = [LedgerRecorder(ledger, config, lambda: keyring.plans).observe, metrics.observe, _finish_request]
     execute = line_executor(handler, keyring.policy_of, observers, ledger.flush)
-    batches = BatchService(store, execute, config.scheduling.batch_concurrency, config.scheduling.max_file_bytes)
+    scheduling = config.scheduling
+    runner = BatchRunner(store, execute, scheduling.batch_concurrency, scheduling.batch_lease_s)
+    batches = BatchService(store, runner, scheduling.max_file_bytes)
     routes += BatchRoutes(batches, config.server.max_body_bytes).routes()
     routes += AdminRoutes(keyring.accounts, keyring).routes()
     routes += DashboardRoutes(ledger, api.snapshot).routes()

@@ -92,7 +92,6 @@ class Keyring:
                         self.book.spent[slot] = self.book.spent.get(slot, 0.0) + cost
 
     async def start(self) -> None:
-        await self.accounts.setup()
         await self.refresh()
         await self.load_spend()
         self.task = asyncio.create_task(self._loop(), name="keyring-refresh")

@@ -221,6 +221,7 @@ def _parse_scheduling(r: Reader) -> SchedulingConfig:
         session_affinity_slack=r.integer("session_affinity_slack", d.session_affinity_slack, minimum=0),
         reserved_slots=r.integer("reserved_slots", d.reserved_slots, minimum=0),
         batch_concurrency=r.integer("batch_concurrency", d.batch_concurrency),
+        batch_lease_s=r.number("batch_lease_s", d.batch_lease_s, 1.0),
         max_file_bytes=r.integer("max_file_bytes", d.max_file_bytes),
     )
     r.reject_unknown()

@@ -192,7 +192,8 @@ class SchedulingConfig:
     tenant_weights: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     session_affinity_slack: int = 2
     reserved_slots: int = 1  # per deployment, slots only interactive and agent work may take
-    batch_concurrency: int = 2
+    batch_concurrency: int = 2  # lines each replica runs at once
+    batch_lease_s: float = 30.0  # a replica's claim on batch lines; renewed while it works, taken over when it dies
     max_file_bytes: int = 200 * 1024 * 1024
 
 

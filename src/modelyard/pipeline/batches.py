@@ -2,32 +2,29 @@
 class, survive crashes, and write output and error files.
 
 Statuses: validating → in_progress → finalizing → completed, or failed,
-cancelling → cancelled, expired. Each line's answer is recorded in the store
-the moment it exists and only once (a pending line can change, a finished one
-cannot), so a server killed mid-job resumes on restart and every line is
-answered exactly once.
+cancelling → cancelled, expired. Jobs are run by :mod:`batch_runner`, on
+whichever replica leases them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelyard.errors import InvalidRequest, NotFound
-from modelyard.store.sqlite import Store, new_id
+from modelyard.store.store import Store, new_id
+
+if TYPE_CHECKING:
+    from modelyard.pipeline.batch_runner import BatchRunner
 
 log = logging.getLogger("modelyard.batches")
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 WINDOWS = {"24h": 24 * 3600}
-MAX_LINE_TRIES = 5
-ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,15 +109,12 @@ def parse_line(number: int, raw: str, endpoint: str, seen: set[str]) -> tuple[st
 
 
 class BatchService:
-    """Files and batches for the API, and the background runner."""
+    """Files and batches for the API; :class:`BatchRunner` runs the jobs."""
 
-    def __init__(self, store: Store, execute: LineExecutor, concurrency: int, max_file_bytes: int) -> None:
+    def __init__(self, store: Store, runner: BatchRunner, max_file_bytes: int) -> None:
         self.store = store
-        self.execute = execute
-        self.concurrency = concurrency
+        self.runner = runner
         self.max_file_bytes = max_file_bytes
-        self.wakeup = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
 
     # -- files ---------------------------------------------------------------------------------
     async def upload(self, tenant: str, purpose: str, filename: str, content: bytes) -> dict[str, Any]:
@@ -142,7 +136,7 @@ class BatchService:
 
     async def content(self, tenant: str, file_id: str) -> bytes:
         await self.file(tenant, file_id)
-        return await asyncio.to_thread(self.store.file_path(file_id).read_bytes)
+        return await self.store.file_content(file_id)
 
     async def delete(self, tenant: str, file_id: str) -> dict[str, Any]:
         if not await self.store.delete_file(tenant, file_id):
@@ -174,7 +168,7 @@ class BatchService:
             "created_at": now, "expires_at": now + WINDOWS[str(window)],
         }
         await self.store.add_batch(row)
-        self.wakeup.set()
+        self.runner.wakeup.set()
         return await self.get(tenant, row["id"])
 
     async def get(self, tenant: str, batch_id: str) -> dict[str, Any]:
@@ -194,110 +188,12 @@ class BatchService:
             raise NotFound(f"No such batch: {batch_id}", param="batch_id")
         if not await self.store.set_status(batch_id, "cancelling", "cancelling_at", expected=("validating", "in_progress")):
             raise InvalidRequest(f"batch {batch_id} is {row['status']} and cannot be cancelled", code="invalid_state")
-        self.wakeup.set()
+        self.runner.wakeup.set()
         return await self.get(tenant, batch_id)
 
     # -- the runner ------------------------------------------------------------------------------
     def start(self) -> None:
-        self.task = asyncio.create_task(self._loop(), name="batch-runner")
+        self.runner.start()
 
     async def aclose(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                busy = await self._step()
-            except Exception:  # a broken batch must not stop the others
-                log.exception("batch runner step failed")
-                busy = False
-            if not busy:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.wakeup.wait(), 1.0)
-                self.wakeup.clear()
-
-    async def _step(self) -> bool:
-        """Advance every active batch once; True when there is more to do right away."""
-        busy = False
-        for row in await self.store.batches_in(ACTIVE):
-            status = row["status"]
-            if status == "validating":
-                await self._validate(row)
-                busy = True
-            elif status == "cancelling":
-                await self._finalize(row, "cancelled", "cancelled_at")
-            elif status == "finalizing":
-                await self._finalize(row, "completed", "completed_at")
-            elif time.time() > row["expires_at"]:
-                await self._finalize(row, "expired", "expired_at")
-            else:
-                busy = await self._run_some(row) or busy
-        return busy
-
-    async def _validate(self, row: dict[str, Any]) -> None:
-        path = self.store.file_path(row["input_file_id"])
-        try:
-            text = (await asyncio.to_thread(path.read_bytes)).decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            await self._fail(row, "invalid_file", f"cannot read the input file: {exc}")
-            return
-        seen: set[str] = set()
-        lines = []
-        for number, raw in enumerate(text.splitlines(), 1):
-            if not raw.strip():
-                continue
-            custom_id, request, problem = parse_line(number, raw, row["endpoint"], seen)
-            lines.append((number, custom_id, request, "error" if problem else "pending", json.dumps({"code": "invalid_request", "message": problem, "line": number}) if problem else None))
-        if not lines:
-            await self._fail(row, "empty_file", "the input file holds no request lines")
-            return
-        await self.store.start_batch(row["id"], lines)
-
-    async def _fail(self, row: dict[str, Any], code: str, message: str) -> None:
-        errors = {"object": "list", "data": [{"code": code, "message": message, "param": None, "line": None}]}
-        await self.store.set_status(row["id"], "failed", "failed_at", errors=json.dumps(errors))
-
-    async def _run_some(self, row: dict[str, Any]) -> bool:
-        pending = await self.store.pending_lines(row["id"], self.concurrency)
-        if not pending:
-            await self.store.set_status(row["id"], "finalizing", "finalizing_at", expected=("in_progress",))
-            return True
-        await asyncio.gather(*(self._run_line(row, line) for line in pending))
-        return True
-
-    async def _run_line(self, row: dict[str, Any], line: dict[str, Any]) -> None:
-        owner = BatchOwner(row["tenant"], row.get("api_key"))
-        result = await self.execute(row["endpoint"], json.loads(line["request"]), owner)
-        if result.wait_s > 0:
-            await asyncio.sleep(min(60.0, result.wait_s))
-            return  # stays pending, its tries untouched; tried again on a later step
-        if result.retryable and await self.store.bump_tries(row["id"], line["line_no"]) < MAX_LINE_TRIES:
-            await asyncio.sleep(min(30.0, result.retry_after_s))
-            return  # stays pending; tried again on a later step
-        response = {"status_code": result.status, "request_id": new_id("req_"), "body": result.body}
-        await self.store.finish_line(row["id"], line["line_no"], "done" if result.status == 200 else "error", response, None)
-
-    async def _finalize(self, row: dict[str, Any], status: str, when: str) -> None:
-        lines = await self.store.all_lines(row["id"])
-        outputs, errors = [], []
-        for line in lines:
-            entry_id = f"batch_req_{row['id'][6:]}_{line['line_no']}"
-            response = json.loads(line["response"]) if line["response"] else None
-            error = json.loads(line["error"]) if line["error"] else None
-            if line["state"] == "done":
-                outputs.append({"id": entry_id, "custom_id": line["custom_id"], "response": response, "error": None})
-            elif line["state"] == "error":
-                errors.append({"id": entry_id, "custom_id": line["custom_id"], "response": response, "error": error})
-        extra: dict[str, Any] = {}
-        if outputs:
-            extra["output_file_id"] = (await self.store.add_file(row["tenant"], "batch_output", f"{row['id']}_output.jsonl", _jsonl(outputs)))["id"]
-        if errors:
-            extra["error_file_id"] = (await self.store.add_file(row["tenant"], "batch_output", f"{row['id']}_error.jsonl", _jsonl(errors)))["id"]
-        await self.store.set_status(row["id"], status, when, **extra)
-
-
-def _jsonl(rows: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+        await self.runner.aclose()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import sqlite3
 import time
 from typing import Any
 
-from modelyard.store.sqlite import Store, new_id
+from modelyard.store.database import Connection, Database, DuplicateRow
+from modelyard.store.store import new_id
 
 KEY_PREFIX = "my-"
 
@@ -22,17 +22,6 @@ def hash_key(plaintext: str) -> str:
     """SHA-256 of the key: keys are 256-bit random, so a fast hash is enough (no dictionary to attack)."""
     return hashlib.sha256(plaintext.encode()).hexdigest()
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tenants (
-    id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, rpm INTEGER, tpm INTEGER,
-    budget_day REAL, budget_month REAL, budget_total REAL
-);
-CREATE TABLE IF NOT EXISTS api_keys (
-    id TEXT PRIMARY KEY, tenant TEXT NOT NULL REFERENCES tenants (id), name TEXT, hash TEXT NOT NULL UNIQUE,
-    hint TEXT NOT NULL, created_at INTEGER NOT NULL, revoked_at INTEGER, allowed_models TEXT,
-    max_class TEXT, rpm INTEGER, tpm INTEGER, budget_day REAL, budget_month REAL, budget_total REAL
-);
-"""
 WORKLOADS = ("interactive", "agent", "embedding", "background", "batch")
 BUDGET_COLUMNS = ("budget_day", "budget_month", "budget_total")
 PLAN_COLUMNS = ("plan_input_per_1m", "plan_output_per_1m", "plan_per_request")
@@ -43,53 +32,32 @@ class AccountError(ValueError):
 
 
 class Accounts:
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    """Tenants, their budgets and price plans, and API keys (schema: store/migrations.py)."""
 
-    async def setup(self) -> None:
-        def migrate(db: sqlite3.Connection) -> None:
-            db.executescript(SCHEMA)
-            have = {row[1] for row in db.execute("PRAGMA table_info(tenants)")}
-            for column in BUDGET_COLUMNS + PLAN_COLUMNS:
-                if column not in have:
-                    db.execute(f"ALTER TABLE tenants ADD COLUMN {column} REAL")
-            have_keys = {row[1] for row in db.execute("PRAGMA table_info(api_keys)")}
-            for column in BUDGET_COLUMNS:
-                if column not in have_keys:
-                    db.execute(f"ALTER TABLE api_keys ADD COLUMN {column} REAL")
-
-        await self.store.run(migrate)
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def set_budget(self, tenant: str, day: float | None, month: float | None, total: float | None) -> bool:
-        cursor = await self.store.run(lambda db: db.execute(
-            "UPDATE tenants SET budget_day = ?, budget_month = ?, budget_total = ? WHERE id = ?", (day, month, total, tenant)
-        ))
-        return bool(cursor.rowcount)
+        return bool(await self.db.execute("UPDATE tenants SET budget_day = ?, budget_month = ?, budget_total = ? WHERE id = ?", (day, month, total, tenant)))
 
     async def set_plan(self, tenant: str, input_per_1m: float, output_per_1m: float, per_request: float) -> bool:
         """What the tenant pays: per 1M prompt and completion tokens, and per successful request."""
-        cursor = await self.store.run(lambda db: db.execute(
+        return bool(await self.db.execute(
             "UPDATE tenants SET plan_input_per_1m = ?, plan_output_per_1m = ?, plan_per_request = ? WHERE id = ?",
             (input_per_1m, output_per_1m, per_request, tenant),
         ))
-        return bool(cursor.rowcount)
 
     async def create_tenant(self, tenant: str, rpm: int | None = None, tpm: int | None = None) -> dict[str, Any]:
         if not tenant or not tenant.replace("-", "").replace("_", "").isalnum():
             raise AccountError("a tenant id is letters, digits, '-' and '_'")
-
-        def insert(db: sqlite3.Connection) -> None:
-            try:
-                db.execute("INSERT INTO tenants (id, created_at, rpm, tpm) VALUES (?, ?, ?, ?)", (tenant, int(time.time()), rpm, tpm))
-            except sqlite3.IntegrityError:
-                raise AccountError(f"tenant {tenant!r} already exists") from None
-
-        await self.store.run(insert)
+        try:
+            await self.db.execute("INSERT INTO tenants (id, created_at, rpm, tpm) VALUES (?, ?, ?, ?)", (tenant, int(time.time()), rpm, tpm))
+        except DuplicateRow:
+            raise AccountError(f"tenant {tenant!r} already exists") from None
         return {"id": tenant, "rpm": rpm, "tpm": tpm}
 
     async def tenants(self) -> list[dict[str, Any]]:
-        rows = await self.store.run(lambda db: db.execute("SELECT * FROM tenants ORDER BY id").fetchall())
-        return [dict(r) for r in rows]
+        return await self.db.fetch("SELECT * FROM tenants ORDER BY id")
 
     async def create_key(
         self, tenant: str, name: str = "", allowed_models: list[str] | None = None, max_class: str | None = None,
@@ -105,32 +73,26 @@ class Accounts:
             "max_class": max_class, "rpm": rpm, "tpm": tpm, "budget_day": budget[0], "budget_month": budget[1], "budget_total": budget[2],
         }
 
-        def insert(db: sqlite3.Connection) -> None:
-            if db.execute("SELECT 1 FROM tenants WHERE id = ?", (tenant,)).fetchone() is None:
+        async def insert(conn: Connection) -> None:
+            if await conn.fetchone("SELECT 1 AS found FROM tenants WHERE id = ?", (tenant,)) is None:
                 raise AccountError(f"unknown tenant {tenant!r}; create it first")
-            db.execute(
-                "INSERT INTO api_keys (id, tenant, name, hash, hint, created_at, allowed_models, max_class, rpm, tpm, budget_day, budget_month, budget_total) "
-                "VALUES (:id, :tenant, :name, :hash, :hint, :created_at, :allowed_models, :max_class, :rpm, :tpm, :budget_day, :budget_month, :budget_total)", row,
-            )
+            await conn.execute(f"INSERT INTO api_keys ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", tuple(row.values()))
 
-        await self.store.run(insert)
+        await self.db.transaction(insert)
         return _public(row) | {"key": plaintext}
 
     async def keys(self, tenant: str | None = None) -> list[dict[str, Any]]:
         query = "SELECT * FROM api_keys" + (" WHERE tenant = ?" if tenant else "") + " ORDER BY created_at, id"
-        rows = await self.store.run(lambda db: db.execute(query, (tenant,) if tenant else ()).fetchall())
-        return [_public(dict(r)) for r in rows]
+        return [_public(r) for r in await self.db.fetch(query, (tenant,) if tenant else ())]
 
     async def revoke(self, key_id: str) -> bool:
-        cursor = await self.store.run(lambda db: db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (int(time.time()), key_id)))
-        return bool(cursor.rowcount)
+        return bool(await self.db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (int(time.time()), key_id)))
 
     async def active_keys(self) -> list[dict[str, Any]]:
         """Every key not revoked, with its hash and its tenant's limits."""
-        rows = await self.store.run(lambda db: db.execute(
+        return await self.db.fetch(
             "SELECT k.*, t.rpm AS tenant_rpm, t.tpm AS tenant_tpm FROM api_keys k JOIN tenants t ON t.id = k.tenant WHERE k.revoked_at IS NULL"
-        ).fetchall())
-        return [dict(r) for r in rows]
+        )
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
