@@ -21,11 +21,13 @@ from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.pipeline.limits import LocalLimiter, SharedLimiter
 from modelyard.pipeline.route_inputs import RouterFileError, load_learned
+from modelyard.pipeline.shared_breakers import SharedBreakers
 from modelyard.pipeline.stages import build_pipeline
 from modelyard.store.accounts import Accounts
 from modelyard.store.database import StoreUnavailable
 from modelyard.store.ledger import DatabaseLedger, LedgerWriter
 from modelyard.store.migrations import SchemaTooNew
+from modelyard.store.redis_breakers import RedisBreakers
 from modelyard.store.redis_budgets import RedisBudgets
 from modelyard.store.redis_client import SharedStateUnavailable, connect_redis
 from modelyard.store.redis_limits import RedisWindows
@@ -89,6 +91,9 @@ async def serve_fleet(
         return 3
     dispatcher = Dispatcher(fleet, config)
     dispatcher.start()
+    shared_breakers = SharedBreakers(RedisBreakers(shared), dispatcher.picker.breakers) if shared is not None else None
+    if shared_breakers is not None:
+        shared_breakers.start()
     ledger = LedgerWriter(DatabaseLedger(store.db))
     await ledger.start()
     book = BudgetBook()
@@ -119,6 +124,8 @@ async def serve_fleet(
     finally:
         log.info("stopping the fleet")
         await app.state.batches.aclose()
+        if shared_breakers is not None:
+            await shared_breakers.aclose()
         await dispatcher.aclose()
         await fleet.aclose()
         await ledger.aclose()  # after the last request: every row is written

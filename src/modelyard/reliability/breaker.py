@@ -28,6 +28,9 @@ class Transition:
     reason: str
 
 
+TransitionListener = Callable[[Transition], None]
+
+
 class CircuitBreaker:
     """Decides whether a deployment may take traffic, from its recent outcomes."""
 
@@ -40,10 +43,14 @@ class CircuitBreaker:
         self.probes_in_flight = 0
         self.outcomes: deque[tuple[float, bool]] = deque()
         self.transitions: list[Transition] = []
+        self.listener: TransitionListener | None = None  # told of this breaker's own transitions (shared breakers)
 
-    def _move(self, state: BreakerState, reason: str) -> None:
+    def _move(self, state: BreakerState, reason: str, tell: bool = True) -> None:
         self.state = state
-        self.transitions.append(Transition(self.clock(), state, reason))
+        transition = Transition(self.clock(), state, reason)
+        self.transitions.append(transition)
+        if self.listener is not None and tell:
+            self.listener(transition)
         if state == BreakerState.OPEN:
             self.opened_at = self.clock()
             self.probes_in_flight = 0
@@ -96,6 +103,13 @@ class CircuitBreaker:
         failures = sum(1 for _, ok in self.outcomes if not ok)
         if total >= self.policy.min_requests and failures / total >= self.policy.failure_rate:
             self._move(BreakerState.OPEN, f"failure rate {failures}/{total} over {self.policy.window_s:g}s")
+
+    def open_from_peer(self, reason: str, cooldown_left_s: float) -> None:
+        """Another replica opened its breaker for this deployment: open this one for the rest of that cool-down."""
+        if self.state == BreakerState.OPEN and self.policy.cooldown_s - (self.clock() - self.opened_at) >= cooldown_left_s:
+            return  # already open at least as long
+        self._move(BreakerState.OPEN, reason, tell=False)
+        self.opened_at = self.clock() - max(0.0, self.policy.cooldown_s - cooldown_left_s)
 
     def release_probe(self) -> None:
         """A probe ended without a verdict (e.g. the client went away)."""
