@@ -249,3 +249,18 @@ async def test_cancel_from_another_replica_waits_for_running_lines(store: Store)
     assert row is not None and row["status"] == "cancelled"
     done = [json.loads(line)["custom_id"] for line in (await store.file_content(row["output_file_id"])).decode().splitlines()]
     assert sorted(done) == ["c1", "c2"] and sorted(slow.calls) == ["c1", "c2"]
+
+
+async def test_a_replica_that_shuts_down_gives_its_lines_back_at_once(store: Store) -> None:
+    clock = Clock()
+    stuck = Executor(hold=True)
+    stopping = BatchRunner(store, stuck, concurrency=2, lease_s=30.0, replica="stopping", clock=clock, poll_s=0.01)
+    batch_id = await _submitted(store, 3)
+    stopping.start()
+    await stuck.started.wait()
+    while len(stuck.calls) < 2:
+        await asyncio.sleep(0)
+    await stopping.aclose()
+    assert await store.live_leases(batch_id, clock()) == 0
+    taken = await store.claim_lines(batch_id, "next", clock(), 30.0, 5)
+    assert [line["line_no"] for line in taken] == [1, 2, 3], "no wait for the lease to expire"

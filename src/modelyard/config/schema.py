@@ -193,7 +193,7 @@ class SchedulingConfig:
     session_affinity_slack: int = 2
     reserved_slots: int = 1  # per deployment, slots only interactive and agent work may take
     batch_concurrency: int = 2  # lines each replica runs at once
-    batch_lease_s: float = 30.0  # a replica's claim on batch lines; renewed while it works, taken over when it dies
+    batch_lease_s: float = 10.0  # a replica's claim on batch lines; renewed while it works, taken over when it dies
     max_file_bytes: int = 200 * 1024 * 1024
 
 

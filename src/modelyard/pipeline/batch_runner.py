@@ -47,7 +47,7 @@ class BatchRunner:
     """Runs leased batch work for one replica."""
 
     def __init__(
-        self, store: Store, execute: LineExecutor, concurrency: int, lease_s: float = 30.0,
+        self, store: Store, execute: LineExecutor, concurrency: int, lease_s: float = 10.0,
         replica: str | None = None, clock: Callable[[], float] = time.time, poll_s: float = 1.0,
     ) -> None:
         self.store = store
@@ -64,10 +64,15 @@ class BatchRunner:
         self.task = asyncio.create_task(self._loop(), name="batch-runner")
 
     async def aclose(self) -> None:
+        """Stop, and give back the lines this replica was answering so another takes them at once."""
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
+            try:
+                await self.store.release_owner(self.replica)
+            except Exception:  # the store is gone too: the leases expire instead
+                log.warning("could not give back batch leases at shutdown; they expire in %.0fs", self.lease_s, exc_info=True)
 
     async def _loop(self) -> None:
         while True:

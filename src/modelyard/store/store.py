@@ -180,6 +180,11 @@ class Store:
             (batch_id, line_no, owner),
         )
 
+    async def release_owner(self, owner: str) -> None:
+        """Give back every lease ``owner`` holds (a replica shutting down)."""
+        await self.db.execute("UPDATE batch_lines SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner = ? AND state = 'pending'", (owner,))
+        await self.db.execute("UPDATE batches SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner = ?", (owner,))
+
     async def live_leases(self, batch_id: str, now: float) -> int:
         """Pending lines some replica is working on right now."""
         row = await self.db.fetchone(
