@@ -318,7 +318,7 @@ async def fault_phase(rig: Rig, name: str, fault: Any, args: argparse.Namespace,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--batch-lines", type=int, default=300)
