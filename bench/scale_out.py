@@ -53,6 +53,8 @@ MASTER = "sk-bench-master"
 PRICE_OUT = 100.0  # USD per 1M completion tokens: 16 tokens = $0.0016 a request
 PER_REQUEST = 16 * PRICE_OUT / 1e6
 FLEET = """
+server:
+  durable_ledger: {durable}
 scheduling:
   batch_concurrency: 4
   batch_lease_s: 2
@@ -162,14 +164,14 @@ def new_key(base: str, tenant: str, budget: float | None = None) -> str:
     return str(response.json()["key"])
 
 
-def setup(tmp: Path, database: str) -> Rig:
+def setup(tmp: Path, database: str, durable: bool) -> Rig:
     rig = Rig(tmp, database, free_port())
     rig.start_redis()
     upstream_port = free_port()
     rig.upstream = start(["fake-upstream", "--port", str(upstream_port), "--latency-ms", "20", "--tokens", "16"], tmp / "upstream.log",
                          f"http://127.0.0.1:{upstream_port}/v1/models")
     config = tmp / "fleet.yaml"
-    config.write_text(FLEET.format(port=upstream_port, price=PRICE_OUT))
+    config.write_text(FLEET.format(port=upstream_port, price=PRICE_OUT, durable=str(durable).lower()))
     for name in ("a", "b"):
         rig.start_gateway(name, config)
     rig.ports |= {"one": free_port(), "two": free_port()}
@@ -322,7 +324,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--batch-lines", type=int, default=300)
-    parser.add_argument("--budget", type=float, default=250 * PER_REQUEST, help="the capped tenant's total budget in USD")
+    parser.add_argument("--budget", type=float, default=100 * PER_REQUEST, help="the capped tenant's total budget in USD (binds mid-phase)")
+    parser.add_argument("--durable-ledger", action=argparse.BooleanOptionalAction, default=True,
+                        help="server.durable_ledger on the replicas (default on; --no-durable-ledger shows the rows a kill loses without it)")
+    parser.add_argument("--name", default="scale_out", help="results file name under bench/results")
     parser.add_argument("--database-url", default=None, help="PostgreSQL server (default $MODELYARD_DATABASE_URL or 127.0.0.1:5432)")
     args = parser.parse_args()
     import os
@@ -332,7 +337,7 @@ def main() -> int:
     database = server.rsplit("/", 1)[0] + "/" + name
     asyncio.run(admin_sql(server, f'CREATE DATABASE "{name}"'))
     with tempfile.TemporaryDirectory(prefix="scale-out-") as tmp_name:
-        rig = setup(Path(tmp_name), database)
+        rig = setup(Path(tmp_name), database, args.durable_ledger)
         try:
             key = new_key(url(rig, "a"), "throughput")
             time.sleep(6)
@@ -359,7 +364,7 @@ def main() -> int:
     cpu_one = [p["cpu_ms_per_request"] for p in rounds["one"]]
     cpu_two = [p["cpu_ms_per_request"] for p in rounds["two"]]
     result = {
-        "machine": machine(), "seconds": args.seconds, "repeats": args.repeats, "concurrency": args.concurrency,
+        "machine": machine(), "durable_ledger": args.durable_ledger, "seconds": args.seconds, "repeats": args.repeats, "concurrency": args.concurrency,
         "rps_one_replica": median(one), "rps_two_replicas": median(two), "rps_ratio": (median(two) or 0) / (median(one) or 1),
         "rps_one_range": [min(one), max(one)], "rps_two_range": [min(two), max(two)],
         "cpu_ms_per_request_one": median(cpu_one), "cpu_ms_per_request_two": median(cpu_two),
@@ -368,7 +373,7 @@ def main() -> int:
         "ledger_rows_duplicated": killed["ledger_rows_duplicated"], "kill": killed, "redis_restart": redis_restart,
         "rounds": rounds,
     }
-    path = write_result("scale_out", result)
+    path = write_result(args.name, result)
     rows = [("", "value"), ("req/s one replica (median, range)", f"{median(one):.0f} [{min(one):.0f}-{max(one):.0f}]"),
             ("req/s two replicas", f"{median(two):.0f} [{min(two):.0f}-{max(two):.0f}]"), ("two / one", f"{result['rps_ratio']:.2f}x"),
             ("gateway CPU ms/request one / two", f"{median(cpu_one):.2f} / {median(cpu_two):.2f}")]

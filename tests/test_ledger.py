@@ -19,7 +19,7 @@ from modelyard.planning.traces import parse_trace
 from modelyard.protocol import Usage
 
 from .conftest import LiveServer, start_modelyard, write_config
-from .services import DATABASE_ENV, service_url
+from .services import DATABASE_ENV, fresh_database, service_url
 
 
 def test_cost_arithmetic() -> None:
@@ -126,3 +126,28 @@ def test_every_request_gets_a_ledger_row(tmp_path: Path, fake_upstream: LiveServ
     chats = [r for r in rows.values() if r["endpoint"] == "/v1/chat/completions"]
     assert len(trace) == len(chats) and trace[0].arrival_s == 0.0
     assert (3, 4, "priced", "default", "interactive") in {(t.input_tokens, t.output_tokens, t.model, t.tenant, t.workload) for t in trace}
+
+
+def test_a_durable_ledger_has_every_answered_requests_row_when_the_replica_is_killed(tmp_path: Path, fake_upstream: LiveServer) -> None:
+    """server.durable_ledger: the last byte waits for the row, so SIGKILL right after an answer loses nothing.
+
+    Without it rows wait up to a flush interval (0.25 s) in memory and the same kill loses the latest.
+    """
+    data = tmp_path / "data"
+    with fresh_database(POSTGRES) as database:
+        fleet = "server: {durable_ledger: true}\n" + FLEET.format(url=fake_upstream.url)
+        server = start_modelyard(tmp_path, write_config(tmp_path / "fleet.yaml", fleet), ["--data-dir", str(data), "--database-url", database])
+        try:
+            answered = [chat(server, "priced").headers["x-request-id"] for _ in range(5)]
+        finally:
+            server.stop(signal.SIGKILL)
+
+        async def fetch() -> set[str]:
+            conn = await asyncpg.connect(database)
+            try:
+                return {r["request_id"] for r in await conn.fetch("SELECT request_id FROM ledger")}
+            finally:
+                await conn.close()
+
+        written = asyncio.run(fetch())
+    assert set(answered) <= written

@@ -25,7 +25,7 @@ from modelyard.api.auth import AuthMiddleware, Keyring
 from modelyard.api.batch_lines import line_executor
 from modelyard.api.batch_routes import BatchRoutes
 from modelyard.api.dashboard_routes import DashboardRoutes
-from modelyard.api.middleware import Observer, RequestContextMiddleware
+from modelyard.api.middleware import LastByteHook, Observer, RequestContextMiddleware
 from modelyard.api.openapi import openapi_document
 from modelyard.api.record import note_request
 from modelyard.api.responses import JSONResponse
@@ -248,6 +248,16 @@ async def _unexpected(request: HTTPRequest, exc: Exception) -> HTTPResponse:
     return error_response(ModelyardError(f"internal error ({type(exc).__name__}); see the server log"))
 
 
+def _ledger_commit(ledger: LedgerWriter) -> LastByteHook:
+    """An inference response's last byte waits for its ledger row (server.durable_ledger)."""
+
+    async def commit(state: dict[str, Any]) -> None:
+        if "request" in state:  # an inference request: the observers have just recorded its row
+            await ledger.committed()
+
+    return commit
+
+
 def create_app(
     handler: Handler, fleet: FleetRuntime, dispatcher: Dispatcher, config: FleetConfig, store: Store, ledger: LedgerWriter, keyring: Keyring
 ) -> Starlette:
@@ -283,6 +293,6 @@ def create_app(
         exception_handlers={ModelyardError: _modelyard_error, HTTPException: _http_error, Exception: _unexpected},
     )
     app.add_middleware(AuthMiddleware, keyring=keyring)
-    app.add_middleware(RequestContextMiddleware, observers=observers)
+    app.add_middleware(RequestContextMiddleware, observers=observers, before_last_byte=_ledger_commit(ledger) if config.server.durable_ledger else None)
     app.state.batches = batches
     return app

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 Observer = Callable[[dict[str, Any], int, float], None]
+LastByteHook = Callable[[dict[str, Any]], Awaitable[None]]
 
 access_log = logging.getLogger("modelyard.access")
 REQUEST_ID_HEADER = b"x-request-id"
@@ -21,9 +22,10 @@ MAX_REQUEST_ID = 128
 class RequestContextMiddleware:
     """Gives every request an id (the client's ``x-request-id`` if sane) and logs it once when done."""
 
-    def __init__(self, app: ASGIApp, observers: list[Observer] | None = None) -> None:
+    def __init__(self, app: ASGIApp, observers: list[Observer] | None = None, before_last_byte: LastByteHook | None = None) -> None:
         self.app = app
         self.observers = observers or []
+        self.before_last_byte = before_last_byte  # awaited after the observers saw the request, before its last byte goes out
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,8 +53,12 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
+            last = message["type"] == "http.response.body" and not message.get("more_body", False)
+            if last and self.before_last_byte is not None:
+                log_once()
+                await self.before_last_byte(state)
             await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
+            if last:
                 log_once()
 
         try:

@@ -237,6 +237,7 @@ def _parse_server(r: Reader) -> ServerConfig:
         grace_period_s=r.number("grace_period_s", defaults.grace_period_s),
         data_dir=r.string("data_dir", defaults.data_dir),
         max_request_timeout_s=r.number("max_request_timeout_s", defaults.max_request_timeout_s, 0.001),
+        durable_ledger=r.boolean("durable_ledger", defaults.durable_ledger),
     )
     r.reject_unknown()
     return server

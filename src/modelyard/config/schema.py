@@ -180,6 +180,9 @@ class ServerConfig:
     grace_period_s: float = DEFAULT_GRACE_PERIOD_S
     data_dir: str = "~/.cache/modelyard"
     max_request_timeout_s: float = 600.0  # cap on the x-modelyard-timeout header
+    # true: a response's last byte waits until its ledger row is committed, so a replica killed at any moment
+    # loses no answered request's row (one database round trip per response, shared by concurrent ones).
+    durable_ledger: bool = False
 
 
 @dataclass(frozen=True, slots=True)

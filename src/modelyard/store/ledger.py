@@ -108,11 +108,19 @@ class DatabaseLedger:
 
 
 class LedgerWriter:
-    def __init__(self, sink: LedgerSink, flush_s: float = 0.25) -> None:
+    """Rows buffered off the request path and written every ``flush_s``, or at once for :meth:`committed`."""
+
+    def __init__(self, sink: LedgerSink, flush_s: float = 0.25, durable_wait_s: float = 2.0) -> None:
         self.sink = sink
         self.flush_s = flush_s
+        self.durable_wait_s = durable_wait_s
         self.buffer: list[tuple[Any, ...]] = []
         self.task: asyncio.Task[None] | None = None
+        self.recorded = 0  # rows recorded so far
+        self.written = 0  # rows written so far (the buffer holds the rest)
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._flushing = asyncio.Lock()  # one write at a time, so rows are written in the order recorded
 
     async def start(self) -> None:
         await self.sink.setup()
@@ -121,24 +129,50 @@ class LedgerWriter:
     def record(self, row: dict[str, Any]) -> None:
         """Queue one row (no I/O on the request path)."""
         self.buffer.append(tuple(row.get(c) for c in COLUMNS))
+        self.recorded += 1
+
+    async def committed(self) -> bool:
+        """Wait until every row recorded so far is written (rows of concurrent requests go in one write).
+
+        False when the database did not take them within ``durable_wait_s``: the rows stay buffered and
+        are written later, and the caller goes on rather than hang.
+        """
+        target = self.recorded
+        if self.written >= target:
+            return True
+        self._wake.set()
+        try:
+            async with self._progress:
+                await asyncio.wait_for(self._progress.wait_for(lambda: self.written >= target), self.durable_wait_s)
+            return True
+        except TimeoutError:
+            log.warning("ledger rows not committed within %.1fs; the response goes out and the rows are written later", self.durable_wait_s)
+            return False
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.flush_s)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_s)
+            self._wake.clear()
             try:
                 await self.flush()
             except Exception:  # the database is down: keep the rows and try again
                 log.exception("ledger flush failed; rows are kept for the next try")
+                await asyncio.sleep(self.flush_s)
 
     async def flush(self) -> None:
-        if not self.buffer:
-            return
-        rows, self.buffer = self.buffer, []
-        try:
-            await self.sink.insert(rows)
-        except BaseException:
-            self.buffer[:0] = rows  # nothing accepted is lost
-            raise
+        async with self._flushing:
+            if not self.buffer:
+                return
+            rows, self.buffer = self.buffer, []
+            try:
+                await self.sink.insert(rows)
+            except BaseException:
+                self.buffer[:0] = rows  # nothing accepted is lost
+                raise
+            self.written += len(rows)
+        async with self._progress:
+            self._progress.notify_all()
 
     async def usage(self, group_by: tuple[str, ...], since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
         """Aggregates per ``group_by`` columns, including rows not yet flushed."""
