@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from redis.asyncio import Redis
@@ -122,3 +122,39 @@ async def test_without_redis_each_replica_enforces_alone(caplog: pytest.LogCaptu
     assert "budgets are enforced per replica" in caplog.text
     await settled(budgets)
     await client.aclose()
+
+
+async def test_after_redis_restarts_empty_every_replica_reloads_everyones_spend(redis_pair: tuple[Redis, Redis, str]) -> None:
+    """The shared ledger holds what both replicas spent; the emptied Redis is refilled from it, not from each replica's own view."""
+    a, b = replicas(redis_pair, acme=BudgetLimits(total=0.05))
+    ledger: list[float] = []
+
+    def reloader(budgets: SharedBudgets) -> Callable[[], Awaitable[None]]:
+        async def reload() -> None:  # what Keyring.load_spend does with the ledger's sum
+            slot = ("acme", "total", period_keys(time.time())["total"])
+            budgets.book.spent[slot] = max(budgets.book.spent.get(slot, 0.0), sum(ledger))
+
+        return reload
+
+    a.reload, b.reload = reloader(a), reloader(b)
+
+    async def spend(budgets: SharedBudgets) -> bool:
+        if await attempt(budgets, ["acme"], COST):
+            ledger.append(COST)
+            return True
+        return False
+
+    for budgets in (a, b, a, b):
+        assert await spend(budgets)
+    await settled(a, b)
+    before = (a.restorations, b.restorations)  # a fresh Redis has no mark either: a restored it at its first check
+    client, _, prefix = redis_pair
+    await client.delete(*[k async for k in client.scan_iter(f"{prefix}:*")])  # Redis restarted with nothing
+    results = [await spend(budgets) for budgets in (a, b) * 5]
+    assert sum(results) == 1, "0.036 spent before the restart leaves room for one more 0.009, not three per replica"
+    assert (a.restorations - before[0], b.restorations - before[1]) == (1, 0), "the first replica to notice reloads; its figure is everyone's"
+    await settled(a, b)
+    await client.delete(*[k async for k in client.scan_iter(f"{prefix}:*")])
+    reloads = a.restorations
+    await asyncio.gather(*(a.reserve(["acme"], 0.0) for _ in range(20)))  # twenty requests notice the loss together
+    assert a.restorations == reloads + 1, "one reload for all of them"

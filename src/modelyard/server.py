@@ -99,6 +99,8 @@ async def serve_fleet(
     book = BudgetBook()
     budgets = LocalBudgets(book) if shared is None else SharedBudgets(RedisBudgets(shared, _hold_ttl_s(config)), book)
     keyring = Keyring(Accounts(store.db), master_key, book, ledger.sink.spend_by_owner)
+    if isinstance(budgets, SharedBudgets):
+        budgets.reload = keyring.load_spend  # after Redis restarts empty: everyone's spend from the shared ledger
     await keyring.start()
     app = create_app(build_pipeline(dispatcher, config, learned, budgets, limiter=limiter), fleet, dispatcher, config, store, ledger, keyring)
     app.state.batches.start()  # resumes any job a previous run left unfinished

@@ -78,18 +78,24 @@ class Keyring:
             self.book.limits = limits
 
     async def load_spend(self) -> None:
-        """What each tenant already spent, from the ledger (so budgets survive restarts)."""
+        """What each owner spent, from the ledger (so budgets survive restarts, and Redis losing its figures).
+
+        The book keeps the larger of what it knew and what the ledger says: the ledger may lag this
+        replica's own last requests, and holds everyone's requests up to its last write.
+        """
         if self.book is None or self.spend is None:
             return
         today, month = period_keys(time.time())["day"], period_keys(time.time())["month"]
+        ledger: dict[tuple[str, str, str], float] = {}
         for row in await self.spend():
             cost = row["cost"] or 0.0
             owners = [row["tenant"]] + ([key_owner(row["api_key"])] if row["api_key"] else [])
             for period, key in (("total", "all"), ("month", row["day"][:7]), ("day", row["day"])):
                 if period == "total" or key in (today, month):
                     for owner in owners:
-                        slot = (owner, period, key)
-                        self.book.spent[slot] = self.book.spent.get(slot, 0.0) + cost
+                        ledger[(owner, period, key)] = ledger.get((owner, period, key), 0.0) + cost
+        for slot, spent in ledger.items():
+            self.book.spent[slot] = max(self.book.spent.get(slot, 0.0), spent)
 
     async def start(self) -> None:
         await self.refresh()

@@ -6,9 +6,10 @@ by every replica that names the same one (:class:`SharedBudgets`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from modelyard.economics.budget import PERIODS, BudgetBook, Hold, key_owner, period_keys
@@ -16,13 +17,15 @@ from modelyard.errors import BudgetExceeded
 from modelyard.pipeline.costing import PriceCatalog
 from modelyard.pipeline.shared_writes import SharedWrites
 from modelyard.pipeline.types import Handler, Request, Response, Stage
-from modelyard.store.redis_budgets import OwnerCheck, RedisBudgets, Refusal, SharedHold
+from modelyard.store.redis_budgets import OwnerCheck, RedisBudgets, Refusal, SharedHold, StateLost
 from modelyard.store.redis_client import SharedStateUnavailable
 
 log = logging.getLogger("modelyard.budget")
 
 Commit = Callable[[float], None]  # called once with the request's actual cost
 
+
+SpendReload = Callable[[], Awaitable[None]]
 
 class Budgets(Protocol):
     book: BudgetBook  # the limits (kept current by the keyring) and this replica's view of the spend
@@ -90,20 +93,31 @@ class SharedBudgets:
     spent (passed along so a Redis that lost its data is corrected). When Redis cannot be
     reached, budgets are enforced by this replica alone, with a warning at most once a minute."""
 
-    def __init__(self, shared: RedisBudgets, book: BudgetBook, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, shared: RedisBudgets, book: BudgetBook, clock: Callable[[], float] = time.time, reload: SpendReload | None = None
+    ) -> None:
         self.shared = shared
         self.book = book
         self.clock = clock
+        self.reload = reload  # raises the book to everyone's spend (the shared ledger) after Redis lost its figures
         self.local = LocalBudgets(book, clock)
         self.writes = SharedWrites(log, "budgets are enforced per replica")
+        self._restoring = asyncio.Lock()
+        self.restorations = 0  # ledger reloads after Redis lost its figures
+        self._reloaded_at = -float("inf")
 
     async def reserve(self, owners: list[str], amount: float) -> Commit:
         periods = period_keys(self.clock())
-        checks = [self._check_of(owner, periods) for owner in owners]
+        sent_at = time.monotonic()
         try:
-            result = await self.shared.reserve(checks, amount, periods)
+            result = await self.shared.reserve([self._check_of(owner, periods) for owner in owners], amount, periods)
+            if isinstance(result, StateLost):
+                await self._restore(sent_at, owners)
+                result = await self.shared.reserve([self._check_of(owner, periods) for owner in owners], amount, periods)
         except SharedStateUnavailable as exc:
             self.writes.unavailable(exc)
+            return await self.local.reserve(owners, amount)
+        if isinstance(result, StateLost):  # emptied again at once: this replica's book decides this one
             return await self.local.reserve(owners, amount)
         if isinstance(result, Refusal):
             raise _refused(result.owner, result.left, amount)
@@ -111,6 +125,20 @@ class SharedBudgets:
 
     async def drain(self) -> None:
         await self.writes.drain()
+
+    async def _restore(self, sent_at: float, owners: list[str]) -> None:
+        """Reload everyone's spend into the book, then mark the owners' figures whole.
+
+        One reload serves every request that noticed the loss before it began (however many there were).
+        """
+        async with self._restoring:
+            if self._reloaded_at < sent_at:
+                self._reloaded_at = time.monotonic()
+                log.warning("Redis lost the shared budget figures (restarted empty?): reloading spend from the ledger")
+                if self.reload is not None:
+                    await self.reload()
+                self.restorations += 1
+            await self.shared.mark_kept(owners)
 
     def _check_of(self, owner: str, periods: dict[str, str]) -> OwnerCheck:
         limits = self.book.limits[owner]
