@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 # Set before torch or llama.cpp load anywhere in this process: spinning OpenMP
 # threads slowed inference 10-40x on small shared machines.
@@ -15,6 +15,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from modelyard.config import ConfigError, FleetConfig, load_config  # noqa: E402
 from modelyard.config.defaults import default_fleet  # noqa: E402
+
+if TYPE_CHECKING:
+    from modelyard.store.accounts import Accounts
+    from modelyard.store.store import Store
 
 
 def _load(path: str | None) -> FleetConfig:
@@ -179,7 +183,7 @@ def _open_store_errors() -> tuple[type[Exception], ...]:
     return (ValueError, StoreUnavailable, SchemaTooNew)
 
 
-async def _open_store(args: argparse.Namespace) -> Any:
+async def _open_store(args: argparse.Namespace) -> Store:
     """The server's store: PostgreSQL when --database-url (or MODELYARD_DATABASE_URL) names one, else the data directory's SQLite."""
     from modelyard import server
     from modelyard.store.store import open_store
@@ -188,7 +192,7 @@ async def _open_store(args: argparse.Namespace) -> Any:
     return await open_store(data_dir, getattr(args, "database_url", None) or os.environ.get("MODELYARD_DATABASE_URL"))
 
 
-async def _accounts_action(accounts: Any, args: argparse.Namespace, action: str) -> object:
+async def _accounts_action(accounts: Accounts, args: argparse.Namespace, action: str) -> object:
     from modelyard.store.accounts import AccountError
 
     if action == "tenant-create":
@@ -212,7 +216,6 @@ async def _accounts_action(accounts: Any, args: argparse.Namespace, action: str)
     if not await accounts.revoke(args.key_id):
         raise AccountError(f"no active key {args.key_id!r}")
     return {"id": args.key_id, "revoked": True}
-
 
 
 GROUP_COLUMNS = ("tenant", "api_key", "requested_model", "served_model", "deployment", "workload", "day", "endpoint")

@@ -14,6 +14,7 @@ or PostgreSQL ledger written by an earlier modelyard is adopted as version 1.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -110,10 +111,8 @@ async def migrate(db: Database, migrations: tuple[Migration, ...] = MIGRATIONS) 
             if migration.version > current:
                 await migration.apply(conn, db.dialect)
                 await conn.execute(
-                    "INSERT INTO schema_version (version, applied_at, description) VALUES (?, CURRENT_TIMESTAMP, ?)"
-                    if db.dialect == "sqlite" else
-                    "INSERT INTO schema_version (version, applied_at, description) VALUES (?, CAST(now() AS TEXT), ?)",
-                    (migration.version, migration.description),
+                    "INSERT INTO schema_version (version, applied_at, description) VALUES (?, ?, ?)",
+                    (migration.version, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), migration.description),
                 )
                 applied.append(migration.version)
         return applied
