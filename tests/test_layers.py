@@ -21,14 +21,14 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "modelyard"
 
 # A layer may import itself and anything to its right, never to its left.
-ORDER = ["cli", "server", "training", "planning", "api", "observe", "pipeline", "routing", "scheduling", "economics", "reliability", "backends", "store", "fleet", "data", "testing"]
-PEERS = {"routing", "scheduling", "economics", "reliability"}  # side by side; none imports another
+ORDER = ["cli", "server", "training", "planning", "api", "observe", "pipeline", "routing", "scheduling", "economics", "reliability", "shaping", "backends", "store", "fleet", "data", "testing"]
+PEERS = {"routing", "scheduling", "economics", "reliability", "shaping"}  # side by side; none imports another
 CORE = {"errors", "protocol", "config", "__init__"}
 PURE = PEERS
 # What a pure layer may import from outside the package: data and maths, nothing that reaches a disk, a socket, a thread or a clock.
 PURE_ALLOWED = {
     "__future__", "typing", "collections", "dataclasses", "enum", "math", "statistics", "random", "re", "bisect", "heapq",
-    "itertools", "functools", "operator", "abc", "datetime", "hashlib", "json", "numpy", "string", "unicodedata", "zlib", "jsonschema",
+    "itertools", "functools", "operator", "abc", "datetime", "hashlib", "json", "numpy", "string", "unicodedata", "zlib", "jsonschema", "ipaddress",
 }
 CLOCK_CALLS = {"now", "utcnow", "today", "monotonic", "time", "perf_counter"}
 

@@ -102,7 +102,7 @@ async def serve_fleet(
     if isinstance(budgets, SharedBudgets):
         budgets.reload = keyring.load_spend  # after Redis restarts empty: everyone's spend from the shared ledger
     await keyring.start()
-    app = create_app(build_pipeline(dispatcher, config, learned, budgets, limiter=limiter), fleet, dispatcher, config, store, ledger, keyring)
+    app = create_app(build_pipeline(dispatcher, config, learned, budgets, limiter=limiter, redis=shared), fleet, dispatcher, config, store, ledger, keyring)
     app.state.batches.start()  # resumes any job a previous run left unfinished
     uv_config = uvicorn.Config(
         app,

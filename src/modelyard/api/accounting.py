@@ -58,4 +58,6 @@ class LedgerRecorder:
             "ttft_ms": round(ok[0].ttft_s * 1000, 3) if ok and ok[0].ttft_s is not None else None,
             "status": status,
             "error_type": state.get("error"),
+            "cache": request.cache or None,
+            "saved_usd": request.saved_usd,
         })

@@ -97,6 +97,8 @@ class Api:
             "x-modelyard-deployment": response.deployment,
             "x-modelyard-route": f"{response.route_reason}; model={response.model}",
             "x-modelyard-attempts": str(len(request.attempts)),
+            **({"x-modelyard-cache": "bypass"} if request.operation != "embedding" else {}),
+            **request.response_headers,
             **request.ratelimit,
         }
 

@@ -1,6 +1,7 @@
 """Typed, immutable fleet configuration and its loader."""
 
 from modelyard.config.loader import ConfigError, load_config, parse_config
+from modelyard.config.reader import Reader
 from modelyard.config.schema import (
     AliasConfig,
     BatchingPolicy,
@@ -15,6 +16,7 @@ from modelyard.config.schema import (
     RouteRule,
     SchedulingConfig,
     ServerConfig,
+    StageConfig,
     Timeouts,
     ValidatorConfig,
 )
@@ -33,7 +35,9 @@ __all__ = [
     "RetryPolicy",
     "RouteRule",
     "SchedulingConfig",
+    "Reader",
     "ServerConfig",
+    "StageConfig",
     "Timeouts",
     "ValidatorConfig",
     "load_config",

@@ -15,6 +15,8 @@ import yaml
 from modelyard.config.aliases import parse_aliases
 from modelyard.config.reader import ConfigError, Reader, show
 from modelyard.config.schema import (
+    STAGE_SLOTS,
+    AliasConfig,
     BatchingPolicy,
     BreakerPolicy,
     DeploymentConfig,
@@ -25,6 +27,7 @@ from modelyard.config.schema import (
     RetryPolicy,
     SchedulingConfig,
     ServerConfig,
+    StageConfig,
     Timeouts,
 )
 
@@ -59,8 +62,26 @@ def parse_config(data: Any, source: str = "<config>") -> FleetConfig:
     aliases = parse_aliases(root, models)
     server = _parse_server(root.child("server"))
     scheduling = _parse_scheduling(root.child("scheduling"))
-    root.reject_unknown({"models", "aliases", "server", "scheduling"})
-    return FleetConfig(models=models, aliases=aliases, server=server, scheduling=scheduling, source=source)
+    stages = tuple(_parse_stage(r, models, aliases) for r in root.each("stages", "stages"))
+    root.reject_unknown({"models", "aliases", "server", "scheduling", "stages"})
+    return FleetConfig(models=models, aliases=aliases, server=server, scheduling=scheduling, stages=stages, source=source)
+
+
+def _parse_stage(r: Reader, models: tuple[ModelConfig, ...], aliases: tuple[AliasConfig, ...]) -> StageConfig:
+    known = {m.name for m in models} | {a.name for a in aliases}
+    names = r.names("models")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise r.fail("models", f"no model or alias named {', '.join(unknown)}")
+    options = r.get("options", {}) or {}
+    if not isinstance(options, Mapping):
+        raise r.fail("options", "expected a mapping of the stage's options")
+    stage = StageConfig(
+        kind=r.string("kind"), slot=r.choice("slot", ("", *STAGE_SLOTS), ""), models=names, tenants=r.names("tenants"),
+        options=MappingProxyType(dict(options)), path=r.path,
+    )
+    r.reject_unknown()
+    return stage
 
 
 def _parse_models(root: Reader) -> tuple[ModelConfig, ...]:

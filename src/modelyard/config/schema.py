@@ -200,6 +200,26 @@ class SchedulingConfig:
     max_file_bytes: int = 200 * 1024 * 1024
 
 
+STAGE_SLOTS = ("before_route", "after_route", "after_call")
+
+
+@dataclass(frozen=True, slots=True)
+class StageConfig:
+    """One optional pipeline stage, chosen by ``kind`` from the stage registry, in one slot, for some requests.
+
+    ``models`` (requested model or alias names) and ``tenants`` narrow where it
+    applies (empty: everywhere). ``options`` are the stage's own, checked by the
+    stage when the pipeline is built.
+    """
+
+    kind: str
+    slot: str = ""  # one of STAGE_SLOTS; empty: the stage's default slot
+    models: tuple[str, ...] = ()
+    tenants: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    path: str = ""  # where in the fleet file it was declared (for messages)
+
+
 @dataclass(frozen=True, slots=True)
 class FleetConfig:
     """The whole fleet: models, aliases and server settings."""
@@ -208,6 +228,7 @@ class FleetConfig:
     aliases: tuple[AliasConfig, ...] = ()
     server: ServerConfig = field(default_factory=ServerConfig)
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
+    stages: tuple[StageConfig, ...] = ()
     source: str = "<embedded default fleet>"
 
     def model(self, name: str) -> ModelConfig | None:

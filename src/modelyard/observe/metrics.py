@@ -71,6 +71,9 @@ class Metrics:
         self.routed = Counter("modelyard_routed_requests", "alias requests by the model that answered and how it was chosen", ["alias", "model", "route"], registry=self.registry)
         self.predicted = Histogram("modelyard_route_predicted_quality", "the learned router's predicted chance of a good answer for the model it chose",
                                    ["alias", "model"], buckets=QUALITY_BUCKETS, registry=self.registry)
+        self.cache = Counter("modelyard_cache_requests", "requests a response cache stage saw, by outcome (hit, miss, bypass)", ["model", "result"], registry=self.registry)
+        self.saved = Counter("modelyard_cache_saved_usd", "what cache hits saved: the cost of the cached answers when they were made", ["model", "tenant"],
+                             registry=self.registry)
         self.registry.register(FleetCollector(snapshot))
 
     def observe(self, state: dict[str, Any], status: int, seconds: float) -> None:
@@ -94,6 +97,15 @@ class Metrics:
         if state.get("cost_usd"):
             self.cost.labels(model, getattr(request, "tenant", "")).inc(state["cost_usd"])
         self._observe_route(request, model)
+        self._observe_cache(request, model)
+
+    def _observe_cache(self, request: Any, model: str) -> None:
+        outcome = getattr(request, "cache", "")
+        if not outcome:
+            return  # no cache stage applied
+        self.cache.labels(model, outcome).inc()
+        if request.saved_usd:
+            self.saved.labels(model, request.tenant).inc(request.saved_usd)
 
     def _observe_route(self, request: Any, model: str) -> None:
         kind = getattr(request, "route_kind", "")

@@ -18,6 +18,10 @@ class PriceCatalog:
         work = [*request.attempts, *request.overhead]
         return request_cost((AttemptUse(a.deployment, a.usage, a.busy_s) for a in work), self.prices)
 
+    def answer_cost(self, request: Request) -> float:
+        """The attempts alone (what a cached copy of the answer saves next time), without routing's calls."""
+        return request_cost((AttemptUse(a.deployment, a.usage, a.busy_s) for a in request.attempts), self.prices)
+
     def worst_case(self, request: Request) -> float:
         """The most one attempt of this request can cost on any deployment it may be sent to.
 

@@ -82,16 +82,27 @@ class RouteInputs:
 
         With ``charge`` the call's attempts are added to the request's overhead, so its cost is the request's.
         """
-        probe = Request(
-            operation="embedding", model=alias.embedding_model, request_id=f"{request.request_id}:route",
-            inputs=texts, workload="embedding", tenant=request.tenant, deadline=request.deadline,
-        )
-        try:
-            _, _, result = await self.dispatcher.embed(probe, [alias.embedding_model])
-        except ModelyardError as exc:
-            log.warning("alias %s: cannot embed for routing (%s); routing by rules", alias.name, exc.message)
-            return None
-        finally:
-            if charge:
-                request.overhead.extend(probe.attempts)
-        return normalise(np.asarray(result.vectors, dtype=np.float32))
+        vectors = await embed_for(self.dispatcher, alias.embedding_model, texts, request, "route", charge)
+        if vectors is None:
+            log.warning("alias %s: cannot embed for routing; routing by rules", alias.name)
+        return vectors
+
+
+async def embed_for(dispatcher: Dispatcher, model: str, texts: list[str], request: Request, purpose: str, charge: bool) -> npt.NDArray[np.float32] | None:
+    """Normalised vectors of ``texts`` from ``model`` on the request's behalf (its tenant and deadline), or None when it cannot answer.
+
+    With ``charge`` the call's attempts are added to ``request.overhead``: work done for the request that is not its answer.
+    """
+    probe = Request(
+        operation="embedding", model=model, request_id=f"{request.request_id}:{purpose}",
+        inputs=texts, workload="embedding", tenant=request.tenant, deadline=request.deadline,
+    )
+    try:
+        _, _, result = await dispatcher.embed(probe, [model])
+    except ModelyardError as exc:
+        log.warning("cannot embed for %s with %s: %s", purpose, model, exc.message)
+        return None
+    finally:
+        if charge:
+            request.overhead.extend(probe.attempts)
+    return normalise(np.asarray(result.vectors, dtype=np.float32))

@@ -1,8 +1,9 @@
 """The pipeline's stages, each a function from the next handler to a handler.
 
 Order (DESIGN.md): authenticate → classify → cache → guard → augment → route →
-schedule → call → validate → account. Stages that other issues add slot into
-:func:`build_pipeline`'s list; each one stays a few lines.
+schedule → call → validate → account. Optional stages (cache, context budget,
+PII filter) are configured in the fleet file and placed in named slots by
+:mod:`modelyard.pipeline.slots`; each built-in one stays a few lines.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+
+from redis.asyncio import Redis
 
 from modelyard.config import FleetConfig
 from modelyard.errors import InvalidRequest
@@ -19,6 +22,8 @@ from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.limits import Limiter, LocalLimiter, limits
 from modelyard.pipeline.quality import quality
 from modelyard.pipeline.route_inputs import RouteInputs
+from modelyard.pipeline.slots import StageEnvironment, build_stages
+from modelyard.pipeline.stage_registry import default_registry
 from modelyard.pipeline.types import WORKLOAD_CLASSES, Handler, Lifecycle, Request, Response, Stage
 from modelyard.protocol import ModelCall
 from modelyard.routing.learned import LearnedRouter
@@ -172,14 +177,20 @@ def _nth_choice(call: ModelCall, index: int) -> ModelCall:
 
 def build_pipeline(
     dispatcher: Dispatcher, config: FleetConfig, learned: dict[str, LearnedRouter], budgets: Budgets | None = None, extra: list[Stage] | None = None,
-    limiter: Limiter | None = None, clock: Callable[[], float] | None = None,
+    limiter: Limiter | None = None, clock: Callable[[], float] | None = None, redis: Redis | None = None,
 ) -> Handler:
     """Compose the stages, outermost first, around the backend call (``learned``: :func:`load_learned`'s routers;
     ``budgets`` and ``limiter``: where budgets and rate limits are counted; no budgets, limits in this process by default;
-    ``clock``: what deadlines are measured on, the dispatcher's clock by default)."""
+    ``clock``: what deadlines are measured on, the dispatcher's clock by default; ``redis``: where configured stages
+    keep shared state, such as the response cache)."""
+    clock = clock or dispatcher.clock
+    optional = build_stages(config, StageEnvironment(config, dispatcher, redis, clock), default_registry())
     spend = [budget(budgets, PriceCatalog(config))] if budgets is not None else []
     inputs = RouteInputs(dispatcher, learned)
-    stages: list[Stage] = [classify(config, clock or dispatcher.clock), limits(limiter or LocalLimiter()), *(extra or []), route(config, inputs), *spend, quality(config)]
+    stages: list[Stage] = [
+        classify(config, clock), limits(limiter or LocalLimiter()), *(extra or []), *optional.slot("before_route"),
+        route(config, inputs), *optional.slot("after_route"), *spend, quality(config), *optional.slot("after_call"),
+    ]
     handler = call_backend(dispatcher)
     for stage in reversed(stages):
         handler = stage(handler)

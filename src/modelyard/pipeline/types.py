@@ -79,6 +79,9 @@ class Request:
     attempts: list[Attempt] = field(default_factory=list)
     overhead: list[Attempt] = field(default_factory=list)  # work for the request that is not an answer (routing embeddings): costed, not counted as attempts or tokens
     finalizers: list[Callable[[], None]] = field(default_factory=list)
+    cache: str = ""  # what the response cache did: hit | miss | bypass (empty: no cache stage applied)
+    saved_usd: float = 0.0  # a cache hit: what the cached answer cost when it was made
+    response_headers: dict[str, str] = field(default_factory=dict)  # x-modelyard-* headers stages add to the response
 
     def finish(self) -> None:
         """Run what stages left for the end (settle rate limits, commit budgets), once.

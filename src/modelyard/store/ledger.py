@@ -21,6 +21,7 @@ log = logging.getLogger("modelyard.ledger")
 COLUMNS = (
     "ts", "day", "request_id", "endpoint", "tenant", "api_key", "workload", "session", "requested_model", "served_model",
     "deployment", "route", "attempts", "prompt_tokens", "completion_tokens", "cost_usd", "revenue_usd", "latency_ms", "ttft_ms", "status", "error_type",
+    "cache", "saved_usd",
 )
 RECENT = "ts, tenant, requested_model, served_model, route, latency_ms, status, cost_usd, revenue_usd"
 # What a trace needs: arrival (the row is written when the request ends), sizes, who and what.
@@ -32,7 +33,8 @@ GROUPABLE = ("tenant", "api_key", "requested_model", "served_model", "deployment
 AGGREGATES = (
     "COUNT(*) AS requests, SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS errors, SUM(prompt_tokens) AS prompt_tokens, "
     "SUM(completion_tokens) AS completion_tokens, SUM(attempts) AS attempts, SUM(cost_usd) AS cost_usd, "
-    "SUM(COALESCE(revenue_usd, 0)) AS revenue_usd, SUM(COALESCE(revenue_usd, 0)) - SUM(cost_usd) AS margin_usd, AVG(latency_ms) AS avg_latency_ms"
+    "SUM(COALESCE(revenue_usd, 0)) AS revenue_usd, SUM(COALESCE(revenue_usd, 0)) - SUM(cost_usd) AS margin_usd, AVG(latency_ms) AS avg_latency_ms, "
+    "SUM(CASE WHEN cache = 'hit' THEN 1 ELSE 0 END) AS cache_hits, SUM(COALESCE(saved_usd, 0)) AS saved_usd"
 )
 
 

@@ -82,9 +82,16 @@ async def _v2(conn: Connection, dialect: str) -> None:
         await conn.execute(ddl(statement, dialect))
 
 
+async def _v3(conn: Connection, dialect: str) -> None:
+    """The response cache in the ledger: what each request's cache did and what a hit saved."""
+    for statement in ("ALTER TABLE ledger ADD COLUMN cache TEXT", "ALTER TABLE ledger ADD COLUMN saved_usd {real}"):
+        await conn.execute(ddl(statement, dialect))
+
+
 MIGRATIONS = (
     Migration(1, "tenants, keys, files, batches, batch lines, ledger", _v1),
     Migration(2, "batch and line leases; file contents in the database", _v2),
+    Migration(3, "ledger: cache outcome and saved cost", _v3),
 )
 LATEST = MIGRATIONS[-1].version
 

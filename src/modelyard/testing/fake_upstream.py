@@ -14,6 +14,9 @@ headers, so one server can script many cases:
 - ``x-fake-content-type``: answer 200 with an HTML page instead of the API response
 - ``x-fake-text``: the reply text (split on spaces into tokens) instead of the word list
 - ``x-fake-logprob``: the logprob reported for every token when logprobs are requested
+- ``x-fake-echo``: reply with the last message's text (or the prompt), split on spaces into tokens
+
+``GET /received`` lists the last 100 generation request bodies, as received.
 
 A running server also takes a fault for every later request at ``POST /fault``
 (``{"mode": "hang" | "slow" | "status" | null, "status": 500, "latency_ms": 5000}``):
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, AsyncIterable, AsyncIterator
 
@@ -68,6 +72,7 @@ LOAD_SCALE = 8  # without a capacity, /metrics reports KV usage as in-flight req
 
 def create_fake_app(script: FakeScript) -> Starlette:
     counter = {"requests": 0, "in_flight": 0}
+    received: deque[Any] = deque(maxlen=100)
     fault: dict[str, Any] = {"mode": None}
     slots = asyncio.Semaphore(script.capacity) if script.capacity > 0 else None
 
@@ -87,6 +92,7 @@ def create_fake_app(script: FakeScript) -> Starlette:
 
     async def _generate_counted(request: Request) -> Response:
         body = orjson.loads(await request.body())
+        received.append(body)
         if fault["mode"] is not None:
             return await _injected(fault)
         if slots is None:
@@ -121,6 +127,9 @@ def create_fake_app(script: FakeScript) -> Starlette:
     async def stats(request: Request) -> Response:
         return _json(counter)
 
+    async def received_bodies(request: Request) -> Response:
+        return _json(list(received))
+
     async def metrics(request: Request) -> Response:
         """Load under vLLM's metric names, so load-aware balancing can be tested against it."""
         capacity = script.capacity or LOAD_SCALE
@@ -139,6 +148,7 @@ def create_fake_app(script: FakeScript) -> Starlette:
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/stats", stats, methods=["GET"]),
+        Route("/received", received_bodies, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/fault", set_fault, methods=["POST"]),
     ])
@@ -179,6 +189,8 @@ async def _generate(request: Request, body: Any, script: FakeScript) -> Response
     if request.headers.get("x-fake-content-type"):
         return Response(b"<html><body>502 Bad Gateway</body></html>", media_type="text/html")
     scripted = request.headers.get("x-fake-text")
+    if request.headers.get("x-fake-echo"):
+        scripted = _last_text(body)
     words = scripted.split(" ")[:tokens] if scripted else [WORDS[i % len(WORDS)] for i in range(tokens)]
     tokens = len(words)
     logprob = _setting(request, "x-fake-logprob", -0.1) if body.get("logprobs") else None
@@ -196,6 +208,12 @@ async def _generate(request: Request, body: Any, script: FakeScript) -> Response
     return _json({"id": "fake-1", "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                   "model": model, "choices": [choice | {"finish_reason": "length" if tokens else "stop"}], "usage": usage})
 
+
+
+def _last_text(body: dict[str, Any]) -> str:
+    messages = body.get("messages") or []
+    content = messages[-1].get("content") if messages else body.get("prompt")
+    return content if isinstance(content, str) and content else "(nothing)"
 
 
 def _prompt_tokens(body: dict[str, Any]) -> int:
