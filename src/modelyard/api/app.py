@@ -79,7 +79,7 @@ class Api:
     book: BudgetBook | None = None
 
     def _headers(self, request: HTTPRequest) -> dict[str, str]:
-        return {k: v for k, v in request.headers.items() if k.startswith("x-modelyard-")}
+        return {k: v for k, v in request.headers.items() if k.startswith("x-modelyard-") or k == "cache-control"}
 
     def _identify(self, http: HTTPRequest, request: Request) -> Request:
         """The caller's tenant and key policy, set by the auth middleware."""

@@ -3,7 +3,7 @@
 The budget is ``max_prompt_tokens`` when given, else the smallest context
 window among the models the request may go to (the served model and its
 fallbacks) minus what the answer may take (``max_tokens``, or
-``reserve_tokens``). Tokens are counted by a declared approximation (UTF-8
+``reserve_tokens``, at most half the window). Tokens are counted by a declared approximation (UTF-8
 bytes over ``chars_per_token``, 3 by default: above the shipped models' real
 count on English text, so a trimmed conversation fits their windows).
 Older turns are dropped as :mod:`modelyard.shaping.context` describes; the
@@ -49,9 +49,12 @@ class ContextBudget:
 
     def budget(self, request: Request) -> int:
         assert request.call is not None
-        answer = request.call.sampling.max_tokens or self.options.reserve_tokens
         windows = [m.context_window for m in (self.config.model(n) for n in request.plan or [request.served_model or ""]) if m is not None]
-        fit = min(windows) - answer if windows else None
+        if not windows:
+            fit = None
+        else:  # the answer's share: max_tokens, else the reserve (at most half the window)
+            answer = request.call.sampling.max_tokens or min(self.options.reserve_tokens, min(windows) // 2)
+            fit = min(windows) - answer
         limits = [v for v in (self.options.max_prompt_tokens, fit) if v is not None]
         return max(0, min(limits)) if limits else 1 << 30
 

@@ -75,7 +75,9 @@ def parse_options(r: Reader, environment: StageEnvironment) -> CacheOptions:
 
 def _parse_semantic(r: Reader, environment: StageEnvironment) -> SemanticOptions:
     embedders = [m.name for m in environment.config.models if m.kind == "embedding"]
-    model = r.string("embedding_model", embedders[0] if embedders else "")
+    if not embedders:
+        raise r.fail("embedding_model", "a semantic cache needs an embedding model, and the fleet has none")
+    model = r.string("embedding_model", embedders[0])
     found = environment.config.model(model)
     if found is None or found.kind != "embedding":
         raise r.fail("embedding_model", f"expected an embedding model of the fleet ({', '.join(embedders) or 'none configured'})")

@@ -47,7 +47,8 @@ def features(similarity: float, query: str, cached: str) -> npt.NDArray[np.float
     jaccard = len(q & c) / len(union) if union else 1.0
     length = min(len(q), len(c)) / max(len(q), len(c), 1)
     content = len({w for w in q ^ c if w not in STOPWORDS})
-    return np.array([1.0, similarity, similarity * similarity, jaccard, length, min(content, 10) / 10.0])
+    z = (similarity - 0.9) / 0.05  # scaled, so the light ridge penalty does not flatten the similarity's effect
+    return np.array([1.0, z, z * z, jaccard, length, min(content, 10) / 10.0])
 
 
 @dataclass
@@ -95,7 +96,7 @@ class AdaptiveThreshold:
         self.weights = _logistic(np.stack([x for x, _ in self.samples]), labels, self.weights)
 
 
-def _logistic(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], start: npt.NDArray[np.float64] | None, l2: float = 1e-3, steps: int = 25) -> npt.NDArray[np.float64]:
+def _logistic(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], start: npt.NDArray[np.float64] | None, l2: float = 1e-4, steps: int = 25) -> npt.NDArray[np.float64]:
     """Maximum-likelihood weights by Newton's method (IRLS), lightly regularised."""
     w = np.zeros(x.shape[1]) if start is None else start.copy()
     ridge = l2 * len(y) * np.eye(x.shape[1])

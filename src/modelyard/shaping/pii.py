@@ -62,7 +62,7 @@ def ipv6_ok(text: str) -> bool:
 
 def card_ok(text: str) -> bool:
     digits = re.sub(r"[ -]", "", text)
-    return 13 <= len(digits) <= 19 and luhn_ok(digits)
+    return 12 <= len(digits) <= 19 and luhn_ok(digits)  # Maestro numbers start at 12 digits
 
 
 def phone_ok(text: str) -> bool:
@@ -80,9 +80,9 @@ class Detector:
 DETECTORS = (
     Detector("EMAIL", re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])"), lambda _: True),
     Detector("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"), iban_ok),
-    Detector("CREDIT_CARD", re.compile(r"(?<![\d-])\d{4}(?:[ -]?\d{4}){2}[ -]?\d{1,7}(?![\d-])|(?<![\d-])\d{4}[ -]?\d{6}[ -]?\d{5}(?![\d-])"), card_ok),
+    Detector("CREDIT_CARD", re.compile(r"(?<![\d-])\d{4}(?:[ -]?\d{4}){2}(?:[ -]?\d{1,7})?(?![\d-])|(?<![\d-])\d{4}[ -]?\d{6}[ -]?\d{5}(?![\d-])"), card_ok),
     Detector("SSN", re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])"), ssn_ok),
-    Detector("IP_ADDRESS", re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])"), ipv4_ok),
+    Detector("IP_ADDRESS", re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)"), ipv4_ok),
     Detector("IP_ADDRESS", re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}(?::|[0-9A-Fa-f]{1,4})(?:[0-9A-Fa-f]{0,4}:?)*(?![\w:])"), ipv6_ok),
     Detector(
         "PHONE",

@@ -3,7 +3,9 @@
 Sentence embeddings put "how do I enable 2FA" and "how do I disable 2FA"
 close together. This guard compares the words the two prompts do not share:
 a negation on one side only, a known antonym pair, a prefix negation
-("safe" / "unsafe"), or different numbers, and vetoes the hit.
+("safe" / "unsafe"), different numbers or codes ("H2" / "H2S"), a name on
+one side only ("Jefferson County" / "Crawford County"), or the same words in
+another order ("ethanol to acid" / "acid to ethanol"), and vetoes the hit.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import re
 
 WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+CASED_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 NEGATIONS = frozenset({
     "not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "without", "cannot", "cant", "dont", "doesnt", "isnt",
     "arent", "wasnt", "werent", "wont", "wouldnt", "shouldnt", "couldnt", "didnt", "hasnt", "havent", "hadnt", "mustnt", "non", "anti",
@@ -55,8 +58,21 @@ def opposition(query: str, cached: str) -> str | None:
                 return f"opposites: {a!r} vs {b!r}"
             if _prefix_negated(a, b) or _prefix_negated(b, a):
                 return f"negated by prefix: {a!r} vs {b!r}"
-    numbers_q = {t for t in q if t.isdigit()}
-    numbers_c = {t for t in c if t.isdigit()}
-    if numbers_q != numbers_c:
-        return "different numbers"
+    if any(ch.isdigit() for ch in "".join(only_q | only_c)):
+        return "different numbers or codes"
+    names = _names(query) ^ _names(cached)
+    if names - set(q) or names - set(c):
+        return "a name on one side only"
+    if q != c and sorted(q) == sorted(c):
+        return "the same words in another order"
     return None
+
+
+def _names(text: str) -> set[str]:
+    """Capitalised words not at a sentence start (lower-cased): the names a question is about."""
+    found = set()
+    for sentence in re.split(r"[.?!]\s+", text):
+        for word in CASED_WORD.findall(sentence)[1:]:
+            if word[0].isupper() and word != "I":
+                found.add(word.lower())
+    return found
