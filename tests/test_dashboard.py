@@ -90,3 +90,15 @@ def test_route_shares_from_ledger_rows() -> None:
         {"alias": "auto", "model": "coder", "requests": 2, "share": 0.5, "by": {"intent": 1, "rule": 1}},
         {"alias": "auto", "model": "small", "requests": 2, "share": 0.5, "by": {"learned": 2}},
     ]
+
+
+def test_minute_series_counts_cache_hits_and_savings() -> None:
+    from modelyard.observe.dashboard import minute_series
+
+    base = {"tenant": "t", "requested_model": "m", "served_model": "m", "route": "", "latency_ms": 1.0, "status": 200, "cost_usd": 0.0, "revenue_usd": 0.0}
+    rows = [base | {"ts": 60.0, "cache": "hit", "saved_usd": 0.25}, base | {"ts": 61.0, "cache": "miss", "saved_usd": 0.0},
+            base | {"ts": 62.0, "cache": "bypass", "saved_usd": 0.0}, base | {"ts": 125.0, "cache": None, "saved_usd": None}]
+    series = minute_series(rows, 60.0, 2)
+    assert series["cache"] == {"lookups": 2, "hits": 1, "saved_usd": 0.25}
+    assert series["cache_hit_rate"] == [0.5, None]
+    assert series["cache_saved_usd"] == [0.25, 0.0]

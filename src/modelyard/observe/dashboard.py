@@ -13,7 +13,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def minute_series(rows: Iterable[Mapping[str, Any]], start: float, minutes: int) -> dict[str, Any]:
-    """Requests, errors, latency percentiles, cost and revenue per minute, per tenant and per model."""
+    """Requests, errors, latency percentiles, cost and revenue per minute, per tenant and per model; cache hit rate and savings."""
     buckets = [int(start // 60) * 60 + 60 * i for i in range(minutes)]
     index = {b: i for i, b in enumerate(buckets)}
     requests, errors = [0] * minutes, [0] * minutes
@@ -21,6 +21,7 @@ def minute_series(rows: Iterable[Mapping[str, Any]], start: float, minutes: int)
     cost_by_tenant: dict[str, list[float]] = defaultdict(lambda: [0.0] * minutes)
     revenue_by_tenant: dict[str, list[float]] = defaultdict(lambda: [0.0] * minutes)
     cost_by_model: dict[str, list[float]] = defaultdict(lambda: [0.0] * minutes)
+    looked_up, hits, saved = [0] * minutes, [0] * minutes, [0.0] * minutes
     for row in rows:
         i = index.get(int(row["ts"] // 60) * 60)
         if i is None:
@@ -33,6 +34,10 @@ def minute_series(rows: Iterable[Mapping[str, Any]], start: float, minutes: int)
         cost_by_tenant[tenant][i] += row["cost_usd"] or 0.0
         revenue_by_tenant[tenant][i] += row["revenue_usd"] or 0.0
         cost_by_model[model][i] += row["cost_usd"] or 0.0
+        if row.get("cache") in ("hit", "miss"):
+            looked_up[i] += 1
+            hits[i] += row["cache"] == "hit"
+            saved[i] += row.get("saved_usd") or 0.0
     tenants = sorted(set(cost_by_tenant))
     return {
         "minutes": buckets,
@@ -43,6 +48,9 @@ def minute_series(rows: Iterable[Mapping[str, Any]], start: float, minutes: int)
         "cost_by_tenant": dict(cost_by_tenant),
         "margin_by_tenant": {t: [r - c for r, c in zip(revenue_by_tenant[t], cost_by_tenant[t], strict=True)] for t in tenants},
         "cost_by_model": dict(cost_by_model),
+        "cache_hit_rate": [h / n if n else None for h, n in zip(hits, looked_up, strict=True)],  # of the requests a cache looked up
+        "cache_saved_usd": saved,
+        "cache": {"lookups": sum(looked_up), "hits": sum(hits), "saved_usd": sum(saved)},
         "totals": {
             t: {"cost_usd": sum(cost_by_tenant[t]), "revenue_usd": sum(revenue_by_tenant[t]), "margin_usd": sum(revenue_by_tenant[t]) - sum(cost_by_tenant[t])}
             for t in tenants

@@ -23,7 +23,7 @@ COLUMNS = (
     "deployment", "route", "attempts", "prompt_tokens", "completion_tokens", "cost_usd", "revenue_usd", "latency_ms", "ttft_ms", "status", "error_type",
     "cache", "saved_usd",
 )
-RECENT = "ts, tenant, requested_model, served_model, route, latency_ms, status, cost_usd, revenue_usd"
+RECENT = "ts, tenant, requested_model, served_model, route, latency_ms, status, cost_usd, revenue_usd, cache, saved_usd"
 # What a trace needs: arrival (the row is written when the request ends), sizes, who and what.
 TRACE = (
     "ts - COALESCE(latency_ms, 0) / 1000.0 AS arrival, prompt_tokens, completion_tokens, tenant, workload, requested_model "
