@@ -42,7 +42,7 @@ from modelyard.store.vector_index import Neighbour, VectorIndex
 
 log = logging.getLogger("modelyard.cache")
 CACHE_HEADER = "x-modelyard-cache"
-DEFAULT_THRESHOLD = 0.95  # bench/cache.py: the static threshold shipped as default (docs/caching.md)
+DEFAULT_THRESHOLD = 0.995  # bench/cache.py: the static threshold shipped as default (docs/stages.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +84,7 @@ def _parse_semantic(r: Reader, environment: StageEnvironment) -> SemanticOptions
     threshold = r.number("threshold", DEFAULT_THRESHOLD)
     adaptive = None
     if r.boolean("adaptive", False):
-        adaptive = AdaptivePolicy(target_error=r.number("target_error", 0.02), static_threshold=threshold, explore_rate=r.number("explore_rate", 0.05))
+        adaptive = AdaptivePolicy(target_error=r.number("target_error", 0.02), static_threshold=threshold, explore_rate=r.number("explore_rate", 0.1))
     r.reject_unknown()
     return SemanticOptions(model, threshold, adaptive)
 
@@ -98,6 +98,7 @@ class Lookup:
     text: str | None = None
     vector: npt.NDArray[np.float32] | None = None
     candidate: Neighbour | None = None
+    explored: bool = False  # the adaptive model would have served the candidate; the model answered to label it
 
 
 class ResponseCache:
@@ -159,7 +160,7 @@ class ResponseCache:
                 raw = await self.store.get(neighbour.key)
                 if raw is not None:
                     return Lookup(entry=json.loads(raw), match=f"semantic; similarity={neighbour.similarity:.3f}")
-            found.candidate = found.candidate or neighbour
+            found.candidate, found.explored = neighbour, decision == "explore"
             break
         return found
 
@@ -209,7 +210,8 @@ class ResponseCache:
             raw = await self.store.get(found.candidate.key)
             if raw is not None:
                 cached = str(json.loads(raw).get("text", ""))
-                self.adaptive.observe(found.candidate.similarity, found.text, found.candidate.text, answers_agree(text, cached))
+                agree = answers_agree(text, cached)
+                self.adaptive.observe(found.candidate.similarity, found.text, found.candidate.text, agree, explored=found.explored)
 
 
 class ResponseCacheFactory:
