@@ -33,8 +33,7 @@ from _common import free_port, machine, median, start, stop, table, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACE = ROOT.parent / "shared" / "data" / "traces" / "azure_llm_2023_conv.csv"
-WORDS = ("the sea is wide and deep and blue in the light of day while ships sail over it to far away ports "
-         "where people trade fish salt and cloth for bread wine and tools that they need at home").split()
+WORDS = ["the", "sea", "is", "wide", "and", "deep", "and", "blue", "in", "the", "light", "of", "day", "while", "ships", "sail", "over", "it", "to", "far", "away", "ports", "where", "people", "trade", "fish", "salt", "and", "cloth", "for", "bread", "wine", "and", "tools", "that", "they", "need", "at", "home"]
 FLEET = """
 models:
   smollm2-135m:

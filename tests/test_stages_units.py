@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -12,7 +12,6 @@ from modelyard.config import ConfigError, parse_config
 from modelyard.config.reader import Reader
 from modelyard.errors import ContextWindowExceeded, InvalidRequest
 from modelyard.pipeline.context_budget import ContextBudgetFactory
-from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.pii_filter import PiiFilterFactory
 from modelyard.pipeline.response_cache import ResponseCacheFactory
 from modelyard.pipeline.slots import StageEnvironment, build_stages
@@ -51,7 +50,7 @@ class Upstream:
 
 
 def environment() -> StageEnvironment:
-    return StageEnvironment(CONFIG, cast(Dispatcher, None), None, clock=lambda: 100.0, wallclock=lambda: 1.0)
+    return StageEnvironment(CONFIG, None, None, clock=lambda: 100.0, wallclock=lambda: 1.0)
 
 
 def request(content: str = "hello", tenant: str = "t1", messages: list[dict[str, Any]] | None = None, **sampling: Any) -> Request:
@@ -170,7 +169,7 @@ def test_stages_by_config_slot_and_scope() -> None:
         {"kind": "pii_filter", "models": ["small"]},
         {"kind": "context_budget", "slot": "after_call", "options": {"max_prompt_tokens": 50}},
     ]})
-    built = build_stages(config, StageEnvironment(config, cast(Dispatcher, None)), default_registry())
+    built = build_stages(config, StageEnvironment(config, None), default_registry())
     assert len(built.slot("before_route")) == 1 and len(built.slot("after_call")) == 1 and built.slot("after_route") == ()
     upstream = Upstream()
     run(built.slot("before_route")[0](upstream), request("mail a@b.io"))  # model "m": out of the filter's scope
@@ -187,4 +186,4 @@ def test_stages_by_config_slot_and_scope() -> None:
 def test_bad_stage_config_fails_at_startup(stages: list[dict[str, Any]], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config = parse_config(FLEET | {"stages": stages})
-        build_stages(config, StageEnvironment(config, cast(Dispatcher, None)), default_registry())
+        build_stages(config, StageEnvironment(config, None), default_registry())

@@ -42,6 +42,14 @@ def _check_backends(config: FleetConfig) -> None:
             factory(d, model, context)
 
 
+def _check_stages(config: FleetConfig) -> None:
+    """Every configured stage builds: known kind, valid options (nothing started, no model needed)."""
+    from modelyard.pipeline.slots import StageEnvironment, build_stages
+    from modelyard.pipeline.stage_registry import default_registry
+
+    build_stages(config, StageEnvironment(config, None), default_registry())
+
+
 def _check_routers(config: FleetConfig) -> None:
     """Learned aliases' router files load and fit their targets (read now, so a bad one fails before the models load)."""
     from modelyard.pipeline.route_inputs import RouterFileError, load_learned
@@ -58,6 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     _check_backends(config)
+    _check_stages(config)
     server.configure_logging(args.log_level)
     data_dir = server.data_dir_of(config, args.data_dir)
     try:
@@ -81,6 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     _check_backends(config)
+    _check_stages(config)
     _check_routers(config)
     deployments = sum(len(m.deployments) for m in config.models)
     print(f"{config.source}: OK ({len(config.models)} models, {len(config.aliases)} aliases, {deployments} deployments)")

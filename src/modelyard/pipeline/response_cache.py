@@ -147,6 +147,7 @@ class ResponseCache:
         text = semantic_text(request.call, self.options.policy) if semantic and self.vectors is not None else None
         if text is None or semantic is None or self.vectors is None:
             return Lookup()
+        assert self.env.dispatcher is not None  # a serving pipeline always has one
         vectors = await embed_for(self.env.dispatcher, semantic.embedding_model, [text], request, "cache", charge=True)
         if vectors is None:
             return Lookup()

@@ -36,7 +36,7 @@ class StageEnvironment:
     """What a stage may use besides its options."""
 
     config: FleetConfig
-    dispatcher: Dispatcher
+    dispatcher: Dispatcher | None  # None when stages are only being checked (``modelyard check``)
     redis: Redis | None = None
     clock: Callable[[], float] = time.monotonic  # for expiry and deadlines
     wallclock: Callable[[], float] = time.time
