@@ -81,3 +81,16 @@ def test_collect_then_train_on_the_local_fleet(tmp_path: Path) -> None:
     run("train", "--data", str(out), "--out", str(tmp_path / "local.npz"), "--cache-dir", str(tmp_path / "cache"))
     report = json.loads(run("eval", "--router", str(tmp_path / "local.npz"), "--data", str(out), "--json", "--cache-dir", str(tmp_path / "cache")).stdout.splitlines()[-1])
     assert report["n"] == 6 and report["models"] == ["smollm2-135m", "qwen2.5-0.5b"] and "apgr" in report
+
+
+def test_outcome_tables_match_a_router_by_model_name() -> None:
+    import numpy as np
+
+    from modelyard.training.datasets import OutcomeTable
+
+    table = OutcomeTable(["p"], ("a", "b", "c"), np.array([[0.1, 0.2, 0.3]]), np.array([[1.0, 2.0, 3.0]]), "t")
+    same = table.for_models(("c", "a", "b"))  # another order: the columns follow the router's
+    assert same.models == ("c", "a", "b") and same.quality.tolist() == [[0.3, 0.1, 0.2]] and same.cost.tolist() == [[3.0, 1.0, 2.0]]
+    assert table.for_models(("b",)).quality.tolist() == [[0.2]]  # extra data columns are left out
+    with pytest.raises(ValueError, match="no column for d, e"):
+        table.for_models(("a", "d", "e"))

@@ -184,6 +184,7 @@ def test_a_long_conversation_is_trimmed_and_answered_by_a_real_model(tmp_path: P
         response = httpx.post(live.url + "/v1/chat/completions", json=body, timeout=300)
         assert response.status_code == 200, response.text
         assert response.headers["x-modelyard-context"].startswith("trimmed=")
+        assert response.headers["x-modelyard-context"].endswith("counted=engine")  # llama.cpp's own tokenizer counted
         assert 0 < response.json()["usage"]["prompt_tokens"] <= 2048 - 8
         one_huge = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "sea " * 5000}], "max_tokens": 8}
         refused = httpx.post(live.url + "/v1/chat/completions", json=one_huge, timeout=60)

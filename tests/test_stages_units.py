@@ -153,7 +153,7 @@ def test_context_budget_trims_to_the_smallest_window_of_the_plan() -> None:
     req = request(messages=[{"role": "system", "content": "s"}, *old, {"role": "user", "content": "now?"}], max_tokens=20)
     req.plan = ["m", "small"]
     run(stage(upstream), req)
-    assert "trimmed=" in req.response_headers["x-modelyard-context"] and "budget=80" in req.response_headers["x-modelyard-context"]
+    assert "trimmed=" in req.response_headers["x-modelyard-context"] and "budget=80; counted=approximate" in req.response_headers["x-modelyard-context"]
     sent = upstream.seen[0].call.messages  # type: ignore[union-attr]
     assert sent[0]["role"] == "system" and sent[-1]["content"] == "now?" and len(sent) < len(old) + 2
 

@@ -7,7 +7,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Mapping, Protocol, TypeVar
+from typing import Any, AsyncIterator, Mapping, Protocol, TypeVar, runtime_checkable
 
 from modelyard.config import ConfigError, DeploymentConfig, ModelConfig
 from modelyard.protocol import Chunk, Embeddings, ModelCall
@@ -62,6 +62,15 @@ class Backend(Protocol):
 
     async def aclose(self) -> None:
         """Release everything; in-flight generations end."""
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """An optional second face of a backend whose engine has the model's tokenizer at hand."""
+
+    async def count_tokens(self, texts: list[str]) -> list[int]:
+        """How many tokens each text is for this model (no special tokens); ``ModelyardError`` when it cannot say."""
+        ...
 
 
 class BackendFactory(Protocol):

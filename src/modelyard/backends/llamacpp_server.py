@@ -24,6 +24,8 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import aiohttp
+
 from modelyard.backends.base import BackendContext, Capabilities, Health, build_options
 from modelyard.backends.occupancy import Occupancy
 from modelyard.backends.openai_compat import OpenAICompatBackend, OpenAICompatOptions
@@ -42,6 +44,7 @@ DEFAULT_PARALLEL = 4
 # queue (where it could wait for a whole long generation).
 SPARE_SLOTS = 1
 DEATH_NOTICE_S = 2.0  # after a broken stream, how long to wait for the supervisor to see the engine's death
+TOKENIZE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +157,22 @@ class LlamaServerBackend(OpenAICompatBackend):
             raise
         finally:
             self.occupancy.ended()
+
+    async def count_tokens(self, texts: list[str]) -> list[int]:
+        """Token counts from the engine's own tokenizer (llama-server's ``/tokenize``), concurrently."""
+        client = self._client_or_fail()
+        url = self._engine_url() + "/tokenize"
+
+        async def one(text: str) -> int:
+            async with client.post(url, json={"content": text, "add_special": False}, timeout=aiohttp.ClientTimeout(total=TOKENIZE_TIMEOUT_S)) as response:
+                if response.status != 200:
+                    raise UpstreamError(f"deployment {self.deployment.name}: the engine would not tokenize (HTTP {response.status})")
+                return len((await response.json())["tokens"])
+
+        try:
+            return list(await asyncio.gather(*(one(t) for t in texts)))
+        except (aiohttp.ClientError, TimeoutError, KeyError, TypeError, ValueError) as exc:
+            raise UpstreamError(f"deployment {self.deployment.name}: cannot tokenize ({type(exc).__name__})") from None
 
     @property
     def in_flight(self) -> int:

@@ -3,9 +3,12 @@
 The budget is ``max_prompt_tokens`` when given, else the smallest context
 window among the models the request may go to (the served model and its
 fallbacks) minus what the answer may take (``max_tokens``, or
-``reserve_tokens``, at most half the window). Tokens are counted by a declared approximation (UTF-8
-bytes over ``chars_per_token``, 3 by default: above the shipped models' real
-count on English text, so a trimmed conversation fits their windows).
+``reserve_tokens``, at most half the window). Tokens are counted by the served model's own
+tokenizer when its deployment's engine offers one (llama.cpp's server: a
+``/tokenize`` call per text, plus ``template_tokens_per_message`` per message
+and ``template_tokens`` once for what the chat template adds), and otherwise
+by a declared approximation (UTF-8 bytes over ``chars_per_token``, 3 by
+default: above the shipped models' real count on English text).
 Older turns are dropped as :mod:`modelyard.shaping.context` describes; the
 response says ``x-modelyard-context: trimmed=N tokens`` when anything went.
 A conversation that cannot fit gets a 400 naming the budget.
@@ -14,15 +17,20 @@ A conversation that cannot fit gets a 400 naming the budget.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 
+from modelyard.backends.base import TokenCounter
 from modelyard.config import FleetConfig, Reader
-from modelyard.errors import ContextWindowExceeded
+from modelyard.errors import ContextWindowExceeded, ModelyardError
+from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.slots import StageEnvironment
 from modelyard.pipeline.types import Handler, Request, Response, Stage
-from modelyard.shaping.context import MESSAGE_OVERHEAD_TOKENS, ContextOverflow, approximate_tokens, trim
+from modelyard.shaping.context import MESSAGE_OVERHEAD_TOKENS, ContextOverflow, approximate_tokens, message_texts, trim
+from modelyard.shaping.context import TokenCounter as Counter
 
 CONTEXT_HEADER = "x-modelyard-context"
+log = logging.getLogger("modelyard.context")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +38,9 @@ class ContextOptions:
     max_prompt_tokens: int | None = None  # None: fit the target's window
     reserve_tokens: int = 512  # the answer's share of the window when the request sets no max_tokens
     chars_per_token: float = 3.0
+    tokenizer: str = "auto"  # auto: the engine's own when it has one; approximate: always chars_per_token
+    template_tokens_per_message: int = 8  # role markers and separators, with exact counts
+    template_tokens: int = 32  # once per prompt: the generation prompt and any default system text
 
 
 def parse_options(r: Reader) -> ContextOptions:
@@ -38,14 +49,50 @@ def parse_options(r: Reader) -> ContextOptions:
     return ContextOptions(
         max_prompt_tokens=None if limit is None else r.integer("max_prompt_tokens", 1),
         reserve_tokens=r.integer("reserve_tokens", d.reserve_tokens), chars_per_token=r.number("chars_per_token", d.chars_per_token, 0.5),
+        tokenizer=r.choice("tokenizer", ("auto", "approximate"), d.tokenizer),
+        template_tokens_per_message=r.integer("template_tokens_per_message", d.template_tokens_per_message, minimum=0),
+        template_tokens=r.integer("template_tokens", d.template_tokens, minimum=0),
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Counting:
+    count: Counter
+    per_message: int  # template tokens each message adds
+    fixed: int  # template tokens the prompt adds once
+    source: str  # engine | approximate
+
+
 class ContextBudget:
-    def __init__(self, options: ContextOptions, config: FleetConfig) -> None:
+    def __init__(self, options: ContextOptions, config: FleetConfig, dispatcher: Dispatcher | None) -> None:
         self.options = options
         self.config = config
+        self.dispatcher = dispatcher
         self.count = approximate_tokens(options.chars_per_token)
+
+    def _engine_counter(self, model: str) -> TokenCounter | None:
+        if self.options.tokenizer != "auto" or self.dispatcher is None or (config := self.config.model(model)) is None:
+            return None
+        for deployment in config.deployments:
+            runtime = self.dispatcher.fleet.deployments.get(deployment.name)
+            if runtime is not None and isinstance(runtime.backend, TokenCounter):
+                return runtime.backend
+        return None
+
+    async def counter(self, request: Request) -> Counting:
+        """How to count: exact counts of the request's texts from the engine, or the approximation."""
+        assert request.call is not None
+        engine = self._engine_counter(request.served_model or "")
+        if engine is not None:
+            texts = sorted({t for m in request.call.messages for t in message_texts(m)} | ({request.call.prompt} if request.call.prompt else set()))
+            try:
+                counts = dict(zip(texts, await engine.count_tokens(texts), strict=True))
+            except ModelyardError as exc:
+                log.warning("context budget: %s; counting by the approximation", exc.message)
+            else:
+                exact = Counting(lambda text: counts.get(text, self.count(text)), self.options.template_tokens_per_message, self.options.template_tokens, "engine")
+                return exact
+        return Counting(self.count, MESSAGE_OVERHEAD_TOKENS, 0, "approximate")
 
     def budget(self, request: Request) -> int:
         assert request.call is not None
@@ -62,16 +109,17 @@ class ContextBudget:
         async def handle(request: Request) -> Response:
             if request.call is None:
                 return await next_handler(request)
-            budget = self.budget(request)
+            counting = await self.counter(request)
+            budget = self.budget(request) - counting.fixed
             call = request.call
             try:
                 if call.messages:
-                    result = trim(call.messages, budget, self.count)
+                    result = trim(call.messages, budget, counting.count, counting.per_message)
                     if result.dropped_messages:
                         request.call = dataclasses.replace(call, messages=result.messages)
-                        header = f"trimmed={result.dropped_tokens} tokens; dropped={result.dropped_messages} messages; budget={budget}"
+                        header = f"trimmed={result.dropped_tokens} tokens; dropped={result.dropped_messages} messages; budget={budget}; counted={counting.source}"
                         request.response_headers[CONTEXT_HEADER] = header
-                elif (needed := self.count(call.prompt) + MESSAGE_OVERHEAD_TOKENS) > budget:
+                elif (needed := counting.count(call.prompt) + counting.per_message) > budget:
                     raise ContextOverflow(needed, budget)
             except ContextOverflow as exc:
                 raise ContextWindowExceeded(
@@ -89,4 +137,4 @@ class ContextBudgetFactory:
     default_slot = "after_route"
 
     def build(self, options: Reader, environment: StageEnvironment) -> Stage:
-        return ContextBudget(parse_options(options), environment.config).stage
+        return ContextBudget(parse_options(options), environment.config, environment.dispatcher).stage

@@ -42,13 +42,19 @@ def approximate_tokens(chars_per_token: float) -> TokenCounter:
     return lambda text: math.ceil(len(text.encode()) / chars_per_token)
 
 
-def message_tokens(message: Message, count: TokenCounter) -> int:
+def message_texts(message: Message) -> list[str]:
+    """The texts of a message a tokenizer sees (its content, and its tool calls as JSON)."""
     content = message.get("content")
-    if isinstance(content, list):  # content parts: count their text
+    if isinstance(content, list):
         content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    text = content if isinstance(content, str) else ""
-    extra = json.dumps(message["tool_calls"], sort_keys=True) if message.get("tool_calls") else ""
-    return MESSAGE_OVERHEAD_TOKENS + count(text) + (count(extra) if extra else 0)
+    texts = [content] if isinstance(content, str) and content else []
+    if message.get("tool_calls"):
+        texts.append(json.dumps(message["tool_calls"], sort_keys=True))
+    return texts
+
+
+def message_tokens(message: Message, count: TokenCounter, overhead: int = MESSAGE_OVERHEAD_TOKENS) -> int:
+    return overhead + sum(count(text) for text in message_texts(message))
 
 
 def _groups(messages: Sequence[Message], end: int) -> list[list[int]]:
@@ -84,9 +90,12 @@ def _protected_from(messages: Sequence[Message]) -> int:
     return 0
 
 
-def trim(messages: Sequence[Message], budget: int, count: TokenCounter) -> Trimmed:
-    """The conversation within ``budget`` tokens, oldest droppable units removed first; :class:`ContextOverflow` if impossible."""
-    sizes = [message_tokens(m, count) for m in messages]
+def trim(messages: Sequence[Message], budget: int, count: TokenCounter, overhead: int = MESSAGE_OVERHEAD_TOKENS) -> Trimmed:
+    """The conversation within ``budget`` tokens, oldest droppable units removed first; :class:`ContextOverflow` if impossible.
+
+    ``overhead``: tokens the chat template adds per message, on top of ``count`` of its texts.
+    """
+    sizes = [message_tokens(m, count, overhead) for m in messages]
     total = sum(sizes)
     if total <= budget:
         return Trimmed(tuple(messages), total, 0, 0)

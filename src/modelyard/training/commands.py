@@ -28,9 +28,15 @@ def train(args: argparse.Namespace) -> int:
 def evaluate_cmd(args: argparse.Namespace) -> int:
     router, header = router_file.load(Path(args.router))
     table, embeddings = _table_and_embeddings(args)
-    if tuple(table.models) != router.models:
-        print(f"modelyard: the router knows {router.models}; the data has {table.models}")
+    try:
+        matched = table.for_models(router.models)  # by name: the data may list the router's models in any order
+    except ValueError as exc:
+        print(f"modelyard: cannot evaluate this router on this data: {exc}")
         return 2
+    extra = [m for m in table.models if m not in router.models]
+    if extra:
+        print(f"note: the data's {', '.join(extra)} are not among the router's models and are left out")
+    table = matched
     target = args.target if args.target is not None else float(header.get("target", 0.9))  # type: ignore[arg-type]
     return _print(evaluate.report(table, router, evaluate.predict(router, table.prompts, embeddings), target), args.json)
 

@@ -30,6 +30,14 @@ class OutcomeTable:
     def subset(self, rows: npt.NDArray[np.int64]) -> OutcomeTable:
         return OutcomeTable([self.prompts[i] for i in rows], self.models, self.quality[rows], self.cost[rows], self.source)
 
+    def for_models(self, models: tuple[str, ...]) -> OutcomeTable:
+        """The table's columns for ``models``, in that order (a router's order); ``ValueError`` naming any the table lacks."""
+        missing = [m for m in models if m not in self.models]
+        if missing:
+            raise ValueError(f"the data has no column for {', '.join(missing)} (it has {', '.join(self.models)})")
+        columns = [self.models.index(m) for m in models]
+        return OutcomeTable(self.prompts, models, self.quality[:, columns], self.cost[:, columns], self.source)
+
 
 SPLITS = ("all", "train", "test")
 
