@@ -21,6 +21,9 @@ from starlette.routing import Route
 from modelyard.api import parse, render
 from modelyard.api.accounting import LedgerRecorder
 from modelyard.api.admin_routes import AdminRoutes
+from modelyard.api.anthropic_render import error_body as anthropic_error_body
+from modelyard.api.anthropic_routes import PREFIX as ANTHROPIC_PREFIX
+from modelyard.api.anthropic_routes import AnthropicRoutes
 from modelyard.api.auth import AuthMiddleware, Keyring
 from modelyard.api.batch_lines import line_executor
 from modelyard.api.batch_routes import BatchRoutes
@@ -46,11 +49,12 @@ from modelyard.store.store import Store
 log = logging.getLogger("modelyard.api")
 
 
-def error_response(exc: ModelyardError) -> JSONResponse:
+def error_response(exc: ModelyardError, body: dict[str, Any] | None = None) -> JSONResponse:
+    """``exc`` as a response: OpenAI's error shape unless another API's ``body`` is given."""
     headers = {}
     if exc.retry_after is not None:
         headers["retry-after"] = str(max(1, round(exc.retry_after)))
-    return JSONResponse(exc.to_body(), status_code=exc.status, headers=headers)
+    return JSONResponse(body if body is not None else exc.to_body(), status_code=exc.status, headers=headers)
 
 
 async def read_body(request: HTTPRequest, limit: int) -> bytes:
@@ -78,20 +82,20 @@ class Api:
     metrics: Metrics
     book: BudgetBook | None = None
 
-    def _headers(self, request: HTTPRequest) -> dict[str, str]:
+    def headers(self, request: HTTPRequest) -> dict[str, str]:
         return {k: v for k, v in request.headers.items() if k.startswith("x-modelyard-") or k == "cache-control"}
 
-    def _identify(self, http: HTTPRequest, request: Request) -> Request:
+    def identify(self, http: HTTPRequest, request: Request) -> Request:
         """The caller's tenant and key policy, set by the auth middleware."""
         state = http.scope["state"]
         request.tenant = state.get("tenant", "default")
         request.policy = state.get("policy")
         return request
 
-    def _note(self, http: HTTPRequest, request: Request, response: Response | None = None) -> None:
+    def note(self, http: HTTPRequest, request: Request, response: Response | None = None) -> None:
         note_request(http.scope["state"], request, response)
 
-    def _model_headers(self, request: Request, response: Response) -> dict[str, str]:
+    def model_headers(self, request: Request, response: Response) -> dict[str, str]:
         return {
             "x-modelyard-model": response.model,
             "x-modelyard-deployment": response.deployment,
@@ -104,24 +108,24 @@ class Api:
 
     async def generate(self, http: HTTPRequest, parser: Callable[..., tuple[Request, bool]], kind: str) -> HTTPResponse:
         body = parse.parse_json(await read_body(http, self.config.server.max_body_bytes))
-        request, include_usage = parser(body, http.scope["state"]["request_id"], self._headers(http))
-        self._identify(http, request)
-        self._note(http, request)
+        request, include_usage = parser(body, http.scope["state"]["request_id"], self.headers(http))
+        self.identify(http, request)
+        self.note(http, request)
         try:
             response = await self.handler(request)
             # The first chunk is read before any byte is sent: routing, overload and
             # early upstream errors keep their status, and failover stays invisible.
             first = await _first_chunk(response.streams[0])
         finally:
-            self._note(http, request)
-        self._note(http, request, response)
-        headers = self._model_headers(request, response)
+            self.note(http, request)
+        self.note(http, request, response)
+        headers = self.model_headers(request, response)
         if request.stream:
             ctx = render.StreamContext(kind, request.request_id, response.model, include_usage=include_usage, record=http.scope["state"])
             events = render.stream_events(ctx, response.streams, first)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers | {"cache-control": "no-cache"})
         choices = await render.collect(response.streams, first)
-        self._note(http, request, response)
+        self.note(http, request, response)
         http.scope["state"]["usage"] = render.total_usage(choices)
         build = render.chat_body if kind == "chat" else render.completion_body
         return JSONResponse(build(request.request_id, response, choices, int(time.time())), headers=headers)
@@ -134,17 +138,17 @@ class Api:
 
     async def embeddings(self, http: HTTPRequest) -> HTTPResponse:
         body = parse.parse_json(await read_body(http, self.config.server.max_body_bytes))
-        request, encoding = parse.embedding_request(body, http.scope["state"]["request_id"], self._headers(http))
-        self._identify(http, request)
-        self._note(http, request)
+        request, encoding = parse.embedding_request(body, http.scope["state"]["request_id"], self.headers(http))
+        self.identify(http, request)
+        self.note(http, request)
         try:
             response = await self.handler(request)
         finally:
-            self._note(http, request)
-        self._note(http, request, response)
+            self.note(http, request)
+        self.note(http, request, response)
         assert response.embeddings is not None
         http.scope["state"]["usage"] = Usage(response.embeddings.prompt_tokens, 0)
-        return JSONResponse(render.embeddings_body(response, response.embeddings, encoding), headers=self._model_headers(request, response))
+        return JSONResponse(render.embeddings_body(response, response.embeddings, encoding), headers=self.model_headers(request, response))
 
     def _model_entry(self, name: str, kind: str, description: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": 0, "owned_by": "modelyard", "kind": kind, "description": description}
@@ -225,7 +229,7 @@ async def _modelyard_error(request: HTTPRequest, exc: Exception) -> HTTPResponse
     assert isinstance(exc, ModelyardError)
     state = request.scope.setdefault("state", {})
     state["error"] = exc.error_type
-    response = error_response(exc)
+    response = error_response(exc, anthropic_error_body(exc) if request.url.path.startswith(ANTHROPIC_PREFIX) else None)
     if state.get("attempts"):
         response.headers["x-modelyard-attempts"] = str(state["attempts"])
     request_obj = state.get("request")
@@ -290,6 +294,7 @@ def create_app(
     routes += BatchRoutes(batches, config.server.max_body_bytes).routes()
     routes += AdminRoutes(keyring.accounts, keyring).routes()
     routes += DashboardRoutes(ledger, api.snapshot).routes()
+    routes += AnthropicRoutes(api).routes()
     app = Starlette(
         routes=routes,
         exception_handlers={ModelyardError: _modelyard_error, HTTPException: _http_error, Exception: _unexpected},

@@ -126,11 +126,15 @@ class Keyring:
 
 
 def bearer(scope: Scope) -> str:
+    """The key a client sent: ``Authorization: Bearer <key>``, or ``x-api-key: <key>`` (Anthropic's SDKs)."""
+    api_key = ""
     for name, value in scope.get("headers", []):
         if name == b"authorization":
             text = value.decode("latin-1")
             return text[7:].strip() if text[:7].lower() == "bearer " else ""
-    return ""
+        if name == b"x-api-key":
+            api_key = value.decode("latin-1").strip()
+    return api_key
 
 
 class AuthMiddleware:
@@ -165,6 +169,9 @@ class AuthMiddleware:
 async def _refuse(scope: Scope, receive: Receive, send: Send, message: str) -> None:
     from modelyard.api.responses import JSONResponse
 
+    from modelyard.api.anthropic_render import error_body
+
     error = AuthenticationFailed(message)
     scope["state"]["error"] = error.error_type
-    await JSONResponse(error.to_body(), status_code=error.status, headers={"www-authenticate": "Bearer"})(scope, receive, send)
+    body = error_body(error) if scope["path"].startswith("/v1/messages") else error.to_body()
+    await JSONResponse(body, status_code=error.status, headers={"www-authenticate": "Bearer"})(scope, receive, send)

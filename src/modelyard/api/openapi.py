@@ -111,6 +111,21 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "first_id": _nullable(STRING), "last_id": _nullable(STRING), "has_more": BOOLEAN,
     }),
     "Status": _obj(["status"], {"status": STRING}),
+    "AnthropicMessageRequest": _obj(["model", "max_tokens", "messages"], {
+        "model": STRING, "max_tokens": {"type": "integer", "minimum": 1}, "system": {"anyOf": [STRING, {"type": "array", "items": TEXT_PART}]},
+        "messages": {"type": "array", "minItems": 1, "items": _obj(["role", "content"], {"role": {"enum": ["user", "assistant"]},
+                     "content": {"anyOf": [STRING, {"type": "array", "items": {"type": "object"}}]}})},
+        "stop_sequences": {"type": "array", "items": STRING}, "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1}, "stream": BOOLEAN, "tools": {"type": "array", "items": {"type": "object"}},
+        "tool_choice": {"type": "object"}, "metadata": {"type": "object"},
+    }),
+    "AnthropicMessage": _obj(["id", "type", "role", "model", "content", "stop_reason", "usage"], {
+        "id": STRING, "type": {"const": "message"}, "role": {"const": "assistant"}, "model": STRING,
+        "content": {"type": "array", "items": {"type": "object"}}, "stop_reason": {"enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use"]},
+        "stop_sequence": _nullable(STRING), "usage": _obj(["input_tokens", "output_tokens"], {"input_tokens": INTEGER, "output_tokens": INTEGER}),
+    }),
+    "AnthropicTokenCount": _obj(["input_tokens"], {"input_tokens": INTEGER}),
+    "AnthropicError": _obj(["type", "error"], {"type": {"const": "error"}, "error": _obj(["type", "message"], {"type": STRING, "message": STRING, "code": STRING})}),
     "AdminObject": {"type": "object", "description": "Admin API object; see docs/economics.md"},
 }
 # Every error status a route may answer, in OpenAI's error shape.
@@ -135,6 +150,14 @@ def _operation(summary: str, ok: dict[str, Any] | None, request: dict[str, Any] 
     return operation
 
 
+def _anthropic(operation: dict[str, Any]) -> dict[str, Any]:
+    """Errors of the Messages API routes come in Anthropic's shape."""
+    for code, response in operation["responses"].items():
+        if code != "200":
+            response["content"] = _json_content(_ref("AnthropicError"))
+    return operation
+
+
 def _path_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": STRING}
 
@@ -149,10 +172,16 @@ def _inference_paths() -> dict[str, Any]:
     chat["responses"]["200"]["content"] |= stream
     completion = _operation("Text completion", _ref("Completion"), _json_content(_ref("CompletionRequest")))
     completion["responses"]["200"]["content"] |= stream
+    messages = _anthropic(_operation("Anthropic Messages API (stream: true answers its server-sent events)", _ref("AnthropicMessage"),
+                                     _json_content(_ref("AnthropicMessageRequest"))))
+    messages["responses"]["200"]["content"] |= stream
     return {
         "/v1/chat/completions": {"post": chat},
         "/v1/completions": {"post": completion},
         "/v1/embeddings": {"post": _operation("Embeddings", _ref("Embeddings"), _json_content(_ref("EmbeddingRequest")))},
+        "/v1/messages": {"post": messages},
+        "/v1/messages/count_tokens": {"post": _anthropic(_operation("Anthropic Messages API: count a prompt's tokens", _ref("AnthropicTokenCount"),
+                                                                     _json_content(_ref("AnthropicMessageRequest"))))},
         "/v1/models": {"get": _operation("List models and aliases", _ref("ModelList"))},
         "/v1/models/{model_id}": {"get": _operation("One model or alias", _ref("Model"), parameters=[_path_param("model_id")])},
     }
