@@ -29,7 +29,7 @@ GATEWAY_FLEET = """
 models:
   smollm2-135m:
     kind: chat
-    retry: {{max_attempts: 4, backoff_base_s: 0.5, backoff_max_s: 3}}
+    retry: {{max_attempts: 6, backoff_base_s: 0.5, backoff_max_s: 5}}  # a replacement replica takes seconds longer when the machine is busy
     deployments:
       - {{backend: openai, base_url: '{url}', upstream_model: smollm2-135m, max_concurrency: 16}}
 """
