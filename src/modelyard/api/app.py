@@ -32,6 +32,7 @@ from modelyard.api.middleware import LastByteHook, Observer, RequestContextMiddl
 from modelyard.api.openapi import openapi_document
 from modelyard.api.record import note_request
 from modelyard.api.responses import JSONResponse
+from modelyard.api.responses_routes import ResponsesRoutes
 from modelyard.api.usage_route import UsageRoute
 from modelyard.config import FleetConfig
 from modelyard.economics.budget import BudgetBook
@@ -295,6 +296,7 @@ def create_app(
     routes += AdminRoutes(keyring.accounts, keyring).routes()
     routes += DashboardRoutes(ledger, api.snapshot).routes()
     routes += AnthropicRoutes(api).routes()
+    routes += ResponsesRoutes(api, store).routes()
     app = Starlette(
         routes=routes,
         exception_handlers={ModelyardError: _modelyard_error, HTTPException: _http_error, Exception: _unexpected},

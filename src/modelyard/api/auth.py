@@ -167,9 +167,8 @@ class AuthMiddleware:
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, message: str) -> None:
-    from modelyard.api.responses import JSONResponse
-
     from modelyard.api.anthropic_render import error_body
+    from modelyard.api.responses import JSONResponse
 
     error = AuthenticationFailed(message)
     scope["state"]["error"] = error.error_type

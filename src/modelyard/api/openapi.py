@@ -124,6 +124,18 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "content": {"type": "array", "items": {"type": "object"}}, "stop_reason": {"enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use"]},
         "stop_sequence": _nullable(STRING), "usage": _obj(["input_tokens", "output_tokens"], {"input_tokens": INTEGER, "output_tokens": INTEGER}),
     }),
+    "ResponseRequest": _obj(["model", "input"], {
+        "model": STRING, "input": {"anyOf": [STRING, {"type": "array", "items": {"type": "object"}}]}, "instructions": _nullable(STRING),
+        "tools": {"type": "array", "items": {"type": "object"}}, "tool_choice": {}, "stream": BOOLEAN, "store": BOOLEAN,
+        "previous_response_id": _nullable(STRING), "max_output_tokens": {"type": "integer", "minimum": 1},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2}, "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "text": {"type": "object"}, "metadata": {"type": "object"}, "user": STRING,
+    }),
+    "Response": _obj(["id", "object", "created_at", "status", "model", "output", "tools", "tool_choice", "parallel_tool_calls"], {
+        "id": STRING, "object": {"const": "response"}, "created_at": INTEGER, "status": {"enum": ["completed", "incomplete"]}, "model": STRING,
+        "output": {"type": "array", "items": {"type": "object"}}, "usage": {"type": "object"}, "tools": {"type": "array"}, "tool_choice": {},
+        "parallel_tool_calls": BOOLEAN, "previous_response_id": _nullable(STRING), "instructions": _nullable(STRING),
+    }),
     "AnthropicTokenCount": _obj(["input_tokens"], {"input_tokens": INTEGER}),
     "AnthropicError": _obj(["type", "error"], {"type": {"const": "error"}, "error": _obj(["type", "message"], {"type": STRING, "message": STRING, "code": STRING})}),
     "AdminObject": {"type": "object", "description": "Admin API object; see docs/economics.md"},
@@ -175,6 +187,8 @@ def _inference_paths() -> dict[str, Any]:
     messages = _anthropic(_operation("Anthropic Messages API (stream: true answers its server-sent events)", _ref("AnthropicMessage"),
                                      _json_content(_ref("AnthropicMessageRequest"))))
     messages["responses"]["200"]["content"] |= stream
+    responses = _operation("OpenAI Responses API (stream: true answers response.* server-sent events)", _ref("Response"), _json_content(_ref("ResponseRequest")))
+    responses["responses"]["200"]["content"] |= stream
     return {
         "/v1/chat/completions": {"post": chat},
         "/v1/completions": {"post": completion},
@@ -182,6 +196,7 @@ def _inference_paths() -> dict[str, Any]:
         "/v1/messages": {"post": messages},
         "/v1/messages/count_tokens": {"post": _anthropic(_operation("Anthropic Messages API: count a prompt's tokens", _ref("AnthropicTokenCount"),
                                                                      _json_content(_ref("AnthropicMessageRequest"))))},
+        "/v1/responses": {"post": responses},
         "/v1/models": {"get": _operation("List models and aliases", _ref("ModelList"))},
         "/v1/models/{model_id}": {"get": _operation("One model or alias", _ref("Model"), parameters=[_path_param("model_id")])},
     }

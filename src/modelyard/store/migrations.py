@@ -88,10 +88,20 @@ async def _v3(conn: Connection, dialect: str) -> None:
         await conn.execute(ddl(statement, dialect))
 
 
+async def _v4(conn: Connection, dialect: str) -> None:
+    """Responses API: a stored response's conversation, for previous_response_id chains."""
+    for statement in (
+        "CREATE TABLE responses (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, created_at {real} NOT NULL, expires_at {real} NOT NULL, conversation TEXT NOT NULL)",
+        "CREATE INDEX responses_expiry ON responses (expires_at)",
+    ):
+        await conn.execute(ddl(statement, dialect))
+
+
 MIGRATIONS = (
     Migration(1, "tenants, keys, files, batches, batch lines, ledger", _v1),
     Migration(2, "batch and line leases; file contents in the database", _v2),
     Migration(3, "ledger: cache outcome and saved cost", _v3),
+    Migration(4, "stored Responses API conversations", _v4),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -88,6 +88,21 @@ class Store:
         return deleted
 
     # -- batches -------------------------------------------------------------------------------
+    async def save_response(self, response_id: str, tenant: str, conversation: str, now: float, ttl_s: float) -> None:
+        """A Responses API conversation (input and output), for ``previous_response_id``; expired ones are removed on the way."""
+        async def body(conn: Connection) -> None:
+            await conn.execute("DELETE FROM responses WHERE expires_at <= ?", (now,))
+            await conn.execute(
+                "INSERT INTO responses (id, tenant, created_at, expires_at, conversation) VALUES (?, ?, ?, ?, ?)", (response_id, tenant, now, now + ttl_s, conversation),
+            )
+
+        await self.db.transaction(body)
+
+    async def load_response(self, response_id: str, tenant: str, now: float) -> str | None:
+        """A stored conversation of this tenant that has not expired, or None."""
+        row = await self.db.fetchone("SELECT conversation FROM responses WHERE id = ? AND tenant = ? AND expires_at > ?", (response_id, tenant, now))
+        return None if row is None else str(row["conversation"])
+
     async def add_batch(self, row: dict[str, Any]) -> None:
         columns = ("id", "tenant", "api_key", "input_file_id", "endpoint", "completion_window", "metadata", "status", "created_at", "expires_at")
         await self.db.execute(

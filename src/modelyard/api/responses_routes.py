@@ -1,0 +1,112 @@
+"""``POST /v1/responses``: OpenAI's Responses API over the same pipeline.
+
+With ``store`` (the default) the conversation — the earlier turns, this
+request's input and the answer, not the instructions — is kept in the store
+for ``RESPONSE_TTL_S``, so a later request can continue it with
+``previous_response_id`` (the same tenant only). Errors are OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import Response as HTTPResponse
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+
+from modelyard.api import parse, render, responses_parse, responses_render
+from modelyard.api.responses import JSONResponse
+from modelyard.errors import NotFound
+from modelyard.protocol import Usage
+from modelyard.store.store import Store
+
+if TYPE_CHECKING:
+    from modelyard.api.app import Api
+
+RESPONSE_TTL_S = 30 * 24 * 3600.0  # as OpenAI keeps stored responses: 30 days
+
+
+def _as_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Output items as the chat turns a continuation replays."""
+    messages: list[dict[str, Any]] = []
+    for item in items:
+        if item["type"] == "message":
+            messages.append({"role": "assistant", "content": "".join(p["text"] for p in item["content"])})
+        elif item["type"] == "function_call":
+            call = {"id": item["call_id"], "type": "function", "function": {"name": item["name"], "arguments": item["arguments"]}}
+            if messages and messages[-1].get("tool_calls") is not None:
+                messages[-1]["tool_calls"].append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+    return messages
+
+
+class ResponsesRoutes:
+    def __init__(self, api: Api, store: Store) -> None:
+        self.api = api
+        self.store = store
+
+    def routes(self) -> list[Route]:
+        return [Route("/v1/responses", self.create, methods=["POST"])]
+
+    async def _history(self, body: Any, tenant: str) -> list[dict[str, Any]]:
+        previous = body.get("previous_response_id") if isinstance(body, dict) else None
+        if previous is None:
+            return []
+        if not isinstance(previous, str):
+            raise responses_parse._fail("previous_response_id: expected a string", "previous_response_id")
+        stored = await self.store.load_response(previous, tenant, time.time())
+        if stored is None:
+            raise NotFound(f"Previous response with id '{previous}' not found (or expired, or stored with store: false)", param="previous_response_id")
+        return list(json.loads(stored))
+
+    async def create(self, http: HTTPRequest) -> HTTPResponse:
+        from modelyard.api.app import _first_chunk, read_body
+
+        api = self.api
+        body = parse.parse_json(await read_body(http, api.config.server.max_body_bytes))
+        tenant = http.scope["state"].get("tenant", "default")
+        history = await self._history(body, tenant)
+        call = responses_parse.responses_request(body, http.scope["state"]["request_id"], api.headers(http), history)
+        request = call.request
+        api.identify(http, request)
+        api.note(http, request)
+        try:
+            response = await api.handler(request)
+            first = await _first_chunk(response.streams[0])
+        finally:
+            api.note(http, request)
+        api.note(http, request, response)
+        envelope = self._envelope(call, response.model, body)
+        turns = [m for m in request.call.messages if m.get("role") != "system"] if request.call else []
+
+        async def keep(items: list[dict[str, Any]], usage: Usage) -> None:
+            if call.store:
+                await self.store.save_response(envelope.response_id, request.tenant, json.dumps(turns + _as_messages(items)), time.time(), RESPONSE_TTL_S)
+
+        headers = api.model_headers(request, response)
+        if request.stream:
+            events = responses_render.stream_events(envelope, response.streams[0], first, http.scope["state"], keep)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers | {"cache-control": "no-cache"})
+        choices = await render.collect(response.streams, first)
+        api.note(http, request, response)
+        usage = render.total_usage(choices)
+        http.scope["state"]["usage"] = usage
+        output = responses_render.output_of(envelope.response_id, choices[0])
+        await keep(output, usage)
+        status = responses_render.status_of(choices[0].finish_reason)
+        return JSONResponse(responses_render.response_object(envelope, status, output, usage), headers=headers)
+
+    def _envelope(self, call: responses_parse.ResponsesCall, model: str, body: dict[str, Any]) -> responses_render.Envelope:
+        sampling = call.request.call.sampling if call.request.call else None
+        echo = {
+            "instructions": call.instructions, "tools": call.tools, "tool_choice": call.tool_choice, "metadata": call.metadata,
+            "previous_response_id": call.previous_response_id, "store": call.store, "max_output_tokens": sampling.max_tokens if sampling else None,
+            "temperature": sampling.temperature if sampling else None, "top_p": sampling.top_p if sampling else None,
+            "text": body.get("text") if isinstance(body.get("text"), dict) else {"format": {"type": "text"}},
+        }
+        return responses_render.Envelope(f"resp_{uuid.uuid4().hex}", model, int(time.time()), echo)
