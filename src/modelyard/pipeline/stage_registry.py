@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from modelyard.pipeline.context_budget import ContextBudgetFactory
+from modelyard.pipeline.loop_guard import LoopGuardFactory
 from modelyard.pipeline.pii_filter import PiiFilterFactory
 from modelyard.pipeline.response_cache import ResponseCacheFactory
 from modelyard.pipeline.slots import StageFactory
@@ -17,4 +18,5 @@ def default_registry() -> Mapping[str, StageFactory]:
         "response_cache": ResponseCacheFactory(),
         "context_budget": ContextBudgetFactory(),
         "pii_filter": PiiFilterFactory(),
+        "loop_guard": LoopGuardFactory(),
     })
