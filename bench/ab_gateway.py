@@ -32,7 +32,7 @@ def resolve(rev: str) -> str:
     return subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def measure(rev: str, up_port: int, tmp: Path, seconds: float, wrk_bin: str, index: int) -> tuple[float, float]:
+def measure(rev: str, up_port: int, tmp: Path, seconds: int, wrk_bin: str, index: int) -> tuple[float, float]:
     subprocess.run(["git", "checkout", rev, "--", "src"], cwd=ROOT, check=True)
     config = tmp / "modelyard.yaml"
     config.write_text(gateway.MODELYARD_CONFIG.format(port=up_port))
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("base")
     parser.add_argument("new", nargs="?", default="HEAD")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=int, default=10)
     args = parser.parse_args()
     if subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True, text=True).stdout.strip():
         raise SystemExit("src/ has uncommitted changes: commit them first (this script checks out src/)")
