@@ -34,6 +34,14 @@ models:
     kind: chat
     deployments:
       - {{backend: openai, base_url: '{url}/v1', headers: {{x-fake-echo: '1'}}}}
+  summarizer:
+    kind: chat
+    deployments:
+      - {{backend: openai, base_url: '{url}/v1', headers: {{x-fake-text: 'The user asked about the sea and got long answers.'}}, price: {{input_per_1m: 1000, output_per_1m: 1000}}}}
+  long:
+    kind: chat
+    deployments:
+      - {{backend: openai, base_url: '{url}/v1', headers: {{x-fake-echo: '1'}}}}
   minilm:
     kind: embedding
     context_window: 256
@@ -46,6 +54,9 @@ stages:
   - kind: pii_filter
     models: [guarded]
     options: {{action: block, entities: [CREDIT_CARD, IBAN]}}
+  - kind: context_budget
+    models: [long]
+    options: {{max_prompt_tokens: 300, summarize_with: summarizer, summary_tokens: 40}}
   - kind: response_cache
     models: [echo, plain, cut]
     options: {{ttl_s: 600, private_tenants: [secretive], semantic: {{threshold: 0.9}}}}
@@ -158,6 +169,20 @@ def test_block_refuses_before_any_model_runs(servers: tuple[LiveServer, LiveServ
     assert "IBAN" in refused.json()["error"]["message"] and "DE89" not in refused.text
     assert upstream_count(fake) == before
     assert chat(live, "guarded", "mail me at a@b.io").status_code == 200  # only the configured entity types
+
+
+def test_dropped_turns_are_summarised_by_the_configured_model(servers: tuple[LiveServer, LiveServer]) -> None:
+    live, fake = servers
+    turns = [{"role": r, "content": f"turn {i} " + "the sea is wide " * 40} for i, r in enumerate(["user", "assistant"] * 3)]
+    messages = [{"role": "system", "content": "Be brief."}, *turns, {"role": "user", "content": "and now?"}]
+    response = httpx.post(live.url + "/v1/chat/completions", json={"model": "long", "messages": messages, "temperature": 0}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-modelyard-context"].endswith("summary=summarizer")
+    sent = last_received(fake)["messages"]
+    assert sent[0] == {"role": "system", "content": "Be brief."}
+    assert sent[1]["role"] == "system" and sent[1]["content"].startswith("Summary of ") and "(written by summarizer)" in sent[1]["content"]  # type: ignore[index]
+    assert sent[1]["content"].endswith("The user asked about the sea and got long answers.")  # type: ignore[index]
+    assert sent[-1] == {"role": "user", "content": "and now?"}
 
 
 CONTEXT_CONFIG = """

@@ -182,6 +182,7 @@ def test_stages_by_config_slot_and_scope() -> None:
     ([{"kind": "pii_filter", "options": {"entities": ["DNA"]}}], "unknown entity type DNA"),
     ([{"kind": "pii_filter", "options": {"colour": "red"}}], "unknown field"),
     ([{"kind": "pii_filter", "slot": "sideways"}], "expected one of"),
+    ([{"kind": "context_budget", "options": {"summarize_with": "nope"}}], "expected a chat model of the fleet"),
 ])
 def test_bad_stage_config_fails_at_startup(stages: list[dict[str, Any]], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

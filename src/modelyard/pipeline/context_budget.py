@@ -12,6 +12,13 @@ default: above the shipped models' real count on English text).
 Older turns are dropped as :mod:`modelyard.shaping.context` describes; the
 response says ``x-modelyard-context: trimmed=N tokens`` when anything went.
 A conversation that cannot fit gets a 400 naming the budget.
+
+With ``summarize_with`` (a chat model of the fleet) the dropped turns are not
+just dropped: that model summarises them, and the summary goes in as a
+system message after the conversation's own, marked as a summary and naming
+the model that wrote it (its cost is the request's). The budget keeps
+``summary_tokens`` free for it. If the summary cannot be written, the turns
+are dropped as without it, and the header says ``summary=failed``.
 """
 
 from __future__ import annotations
@@ -26,10 +33,16 @@ from modelyard.errors import ContextWindowExceeded, ModelyardError
 from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.slots import StageEnvironment
 from modelyard.pipeline.types import Handler, Request, Response, Stage
+from modelyard.protocol import ModelCall, Sampling
 from modelyard.shaping.context import MESSAGE_OVERHEAD_TOKENS, ContextOverflow, approximate_tokens, message_texts, trim
 from modelyard.shaping.context import TokenCounter as Counter
 
 CONTEXT_HEADER = "x-modelyard-context"
+MAX_TRANSCRIPT_CHARS = 12_000  # the newest part of what was dropped, if more
+SUMMARY_PROMPT = (
+    "Summarise the conversation below in a few sentences: the facts, decisions and open questions a reader needs to "
+    "continue it. Write only the summary."
+)
 log = logging.getLogger("modelyard.context")
 
 
@@ -41,6 +54,8 @@ class ContextOptions:
     tokenizer: str = "auto"  # auto: the engine's own when it has one; approximate: always chars_per_token
     template_tokens_per_message: int = 8  # role markers and separators, with exact counts
     template_tokens: int = 32  # once per prompt: the generation prompt and any default system text
+    summarize_with: str | None = None  # a chat model that summarises dropped turns (None: they are dropped)
+    summary_tokens: int = 200  # the summary's length limit, kept free in the budget
 
 
 def parse_options(r: Reader) -> ContextOptions:
@@ -52,7 +67,15 @@ def parse_options(r: Reader) -> ContextOptions:
         tokenizer=r.choice("tokenizer", ("auto", "approximate"), d.tokenizer),
         template_tokens_per_message=r.integer("template_tokens_per_message", d.template_tokens_per_message, minimum=0),
         template_tokens=r.integer("template_tokens", d.template_tokens, minimum=0),
+        summarize_with=_summarizer(r), summary_tokens=r.integer("summary_tokens", d.summary_tokens, minimum=16),
     )
+
+
+def _summarizer(r: Reader) -> str | None:
+    name = r.get("summarize_with")
+    if name is None:
+        return None
+    return str(name) if isinstance(name, str) and name else r.string("summarize_with")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +139,9 @@ class ContextBudget:
                 if call.messages:
                     result = trim(call.messages, budget, counting.count, counting.per_message)
                     if result.dropped_messages:
-                        request.call = dataclasses.replace(call, messages=result.messages)
+                        note = await self._shorten(request, budget, counting)
                         header = f"trimmed={result.dropped_tokens} tokens; dropped={result.dropped_messages} messages; budget={budget}; counted={counting.source}"
-                        request.response_headers[CONTEXT_HEADER] = header
+                        request.response_headers[CONTEXT_HEADER] = header + note
                 elif (needed := counting.count(call.prompt) + counting.per_message) > budget:
                     raise ContextOverflow(needed, budget)
             except ContextOverflow as exc:
@@ -131,10 +154,56 @@ class ContextBudget:
         return handle
 
 
+    async def _shorten(self, request: Request, budget: int, counting: Counting) -> str:
+        """Replace the conversation with its trimmed form (and a summary of what went, when configured); a header suffix."""
+        assert request.call is not None
+        messages = request.call.messages
+        model = self.options.summarize_with
+        if model is None:
+            request.call = dataclasses.replace(request.call, messages=trim(messages, budget, counting.count, counting.per_message).messages)
+            return ""
+        room = budget - self.options.summary_tokens - counting.per_message
+        kept = trim(messages, room, counting.count, counting.per_message).messages
+        dropped = [m for m in messages if not any(m is k for k in kept)]
+        summary = await self._summarize(request, model, dropped)
+        if summary is None:
+            kept = trim(messages, budget, counting.count, counting.per_message).messages
+            request.call = dataclasses.replace(request.call, messages=kept)
+            return "; summary=failed"
+        head = [m for m in kept if m.get("role") == "system"]
+        note = {"role": "system", "content": f"Summary of {len(dropped)} earlier messages of this conversation (written by {model}): {summary}"}
+        request.call = dataclasses.replace(request.call, messages=(*head, note, *kept[len(head):]))
+        return f"; summary={model}"
+
+    async def _summarize(self, request: Request, model: str, dropped: list[dict[str, object]]) -> str | None:
+        """The summariser's text for ``dropped`` (its attempts are charged to ``request``), or None when it cannot answer."""
+        if self.dispatcher is None:
+            return None
+        transcript = "\n".join(f"{m.get('role')}: {text}" for m in dropped for text in message_texts(m))[-MAX_TRANSCRIPT_CHARS:]
+        call = ModelCall(
+            kind="chat", model=model, sampling=Sampling(max_tokens=self.options.summary_tokens, temperature=0.0),
+            messages=({"role": "system", "content": SUMMARY_PROMPT}, {"role": "user", "content": transcript}),
+        )
+        probe = Request("chat", model, f"{request.request_id}:summary", call=call, workload=request.workload, tenant=request.tenant, deadline=request.deadline)
+        try:
+            text = "".join([chunk.text async for chunk in self.dispatcher.complete(probe, call, [model])]).strip()
+        except ModelyardError as exc:
+            log.warning("context budget: %s could not summarise (%s); dropping the turns instead", model, exc.message)
+            return None
+        finally:
+            request.overhead.extend(probe.attempts)
+        return text or None
+
+
 class ContextBudgetFactory:
     """The ``context_budget`` stage kind."""
 
     default_slot = "after_route"
 
     def build(self, options: Reader, environment: StageEnvironment) -> Stage:
-        return ContextBudget(parse_options(options), environment.config, environment.dispatcher).stage
+        parsed = parse_options(options)
+        if parsed.summarize_with is not None:
+            summarizer = environment.config.model(parsed.summarize_with)
+            if summarizer is None or summarizer.kind != "chat":
+                raise options.fail("summarize_with", f"expected a chat model of the fleet, got {parsed.summarize_with!r}")
+        return ContextBudget(parsed, environment.config, environment.dispatcher).stage
