@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from modelyard.api.parse import number_field
 from modelyard.errors import InvalidRequest
 from modelyard.pipeline.types import Request
 from modelyard.protocol import ModelCall, Sampling
@@ -126,15 +127,6 @@ def _tools(body: dict[str, Any]) -> tuple[tuple[dict[str, Any], ...], Any]:
     return tuple(out), mapped
 
 
-def _number(body: dict[str, Any], key: str, low: float, high: float) -> float | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise _fail(f"{key}: expected a number from {low:g} to {high:g}", key)
-    return float(value)
-
-
 def _sampling(body: dict[str, Any]) -> Sampling:
     max_tokens = body.get("max_tokens")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
@@ -142,7 +134,7 @@ def _sampling(body: dict[str, Any]) -> Sampling:
     stops = body.get("stop_sequences") or []
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
         raise _fail("stop_sequences: expected a list of non-empty strings", "stop_sequences")
-    return Sampling(max_tokens=max_tokens, temperature=_number(body, "temperature", 0.0, 1.0), top_p=_number(body, "top_p", 0.0, 1.0), stop=tuple(stops))
+    return Sampling(max_tokens=max_tokens, temperature=number_field(body, "temperature", 0.0, 1.0), top_p=number_field(body, "top_p", 0.0, 1.0), stop=tuple(stops))
 
 
 def messages_request(body: Any, request_id: str, headers: dict[str, str]) -> Request:

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from modelyard.api.render import Choice
+from modelyard.api.render import Choice, chain
 from modelyard.errors import ModelyardError, UpstreamError
 from modelyard.protocol import Chunk, Usage
 
@@ -129,16 +129,17 @@ async def stream_events(request_id: str, model: str, stream: AsyncIterator[Chunk
     writer, finish = BlockWriter(request_id), None
     try:
         pending = [first] if first is not None else []
-        async for chunk in _chain(pending, stream):
-            if chunk.text:
-                writer.text(chunk.text)
-            for delta in chunk.tool_calls:
-                writer.tool(delta)
-            finish = chunk.finish_reason or finish
-            if chunk.usage is not None:
-                usage = chunk.usage
-            for piece in writer.take():
-                yield piece
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            async for chunk in chain(pending, stream):
+                if chunk.text:
+                    writer.text(chunk.text)
+                for delta in chunk.tool_calls:
+                    writer.tool(delta)
+                finish = chunk.finish_reason or finish
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                for piece in writer.take():
+                    yield piece
         writer.stop()
         for piece in writer.take():
             yield piece
@@ -153,11 +154,3 @@ async def stream_events(request_id: str, model: str, stream: AsyncIterator[Chunk
         log.exception("stream %s failed", request_id)
         record["error"] = "server_error"
         yield event("error", {"error": {"type": "api_error", "message": f"internal error ({type(exc).__name__})"}})
-
-
-async def _chain(first: list[Chunk], rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    for chunk in first:
-        yield chunk
-    async with contextlib.aclosing(rest):  # type: ignore[type-var]
-        async for chunk in rest:
-            yield chunk

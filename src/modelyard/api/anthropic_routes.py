@@ -16,7 +16,7 @@ from starlette.responses import Response as HTTPResponse
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from modelyard.api import anthropic_parse, anthropic_render, parse, render
+from modelyard.api import anthropic_parse, anthropic_render, render
 from modelyard.api.responses import JSONResponse
 from modelyard.backends.base import TokenCounter
 from modelyard.errors import ModelNotFound, ModelyardError
@@ -38,18 +38,8 @@ class AnthropicRoutes:
 
     async def messages(self, http: HTTPRequest) -> HTTPResponse:
         api = self.api
-        from modelyard.api.app import _first_chunk, read_body
-
-        body = parse.parse_json(await read_body(http, api.config.server.max_body_bytes))
-        request = anthropic_parse.messages_request(body, http.scope["state"]["request_id"], api.headers(http))
-        api.identify(http, request)
-        api.note(http, request)
-        try:
-            response = await api.handler(request)
-            first = await _first_chunk(response.streams[0])
-        finally:
-            api.note(http, request)
-        api.note(http, request, response)
+        request = anthropic_parse.messages_request(await api.body(http), http.scope["state"]["request_id"], api.headers(http))
+        response, first = await api.run(http, request)
         headers = api.model_headers(request, response)
         if request.stream:
             events = anthropic_render.stream_events(request.request_id, response.model, response.streams[0], first, http.scope["state"])
@@ -61,11 +51,7 @@ class AnthropicRoutes:
 
     async def count_tokens(self, http: HTTPRequest) -> HTTPResponse:
         """The prompt's tokens: by the model's own tokenizer when its engine has one, else the declared approximation."""
-        from modelyard.api.app import read_body
-
-        api = self.api
-        body = parse.parse_json(await read_body(http, api.config.server.max_body_bytes))
-        model, messages, tools = anthropic_parse.count_request(body)
+        model, messages, tools = anthropic_parse.count_request(await self.api.body(http))
         texts = [t for m in messages for t in message_texts(m)] + [str(tool) for tool in tools]
         counter = self._counter(model)
         if counter is not None:

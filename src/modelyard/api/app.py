@@ -107,19 +107,29 @@ class Api:
             **request.ratelimit,
         }
 
-    async def generate(self, http: HTTPRequest, parser: Callable[..., tuple[Request, bool]], kind: str) -> HTTPResponse:
-        body = parse.parse_json(await read_body(http, self.config.server.max_body_bytes))
-        request, include_usage = parser(body, http.scope["state"]["request_id"], self.headers(http))
+    async def body(self, http: HTTPRequest) -> Any:
+        """The request's JSON body (413 past the size limit, 400 when it is not JSON)."""
+        return parse.parse_json(await read_body(http, self.config.server.max_body_bytes))
+
+    async def run(self, http: HTTPRequest, request: Request) -> tuple[Response, Any]:
+        """Run ``request`` through the pipeline as the caller, up to its first chunk.
+
+        The first chunk is read before any byte is sent: routing, overload and
+        early upstream errors keep their status, and failover stays invisible.
+        """
         self.identify(http, request)
         self.note(http, request)
         try:
             response = await self.handler(request)
-            # The first chunk is read before any byte is sent: routing, overload and
-            # early upstream errors keep their status, and failover stays invisible.
             first = await _first_chunk(response.streams[0])
         finally:
             self.note(http, request)
         self.note(http, request, response)
+        return response, first
+
+    async def generate(self, http: HTTPRequest, parser: Callable[..., tuple[Request, bool]], kind: str) -> HTTPResponse:
+        request, include_usage = parser(await self.body(http), http.scope["state"]["request_id"], self.headers(http))
+        response, first = await self.run(http, request)
         headers = self.model_headers(request, response)
         if request.stream:
             ctx = render.StreamContext(kind, request.request_id, response.model, include_usage=include_usage, record=http.scope["state"])

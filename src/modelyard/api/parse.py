@@ -48,7 +48,8 @@ def _string(body: dict[str, Any], name: str, required: bool = False) -> str | No
     return value
 
 
-def _number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
+def number_field(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
+    """``body[name]`` when it is a number in [low, high]; None when absent; 400 naming it otherwise."""
     value = body.get(name)
     if value is None:
         return None
@@ -89,13 +90,13 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
 
 def _sampling(body: dict[str, Any], logprobs: bool, top_logprobs: int) -> Sampling:
     for name in ("frequency_penalty", "presence_penalty"):
-        _number(body, name, -2.0, 2.0)
+        number_field(body, name, -2.0, 2.0)
     max_tokens = _integer(body, "max_tokens", 1, MAX_INT32)
     max_completion = _integer(body, "max_completion_tokens", 1, MAX_INT32)
     return Sampling(
         max_tokens=max_completion if max_completion is not None else max_tokens,
-        temperature=_number(body, "temperature", 0.0, 2.0),
-        top_p=_number(body, "top_p", 0.0, 1.0),
+        temperature=number_field(body, "temperature", 0.0, 2.0),
+        top_p=number_field(body, "top_p", 0.0, 1.0),
         stop=_stop(body),
         seed=_integer(body, "seed", *INT64),
         logprobs=logprobs,

@@ -170,7 +170,7 @@ async def stream_events(ctx: StreamContext, streams: list[AsyncIterator[Chunk]],
                 if ctx.kind == "chat":
                     yield ctx.event(index, None, role=True)
                 pending = [first] if index == 0 and first is not None else []
-                async for chunk in _chain(pending, stream):
+                async for chunk in chain(pending, stream):
                     if chunk.usage is not None:
                         usage = Usage(max(usage.prompt_tokens, chunk.usage.prompt_tokens), usage.completion_tokens + chunk.usage.completion_tokens)
                     if chunk.text or chunk.tool_calls or chunk.logprobs or chunk.finish_reason:
@@ -188,7 +188,8 @@ async def stream_events(ctx: StreamContext, streams: list[AsyncIterator[Chunk]],
         yield sse(ModelyardError(f"internal error ({type(exc).__name__})").to_body())
 
 
-async def _chain(first: list[Chunk], rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+async def chain(first: list[Chunk], rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    """``first`` (chunks already read), then the rest of the stream."""
     for chunk in first:
         yield chunk
     async for chunk in rest:

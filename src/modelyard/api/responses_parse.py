@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from modelyard.api.parse import number_field
 from modelyard.errors import InvalidRequest
 from modelyard.pipeline.types import Request
 from modelyard.protocol import ModelCall, Sampling
@@ -117,15 +118,6 @@ def _tools(body: dict[str, Any]) -> tuple[list[dict[str, Any]], tuple[dict[str, 
     return tools, tuple(chat), mapped
 
 
-def _number(body: dict[str, Any], key: str, low: float, high: float) -> float | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise _fail(f"{key}: expected a number from {low:g} to {high:g}", key)
-    return float(value)
-
-
 def _max_tokens(body: dict[str, Any]) -> int | None:
     value = body.get("max_output_tokens")
     if value is None:
@@ -162,7 +154,7 @@ def responses_request(body: Any, request_id: str, headers: dict[str, str], histo
     tools, chat_tools, tool_choice = _tools(body)
     turns = history + input_messages(body)
     messages = ([{"role": "system", "content": instructions}] if instructions else []) + turns
-    sampling = Sampling(max_tokens=_max_tokens(body), temperature=_number(body, "temperature", 0.0, 2.0), top_p=_number(body, "top_p", 0.0, 1.0))
+    sampling = Sampling(max_tokens=_max_tokens(body), temperature=number_field(body, "temperature", 0.0, 2.0), top_p=number_field(body, "top_p", 0.0, 1.0))
     call = ModelCall(
         kind="chat", model=model, sampling=sampling, messages=tuple(messages), response_format=_text_format(body),
         tools=chat_tools if tool_choice != "none" else (), tool_choice=(tool_choice if chat_tools else None) if tool_choice != "none" else None,

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from modelyard.api.render import Choice
+from modelyard.api.render import Choice, chain
 from modelyard.errors import ModelyardError
 from modelyard.protocol import Chunk, Usage
 
@@ -158,7 +158,7 @@ async def stream_events(envelope: Envelope, stream: AsyncIterator[Chunk], first:
     usage, finish = Usage(), None
     try:
         async with contextlib.aclosing(stream):  # type: ignore[type-var]
-            async for chunk in _chain(first, stream):
+            async for chunk in chain([first] if first is not None else [], stream):
                 if chunk.text:
                     writer.text(chunk.text)
                 for delta in chunk.tool_calls:
@@ -185,10 +185,3 @@ async def stream_events(envelope: Envelope, stream: AsyncIterator[Chunk], first:
         log.exception("stream %s failed", envelope.response_id)
         record["error"] = "server_error"
         yield sse({"type": "error", "sequence_number": writer.sequence, "code": "server_error", "message": f"internal error ({type(exc).__name__})", "param": None})
-
-
-async def _chain(first: Chunk | None, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    if first is not None:
-        yield first
-    async for chunk in rest:
-        yield chunk

@@ -18,7 +18,7 @@ from starlette.responses import Response as HTTPResponse
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from modelyard.api import parse, render, responses_parse, responses_render
+from modelyard.api import render, responses_parse, responses_render
 from modelyard.api.responses import JSONResponse
 from modelyard.errors import NotFound
 from modelyard.protocol import Usage
@@ -65,22 +65,13 @@ class ResponsesRoutes:
         return list(json.loads(stored))
 
     async def create(self, http: HTTPRequest) -> HTTPResponse:
-        from modelyard.api.app import _first_chunk, read_body
-
         api = self.api
-        body = parse.parse_json(await read_body(http, api.config.server.max_body_bytes))
+        body = await api.body(http)
         tenant = http.scope["state"].get("tenant", "default")
         history = await self._history(body, tenant)
         call = responses_parse.responses_request(body, http.scope["state"]["request_id"], api.headers(http), history)
         request = call.request
-        api.identify(http, request)
-        api.note(http, request)
-        try:
-            response = await api.handler(request)
-            first = await _first_chunk(response.streams[0])
-        finally:
-            api.note(http, request)
-        api.note(http, request, response)
+        response, first = await api.run(http, request)
         envelope = self._envelope(call, response.model, body)
         turns = [m for m in request.call.messages if m.get("role") != "system"] if request.call else []
 

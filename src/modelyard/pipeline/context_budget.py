@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from modelyard.backends.base import TokenCounter
 from modelyard.config import FleetConfig, Reader
@@ -139,7 +140,7 @@ class ContextBudget:
                 if call.messages:
                     result = trim(call.messages, budget, counting.count, counting.per_message)
                     if result.dropped_messages:
-                        note = await self._shorten(request, budget, counting)
+                        note = await self._shorten(request, result.messages, budget, counting)
                         header = f"trimmed={result.dropped_tokens} tokens; dropped={result.dropped_messages} messages; budget={budget}; counted={counting.source}"
                         request.response_headers[CONTEXT_HEADER] = header + note
                 elif (needed := counting.count(call.prompt) + counting.per_message) > budget:
@@ -154,21 +155,20 @@ class ContextBudget:
         return handle
 
 
-    async def _shorten(self, request: Request, budget: int, counting: Counting) -> str:
-        """Replace the conversation with its trimmed form (and a summary of what went, when configured); a header suffix."""
+    async def _shorten(self, request: Request, trimmed: tuple[dict[str, Any], ...], budget: int, counting: Counting) -> str:
+        """Replace the conversation with ``trimmed`` (or, when configured, a shorter cut plus a summary of what went); a header suffix."""
         assert request.call is not None
         messages = request.call.messages
         model = self.options.summarize_with
         if model is None:
-            request.call = dataclasses.replace(request.call, messages=trim(messages, budget, counting.count, counting.per_message).messages)
+            request.call = dataclasses.replace(request.call, messages=trimmed)
             return ""
         room = budget - self.options.summary_tokens - counting.per_message
         kept = trim(messages, room, counting.count, counting.per_message).messages
         dropped = [m for m in messages if not any(m is k for k in kept)]
         summary = await self._summarize(request, model, dropped)
         if summary is None:
-            kept = trim(messages, budget, counting.count, counting.per_message).messages
-            request.call = dataclasses.replace(request.call, messages=kept)
+            request.call = dataclasses.replace(request.call, messages=trimmed)
             return "; summary=failed"
         head = [m for m in kept if m.get("role") == "system"]
         note = {"role": "system", "content": f"Summary of {len(dropped)} earlier messages of this conversation (written by {model}): {summary}"}
