@@ -19,20 +19,19 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modelyard.backends.ray_commands import gateway_fleet
+
 from .conftest import LiveServer, free_port, start_modelyard, wait_until, write_config
 
 pytestmark = pytest.mark.ray
 RAY = Path(sys.executable).parent / "ray"
 MODELYARD = Path(sys.executable).parent / "modelyard"
 ENV = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "OMP_WAIT_POLICY": "PASSIVE"}
-GATEWAY_FLEET = """
-models:
-  smollm2-135m:
-    kind: chat
-    retry: {{max_attempts: 6, backoff_base_s: 0.5, backoff_max_s: 5}}  # a replacement replica takes seconds longer when the machine is busy
-    deployments:
-      - {{backend: openai, base_url: '{url}', upstream_model: smollm2-135m, max_concurrency: 16}}
-"""
+
+
+def gateway_fleet_for(url: str) -> str:
+    """What ``modelyard ray deploy`` prints for the engine, with the gateway's concurrency raised for the bursts below."""
+    return gateway_fleet({"smollm2-135m": url}).replace("upstream_model: smollm2-135m}", "upstream_model: smollm2-135m, max_concurrency: 16}")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +67,7 @@ def running(address: str) -> int:
 def gateway(cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     tmp = tmp_path_factory.mktemp("ray-gateway")
     url = deploy(cluster, free_port())
-    live = start_modelyard(tmp, write_config(tmp / "fleet.yaml", GATEWAY_FLEET.format(url=url)), ["--data-dir", str(tmp / "data")])
+    live = start_modelyard(tmp, write_config(tmp / "fleet.yaml", gateway_fleet_for(url)), ["--data-dir", str(tmp / "data")])
     yield live
     live.stop()
 

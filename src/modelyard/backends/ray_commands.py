@@ -35,11 +35,21 @@ def engine_specs(config: FleetConfig, models_dir: Path, only: list[str], args: a
     return specs
 
 
+# One Serve endpoint fronts every replica of a model: a replica's death fails the requests it held at once, and
+# Serve needs seconds to route around it. So the gateway retries patiently, and its breaker for the endpoint
+# tolerates that burst instead of opening and refusing the retries (the default opens after 5 consecutive failures).
+SERVE_RETRY = "{max_attempts: 6, backoff_base_s: 0.5, backoff_max_s: 5}"
+SERVE_BREAKER = "{consecutive_failures: 20, failure_rate: 0.9}"
+
+
 def gateway_fleet(urls: dict[str, str]) -> str:
     """The gateway's fleet entries that reach the Serve-hosted engines as ordinary OpenAI-compatible deployments."""
     lines = ["models:"]
     for model, url in urls.items():
-        lines += [f"  {model}:", "    kind: chat", "    deployments:", f"      - {{backend: openai, base_url: '{url}', upstream_model: {model}}}"]
+        lines += [
+            f"  {model}:", "    kind: chat", f"    retry: {SERVE_RETRY}", f"    breaker: {SERVE_BREAKER}", "    deployments:",
+            f"      - {{backend: openai, base_url: '{url}', upstream_model: {model}}}",
+        ]
     return "\n".join(lines) + "\n"
 
 
