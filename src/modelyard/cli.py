@@ -367,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_account_commands(sub, config_arg)
 
+    from modelyard.observe.session_commands import add_commands as add_session_commands
+
+    add_session_commands(sub, config_arg, _open_store)
+
     from modelyard.training.commands import add_commands
 
     add_commands(sub)

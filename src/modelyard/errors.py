@@ -7,7 +7,8 @@ renders any of them in OpenAI's error shape with :attr:`ModelyardError.status`.
 
     ModelyardError (500 server_error)
     ├── InvalidRequest (400, names the parameter)
-    │   └── ContextWindowExceeded (400, code context_length_exceeded)
+    │   ├── ContextWindowExceeded (400, code context_length_exceeded)
+    │   └── SessionBudgetExceeded (400, code session_budget_exceeded, not retried)
     ├── AuthenticationFailed (401)
     ├── NotFound (404)
     │   └── ModelNotFound (404, code model_not_found)
@@ -71,6 +72,15 @@ class ContextWindowExceeded(InvalidRequest):
     """The prompt plus requested completion do not fit the model's window."""
 
     default_code = "context_length_exceeded"
+
+
+class SessionBudgetExceeded(InvalidRequest):
+    """The agent session has used its budget (dollars, tokens, calls or time) and is stopped.
+
+    A 400, not a 429: SDKs retry 429s, and this answer will not change on a retry.
+    """
+
+    default_code = "session_budget_exceeded"
 
 
 class AuthenticationFailed(ModelyardError):

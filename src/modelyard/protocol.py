@@ -156,3 +156,14 @@ class Embeddings:
     vectors: list[list[float]]
     prompt_tokens: int
     token_counts: list[int] | None = None  # per input, when the backend's tokenizer gives them
+
+
+def merge_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
+    """Fold one streamed tool-call delta into the complete call it belongs to."""
+    index = int(delta.get("index", 0))
+    call = calls.setdefault(index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+    if delta.get("id"):
+        call["id"] = delta["id"]
+    fn = delta.get("function") or {}
+    call["function"]["name"] += fn.get("name") or ""
+    call["function"]["arguments"] += fn.get("arguments") or ""

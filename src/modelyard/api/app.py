@@ -33,6 +33,8 @@ from modelyard.api.openapi import openapi_document
 from modelyard.api.record import note_request
 from modelyard.api.responses import JSONResponse
 from modelyard.api.responses_routes import ResponsesRoutes
+from modelyard.api.session_record import SessionRecorder
+from modelyard.api.session_routes import SessionRoutes
 from modelyard.api.usage_route import UsageRoute
 from modelyard.config import FleetConfig
 from modelyard.economics.budget import BudgetBook
@@ -45,6 +47,7 @@ from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.pipeline.types import Handler, Request, Response
 from modelyard.protocol import Usage
 from modelyard.store.ledger import LedgerWriter
+from modelyard.store.session_log import SessionLog
 from modelyard.store.store import Store
 
 log = logging.getLogger("modelyard.api")
@@ -297,7 +300,9 @@ def create_app(
         Route("/admin/breakers", api.breakers, methods=["GET"]),
         Route("/admin/usage", UsageRoute(ledger).handle, methods=["GET"]),
     ]
-    observers: list[Observer] = [LedgerRecorder(ledger, config, lambda: keyring.plans).observe, metrics.observe, _finish_request]
+    observers: list[Observer] = [
+        LedgerRecorder(ledger, config, lambda: keyring.plans).observe, SessionRecorder(ledger).observe, metrics.observe, _finish_request,
+    ]
     execute = line_executor(handler, keyring.policy_of, observers, ledger.flush)
     scheduling = config.scheduling
     runner = BatchRunner(store, execute, scheduling.batch_concurrency, scheduling.batch_lease_s)
@@ -307,6 +312,7 @@ def create_app(
     routes += DashboardRoutes(ledger, api.snapshot).routes()
     routes += AnthropicRoutes(api).routes()
     routes += ResponsesRoutes(api, store).routes()
+    routes += SessionRoutes(SessionLog(store.db), ledger).routes()
     app = Starlette(
         routes=routes,
         exception_handlers={ModelyardError: _modelyard_error, HTTPException: _http_error, Exception: _unexpected},

@@ -15,7 +15,7 @@ import orjson
 from modelyard.errors import ModelyardError
 from modelyard.pipeline.streams import gather_streams
 from modelyard.pipeline.types import Response
-from modelyard.protocol import Chunk, Embeddings, Usage
+from modelyard.protocol import Chunk, Embeddings, Usage, merge_tool_call
 
 log = logging.getLogger("modelyard.api")
 DONE = b"data: [DONE]\n\n"
@@ -45,17 +45,6 @@ class Choice:
 
 def public_finish_reason(reason: str) -> str:
     return "stop" if reason == "cancelled" else reason
-
-
-def merge_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
-    """Fold one streamed tool-call delta into the complete call it belongs to."""
-    index = int(delta.get("index", 0))
-    call = calls.setdefault(index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
-    if delta.get("id"):
-        call["id"] = delta["id"]
-    fn = delta.get("function") or {}
-    call["function"]["name"] += fn.get("name") or ""
-    call["function"]["arguments"] += fn.get("arguments") or ""
 
 
 async def collect(streams: list[AsyncIterator[Chunk]], first: Chunk | None) -> list[Choice]:

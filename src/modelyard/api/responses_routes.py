@@ -4,6 +4,10 @@ With ``store`` (the default) the conversation — the earlier turns, this
 request's input and the answer, not the instructions — is kept in the store
 for ``RESPONSE_TTL_S``, so a later request can continue it with
 ``previous_response_id`` (the same tenant only). Errors are OpenAI's shape.
+
+A chain is one agent session (session budgets, the session record) named by
+its first response's id, unless the client names one with
+``x-modelyard-session``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from starlette.routing import Route
 from modelyard.api import render, responses_parse, responses_render
 from modelyard.api.responses import JSONResponse
 from modelyard.errors import NotFound
+from modelyard.pipeline.stages import SESSION_HEADER
 from modelyard.protocol import Usage
 from modelyard.store.store import Store
 
@@ -53,31 +58,40 @@ class ResponsesRoutes:
     def routes(self) -> list[Route]:
         return [Route("/v1/responses", self.create, methods=["POST"])]
 
-    async def _history(self, body: Any, tenant: str) -> list[dict[str, Any]]:
+    async def _history(self, body: Any, tenant: str) -> tuple[list[dict[str, Any]], str | None]:
+        """The earlier turns of ``previous_response_id`` and the chain's session (None: no previous response)."""
         previous = body.get("previous_response_id") if isinstance(body, dict) else None
         if previous is None:
-            return []
+            return [], None
         if not isinstance(previous, str):
             raise responses_parse._fail("previous_response_id: expected a string", "previous_response_id")
         stored = await self.store.load_response(previous, tenant, time.time())
         if stored is None:
             raise NotFound(f"Previous response with id '{previous}' not found (or expired, or stored with store: false)", param="previous_response_id")
-        return list(json.loads(stored))
+        kept = json.loads(stored)
+        if isinstance(kept, list):  # stored before chains were sessions
+            return kept, previous
+        return list(kept["turns"]), str(kept.get("session") or previous)
 
     async def create(self, http: HTTPRequest) -> HTTPResponse:
         api = self.api
         body = await api.body(http)
         tenant = http.scope["state"].get("tenant", "default")
-        history = await self._history(body, tenant)
-        call = responses_parse.responses_request(body, http.scope["state"]["request_id"], api.headers(http), history)
+        history, chain = await self._history(body, tenant)
+        response_id = f"resp_{uuid.uuid4().hex}"
+        asked = api.headers(http)
+        if SESSION_HEADER not in asked and (chain or (isinstance(body, dict) and body.get("store", True) is True)):
+            asked[SESSION_HEADER] = chain or response_id
+        call = responses_parse.responses_request(body, http.scope["state"]["request_id"], asked, history)
         request = call.request
         response, first = await api.run(http, request)
-        envelope = self._envelope(call, response.model, body)
+        envelope = self._envelope(response_id, call, response.model, body)
         turns = [m for m in request.call.messages if m.get("role") != "system"] if request.call else []
 
         async def keep(items: list[dict[str, Any]], usage: Usage) -> None:
             if call.store:
-                await self.store.save_response(envelope.response_id, request.tenant, json.dumps(turns + _as_messages(items)), time.time(), RESPONSE_TTL_S)
+                kept = {"session": request.session, "turns": turns + _as_messages(items)}
+                await self.store.save_response(envelope.response_id, request.tenant, json.dumps(kept), time.time(), RESPONSE_TTL_S)
 
         headers = api.model_headers(request, response)
         if request.stream:
@@ -92,7 +106,7 @@ class ResponsesRoutes:
         status = responses_render.status_of(choices[0].finish_reason)
         return JSONResponse(responses_render.response_object(envelope, status, output, usage), headers=headers)
 
-    def _envelope(self, call: responses_parse.ResponsesCall, model: str, body: dict[str, Any]) -> responses_render.Envelope:
+    def _envelope(self, response_id: str, call: responses_parse.ResponsesCall, model: str, body: dict[str, Any]) -> responses_render.Envelope:
         sampling = call.request.call.sampling if call.request.call else None
         echo = {
             "instructions": call.instructions, "tools": call.tools, "tool_choice": call.tool_choice, "metadata": call.metadata,
@@ -100,4 +114,4 @@ class ResponsesRoutes:
             "temperature": sampling.temperature if sampling else None, "top_p": sampling.top_p if sampling else None,
             "text": body.get("text") if isinstance(body.get("text"), dict) else {"format": {"type": "text"}},
         }
-        return responses_render.Envelope(f"resp_{uuid.uuid4().hex}", model, int(time.time()), echo)
+        return responses_render.Envelope(response_id, model, int(time.time()), echo)

@@ -78,7 +78,7 @@ def _parse_stage(r: Reader, models: tuple[ModelConfig, ...], aliases: tuple[Alia
         raise r.fail("options", "expected a mapping of the stage's options")
     stage = StageConfig(
         kind=r.string("kind"), slot=r.choice("slot", ("", *STAGE_SLOTS), ""), models=names, tenants=r.names("tenants"),
-        options=MappingProxyType(dict(options)), path=r.path,
+        keys=r.names("keys"), options=MappingProxyType(dict(options)), path=r.path,
     )
     r.reject_unknown()
     return stage

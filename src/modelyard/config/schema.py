@@ -207,8 +207,8 @@ STAGE_SLOTS = ("before_route", "after_route", "after_call")
 class StageConfig:
     """One optional pipeline stage, chosen by ``kind`` from the stage registry, in one slot, for some requests.
 
-    ``models`` (requested model or alias names) and ``tenants`` narrow where it
-    applies (empty: everywhere). ``options`` are the stage's own, checked by the
+    ``models`` (requested model or alias names), ``tenants`` and ``keys`` (API key
+    ids) narrow where it applies (empty: everywhere). ``options`` are the stage's own, checked by the
     stage when the pipeline is built.
     """
 
@@ -216,6 +216,7 @@ class StageConfig:
     slot: str = ""  # one of STAGE_SLOTS; empty: the stage's default slot
     models: tuple[str, ...] = ()
     tenants: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     path: str = ""  # where in the fleet file it was declared (for messages)
 

@@ -64,14 +64,17 @@ class BuiltStages:
 
 def scoped(stage: Stage, spec: StageConfig) -> Stage:
     """``stage`` for requests it is configured for; others pass straight through."""
-    if not spec.models and not spec.tenants:
+    if not spec.models and not spec.tenants and not spec.keys:
         return stage
 
     def wrap(next_handler: Handler) -> Handler:
         inner = stage(next_handler)
 
         async def handle(request: Request) -> Response:
-            applies = (not spec.models or request.model in spec.models) and (not spec.tenants or request.tenant in spec.tenants)
+            applies = (
+                (not spec.models or request.model in spec.models) and (not spec.tenants or request.tenant in spec.tenants)
+                and (not spec.keys or (request.policy is not None and request.policy.key_id in spec.keys))
+            )
             return await (inner if applies else next_handler)(request)
 
         return handle

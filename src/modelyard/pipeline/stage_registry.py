@@ -9,6 +9,7 @@ from modelyard.pipeline.context_budget import ContextBudgetFactory
 from modelyard.pipeline.loop_guard import LoopGuardFactory
 from modelyard.pipeline.pii_filter import PiiFilterFactory
 from modelyard.pipeline.response_cache import ResponseCacheFactory
+from modelyard.pipeline.session_budget import SessionBudgetFactory
 from modelyard.pipeline.slots import StageFactory
 
 
@@ -19,4 +20,5 @@ def default_registry() -> Mapping[str, StageFactory]:
         "context_budget": ContextBudgetFactory(),
         "pii_filter": PiiFilterFactory(),
         "loop_guard": LoopGuardFactory(),
+        "session_budget": SessionBudgetFactory(),
     })

@@ -22,6 +22,7 @@ from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.limits import Limiter, LocalLimiter, limits
 from modelyard.pipeline.quality import quality
 from modelyard.pipeline.route_inputs import RouteInputs
+from modelyard.pipeline.session_tools import record_tool_calls
 from modelyard.pipeline.slots import StageEnvironment, build_stages
 from modelyard.pipeline.stage_registry import default_registry
 from modelyard.pipeline.types import WORKLOAD_CLASSES, Handler, Lifecycle, Request, Response, Stage
@@ -188,7 +189,7 @@ def build_pipeline(
     spend = [budget(budgets, PriceCatalog(config))] if budgets is not None else []
     inputs = RouteInputs(dispatcher, learned)
     stages: list[Stage] = [
-        classify(config, clock), limits(limiter or LocalLimiter()), *(extra or []), *optional.slot("before_route"),
+        classify(config, clock), record_tool_calls(), limits(limiter or LocalLimiter()), *(extra or []), *optional.slot("before_route"),
         route(config, inputs), *optional.slot("after_route"), *spend, quality(config), *optional.slot("after_call"),
     ]
     handler = call_backend(dispatcher)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable, Literal
+from typing import Any, AsyncIterator, Awaitable, Callable, Literal
 
 from modelyard.economics.keys import KeyPolicy
 from modelyard.errors import ModelyardError
@@ -82,6 +82,8 @@ class Request:
     cache: str = ""  # what the response cache did: hit | miss | bypass (empty: no cache stage applied)
     saved_usd: float = 0.0  # a cache hit: what the cached answer cost when it was made
     response_headers: dict[str, str] = field(default_factory=dict)  # x-modelyard-* headers stages add to the response
+    tool_calls_made: list[dict[str, Any]] = field(default_factory=list)  # a session's request: the tool calls the answer made
+    session_stopped: str = ""  # a session budget refused this request: the reason and what was used
 
     def finish(self) -> None:
         """Run what stages left for the end (settle rate limits, commit budgets), once.

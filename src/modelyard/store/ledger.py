@@ -38,11 +38,15 @@ AGGREGATES = (
 )
 
 
+EVENT_COLUMNS = ("ts", "tenant", "session", "request_id", "kind", "call_id", "name", "content")
+
+
 class LedgerSink(Protocol):
-    """Where ledger rows live."""
+    """Where ledger rows (and sessions' tool events) live."""
 
     async def setup(self) -> None: ...
     async def insert(self, rows: list[tuple[Any, ...]]) -> None: ...
+    async def insert_events(self, rows: list[tuple[Any, ...]]) -> None: ...
     async def aggregate(self, group_by: tuple[str, ...], since: str | None, until: str | None) -> list[dict[str, Any]]: ...
     async def spend_by_owner(self) -> list[dict[str, Any]]: ...
     async def since(self, ts: float) -> list[dict[str, Any]]: ...
@@ -91,6 +95,9 @@ class DatabaseLedger:
     async def insert(self, rows: list[tuple[Any, ...]]) -> None:
         await self.db.insert_many("ledger", COLUMNS, rows)
 
+    async def insert_events(self, rows: list[tuple[Any, ...]]) -> None:
+        await self.db.insert_many("session_events", EVENT_COLUMNS, rows)
+
     async def aggregate(self, group_by: tuple[str, ...], since: str | None, until: str | None) -> list[dict[str, Any]]:
         sql, args = _query(group_by, since, until)
         return [_rounded(r) for r in await self.db.fetch(sql, args)]
@@ -117,6 +124,7 @@ class LedgerWriter:
         self.flush_s = flush_s
         self.durable_wait_s = durable_wait_s
         self.buffer: list[tuple[Any, ...]] = []
+        self.events: list[tuple[Any, ...]] = []  # sessions' tool calls and results (EVENT_COLUMNS)
         self.task: asyncio.Task[None] | None = None
         self.recorded = 0  # rows recorded so far
         self.written = 0  # rows written so far (the buffer holds the rest)
@@ -132,6 +140,10 @@ class LedgerWriter:
         """Queue one row (no I/O on the request path)."""
         self.buffer.append(tuple(row.get(c) for c in COLUMNS))
         self.recorded += 1
+
+    def record_events(self, events: list[dict[str, Any]]) -> None:
+        """Queue a session's tool events (written with the next batch of rows)."""
+        self.events += [tuple(e.get(c) for c in EVENT_COLUMNS) for e in events]
 
     async def committed(self) -> bool:
         """Wait until every row recorded so far is written (rows of concurrent requests go in one write).
@@ -164,6 +176,13 @@ class LedgerWriter:
 
     async def flush(self) -> None:
         async with self._flushing:
+            if self.events:
+                events, self.events = self.events, []
+                try:
+                    await self.sink.insert_events(events)
+                except BaseException:
+                    self.events[:0] = events
+                    raise
             if not self.buffer:
                 return
             rows, self.buffer = self.buffer, []

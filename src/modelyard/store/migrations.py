@@ -97,11 +97,23 @@ async def _v4(conn: Connection, dialect: str) -> None:
         await conn.execute(ddl(statement, dialect))
 
 
+async def _v5(conn: Connection, dialect: str) -> None:
+    """Agent sessions: every tool call and tool result of a session, and a session's steps found fast."""
+    for statement in (
+        "CREATE TABLE session_events (ts {real} NOT NULL, tenant TEXT NOT NULL, session TEXT NOT NULL, request_id TEXT, "
+        "kind TEXT NOT NULL, call_id TEXT, name TEXT, content TEXT)",
+        "CREATE INDEX session_events_session ON session_events (session, tenant, ts)",
+        "CREATE INDEX ledger_session ON ledger (session, tenant, ts)",
+    ):
+        await conn.execute(ddl(statement, dialect))
+
+
 MIGRATIONS = (
     Migration(1, "tenants, keys, files, batches, batch lines, ledger", _v1),
     Migration(2, "batch and line leases; file contents in the database", _v2),
     Migration(3, "ledger: cache outcome and saved cost", _v3),
     Migration(4, "stored Responses API conversations", _v4),
+    Migration(5, "session tool calls and results; ledger rows by session", _v5),
 )
 LATEST = MIGRATIONS[-1].version
 

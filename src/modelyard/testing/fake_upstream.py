@@ -15,6 +15,7 @@ headers, so one server can script many cases:
 - ``x-fake-text``: the reply text (split on spaces into tokens) instead of the word list
 - ``x-fake-logprob``: the logprob reported for every token when logprobs are requested
 - ``x-fake-echo``: reply with the last message's text (or the prompt), split on spaces into tokens
+- ``x-fake-tool-call``: ``NAME {"json": "arguments"}``: the chat answer is that one tool call (streamed too)
 
 ``GET /received`` lists the last 100 generation request bodies, as received.
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, AsyncIterable, AsyncIterator
@@ -188,6 +190,8 @@ async def _generate(request: Request, body: Any, script: FakeScript) -> Response
         return Response(b"data: {this is not json\n\n" if body.get("stream") else b"{not json", media_type=body_type)
     if request.headers.get("x-fake-content-type"):
         return Response(b"<html><body>502 Bad Gateway</body></html>", media_type="text/html")
+    if (tool := request.headers.get("x-fake-tool-call")) and chat:
+        return _tool_call_answer(tool, body, _prompt_tokens(body))
     scripted = request.headers.get("x-fake-text")
     if request.headers.get("x-fake-echo"):
         scripted = _last_text(body)
@@ -208,6 +212,29 @@ async def _generate(request: Request, body: Any, script: FakeScript) -> Response
     return _json({"id": "fake-1", "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                   "model": model, "choices": [choice | {"finish_reason": "length" if tokens else "stop"}], "usage": usage})
 
+
+
+def _tool_call_answer(header: str, body: dict[str, Any], prompt_tokens: int) -> Response:
+    """``x-fake-tool-call: NAME {"json": "arguments"}``: the answer is that one tool call."""
+    name, _, arguments = header.partition(" ")
+    call_id = "call_" + uuid.uuid4().hex[:12]
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 5, "total_tokens": prompt_tokens + 5}
+    base = {"id": "fake-1", "created": int(time.time()), "model": body.get("model", "fake")}
+    if not body.get("stream"):
+        message = {"role": "assistant", "content": None, "tool_calls": [
+            {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments or "{}"}}]}
+        return _json(base | {"object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}], "usage": usage})
+
+    def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        chunk = base | {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    head = {"index": 0, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+    events = [event({"role": "assistant", "tool_calls": [head]}), event({"tool_calls": [{"index": 0, "function": {"arguments": arguments or "{}"}}]}),
+              event({}, "tool_calls")]
+    if (body.get("stream_options") or {}).get("include_usage"):
+        events.append(b"data: " + orjson.dumps(base | {"object": "chat.completion.chunk", "choices": [], "usage": usage}) + b"\n\n")
+    return Response(b"".join(events) + b"data: [DONE]\n\n", media_type="text/event-stream")
 
 
 def _last_text(body: dict[str, Any]) -> str:
