@@ -69,7 +69,12 @@ class SessionLog:
             f"SELECT ts, request_id, kind, call_id, name, content FROM session_events WHERE {where} ORDER BY ts", args
         )
         by_request: dict[str, list[dict[str, Any]]] = {}
+        seen_results: set[str] = set()
         for event in events:
+            if event["kind"] == "tool_result" and event["call_id"]:
+                if event["call_id"] in seen_results:
+                    continue  # a retried step resends the same result: shown where it first arrived
+                seen_results.add(event["call_id"])
             by_request.setdefault(event["request_id"] or "", []).append(event)
         for step in steps:
             mine = by_request.get(step["request_id"] or "", [])
