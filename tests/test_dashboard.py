@@ -49,6 +49,11 @@ def test_dashboard_shows_real_traffic(server: LiveServer, tmp_path: Path) -> Non
         reply = httpx.post(server.url + "/v1/chat/completions", json={"model": "house", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
                            headers={"Authorization": f"Bearer {key}"}, timeout=30)
         assert reply.status_code == 200
+    agent = {"Authorization": f"Bearer {key}", "x-modelyard-session": "agent-run-7"}
+    for _ in range(2):  # an agent session: the sessions table lists it, a click shows its steps
+        reply = httpx.post(server.url + "/v1/chat/completions", json={"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+                           headers=agent, timeout=30)
+        assert reply.status_code == 200
     assert httpx.get(server.url + "/admin/dashboard").status_code == 401  # the data needs the master key
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"])
@@ -65,6 +70,12 @@ def test_dashboard_shows_real_traffic(server: LiveServer, tmp_path: Path) -> Non
             assert page.locator("#requests-chart path").count() >= 1
             assert "acme-corp" in page.inner_text("#cost-legend")
             assert "updated" in page.inner_text("#status")
+            page.wait_for_selector("#sessions tbody tr", timeout=15_000)
+            assert "agent-run-7" in page.inner_text("#sessions tbody")
+            page.click("#sessions tbody tr >> text=agent-run-7")
+            page.wait_for_selector("#session-detail pre", timeout=15_000)
+            detail = page.inner_text("#session-detail")
+            assert "agent-run-7: 2 steps" in detail and "2. priced -> priced" in detail
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:
