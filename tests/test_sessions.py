@@ -13,9 +13,9 @@ from modelyard.config import parse_config
 from modelyard.config.reader import ConfigError, Reader
 from modelyard.economics.session_budget import Cost, Refused, SessionLimits, SessionTally, commit, reserve
 from modelyard.errors import SessionBudgetExceeded
+from modelyard.pipeline.answer_watch import watch_answers
 from modelyard.pipeline.costing import PriceCatalog
 from modelyard.pipeline.session_budget import LocalTallies, SessionBudget, SessionBudgetOptions, SharedTallies, parse_options, worst_tokens
-from modelyard.pipeline.session_tools import record_tool_calls
 from modelyard.pipeline.types import Attempt, Request, Response
 from modelyard.protocol import Chunk, ModelCall, Sampling, Usage
 from modelyard.store.redis_client import connect_redis
@@ -197,9 +197,10 @@ async def test_tool_calls_of_the_answer_are_kept() -> None:
         return Response("m", "m/0", "", streams=[stream()])
 
     request = session_request("agent")
-    response = await record_tool_calls()(upstream)(request)
+    response = await watch_answers()(upstream)(request)
     assert [c async for c in response.streams[0]] == deltas  # passed through unchanged
     assert request.tool_calls_made == [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]
+    assert request.finish_reasons == ["tool_calls"]
     plain = session_request(None)
-    await record_tool_calls()(upstream)(plain)
+    await watch_answers()(upstream)(plain)
     assert plain.tool_calls_made == []

@@ -82,9 +82,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         print(f"modelyard: --redis-url must be redis://..., rediss://... or unix://..., got {redis_url!r}", file=sys.stderr)
         return 2
+    from modelyard.observe.tracing import tracing_options
+
+    tracing = tracing_options(args.otlp_endpoint, args.otlp_capture_content, os.environ)
+    if tracing is not None and not tracing.endpoint.startswith(("http://", "https://")):
+        print(f"modelyard: the OTLP endpoint must be http://... or https://..., got {tracing.endpoint!r}", file=sys.stderr)
+        return 2
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    return server.run(config, host, port, data_dir, args.log_level, database_url, redis_url)
+    return server.run(config, host, port, data_dir, args.log_level, database_url, redis_url, tracing)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -339,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--database-url", help="postgresql://... to keep all state (tenants, keys, files, batch jobs, the ledger) in PostgreSQL, shared by every replica that names it (default: SQLite in the data directory)")
     p.add_argument("--redis-url", help="redis://... to count rate limits and budgets in Redis, shared by every replica that names it (default: in this process)")
+    p.add_argument("--otlp-endpoint", help="send OpenTelemetry traces over OTLP/HTTP to this base URL, e.g. http://127.0.0.1:4318 (default: OTEL_EXPORTER_OTLP_ENDPOINT; unset: no traces)")
+    p.add_argument("--otlp-capture-content", action="store_true", help="put prompts in the spans (gen_ai.input.messages); off by default")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check", help="validate a fleet file without starting anything")

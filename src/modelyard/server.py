@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ from modelyard.api.auth import Keyring
 from modelyard.config import FleetConfig
 from modelyard.economics.budget import BudgetBook
 from modelyard.fleet import artifacts
+from modelyard.observe.tracing import Tracing, TracingOptions, exporting_provider
 from modelyard.pipeline.budget import LocalBudgets, SharedBudgets
 from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.fleet import FleetRuntime
@@ -59,6 +61,7 @@ def configure_logging(level: str) -> None:
 
 async def serve_fleet(
     config: FleetConfig, host: str, port: int, data_dir: Path, log_level: str = "info", database_url: str | None = None, redis_url: str | None = None,
+    tracing: TracingOptions | None = None,
 ) -> int:
     """Start the fleet, serve until SIGINT/SIGTERM, then stop the fleet.
 
@@ -102,7 +105,12 @@ async def serve_fleet(
     if isinstance(budgets, SharedBudgets):
         budgets.reload = keyring.load_spend  # after Redis restarts empty: everyone's spend from the shared ledger
     await keyring.start()
-    app = create_app(build_pipeline(dispatcher, config, learned, budgets, limiter=limiter, redis=shared), fleet, dispatcher, config, store, ledger, keyring)
+    provider = exporting_provider(tracing) if tracing is not None else None
+    spans = Tracing(provider, config, tracing.capture_content, dispatcher.clock).observe if provider and tracing else None
+    if tracing is not None:
+        log.info("traces go to %s over OTLP/HTTP%s", tracing.endpoint, " with prompts" if tracing.capture_content else "")
+    pipeline = build_pipeline(dispatcher, config, learned, budgets, limiter=limiter, redis=shared, watch_all=spans is not None)
+    app = create_app(pipeline, fleet, dispatcher, config, store, ledger, keyring, spans)
     app.state.batches.start()  # resumes any job a previous run left unfinished
     uv_config = uvicorn.Config(
         app,
@@ -136,6 +144,8 @@ async def serve_fleet(
         await budgets.drain()
         if shared is not None:
             await shared.aclose()
+        if provider is not None:
+            await asyncio.to_thread(provider.shutdown)  # exports the spans still batched
         await store.aclose()
     return 0 if server.started else 3
 
@@ -149,6 +159,9 @@ def _ignore_signal(signum: int, frame: object) -> None:
     log.debug("signal %d during shutdown ignored", signum)
 
 
-def run(config: FleetConfig, host: str, port: int, data_dir: Path, log_level: str = "info", database_url: str | None = None, redis_url: str | None = None) -> int:
+def run(
+    config: FleetConfig, host: str, port: int, data_dir: Path, log_level: str = "info", database_url: str | None = None, redis_url: str | None = None,
+    tracing: TracingOptions | None = None,
+) -> int:
     """Blocking entry point used by ``modelyard serve``."""
-    return uvloop.run(serve_fleet(config, host, port, data_dir, log_level, database_url, redis_url))
+    return uvloop.run(serve_fleet(config, host, port, data_dir, log_level, database_url, redis_url, tracing))

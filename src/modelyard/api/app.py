@@ -279,9 +279,13 @@ def _ledger_commit(ledger: LedgerWriter) -> LastByteHook:
 
 
 def create_app(
-    handler: Handler, fleet: FleetRuntime, dispatcher: Dispatcher, config: FleetConfig, store: Store, ledger: LedgerWriter, keyring: Keyring
+    handler: Handler, fleet: FleetRuntime, dispatcher: Dispatcher, config: FleetConfig, store: Store, ledger: LedgerWriter, keyring: Keyring,
+    tracing: Observer | None = None,
 ) -> Starlette:
-    """The ASGI app for one pipeline over a started fleet; ``app.state.batches`` runs batch jobs."""
+    """The ASGI app for one pipeline over a started fleet; ``app.state.batches`` runs batch jobs.
+
+    ``tracing``: an observer that turns each finished request into spans (it runs after the ledger's, which costs the request).
+    """
     holder: list[Api] = []
     metrics = Metrics(lambda: holder[0].snapshot())
     api = Api(handler, fleet, dispatcher, config, metrics, keyring.book)
@@ -301,7 +305,8 @@ def create_app(
         Route("/admin/usage", UsageRoute(ledger).handle, methods=["GET"]),
     ]
     observers: list[Observer] = [
-        LedgerRecorder(ledger, config, lambda: keyring.plans).observe, SessionRecorder(ledger).observe, metrics.observe, _finish_request,
+        LedgerRecorder(ledger, config, lambda: keyring.plans).observe, SessionRecorder(ledger).observe, metrics.observe,
+        *([tracing] if tracing is not None else []), _finish_request,
     ]
     execute = line_executor(handler, keyring.policy_of, observers, ledger.flush)
     scheduling = config.scheduling

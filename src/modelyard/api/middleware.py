@@ -31,9 +31,13 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _client_request_id(scope) or uuid.uuid4().hex
+        client_id, trace = _scan_headers(scope)
+        request_id = client_id or uuid.uuid4().hex
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
+        state["method"] = scope.get("method")
+        if trace:
+            state["trace_headers"] = trace  # W3C traceparent/tracestate: the client's trace, for the server span
         started = time.perf_counter()
         status = 0
         logged = False
@@ -69,13 +73,21 @@ class RequestContextMiddleware:
             log_once()
 
 
-def _client_request_id(scope: Scope) -> str | None:
+TRACE_HEADERS = (b"traceparent", b"tracestate")
+
+
+def _scan_headers(scope: Scope) -> tuple[str | None, dict[str, str]]:
+    """The client's request id (if sane) and its W3C trace context headers, in one pass."""
+    request_id: str | None = None
+    trace: dict[str, str] = {}
     for name, value in scope.get("headers", []):
         if name == REQUEST_ID_HEADER:
             text = value.decode("latin-1")
             if 0 < len(text) <= MAX_REQUEST_ID and text.isprintable():
-                return text
-    return None
+                request_id = text
+        elif name in TRACE_HEADERS:
+            trace[name.decode()] = value.decode("latin-1")
+    return request_id, trace
 
 
 def _log(scope: Scope, state: dict[str, Any], status: int, started: float) -> None:

@@ -2,7 +2,7 @@
 
 An agent resends its whole history every step, so a step's new tool results
 are the ``tool`` messages after the last assistant message; the calls are the
-ones the answer made (kept by :mod:`modelyard.pipeline.session_tools`). Each
+ones the answer made (kept by :mod:`modelyard.pipeline.answer_watch`). Each
 is recorded once, with the request that carried it. Content is cut at
 ``MAX_CONTENT`` characters; what was redacted before routing (the PII filter)
 stays redacted here.

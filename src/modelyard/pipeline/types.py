@@ -83,6 +83,7 @@ class Request:
     saved_usd: float = 0.0  # a cache hit: what the cached answer cost when it was made
     response_headers: dict[str, str] = field(default_factory=dict)  # x-modelyard-* headers stages add to the response
     tool_calls_made: list[dict[str, Any]] = field(default_factory=list)  # a session's request: the tool calls the answer made
+    finish_reasons: list[str] = field(default_factory=list)  # watched answers (sessions, traces): each choice's finish reason
     session_stopped: str = ""  # a session budget refused this request: the reason and what was used
 
     def finish(self) -> None:
