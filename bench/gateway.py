@@ -18,6 +18,9 @@ is through-gateway minus direct at the same load. Streaming: time to first
 byte and chunk pacing. Soak: a fixed rate for 5 minutes (30 s with --quick)
 with modelyard's RSS and open file descriptors sampled every 10 s.
 Writes bench/results/gateway.json.
+
+With ``--tracing`` it only compares modelyard with OpenTelemetry traces off
+and on (bench/gateway_tracing.py; bench/results/gateway_tracing.json).
 """
 
 from __future__ import annotations
@@ -333,7 +336,17 @@ def summarise(r: dict[str, object]) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 s per point and a 20 s soak (about a minute of load)")
+    parser.add_argument("--tracing", action="store_true", help="only compare modelyard with OpenTelemetry traces off and on (bench/gateway_tracing.py)")
+    parser.add_argument("--rounds", type=int, default=3, help="--tracing: alternated rounds (default 3)")
     args = parser.parse_args()
+    if args.tracing:
+        import gateway_tracing
+
+        seconds = 3 if args.quick else 10
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = gateway_tracing.run_tracing(sys.modules[__name__], args.rounds, seconds, Path(tmp))
+        gateway_tracing.report(raw, args.rounds, seconds)
+        return
     args.seconds, args.soak_s, args.soak_rate = (3, 20.0, 100.0) if args.quick else (10, 300.0, 200.0)
     with tempfile.TemporaryDirectory() as tmp:
         raw = run(args, Path(tmp))

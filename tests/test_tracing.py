@@ -1,22 +1,28 @@
 """OpenTelemetry traces: spans from hand-built requests into the SDK's in-memory exporter, then a live server
-exporting over OTLP/HTTP to a real receiver on loopback (an HTTP server that decodes the protobuf)."""
+exporting over OTLP/HTTP to a real receiver on loopback (an HTTP server that reads the OTLP/JSON body into the
+protobuf message, so a field the OTLP schema does not have fails the test)."""
 
 from __future__ import annotations
 
+import base64
 import http.server
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from modelyard.config import parse_config
+from modelyard.observe.span_sinks import SdkSink
+from modelyard.observe.spans import parse_traceparent
 from modelyard.observe.tracing import Tracing, tracing_options
 from modelyard.pipeline.types import Attempt, Request
 from modelyard.protocol import ModelCall, Sampling, Usage
@@ -36,7 +42,7 @@ def traced(state: dict[str, Any], status: int = 200, capture: bool = False) -> d
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    Tracing(provider, FLEET, capture, clock=lambda: 1000.0).observe(state, status, 2.0)
+    Tracing(SdkSink(provider), FLEET, capture, clock=lambda: 1000.0).observe(state, status, 2.0)
     return {span.name: span for span in exporter.get_finished_spans()}
 
 
@@ -90,6 +96,14 @@ def test_a_cache_hit_is_a_span_of_its_own() -> None:
     assert spans["cache hit"].parent.span_id == spans["chat small"].context.span_id  # type: ignore[union-attr]
 
 
+def test_a_client_that_did_not_sample_gets_no_spans_and_a_bad_traceparent_is_ignored() -> None:
+    assert traced({"path": "/v1/models", "method": "GET", "trace_headers": {"traceparent": f"00-{TRACE_ID}-{CLIENT_SPAN}-00"}}) == {}
+    assert parse_traceparent({"traceparent": f"00-{'0' * 32}-{CLIENT_SPAN}-01"}) is None
+    assert parse_traceparent({"traceparent": "garbage"}) is None
+    spans = traced({"path": "/v1/models", "method": "GET", "trace_headers": {"traceparent": "00-xyz-01"}})
+    assert spans["GET /v1/models"].parent is None
+
+
 def test_endpoint_from_the_flag_or_the_standard_variables() -> None:
     assert tracing_options(None, False, {}) is None
     assert tracing_options("http://h:4318/", False, {}).endpoint == "http://h:4318/v1/traces"  # type: ignore[union-attr]
@@ -106,19 +120,24 @@ class Receiver(http.server.ThreadingHTTPServer):
 
 class ReceiverHandler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        body = self.rfile.read(int(self.headers["content-length"]))
-        export = ExportTraceServiceRequest()
-        export.ParseFromString(body)
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        assert self.headers["content-type"] == "application/json"
+        for resource in body["resourceSpans"]:  # OTLP/JSON ids are hex; the protobuf JSON mapping wants base64
+            for scope in resource["scopeSpans"]:
+                for span in scope["spans"]:
+                    for key in ("traceId", "spanId", "parentSpanId"):
+                        if key in span:
+                            span[key] = base64.b64encode(bytes.fromhex(span[key])).decode()
+        export = json_format.ParseDict(body, ExportTraceServiceRequest())
         assert isinstance(self.server, Receiver)
         for resource in export.resource_spans:
             for scope in resource.scope_spans:
                 self.server.spans.extend(scope.spans)
-        reply = ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
-        self.send_header("content-type", "application/x-protobuf")
-        self.send_header("content-length", str(len(reply)))
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", "2")
         self.end_headers()
-        self.wfile.write(reply)
+        self.wfile.write(b"{}")
 
     def log_message(self, *args: Any) -> None:
         return None
@@ -152,15 +171,17 @@ models:
 def test_a_live_server_exports_over_otlp_http(tmp_path_factory: pytest.TempPathFactory, fake_upstream: LiveServer, receiver: Receiver) -> None:
     tmp = tmp_path_factory.mktemp("tracing")
     endpoint = f"http://127.0.0.1:{receiver.server_address[1]}"
-    live = start_modelyard(tmp, write_config(tmp / "fleet.yaml", CONFIG.format(url=fake_upstream.url)), ["--otlp-endpoint", endpoint],
-                           env={"OTEL_BSP_SCHEDULE_DELAY": "100"})
+    live = start_modelyard(tmp, write_config(tmp / "fleet.yaml", CONFIG.format(url=fake_upstream.url)), ["--otlp-endpoint", endpoint])
     try:
         reply = httpx.post(live.url + "/v1/chat/completions", timeout=60, headers={"traceparent": TRACEPARENT, "x-modelyard-session": "s-9"},
                            json={"model": "flaky", "messages": [{"role": "user", "content": "hi"}], "stream": True})
         assert reply.status_code == 200
         wait_until(lambda: sum(1 for s in receiver.spans if s.trace_id.hex() == TRACE_ID) >= 4, "4 spans of the trace at the receiver")
+        untraced = httpx.post(live.url + "/v1/chat/completions", timeout=60, json={"model": "fake", "messages": [{"role": "user", "content": "hi"}]})
+        assert untraced.status_code == 200
     finally:
-        live.stop()
+        live.stop()  # the last spans are exported on the way out
+    assert sum(1 for s in receiver.spans if s.trace_id.hex() != TRACE_ID and s.name == "POST /v1/chat/completions") == 1
     ours = [s for s in receiver.spans if s.trace_id.hex() == TRACE_ID]
     server = next(s for s in ours if s.name == "POST /v1/chat/completions")
     call = next(s for s in ours if s.parent_span_id == server.span_id)  # the call span, named after the requested model

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import importlib.metadata
 import logging
 import os
 import signal
@@ -17,7 +17,8 @@ from modelyard.api.auth import Keyring
 from modelyard.config import FleetConfig
 from modelyard.economics.budget import BudgetBook
 from modelyard.fleet import artifacts
-from modelyard.observe.tracing import Tracing, TracingOptions, exporting_provider
+from modelyard.observe.span_sinks import OtlpHttpSink
+from modelyard.observe.tracing import Tracing, TracingOptions
 from modelyard.pipeline.budget import LocalBudgets, SharedBudgets
 from modelyard.pipeline.dispatch import Dispatcher
 from modelyard.pipeline.fleet import FleetRuntime
@@ -105,9 +106,11 @@ async def serve_fleet(
     if isinstance(budgets, SharedBudgets):
         budgets.reload = keyring.load_spend  # after Redis restarts empty: everyone's spend from the shared ledger
     await keyring.start()
-    provider = exporting_provider(tracing) if tracing is not None else None
-    spans = Tracing(provider, config, tracing.capture_content, dispatcher.clock).observe if provider and tracing else None
+    exporter, spans = None, None
     if tracing is not None:
+        exporter = OtlpHttpSink(tracing.endpoint, {"service.name": tracing.service_name, "service.version": _version()}, _version())
+        await exporter.start()
+        spans = Tracing(exporter, config, tracing.capture_content, dispatcher.clock).observe
         log.info("traces go to %s over OTLP/HTTP%s", tracing.endpoint, " with prompts" if tracing.capture_content else "")
     pipeline = build_pipeline(dispatcher, config, learned, budgets, limiter=limiter, redis=shared, watch_all=spans is not None)
     app = create_app(pipeline, fleet, dispatcher, config, store, ledger, keyring, spans)
@@ -144,10 +147,17 @@ async def serve_fleet(
         await budgets.drain()
         if shared is not None:
             await shared.aclose()
-        if provider is not None:
-            await asyncio.to_thread(provider.shutdown)  # exports the spans still batched
+        if exporter is not None:
+            await exporter.aclose()  # exports the spans still batched
         await store.aclose()
     return 0 if server.started else 3
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("modelyard")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 def _hold_ttl_s(config: FleetConfig) -> float:

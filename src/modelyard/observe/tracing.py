@@ -5,12 +5,14 @@ Spans follow the OpenTelemetry GenAI semantic conventions: the call span is
 provider, requested and answering model, token usage, finish reasons, the
 session as ``gen_ai.conversation.id`` and ``error.type`` on failure; each try
 (retries, failover, hedges) is a child span, and a cache hit is one too. The
-client's W3C ``traceparent`` makes the server span part of the client's trace.
+client's W3C ``traceparent`` makes the server span part of the client's trace
+(and a client that did not sample its trace gets no spans from us either).
 
-Spans are built when the request is over, from what the pipeline recorded
-(start times, attempts, usage), so tracing adds no work on the request path
-itself; a batch processor exports them over OTLP/HTTP off the event loop.
-Prompts are not put in spans unless ``capture_content`` is on.
+Spans are built when the response has gone out, from what the pipeline
+recorded (start times, attempts, usage), as plain records
+(:mod:`modelyard.observe.spans`) handed to a sink: OTLP/HTTP export in
+batches, or the OpenTelemetry SDK. Prompts are not put in spans unless
+``capture_content`` is on.
 """
 
 from __future__ import annotations
@@ -19,21 +21,25 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Span, SpanKind, StatusCode, set_span_in_context
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from typing import Any, Protocol
 
 from modelyard.config import FleetConfig
+from modelyard.observe.spans import (
+    KIND_CLIENT,
+    KIND_INTERNAL,
+    KIND_SERVER,
+    SpanRecord,
+    new_span_id,
+    new_trace_id,
+    parse_traceparent,
+)
 from modelyard.pipeline.types import Attempt, Request
 
 CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 OPERATIONS = {"chat": "chat", "completion": "text_completion", "embedding": "embeddings"}
 PROVIDERS = {"openai": "openai", "llamacpp": "llama.cpp", "llamacpp_server": "llama.cpp", "sentence-transformers": "sentence_transformers"}
 TRACES_PATH = "/v1/traces"
+QUIET_OUTCOMES = ("ok", "pending", "hedge-lost", "cancelled")  # not errors: the outcome attribute says what happened
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,63 +69,63 @@ def tracing_options(flag: str | None, capture: bool, environ: Mapping[str, str])
     return TracingOptions(endpoint, opted, environ.get("OTEL_SERVICE_NAME") or "modelyard")
 
 
-def exporting_provider(options: TracingOptions) -> TracerProvider:
-    """A tracer provider that batches spans to the OTLP/HTTP endpoint (the caller shuts it down: that flushes)."""
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    provider = TracerProvider(resource=Resource.create({"service.name": options.service_name}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=options.endpoint)))
-    return provider
+class SpanSink(Protocol):
+    def emit(self, records: list[SpanRecord]) -> None:
+        """Take one request's finished spans, parents before children (no I/O on the caller's path)."""
+        ...
 
 
 class Tracing:
     """An access-middleware observer that turns each finished request into its spans."""
 
-    def __init__(
-        self, provider: TracerProvider, config: FleetConfig, capture_content: bool = False, clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.tracer = provider.get_tracer("modelyard")
+    def __init__(self, sink: SpanSink, config: FleetConfig, capture_content: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
+        self.sink = sink
         self.capture_content = capture_content
         self.clock = clock  # the dispatcher's: what attempt start times are measured on
         self.providers = {d.name: PROVIDERS.get(d.backend, d.backend) for m in config.models for d in m.deployments}
-        self.propagator = TraceContextTextMapPropagator()
 
     def observe(self, state: dict[str, Any], status: int, seconds: float) -> None:
-        end_ns = time.time_ns()
+        records = self.spans(state, status, seconds, time.time_ns())
+        if records:
+            self.sink.emit(records)
+
+    def spans(self, state: dict[str, Any], status: int, seconds: float, end_ns: int) -> list[SpanRecord]:
+        """The request's spans: server, then the model call and its attempts (empty when the client's trace is not sampled)."""
+        parent = parse_traceparent(state["trace_headers"]) if state.get("trace_headers") else None
+        if parent is not None and not parent.sampled:
+            return []
         start_ns = end_ns - int(seconds * 1e9)
         path = state.get("path") or ""
-        parent = self.propagator.extract(state["trace_headers"]) if state.get("trace_headers") else None
-        server = self.tracer.start_span(
-            f"{state.get('method') or 'POST'} {path}", context=parent, kind=SpanKind.SERVER, start_time=start_ns,
-            attributes={"http.request.method": state.get("method") or "", "url.path": path, "http.response.status_code": status,
-                        "modelyard.request_id": state.get("request_id") or ""},
+        method = state.get("method") or "POST"
+        server = SpanRecord(
+            f"{method} {path}", KIND_SERVER, parent.trace_id if parent else new_trace_id(), new_span_id(), parent.span_id if parent else None,
+            start_ns, end_ns, {"http.request.method": method, "url.path": path, "http.response.status_code": status,
+                               "modelyard.request_id": state.get("request_id") or ""},
+            trace_state=parent.trace_state if parent else "", remote_parent=parent is not None,
         )
+        if status >= 500 or status == 499:
+            server.fail(state.get("error") or str(status))
+        records = [server]
         request = state.get("request")
         if isinstance(request, Request):
-            self._call(request, state, status, server, start_ns, end_ns)
-        if status >= 500 or status == 499:
-            server.set_status(StatusCode.ERROR)
-            server.set_attribute("error.type", state.get("error") or str(status))
-        server.end(end_time=end_ns)
+            records += self._call(request, state, status, server, end_ns)
+        return records
 
-    def _call(self, request: Request, state: dict[str, Any], status: int, server: Span, start_ns: int, end_ns: int) -> None:
+    def _call(self, request: Request, state: dict[str, Any], status: int, server: SpanRecord, end_ns: int) -> list[SpanRecord]:
         operation = OPERATIONS.get(request.operation, request.operation)
-        span = self.tracer.start_span(
-            f"{operation} {request.model}", context=set_span_in_context(server), kind=SpanKind.CLIENT, start_time=start_ns,
-            attributes=self._call_attributes(request, state, operation),
-        )
+        trace = server.trace_id
+        call = SpanRecord(f"{operation} {request.model}", KIND_CLIENT, trace, new_span_id(), server.span_id, server.start_ns, end_ns,
+                          self._call_attributes(request, state, operation), trace_state=server.trace_state)
         if status >= 400:
-            span.set_status(StatusCode.ERROR)
-            span.set_attribute("error.type", state.get("error") or str(status))
-        context = set_span_in_context(span)
+            call.fail(state.get("error") or str(status))
+        records = [call]
         if request.cache == "hit":
-            hit = self.tracer.start_span("cache hit", context=context, kind=SpanKind.INTERNAL, start_time=start_ns,
-                                         attributes={"modelyard.cache": "hit", "modelyard.cache.saved_usd": request.saved_usd})
-            hit.end(end_time=end_ns)
+            records.append(SpanRecord("cache hit", KIND_INTERNAL, trace, new_span_id(), call.span_id, server.start_ns, end_ns,
+                                      {"modelyard.cache": "hit", "modelyard.cache.saved_usd": request.saved_usd}))
         wall_offset_ns = time.time_ns() - int(self.clock() * 1e9)
         for number, attempt in enumerate(request.attempts, 1):
-            self._attempt(attempt, number, operation, context, wall_offset_ns, end_ns)
-        span.end(end_time=end_ns)
+            records.append(self._attempt(attempt, number, operation, call, wall_offset_ns, end_ns))
+        return records
 
     def _call_attributes(self, request: Request, state: dict[str, Any], operation: str) -> dict[str, Any]:
         answered = next((a for a in request.attempts if a.outcome == "ok"), None)
@@ -146,7 +152,7 @@ class Tracing:
         attributes.update({k: v for k, v in optional.items() if v is not None})
         return attributes
 
-    def _attempt(self, attempt: Attempt, number: int, operation: str, context: Any, wall_offset_ns: int, end_ns: int) -> None:
+    def _attempt(self, attempt: Attempt, number: int, operation: str, call: SpanRecord, wall_offset_ns: int, end_ns: int) -> SpanRecord:
         start = int(attempt.started * 1e9) + wall_offset_ns
         end = start + int(attempt.busy_s * 1e9) if attempt.busy_s else end_ns
         attributes: dict[str, Any] = {
@@ -158,10 +164,7 @@ class Tracing:
             attributes |= {"gen_ai.usage.input_tokens": attempt.usage.prompt_tokens, "gen_ai.usage.output_tokens": attempt.usage.completion_tokens}
         if attempt.ttft_s is not None:
             attributes["modelyard.ttft_s"] = attempt.ttft_s
-        span = self.tracer.start_span(f"{operation} {attempt.model}", context=context, kind=SpanKind.CLIENT, start_time=start, attributes=attributes)
-        if attempt.outcome not in ("ok", "pending"):
-            span.set_attribute("error.type", attempt.outcome)
-            if attempt.outcome not in ("hedge-lost", "cancelled"):
-                span.set_status(StatusCode.ERROR, attempt.error or attempt.outcome)
-        span.end(end_time=max(end, start))
-
+        span = SpanRecord(f"{operation} {attempt.model}", KIND_CLIENT, call.trace_id, new_span_id(), call.span_id, start, max(end, start), attributes)
+        if attempt.outcome not in QUIET_OUTCOMES:
+            span.fail(attempt.outcome, attempt.error or attempt.outcome)
+        return span
