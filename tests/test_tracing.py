@@ -51,9 +51,8 @@ def agent_request() -> Request:
     request = Request("chat", "house", "req-1", call=call, session="agent-42", tenant="acme", served_model="local", route_reason="rule:tools")
     request.attempts = [
         Attempt("small", "small/0", 998.5, outcome="server_error", error="upstream said 500", busy_s=0.2),
-        Attempt("local", "local/0", 998.8, outcome="ok", ttft_s=0.3, usage=Usage(12, 30), busy_s=0.9),
+        Attempt("local", "local/0", 998.8, outcome="ok", ttft_s=0.3, usage=Usage(12, 30), busy_s=0.9, finish_reason="stop"),
     ]
-    request.finish_reasons = ["stop"]
     return request
 
 

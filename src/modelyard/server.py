@@ -112,7 +112,7 @@ async def serve_fleet(
         await exporter.start()
         spans = Tracing(exporter, config, tracing.capture_content, dispatcher.clock).observe
         log.info("traces go to %s over OTLP/HTTP%s", tracing.endpoint, " with prompts" if tracing.capture_content else "")
-    pipeline = build_pipeline(dispatcher, config, learned, budgets, limiter=limiter, redis=shared, watch_all=spans is not None)
+    pipeline = build_pipeline(dispatcher, config, learned, budgets, limiter=limiter, redis=shared)
     app = create_app(pipeline, fleet, dispatcher, config, store, ledger, keyring, spans)
     app.state.batches.start()  # resumes any job a previous run left unfinished
     uv_config = uvicorn.Config(

@@ -74,16 +74,19 @@ class SpanRecord:
         self.status, self.status_message = STATUS_ERROR, message
 
 
+def _array(values: Any) -> dict[str, Any]:
+    return {"arrayValue": {"values": [_value(v) for v in values]}}
+
+
+ENCODERS: dict[type, Any] = {
+    str: lambda v: {"stringValue": v}, bool: lambda v: {"boolValue": v}, int: lambda v: {"intValue": str(v)},
+    float: lambda v: {"doubleValue": v}, tuple: _array, list: _array,
+}
+
+
 def _value(value: Any) -> dict[str, Any]:
-    if isinstance(value, bool):
-        return {"boolValue": value}
-    if isinstance(value, int):
-        return {"intValue": str(value)}
-    if isinstance(value, float):
-        return {"doubleValue": value}
-    if isinstance(value, (tuple, list)):
-        return {"arrayValue": {"values": [_value(v) for v in value]}}
-    return {"stringValue": str(value)}
+    encode = ENCODERS.get(type(value))
+    return encode(value) if encode is not None else {"stringValue": str(value)}  # type: ignore[no-any-return]
 
 
 def _attributes(values: dict[str, Any]) -> list[dict[str, Any]]:

@@ -140,7 +140,7 @@ class Tracing:
         }
         optional = {
             "gen_ai.response.model": state.get("served_model") or request.served_model, "gen_ai.conversation.id": request.session,
-            "gen_ai.response.finish_reasons": tuple(request.finish_reasons) or None, "modelyard.deployment": deployment or None,
+            "gen_ai.response.finish_reasons": tuple(a.finish_reason for a in request.attempts if a.outcome == "ok" and a.finish_reason) or None, "modelyard.deployment": deployment or None,
             "modelyard.route": request.route_reason or None, "modelyard.cache": request.cache or None,
         }
         if request.call is not None:
@@ -164,6 +164,8 @@ class Tracing:
             attributes |= {"gen_ai.usage.input_tokens": attempt.usage.prompt_tokens, "gen_ai.usage.output_tokens": attempt.usage.completion_tokens}
         if attempt.ttft_s is not None:
             attributes["modelyard.ttft_s"] = attempt.ttft_s
+        if attempt.finish_reason is not None:
+            attributes["gen_ai.response.finish_reasons"] = (attempt.finish_reason,)
         span = SpanRecord(f"{operation} {attempt.model}", KIND_CLIENT, call.trace_id, new_span_id(), call.span_id, start, max(end, start), attributes)
         if attempt.outcome not in QUIET_OUTCOMES:
             span.fail(attempt.outcome, attempt.error or attempt.outcome)

@@ -167,6 +167,7 @@ class Dispatcher:
                 yield chunk
                 if chunk.finish_reason is not None:
                     opened.attempt.outcome = "ok"
+                    opened.attempt.finish_reason = chunk.finish_reason
                     return
                 guard.begin_wait()
                 try:

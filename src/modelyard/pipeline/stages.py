@@ -178,18 +178,18 @@ def _nth_choice(call: ModelCall, index: int) -> ModelCall:
 
 def build_pipeline(
     dispatcher: Dispatcher, config: FleetConfig, learned: dict[str, LearnedRouter], budgets: Budgets | None = None, extra: list[Stage] | None = None,
-    limiter: Limiter | None = None, clock: Callable[[], float] | None = None, redis: Redis | None = None, watch_all: bool = False,
+    limiter: Limiter | None = None, clock: Callable[[], float] | None = None, redis: Redis | None = None,
 ) -> Handler:
     """Compose the stages, outermost first, around the backend call (``learned``: :func:`load_learned`'s routers;
     ``budgets`` and ``limiter``: where budgets and rate limits are counted; no budgets, limits in this process by default;
     ``clock``: what deadlines are measured on, the dispatcher's clock by default; ``redis``: where configured stages
-    keep shared state, such as the response cache; ``watch_all``: note every answer's finish reasons, for traces)."""
+    keep shared state, such as the response cache)."""
     clock = clock or dispatcher.clock
     optional = build_stages(config, StageEnvironment(config, dispatcher, redis, clock), default_registry())
     spend = [budget(budgets, PriceCatalog(config))] if budgets is not None else []
     inputs = RouteInputs(dispatcher, learned)
     stages: list[Stage] = [
-        classify(config, clock), watch_answers(watch_all), limits(limiter or LocalLimiter()), *(extra or []), *optional.slot("before_route"),
+        classify(config, clock), watch_answers(), limits(limiter or LocalLimiter()), *(extra or []), *optional.slot("before_route"),
         route(config, inputs), *optional.slot("after_route"), *spend, quality(config), *optional.slot("after_call"),
     ]
     handler = call_backend(dispatcher)

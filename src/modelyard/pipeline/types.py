@@ -39,6 +39,7 @@ class Attempt:
     ttft_s: float | None = None
     usage: Usage | None = None
     busy_s: float = 0.0  # start to last chunk: the replica time this attempt held
+    finish_reason: str | None = None  # an answered attempt: why its generation ended
 
     def fail(self, error: ModelyardError, now: float) -> None:
         self.outcome = error.error_type
@@ -83,7 +84,6 @@ class Request:
     saved_usd: float = 0.0  # a cache hit: what the cached answer cost when it was made
     response_headers: dict[str, str] = field(default_factory=dict)  # x-modelyard-* headers stages add to the response
     tool_calls_made: list[dict[str, Any]] = field(default_factory=list)  # a session's request: the tool calls the answer made
-    finish_reasons: list[str] = field(default_factory=list)  # watched answers (sessions, traces): each choice's finish reason
     session_stopped: str = ""  # a session budget refused this request: the reason and what was used
 
     def finish(self) -> None:
