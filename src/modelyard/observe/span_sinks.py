@@ -28,7 +28,7 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
-from modelyard.observe.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, SpanRecord, otlp_json
+from modelyard.observe.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, SpanRecord, encode_span, otlp_body
 
 log = logging.getLogger("modelyard.tracing")
 WARN_EVERY_S = 60.0
@@ -45,7 +45,7 @@ class OtlpHttpSink:
         self.flush_s = flush_s
         self.max_batch = max_batch
         self.max_queue = max_queue
-        self.buffer: list[SpanRecord] = []
+        self.buffer: list[bytes] = []  # spans encoded as they come
         self.exported = 0
         self.dropped = 0
         self.client = httpx.AsyncClient(timeout=timeout_s)
@@ -58,7 +58,7 @@ class OtlpHttpSink:
             self.dropped += len(records)
             self._warn(f"the span buffer is full ({self.max_queue}); spans are dropped until the collector catches up")
             return
-        self.buffer.extend(records)
+        self.buffer += [encode_span(r) for r in records]
         if len(self.buffer) >= self.max_batch:
             self._wake.set()
 
@@ -76,7 +76,7 @@ class OtlpHttpSink:
         while self.buffer:
             batch, self.buffer = self.buffer[: self.max_batch], self.buffer[self.max_batch:]
             try:
-                response = await self.client.post(self.endpoint, content=otlp_json(batch, self.resource, self.version),
+                response = await self.client.post(self.endpoint, content=otlp_body(batch, self.resource, self.version),
                                                   headers={"content-type": "application/json"})
                 response.raise_for_status()
                 self.exported += len(batch)

@@ -106,10 +106,16 @@ def _span(r: SpanRecord) -> dict[str, Any]:
     return span
 
 
-def otlp_json(records: list[SpanRecord], resource: dict[str, Any], scope_version: str) -> bytes:
-    """An OTLP ``ExportTraceServiceRequest`` in OTLP/JSON."""
-    body = {"resourceSpans": [{
+def encode_span(record: SpanRecord) -> bytes:
+    """One span as OTLP/JSON (a buffer of these bytes costs the garbage collector nothing, unlike records)."""
+    return orjson.dumps(_span(record))
+
+
+def otlp_body(spans: list[bytes], resource: dict[str, Any], scope_version: str) -> bytes:
+    """An OTLP ``ExportTraceServiceRequest`` in OTLP/JSON around spans encoded by :func:`encode_span`."""
+    envelope = orjson.dumps({"resourceSpans": [{
         "resource": {"attributes": _attributes(resource)},
-        "scopeSpans": [{"scope": {"name": "modelyard", "version": scope_version}, "spans": [_span(r) for r in records]}],
-    }]}
-    return orjson.dumps(body)
+        "scopeSpans": [{"scope": {"name": "modelyard", "version": scope_version}, "spans": []}],
+    }]})
+    head, tail = envelope.split(b'"spans":[]', 1)
+    return head + b'"spans":[' + b",".join(spans) + b"]" + tail
