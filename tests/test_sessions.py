@@ -19,7 +19,7 @@ from modelyard.pipeline.session_budget import LocalTallies, SessionBudget, Sessi
 from modelyard.pipeline.types import Attempt, Request, Response
 from modelyard.protocol import Chunk, ModelCall, Sampling, Usage
 from modelyard.store.redis_client import connect_redis
-from modelyard.store.redis_sessions import RedisSessions
+from modelyard.store.redis_sessions import RedisSessions, SessionRefusal
 
 from .services import REDIS_ENV, service_url
 
@@ -121,9 +121,8 @@ async def test_replicas_share_a_session_exactly(redis_client: tuple[Redis, str])
     other = await connect_redis(REDIS_URL)
     try:
         a, b = RedisSessions(client, 60.0, 3600.0, prefix), RedisSessions(other, 60.0, 3600.0, prefix)
-        limits = SessionLimits(calls=5)
-        outcomes = await asyncio.gather(*[(a if i % 2 else b).reserve("agent-1", limits, Cost()) for i in range(20)])
-        assert sum(not isinstance(o, Refused) for o in outcomes) == 5
+        outcomes = await asyncio.gather(*[(a if i % 2 else b).reserve("agent-1", (None, None, 5, None), 0.0, 0) for i in range(20)])
+        assert sum(not isinstance(o, SessionRefusal) for o in outcomes) == 5
     finally:
         await other.aclose()
 
@@ -131,13 +130,13 @@ async def test_replicas_share_a_session_exactly(redis_client: tuple[Redis, str])
 async def test_a_dead_replicas_hold_expires(redis_client: tuple[Redis, str]) -> None:
     client, prefix = redis_client
     shared = RedisSessions(client, 0.2, 3600.0, prefix)
-    limits = SessionLimits(calls=1)
-    assert not isinstance(await shared.reserve("s", limits, Cost(0.0, 10)), Refused)  # never committed: its replica died
+    limits = (None, None, 1, None)
+    assert not isinstance(await shared.reserve("s", limits, 0.0, 10), SessionRefusal)  # never committed: its replica died
     state = f"{prefix}:s"
     assert int(await client.hget(state, "held_calls")) == 1
     await asyncio.sleep(0.3)
     # The next check releases the expired hold first; the call it held never counted, so this one fits.
-    assert not isinstance(await shared.reserve("s", limits, Cost(0.0, 10)), Refused)
+    assert not isinstance(await shared.reserve("s", limits, 0.0, 10), SessionRefusal)
 
 
 # --- the stage ------------------------------------------------------------------------------------------

@@ -47,7 +47,6 @@ from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.pipeline.types import Handler, Request, Response
 from modelyard.protocol import Usage
 from modelyard.store.ledger import LedgerWriter
-from modelyard.store.session_log import SessionLog
 from modelyard.store.store import Store
 
 log = logging.getLogger("modelyard.api")
@@ -317,7 +316,7 @@ def create_app(
     routes += DashboardRoutes(ledger, api.snapshot).routes()
     routes += AnthropicRoutes(api).routes()
     routes += ResponsesRoutes(api, store).routes()
-    routes += SessionRoutes(SessionLog(store.db), ledger).routes()
+    routes += SessionRoutes(store, ledger).routes()
     app = Starlette(
         routes=routes,
         exception_handlers={ModelyardError: _modelyard_error, HTTPException: _http_error, Exception: _unexpected},

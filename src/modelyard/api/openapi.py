@@ -239,6 +239,10 @@ def _service_paths() -> dict[str, Any]:
         "/admin/usage": {"get": _operation("Ledger aggregates (JSON or CSV)", admin, parameters=[
             _query("group_by", STRING), _query("since", STRING), _query("until", STRING), _query("format", {"enum": ["json", "csv"]})])},
         "/admin/dashboard": {"get": _operation("The dashboard's data", admin)},
+        "/admin/sessions": {"get": _operation("Recent agent sessions: steps, tokens, cost, tool calls", admin, parameters=[
+            _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}), _query("tenant", STRING)])},
+        "/admin/sessions/{session_id}": {"get": _operation("One session's steps, tool calls and tool results", admin, parameters=[
+            _path_param("session_id"), _query("tenant", STRING)])},
         "/admin/tenants": {"get": _operation("List tenants", admin), "post": _operation("Create a tenant", admin, body, status="201")},
         "/admin/tenants/{tenant}/budget": {"post": _operation("Set a tenant's budget", admin, body, parameters=tenant)},
         "/admin/tenants/{tenant}/plan": {"post": _operation("Set a tenant's price plan", admin, body, parameters=tenant)},

@@ -10,14 +10,19 @@ from modelyard.api.responses import JSONResponse
 from modelyard.errors import InvalidRequest, NotFound
 from modelyard.store.ledger import LedgerWriter
 from modelyard.store.session_log import SessionLog
+from modelyard.store.store import Store
 
 MAX_LIST = 500
 
 
 class SessionRoutes:
-    def __init__(self, log: SessionLog, ledger: LedgerWriter) -> None:
-        self.log = log
+    def __init__(self, store: Store, ledger: LedgerWriter) -> None:
+        self.store = store
         self.ledger = ledger  # flushed first, so the newest steps are in
+
+    @property
+    def log(self) -> SessionLog:
+        return SessionLog(self.store.db)
 
     async def index(self, http: HTTPRequest) -> HTTPResponse:
         raw = http.query_params.get("limit", "50")

@@ -32,7 +32,7 @@ from modelyard.pipeline.shared_writes import SharedWrites
 from modelyard.pipeline.slots import StageEnvironment
 from modelyard.pipeline.types import Handler, Request, Response, Stage
 from modelyard.store.redis_client import SharedStateUnavailable
-from modelyard.store.redis_sessions import RedisSessions, SessionHold
+from modelyard.store.redis_sessions import RedisSessions, SessionHold, SessionRefusal
 
 log = logging.getLogger("modelyard.sessions")
 
@@ -128,7 +128,7 @@ class _SharedHold:
         return self.hold.started
 
     def commit(self, used: Cost) -> None:
-        self.writes.start(self.shared.commit(self.hold, used))
+        self.writes.start(self.shared.commit(self.hold, used.usd, used.tokens))
 
 
 class SharedTallies:
@@ -141,11 +141,13 @@ class SharedTallies:
 
     async def reserve(self, scope: str, limits: SessionLimits, ask: Cost) -> Held | Refused:
         try:
-            outcome = await self.shared.reserve(scope, limits, ask)
+            outcome = await self.shared.reserve(scope, (limits.usd, limits.tokens, limits.calls, limits.seconds), ask.usd, ask.tokens)
         except SharedStateUnavailable as exc:
             self.writes.unavailable(exc)
             return await self.local.reserve(scope, limits, ask)
-        return outcome if isinstance(outcome, Refused) else _SharedHold(outcome, self.writes, self.shared)
+        if isinstance(outcome, SessionRefusal):
+            return Refused(outcome.reason, outcome.used, outcome.limit, outcome.ask)
+        return _SharedHold(outcome, self.writes, self.shared)
 
 
 def worst_tokens(request: Request, catalog: PriceCatalog) -> int:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from modelyard.economics.session_budget import Cost, Refused, SessionLimits
 from modelyard.store.redis_client import run_script
 
 PREFIX = "modelyard:session"
@@ -92,6 +91,16 @@ return 1
 
 
 @dataclass(frozen=True, slots=True)
+class SessionRefusal:
+    """The limit that stopped the session (usd, tokens, calls, seconds), what was used of it, and what the call asked."""
+
+    reason: str
+    used: float
+    limit: float
+    ask: float
+
+
+@dataclass(frozen=True, slots=True)
 class SessionHold:
     member: str
     keys: tuple[str, ...]
@@ -116,19 +125,21 @@ class RedisSessions:
         base = f"{self.prefix}:{scope}"
         return [base, f"{base}:holds", f"{base}:expiry"]
 
-    async def reserve(self, scope: str, limits: SessionLimits, ask: Cost) -> SessionHold | Refused:
-        """Hold ``ask`` on the session named by ``scope``, or the refusal that stopped it."""
+    async def reserve(
+        self, scope: str, limits: tuple[float | None, float | None, float | None, float | None], usd: float, tokens: int,
+    ) -> SessionHold | SessionRefusal:
+        """Hold ``usd`` and ``tokens`` on the session named by ``scope``, or the refusal that stopped it.
+
+        ``limits``: usd, tokens, calls and seconds (None: no limit).
+        """
         member = uuid.uuid4().hex
         keys = self._keys(scope)
-        args: list[float | int | str] = [
-            self.hold_ttl_ms, self.idle_ttl_ms, member, ask.usd, ask.tokens,
-            _limit(limits.usd), _limit(limits.tokens), _limit(limits.calls), _limit(limits.seconds),
-        ]
+        args: list[float | int | str] = [self.hold_ttl_ms, self.idle_ttl_ms, member, usd, tokens, *(_limit(v) for v in limits)]
         result = await run_script(self._reserve, keys, args)
         if int(result[0]) == 1:
             return SessionHold(member, tuple(keys), float(result[1]) / 1000)
         reason, used, limit, asked = (v.decode() if isinstance(v, bytes) else str(v) for v in result[1:5])
-        return Refused(reason, float(used), float(limit), float(asked))
+        return SessionRefusal(reason, float(used), float(limit), float(asked))
 
-    async def commit(self, hold: SessionHold, used: Cost) -> None:
-        await run_script(self._commit, list(hold.keys), [hold.member, used.usd, used.tokens, self.idle_ttl_ms])
+    async def commit(self, hold: SessionHold, usd: float, tokens: int) -> None:
+        await run_script(self._commit, list(hold.keys), [hold.member, usd, tokens, self.idle_ttl_ms])
