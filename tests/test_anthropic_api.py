@@ -1,4 +1,4 @@
-"""Anthropic's Messages API through the official ``anthropic`` SDK: against the fake upstream, and a tool round trip on the embedded Qwen."""
+"""Anthropic's Messages API through the official ``anthropic`` SDK: against the fake upstream (a tool round trip too), and one on the embedded Qwen."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ models:
     kind: chat
     deployments:
       - {{backend: openai, base_url: '{url}/v1', headers: {{x-fake-text: 'Hello from the fake upstream'}}, price: {{input_per_1m: 1, output_per_1m: 1}}}}
+  tooly:
+    kind: chat
+    deployments:
+      - {{backend: openai, base_url: '{url}/v1', headers: {{x-fake-tool-call: 'get_weather {{"city": "Paris", "units": ["c", "f"]}}'}}}}
 """
 WEATHER = {"name": "get_weather", "description": "The weather in a city", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 ASK = [{"role": "user", "content": "What is the weather in Paris? Use the tool."}]
@@ -78,6 +82,31 @@ def test_errors_come_in_anthropics_shape(fake_server: LiveServer) -> None:
     image = {"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]}
     with pytest.raises(anthropic.BadRequestError, match="text and tool_result"):
         client(fake_server).messages.create(model="fake", max_tokens=5, messages=[image])  # type: ignore[list-item]
+
+
+def test_a_tool_round_trip_against_the_fake_upstream(fake_server: LiveServer, fake_upstream: LiveServer) -> None:
+    sdk = client(fake_server)
+    first = sdk.messages.create(model="tooly", max_tokens=30, tools=[WEATHER], messages=ASK)  # type: ignore[list-item, arg-type]
+    assert first.stop_reason == "tool_use"
+    call = next(b for b in first.content if b.type == "tool_use")
+    assert call.name == "get_weather" and call.input == {"city": "Paris", "units": ["c", "f"]}  # never {} (LiteLLM #25321)
+    raw = httpx.post(fake_server.url + "/v1/messages", headers={"x-api-key": MASTER}, timeout=60,
+                     json={"model": "tooly", "max_tokens": 30, "stream": True, "tools": [WEATHER], "messages": ASK})
+    events = [json.loads(line[6:]) for line in raw.text.splitlines() if line.startswith("data: ")]
+    starts = [e for e in events if e["type"] == "content_block_start"]
+    assert [s["content_block"]["type"] for s in starts] == ["tool_use"]  # one start for the one call
+    deltas = [e["delta"] for e in events if e["type"] == "content_block_delta"]
+    assert all(d["type"] == "input_json_delta" and d["partial_json"] for d in deltas)  # no empty input_json_delta (LiteLLM #29286)
+    assert json.loads("".join(d["partial_json"] for d in deltas)) == call.input
+    assert next(e for e in events if e["type"] == "message_delta")["delta"]["stop_reason"] == "tool_use"
+    answer = sdk.messages.create(model="fake", max_tokens=20, tools=[WEATHER], messages=[  # type: ignore[list-item]
+        *ASK, {"role": "assistant", "content": [{"type": "tool_use", "id": call.id, "name": call.name, "input": call.input}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "18 degrees"}]},
+    ])  # type: ignore[arg-type]
+    assert answer.content[0].text == "Hello from the fake upstream"  # type: ignore[union-attr]
+    sent = httpx.get(fake_upstream.url + "/received").json()[-1]["messages"]
+    assert sent[-1] == {"role": "tool", "tool_call_id": call.id, "content": "18 degrees"}  # the result went back to the model
+    assert json.loads(sent[-2]["tool_calls"][0]["function"]["arguments"]) == call.input
 
 
 def test_a_tool_round_trip_on_the_local_model(default_server: LiveServer) -> None:

@@ -99,6 +99,8 @@ async def _v4(conn: Connection, dialect: str) -> None:
 
 async def _v5(conn: Connection, dialect: str) -> None:
     """Agent sessions: every tool call and tool result of a session, and a session's steps found fast."""
+    if "session" not in await conn.columns("ledger"):  # a ledger from the first releases
+        await conn.execute("ALTER TABLE ledger ADD COLUMN session TEXT")
     for statement in (
         "CREATE TABLE session_events (ts {real} NOT NULL, tenant TEXT NOT NULL, session TEXT NOT NULL, request_id TEXT, "
         "kind TEXT NOT NULL, call_id TEXT, name TEXT, content TEXT)",
