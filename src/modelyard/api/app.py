@@ -28,6 +28,7 @@ from modelyard.api.auth import AuthMiddleware, Keyring
 from modelyard.api.batch_lines import line_executor
 from modelyard.api.batch_routes import BatchRoutes
 from modelyard.api.dashboard_routes import DashboardRoutes
+from modelyard.api.hot_routes import HotRoutes, fixed_post_endpoints
 from modelyard.api.middleware import LastByteHook, Observer, RequestContextMiddleware
 from modelyard.api.openapi import openapi_document
 from modelyard.api.record import note_request
@@ -317,10 +318,9 @@ def create_app(
     routes += AnthropicRoutes(api).routes()
     routes += ResponsesRoutes(api, store).routes()
     routes += SessionRoutes(store, ledger).routes()
-    app = Starlette(
-        routes=routes,
-        exception_handlers={ModelyardError: _modelyard_error, HTTPException: _http_error, Exception: _unexpected},
-    )
+    handlers: dict[Any, Any] = {ModelyardError: _modelyard_error, HTTPException: _http_error, Exception: _unexpected}
+    app = Starlette(routes=routes, exception_handlers=handlers)
+    app.add_middleware(HotRoutes, endpoints=fixed_post_endpoints(routes), handlers=handlers)  # innermost: after auth
     app.add_middleware(AuthMiddleware, keyring=keyring)
     app.add_middleware(RequestContextMiddleware, observers=observers, before_last_byte=_ledger_commit(ledger) if config.server.durable_ledger else None)
     app.state.batches = batches
