@@ -3,7 +3,7 @@
 Generative adapters: llamacpp (real SmolLM2 in a worker process),
 llamacpp_server (real SmolLM2 in llama.cpp's own server) and openai (a real
 fake upstream over HTTP). Embedding adapters: sentence-transformers (real
-MiniLM) and openai embeddings.
+MiniLM on ONNX Runtime fp32 and int8 and on PyTorch) and openai embeddings.
 """
 
 from __future__ import annotations
@@ -44,13 +44,20 @@ if LEGACY_INSTALLED:
     GENERATIVE["llamacpp"] = lambda _url: build("smollm2-135m", "chat", {"backend": "llamacpp", "model_file": "builtin:smollm2-135m", "n_ctx": 1024})
 EMBEDDING: dict[str, Callable[[str], Backend]] = {
     "sentence-transformers": lambda _url: build("minilm", "embedding", {"backend": "sentence-transformers", "model_path": "builtin:all-minilm-l6-v2"}),
+    "sentence-transformers[onnx-int8]": lambda _url: build(
+        "minilm", "embedding", {"backend": "sentence-transformers", "model_path": "builtin:all-minilm-l6-v2", "runtime": "onnx-int8"}
+    ),
+    "sentence-transformers[torch]": lambda _url: build(
+        "minilm", "embedding", {"backend": "sentence-transformers", "model_path": "builtin:all-minilm-l6-v2", "runtime": "torch"}
+    ),
     "openai": lambda url: build("fake-embed", "embedding", {"backend": "openai", "base_url": url + "/v1"}),
 }
 
 
 def test_every_registered_adapter_is_under_contract() -> None:
     # `llamacpp` (llama-cpp-python, an optional extra) is under contract where it is installed.
-    assert set(BACKENDS) == set(GENERATIVE) | set(EMBEDDING) | ({"llamacpp"} if not LEGACY_INSTALLED else set())
+    # A name with [runtime] is the same adapter under another of its runtimes.
+    assert set(BACKENDS) == set(GENERATIVE) | {name.split("[")[0] for name in EMBEDDING} | ({"llamacpp"} if not LEGACY_INSTALLED else set())
 
 
 @pytest.mark.skipif(LEGACY_INSTALLED, reason="llama-cpp-python is installed: the contract tests cover the backend instead")

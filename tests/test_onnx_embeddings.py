@@ -1,0 +1,80 @@
+"""The ONNX Runtime path for sentence-transformers models: the published vectors, exported once, refused where unsupported."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelyard.backends.base import BackendContext
+from modelyard.backends.onnx_encoder import OnnxEncoder, UnsupportedModel, graph_path, read_pipeline
+from modelyard.backends.registry import backend_factory
+from modelyard.config import ConfigError, parse_config
+from modelyard.fleet.artifacts import resolve
+
+TEXTS = ["the cat sat on the mat", "Which gas do plants absorb from the air?", "def add(a, b):\n    return a + b", "x"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return resolve("builtin:all-minilm-l6-v2", tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir: Path) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+    return np.asarray(model.encode(TEXTS, convert_to_numpy=True, show_progress_bar=False))
+
+
+@pytest.mark.parametrize(("precision", "least_cosine"), [("fp32", 0.99999), ("int8", 0.9)])
+def test_vectors_match_pytorchs(model_dir: Path, reference: np.ndarray, tmp_path: Path, precision: str, least_cosine: float) -> None:
+    encoder = OnnxEncoder(model_dir, tmp_path, precision)
+    vectors, counts = encoder.encode(TEXTS)
+    assert vectors.shape == reference.shape
+    cosines = (vectors * reference).sum(axis=1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosines.min() >= least_cosine
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)  # the model's Normalize module
+    assert counts[3] == 3  # [CLS] x [SEP]
+    assert counts == [len(encoder.tokenizer.encode(t).ids) for t in TEXTS]
+
+
+def test_int8_vectors_do_not_depend_on_the_batch(model_dir: Path, tmp_path: Path) -> None:
+    encoder = OnnxEncoder(model_dir, tmp_path, "int8")
+    together, _ = encoder.encode(TEXTS)
+    alone = np.vstack([encoder.encode([t])[0] for t in TEXTS])
+    assert np.array_equal(together, alone)
+
+
+def test_the_graph_is_exported_once_and_reused(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = OnnxEncoder(model_dir, tmp_path, "fp32")
+    assert first.path == graph_path(model_dir, tmp_path, "fp32") and first.path.exists()
+    assert [p.name for p in tmp_path.iterdir()] == [first.path.name]  # no temporary file left behind
+
+    def no_export(*args: object) -> None:
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr("modelyard.backends.onnx_encoder.export", no_export)
+    again = OnnxEncoder(model_dir, tmp_path, "fp32")
+    assert np.array_equal(again.encode(TEXTS)[0], first.encode(TEXTS)[0])
+
+
+def test_other_pooling_is_refused(model_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "cls-model"
+    shutil.copytree(model_dir, copy)
+    pooling = copy / "1_Pooling" / "config.json"
+    pooling.write_text(json.dumps(json.loads(pooling.read_text()) | {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
+    with pytest.raises(UnsupportedModel, match="mean pooling only"):
+        read_pipeline(copy)
+
+
+def test_an_unknown_runtime_is_a_config_error(tmp_path: Path) -> None:
+    config = parse_config({"models": {"m": {"kind": "embedding", "deployments": [
+        {"backend": "sentence-transformers", "model_path": "builtin:all-minilm-l6-v2", "runtime": "tensorrt"}]}}})
+    model = config.models[0]
+    with pytest.raises(ConfigError, match="runtime"):
+        backend_factory("sentence-transformers")(model.deployments[0], model, BackendContext(models_dir=tmp_path))
