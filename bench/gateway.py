@@ -16,7 +16,12 @@ Load comes from wrk (installed with apt-get if missing). At concurrency 1, 50
 and 200 it records throughput, latency percentiles and errors; added latency
 is through-gateway minus direct at the same load. Streaming: time to first
 byte and chunk pacing. Soak: a fixed rate for 5 minutes (30 s with --quick)
-with modelyard's RSS and open file descriptors sampled every 10 s.
+with modelyard's RSS and open file descriptors sampled every 10 s. Then, on
+the 50 ms upstream alone: the learned ``auto`` alias against the plain model
+on one server at concurrency 1 (``--rounds`` alternated rounds; the router's
+embedding on ONNX int8, as the default fleet runs it, and on PyTorch), and
+the production path with limits and budgets shared through Redis
+(``--redis-url``; left out when no Redis answers on 127.0.0.1:6379).
 Writes bench/results/gateway.json.
 
 With ``--tracing`` it only compares modelyard with OpenTelemetry traces off
@@ -71,6 +76,27 @@ litellm_settings:
 general_settings:
   master_key: {key}
 """
+# The learned `auto` alias over two fake models (named as the shipped router's models), with the
+# router's embedding on ONNX int8 (what the default fleet uses) and on PyTorch (what it used before).
+LEARNED_CONFIG = """
+models:
+  smollm2-135m:
+    kind: chat
+    deployments: [{{backend: openai, base_url: 'http://127.0.0.1:{port}/v1', max_concurrency: 1024, max_queue: 1024, max_connections: 512}}]
+  qwen2.5-0.5b:
+    kind: chat
+    deployments: [{{backend: openai, base_url: 'http://127.0.0.1:{port}/v1', max_concurrency: 1024, max_queue: 1024, max_connections: 512}}]
+  minilm-l6-int8:
+    kind: embedding
+    deployments: [{{backend: sentence-transformers, model_path: 'builtin:all-minilm-l6-v2', runtime: onnx-int8}}]
+  minilm-l6-torch:
+    kind: embedding
+    deployments: [{{backend: sentence-transformers, model_path: 'builtin:all-minilm-l6-v2', runtime: torch}}]
+aliases:
+  auto: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-int8}}
+  auto-torch: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-torch}}
+"""
+REDIS_URL = "redis://127.0.0.1:6379/0"
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.body = '{body}'
@@ -247,6 +273,75 @@ def tenant_key(base: str) -> str:
     return str(response.json()["key"])
 
 
+def body_script(tmp: Path, name: str, model: str, key: str) -> Path:
+    script = tmp / f"post-{name}.lua"
+    script.write_text(WRK_SCRIPT.format(body=json.dumps(BODY | {"model": model}), key=key))
+    return script
+
+
+def learned_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int, rounds: int) -> dict[str, object]:
+    """c1 latency of the plain model and of the learned alias (int8 and PyTorch embeddings) on one server, alternated."""
+    config = tmp / "learned.yaml"
+    config.write_text(LEARNED_CONFIG.format(port=up_port))
+    port = free_port()
+    server = start(["serve", "--config", str(config), "--port", str(port), "--data-dir", str(tmp / "data-learned"), "--log-level", "warning"],
+                   tmp / "learned.log", f"http://127.0.0.1:{port}/readyz", env={"MODELYARD_MASTER_KEY": MASTER_KEY})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        key = tenant_key(url)
+        scripts = {name: body_script(tmp, f"learned-{name}", model, key) for name, model in (("plain", "smollm2-135m"), ("auto", "auto"), ("auto_torch", "auto-torch"))}
+        served = httpx.post(url + "/v1/chat/completions", json=BODY | {"model": "auto"}, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        served.raise_for_status()
+        route = served.headers.get("x-modelyard-route", "")
+        if "learned" not in route:
+            raise RuntimeError(f"the auto alias did not route by the learned router: {route!r}")
+        for script in scripts.values():
+            wrk(wrk_bin, url, 4, 2, script)  # warm-up
+        points: dict[str, list[dict[str, float]]] = {name: [] for name in scripts}
+        for i in range(rounds):
+            for name in scripts if i % 2 == 0 else list(scripts)[::-1]:
+                points[name].append(wrk(wrk_bin, url, 1, seconds, scripts[name]))
+                print(f"  learned  round {i + 1}  {name:<10}  p50 {points[name][-1]['p50_ms']:7.2f} ms  p99 {points[name][-1]['p99_ms']:7.2f} ms", flush=True)
+    finally:
+        stop(server)
+    out: dict[str, object] = {"route_header": route, "rounds": points}
+    for name in scripts:
+        out[f"{name}_p50_ms"] = median([p["p50_ms"] for p in points[name]])
+        out[f"{name}_p99_ms"] = median([p["p99_ms"] for p in points[name]])
+    return out
+
+
+def redis_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int) -> dict[str, object] | None:
+    """The production path with rate limits and budgets shared through Redis (--redis-url), at c1 and c50."""
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except Exception as exc:  # no Redis on this machine: the row is left out, and says why
+        print(f"  redis: not reachable at {REDIS_URL} ({exc}); row left out", flush=True)
+        return None
+    config = tmp / "redis.yaml"
+    config.write_text(MODELYARD_CONFIG.format(port=up_port))
+    port = free_port()
+    server = start(["serve", "--config", str(config), "--port", str(port), "--data-dir", str(tmp / "data-redis"), "--log-level", "warning", "--redis-url", REDIS_URL],
+                   tmp / "redis.log", f"http://127.0.0.1:{port}/readyz", env={"MODELYARD_MASTER_KEY": MASTER_KEY})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        script = body_script(tmp, "redis", "fake", tenant_key(url))
+        wrk(wrk_bin, url, 10, 2, script)
+        out: dict[str, object] = {}
+        for concurrency in (1, 50):
+            assert server.pid is not None
+            before = cpu_seconds(server.pid)
+            point = wrk(wrk_bin, url, concurrency, seconds, script)
+            point["cpu_ms_per_request"] = (cpu_seconds(server.pid) - before) * 1000 / max(1.0, point["rps"] * seconds)
+            out[f"c{concurrency}"] = point
+            print(f"  redis  c{concurrency:<3}  {point['rps']:8.1f} req/s  p50 {point['p50_ms']:7.2f} ms  p99 {point['p99_ms']:7.2f} ms  errors {point['errors']:.0f}", flush=True)
+    finally:
+        stop(server)
+    return out
+
+
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     wrk_bin = ensure_wrk()
     litellm_bin = ensure_litellm()
@@ -288,6 +383,11 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                     results[f"{name}_stream"] = asyncio.run(stream_timing(url, {"Authorization": f"Bearer {keys[name]}"}, 30))
                 assert gateway.pid is not None
                 results["soak"] = asyncio.run(soak(targets["modelyard"], gateway.pid, args.soak_rate, args.soak_s, keys["modelyard"]))
+                stop(lite)  # the feature rows run alone with the upstream
+                stop(floor)
+                stop(gateway)
+                results["learned"] = learned_rows(wrk_bin, up_port, tmp, args.seconds, args.rounds)
+                results["redis"] = redis_rows(wrk_bin, up_port, tmp, args.seconds)
         finally:
             for process in (lite, floor, gateway, upstream):
                 stop(process)
@@ -315,6 +415,21 @@ def summarise(r: dict[str, object]) -> dict[str, object]:
         "floor_cpu_ms_per_request_c1": round(get("floor_lat50_c1", "cpu_ms_per_request"), 3),
         "floor_cpu_ms_per_request_c1_upstream0": round(get("floor_lat0_c1", "cpu_ms_per_request"), 3),
     }
+    for name in ("floor", "modelyard"):
+        out[f"{name}_cpu_ms_per_request_c50"] = round(get(f"{name}_lat50_c50", "cpu_ms_per_request"), 3)
+        out[f"{name}_cpu_ms_per_request_c50_upstream0"] = round(get(f"{name}_lat0_c50", "cpu_ms_per_request"), 3)
+    out["cpu_ratio_modelyard_vs_floor_c50"] = round(out["modelyard_cpu_ms_per_request_c50"] / out["floor_cpu_ms_per_request_c50"], 3)  # type: ignore[operator]
+    out["cpu_ratio_modelyard_vs_floor_c50_upstream0"] = round(
+        out["modelyard_cpu_ms_per_request_c50_upstream0"] / out["floor_cpu_ms_per_request_c50_upstream0"], 3  # type: ignore[operator]
+    )
+    learned = r["learned"]
+    out["learned_added_p50_ms_c1"] = round(learned["auto_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
+    out["learned_torch_added_p50_ms_c1"] = round(learned["auto_torch_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
+    redis_row = r.get("redis")
+    if redis_row:
+        out["redis_rps_c50"] = redis_row["c50"]["rps"]  # type: ignore[index]
+        out["redis_cpu_ms_per_request_c50"] = round(redis_row["c50"]["cpu_ms_per_request"], 3)  # type: ignore[index]
+        out["redis_added_p50_ms_c1"] = round(redis_row["c1"]["p50_ms"] - get("direct_lat50_c1", "p50_ms"), 3)  # type: ignore[index]
     # What modelyard's features cost above any Python gateway's floor, in the same run.
     out["features_added_p50_ms_c1"] = round(out["modelyard_added_p50_ms_c1"] - out["floor_added_p50_ms_c1"], 3)  # type: ignore[operator]
     out["features_cpu_ms_per_request_c1_upstream0"] = round(out["modelyard_cpu_ms_per_request_c1_upstream0"] - out["floor_cpu_ms_per_request_c1_upstream0"], 3)  # type: ignore[operator]
@@ -329,6 +444,12 @@ def summarise(r: dict[str, object]) -> dict[str, object]:
         "added_p99_le_5ms": out["modelyard_added_p99_ms_c1"] <= 5.0,  # type: ignore[operator]
         "rss_growth_le_10pct": out["modelyard_rss_growth_pct"] <= 10,  # type: ignore[operator]
         "fds_flat": r["soak"]["fd_last"] <= r["soak"]["fd_first"] + 5,  # type: ignore[index]
+        # Issue 18's goals, each against a reference measured in the same run.
+        "cpu_c50_le_1_5x_floor": out["cpu_ratio_modelyard_vs_floor_c50"] <= 1.5,  # type: ignore[operator]
+        "added_p50_le_floor_plus_0_5ms": out["features_added_p50_ms_c1"] <= 0.5,  # type: ignore[operator]
+        "learned_added_p50_le_3ms": out["learned_added_p50_ms_c1"] <= 3.0,  # type: ignore[operator]
+        "throughput_ge_5x_litellm": out["ratio_modelyard_vs_litellm_c50"] >= 5,  # type: ignore[operator]
+        "throughput_ge_90pct_floor": out["ratio_modelyard_vs_floor_c50"] >= 0.9,  # type: ignore[operator]
     }
     return out
 
@@ -337,7 +458,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 s per point and a 20 s soak (about a minute of load)")
     parser.add_argument("--tracing", action="store_true", help="only compare modelyard with OpenTelemetry traces off and on (bench/gateway_tracing.py)")
-    parser.add_argument("--rounds", type=int, default=3, help="--tracing: alternated rounds (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the learned-alias rows and of --tracing (default 3)")
     args = parser.parse_args()
     if args.tracing:
         import gateway_tracing
@@ -357,6 +478,13 @@ def main() -> None:
             for name in ("direct", "floor", "modelyard", "litellm"):
                 p = raw[f"{name}_lat{latency}_c{c}"]
                 rows.append((f"{latency} ms", str(c), name, f"{p['rps']:.1f}", f"{p['p50_ms']:.2f}", f"{p['p99_ms']:.2f}", f"{p['errors']:.0f}"))  # type: ignore[index]
+    learned = raw["learned"]
+    for name in ("plain", "auto", "auto_torch"):
+        rows.append(("50 ms", "1", f"learned:{name}", "", f"{learned[f'{name}_p50_ms']:.2f}", f"{learned[f'{name}_p99_ms']:.2f}", ""))  # type: ignore[index]
+    if raw.get("redis"):
+        for c in (1, 50):
+            p = raw["redis"][f"c{c}"]  # type: ignore[index]
+            rows.append(("50 ms", str(c), "modelyard+redis", f"{p['rps']:.1f}", f"{p['p50_ms']:.2f}", f"{p['p99_ms']:.2f}", f"{p['errors']:.0f}"))
     print(table(rows))
     print()
     print(table([("metric", "value")] + [(k, str(v)) for k, v in summary.items()]))
