@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from modelyard.config import parse_config
-from modelyard.observe.span_sinks import SdkSink
+from modelyard.observe.span_sinks import OtlpHttpSink, SdkSink
 from modelyard.observe.spans import parse_traceparent
 from modelyard.observe.tracing import Tracing, tracing_options
 from modelyard.pipeline.types import Attempt, Request
@@ -101,6 +101,26 @@ def test_a_client_that_did_not_sample_gets_no_spans_and_a_bad_traceparent_is_ign
     assert parse_traceparent({"traceparent": "garbage"}) is None
     spans = traced({"path": "/v1/models", "method": "GET", "trace_headers": {"traceparent": "00-xyz-01"}})
     assert spans["GET /v1/models"].parent is None
+
+
+async def test_the_otlp_sink_builds_spans_at_export_not_on_the_request_path() -> None:
+    built: list[str] = []
+    sink = OtlpHttpSink("http://127.0.0.1:9/v1/traces", {"service.name": "t"}, "0", max_queue=2)
+    exporter = Tracing(sink, FLEET, clock=lambda: 1000.0)
+    state = {"request_id": "r1", "method": "POST", "path": "/v1/chat/completions", "request": agent_request(), "usage": Usage(12, 30)}
+    spans = exporter.spans
+
+    def counting(*args: Any) -> Any:
+        built.append("built")
+        return spans(*args)
+
+    exporter.spans = counting  # type: ignore[method-assign]
+    for _ in range(3):
+        exporter.observe(state, 200, 1.0)
+    assert built == [] and len(sink.pending) == 2 and sink.dropped_requests == 1  # the third found the queue full
+    await sink.flush()  # nothing listens on port 9: the batch is dropped after it was built and encoded
+    assert built == ["built", "built"] and sink.pending == [] and sink.dropped == 2 * 4  # server, call and two attempts each
+    await sink.client.aclose()
 
 
 def test_endpoint_from_the_flag_or_the_standard_variables() -> None:

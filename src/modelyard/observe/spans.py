@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,9 @@ class SpanRecord:
         self.attributes["error.type"] = error_type
         self.status, self.status_message = STATUS_ERROR, message
 
+
+
+SpanBuilder = Callable[[], list[SpanRecord]]  # one request's spans, built when they are exported
 
 def _array(values: Any) -> dict[str, Any]:
     return {"arrayValue": {"values": [_value(v) for v in values]}}

@@ -21,6 +21,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from modelyard.config import FleetConfig
@@ -28,6 +29,7 @@ from modelyard.observe.spans import (
     KIND_CLIENT,
     KIND_INTERNAL,
     KIND_SERVER,
+    SpanBuilder,
     SpanRecord,
     new_span_id,
     new_trace_id,
@@ -70,8 +72,11 @@ def tracing_options(flag: str | None, capture: bool, environ: Mapping[str, str])
 
 
 class SpanSink(Protocol):
-    def emit(self, records: list[SpanRecord]) -> None:
-        """Take one request's finished spans, parents before children (no I/O on the caller's path)."""
+    def emit(self, build: SpanBuilder) -> None:
+        """Take one request's spans as a function that returns them, parents before children.
+
+        The sink may call ``build`` later, off the request path (no I/O, and no span building, on the caller's path).
+        """
         ...
 
 
@@ -85,11 +90,14 @@ class Tracing:
         self.providers = {d.name: PROVIDERS.get(d.backend, d.backend) for m in config.models for d in m.deployments}
 
     def observe(self, state: dict[str, Any], status: int, seconds: float) -> None:
-        records = self.spans(state, status, seconds, time.time_ns())
-        if records:
-            self.sink.emit(records)
+        """Hand the sink this finished request's spans, to be built when it exports (the request's state no longer changes)."""
+        self.sink.emit(partial(self.spans, state, status, seconds, time.time_ns(), self._wall_offset_ns()))
 
-    def spans(self, state: dict[str, Any], status: int, seconds: float, end_ns: int) -> list[SpanRecord]:
+    def _wall_offset_ns(self) -> int:
+        """Wall-clock minus the dispatcher's clock, now: turns attempt start times into span times."""
+        return time.time_ns() - int(self.clock() * 1e9)
+
+    def spans(self, state: dict[str, Any], status: int, seconds: float, end_ns: int, wall_offset_ns: int | None = None) -> list[SpanRecord]:
         """The request's spans: server, then the model call and its attempts (empty when the client's trace is not sampled)."""
         parent = parse_traceparent(state["trace_headers"]) if state.get("trace_headers") else None
         if parent is not None and not parent.sampled:
@@ -108,10 +116,11 @@ class Tracing:
         records = [server]
         request = state.get("request")
         if isinstance(request, Request):
-            records += self._call(request, state, status, server, end_ns)
+            offset = self._wall_offset_ns() if wall_offset_ns is None else wall_offset_ns
+            records += self._call(request, state, status, server, end_ns, offset)
         return records
 
-    def _call(self, request: Request, state: dict[str, Any], status: int, server: SpanRecord, end_ns: int) -> list[SpanRecord]:
+    def _call(self, request: Request, state: dict[str, Any], status: int, server: SpanRecord, end_ns: int, wall_offset_ns: int) -> list[SpanRecord]:
         operation = OPERATIONS.get(request.operation, request.operation)
         trace = server.trace_id
         call = SpanRecord(f"{operation} {request.model}", KIND_CLIENT, trace, new_span_id(), server.span_id, server.start_ns, end_ns,
@@ -122,7 +131,6 @@ class Tracing:
         if request.cache == "hit":
             records.append(SpanRecord("cache hit", KIND_INTERNAL, trace, new_span_id(), call.span_id, server.start_ns, end_ns,
                                       {"modelyard.cache": "hit", "modelyard.cache.saved_usd": request.saved_usd}))
-        wall_offset_ns = time.time_ns() - int(self.clock() * 1e9)
         for number, attempt in enumerate(request.attempts, 1):
             records.append(self._attempt(attempt, number, operation, call, wall_offset_ns, end_ns))
         return records
