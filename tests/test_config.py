@@ -100,3 +100,20 @@ def test_serve_refuses_bad_config_cleanly(tmp_path: Path) -> None:
     result = run_cli("serve", "--config", str(bad), "--port", "1")
     assert result.returncode == 2
     assert "fleet.yaml: models: expected a non-empty mapping" in result.stderr
+
+
+def test_default_fleet_context_windows_fit_their_engines_caches(caplog: pytest.LogCaptureFixture) -> None:
+    from modelyard.backends.base import BackendContext
+    from modelyard.backends.llamacpp_server import SPARE_SLOTS, LlamaServerBackend
+
+    fleet = default_fleet()
+    for model in fleet.models:
+        for deployment in model.deployments:
+            if deployment.backend == "llamacpp_server":
+                options = deployment.options
+                assert model.context_window <= (options["parallel"] + SPARE_SLOTS) * options["n_ctx"], model.name
+    oversized = parse_config({"models": {"m": {"kind": "chat", "context_window": 32768, "deployments": [
+        {"backend": "llamacpp_server", "model_file": "builtin:smollm2-135m", "parallel": 2, "n_ctx": 1024}]}}})
+    with caplog.at_level("WARNING", logger="modelyard.backends"):
+        LlamaServerBackend(oversized.models[0].deployments[0], oversized.models[0], BackendContext(models_dir=Path("/nonexistent")))
+    assert "larger than" in caplog.text and "3072 tokens" in caplog.text

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -35,6 +36,8 @@ from modelyard.errors import NotReady, UpstreamError
 from modelyard.fleet import artifacts
 from modelyard.fleet.supervisor import ProcessState, SupervisedProcess, SupervisionPolicy
 from modelyard.protocol import Chunk, ModelCall
+
+log = logging.getLogger("modelyard.backends")
 
 LAUNCHER_MODULE = "modelyard.backends.llama_server_launcher"
 DEFAULT_PARALLEL = 4
@@ -90,6 +93,15 @@ class LlamaServerBackend(OpenAICompatBackend):
             raise ConfigError(context.config_source, f"{where}.parallel", "expected an integer >= 1")
         if self.server_options.n_ctx < 64:
             raise ConfigError(context.config_source, f"{where}.n_ctx", "expected an integer >= 64")
+        cache_tokens = (self.server_options.parallel + SPARE_SLOTS) * self.server_options.n_ctx
+        if model.context_window > cache_tokens:
+            # The gateway admits (and the context budget trims to) context_window tokens; one request
+            # in this engine can use at most the whole unified KV cache.
+            log.warning(
+                "models.%s.context_window (%d) is larger than %s's whole KV cache ((parallel + %d) x n_ctx = %d tokens): "
+                "prompts between the two are refused by the engine (context_length_exceeded); set context_window <= %d or raise n_ctx",
+                model.name, model.context_window, where, SPARE_SLOTS, cache_tokens, cache_tokens,
+            )
         http = OpenAICompatOptions(base_url="", upstream_model=model.name, tools=self.server_options.tools, max_connections=4 * self.server_options.parallel)
         self._init(deployment, model, http)
         self.capabilities = Capabilities(chat=model.kind == "chat", completion=True, tools=self.server_options.tools, logprobs=True, json_schema=True)

@@ -29,7 +29,7 @@ DEFAULT_FLEET: dict[str, Any] = {
         },
         "qwen2.5-0.5b": {
             "kind": "chat",
-            "context_window": 32768,
+            "context_window": 8192,  # the model takes 32768; one request here can use the engine's whole cache, (4 + 1) x 2048 tokens
             "description": "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M), the stronger chat model",
             "deployments": [
                 {
