@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +72,13 @@ def test_other_pooling_is_refused(model_dir: Path, tmp_path: Path) -> None:
     pooling.write_text(json.dumps(json.loads(pooling.read_text()) | {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
     with pytest.raises(UnsupportedModel, match="mean pooling only"):
         read_pipeline(copy)
+
+
+def test_onnxruntime_loads_after_the_cache_index_library() -> None:
+    # usearch 2.26.x made importing onnxruntime after it a SIGSEGV; the server imports both, in either order.
+    for first, second in (("usearch.index", "onnxruntime"), ("onnxruntime", "usearch.index")):
+        result = subprocess.run([sys.executable, "-c", f"import {first}; import {second}"], capture_output=True, timeout=120)
+        assert result.returncode == 0, f"import {first} then {second}: exit {result.returncode}"
 
 
 def test_an_unknown_runtime_is_a_config_error(tmp_path: Path) -> None:

@@ -27,6 +27,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+# Imported here, on the importing (main) thread, not lazily on the loader's thread: a full
+# test run once crashed (SIGSEGV) inside onnxruntime's extension import on an executor thread.
+import onnxruntime
+from tokenizers import Tokenizer
+
 log = logging.getLogger("modelyard.embeddings")
 PRECISIONS = ("fp32", "int8")
 OPSET = 17
@@ -115,9 +120,6 @@ class OnnxEncoder:
     def __init__(self, model_dir: Path, cache_dir: Path, precision: str = "int8", threads: int = 1) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-        import onnxruntime
-        from tokenizers import Tokenizer
-
         self.pipeline = read_pipeline(model_dir)
         self.precision = precision
         path = graph_path(model_dir, cache_dir, precision)
