@@ -134,16 +134,20 @@ class OpenAICompatBackend:
                 content_type = response.headers.get("content-type", "")
                 if not content_type.startswith("text/event-stream"):
                     raise UpstreamError(f"deployment {self.deployment.name} answered a stream request with {content_type or 'no content type'}")
-                async for data in _sse_data(response):
-                    event = orjson.loads(data)
-                    if event.get("usage"):
-                        u = event["usage"]
-                        usage = Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
-                    for choice in event.get("choices") or ():
-                        chunk = _choice_chunk(choice, call.kind)
-                        finish = choice.get("finish_reason") or finish
-                        if chunk is not None:
-                            yield chunk
+                async for batch in _sse_batches(response):
+                    pieces: list[Chunk] = []
+                    for data in batch:
+                        event = orjson.loads(data)
+                        if event.get("usage"):
+                            u = event["usage"]
+                            usage = Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+                        for choice in event.get("choices") or ():
+                            chunk = _choice_chunk(choice, call.kind)
+                            finish = choice.get("finish_reason") or finish
+                            if chunk is not None:
+                                pieces.append(chunk)
+                    if pieces:
+                        yield pieces[0] if len(pieces) == 1 else _joined(pieces)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout(f"deployment {self.deployment.name} timed out ({type(exc).__name__})") from None
         except aiohttp.ClientError as exc:
@@ -198,24 +202,47 @@ class OpenAICompatBackend:
             self._client = None
 
 
-async def _sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The ``data:`` payloads of an SSE stream, up to ``[DONE]``.
+async def _sse_batches(response: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]]:
+    """The ``data:`` payloads of an SSE stream up to ``[DONE]``, grouped by the network read that brought them.
 
-    The body is read to its very end even after ``[DONE]``, so the connection
-    goes back to the pool instead of being closed.
+    Events that arrived together go on together: a burst of tokens makes one
+    trip through the pipeline's stream layers (stall guard, scheduler, stages,
+    rendering) instead of one per token, and nothing waits for more bytes, so
+    a slow stream's pacing is unchanged. The body is read to its very end even
+    after ``[DONE]``, so the connection goes back to the pool instead of being
+    closed.
     """
+    partial = b""
     done = False
-    async for raw in response.content:
+    async for block in response.content.iter_any():
         if done:
             continue
-        line = raw.rstrip(b"\r\n")
-        if not line.startswith(b"data:"):
-            continue
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            done = True
-        elif data:
-            yield data
+        *lines, partial = (partial + block).split(b"\n")
+        batch: list[bytes] = []
+        for raw in lines:
+            line = raw.rstrip(b"\r")
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                done = True
+                break
+            if data:
+                batch.append(data)
+        if batch:
+            yield batch
+    last = partial.rstrip(b"\r")
+    if not done and last.startswith(b"data:") and last[5:].strip() not in (b"", b"[DONE]"):
+        yield [last[5:].strip()]  # a final event without its line end
+
+
+def _joined(pieces: list[Chunk]) -> Chunk:
+    """Consecutive content chunks as one (text joined; tool-call fragments and log-probabilities kept in order)."""
+    return Chunk(
+        text="".join(p.text for p in pieces),
+        tool_calls=tuple(call for p in pieces for call in p.tool_calls),
+        logprobs=tuple(lp for p in pieces for lp in p.logprobs),
+    )
 
 
 def _choice_chunk(choice: dict[str, Any], kind: str) -> Chunk | None:
