@@ -7,7 +7,10 @@ Loads ``builtin:auto`` and the committed outcome table
 and compares per question: auto against always-qwen2.5-0.5b and against
 always-smollm2-135m. Accuracy differences on the same questions are tested with
 the exact McNemar test (a two-sided binomial test on the questions where
-exactly one of the two is right). Writes bench/results/local_router.json.
+exactly one of the two is right). The router is trained on PyTorch vectors
+and served with int8 ones (``minilm-l6-int8``): it runs both ways, and
+McNemar compares auto as served with auto on PyTorch vectors. Writes
+bench/results/local_router.json.
 """
 
 from __future__ import annotations
@@ -41,15 +44,21 @@ def main() -> None:
     test = datasets.split(datasets.load([OUTCOMES]), "test", 0.25)
     assert tuple(test.models) == router.models, (test.models, router.models)
     target = float(header.get("target", 0.7))  # type: ignore[arg-type]
-    predicted = evaluate.predict(router, test.prompts, features.embed(test.prompts, CACHE))
-    choice = router.choose_by_target(predicted, target)
     rows = np.arange(len(test.prompts))
-    auto = test.quality[rows, choice]
     columns = {name: test.quality[:, j] for j, name in enumerate(test.models)}
     arms: dict[str, Any] = {f"always {name}": {"accuracy": float(q.mean()), "cost": float(test.cost[:, j].mean())} for j, (name, q) in enumerate(columns.items())}
-    arms[f"auto (target {target:g})"] = {"accuracy": float(auto.mean()), "cost": float(test.cost[rows, choice].mean()),
-                                         "share": {name: float((choice == j).mean()) for j, name in enumerate(test.models)}}
+    served: dict[str, np.ndarray] = {}
+    for runtime in ("torch", "onnx-int8"):
+        predicted = evaluate.predict(router, test.prompts, features.embed(test.prompts, CACHE, runtime=runtime))
+        choice = router.choose_by_target(predicted, target)
+        served[runtime] = test.quality[rows, choice]
+        arms[f"auto (target {target:g}, {runtime} vectors)"] = {
+            "accuracy": float(served[runtime].mean()), "cost": float(test.cost[rows, choice].mean()),
+            "share": {name: float((choice == j).mean()) for j, name in enumerate(test.models)},
+        }
+    auto = served["onnx-int8"]  # as the server routes
     tests = {f"auto vs always {name}": mcnemar(auto, q) for name, q in columns.items()}
+    tests["auto (int8) vs auto (torch)"] = mcnemar(auto, served["torch"])
     out = [("", "accuracy", "cost per question ($)")]
     out += [(name, f"{arm['accuracy']:.3f}", f"{arm['cost']:.3g}") for name, arm in arms.items()]
     out += [("paired test", "p (exact McNemar)", "only auto right / only other right")]

@@ -87,3 +87,16 @@ def test_an_unknown_runtime_is_a_config_error(tmp_path: Path) -> None:
     model = config.models[0]
     with pytest.raises(ConfigError, match="runtime"):
         backend_factory("sentence-transformers")(model.deployments[0], model, BackendContext(models_dir=tmp_path))
+
+
+def test_training_features_on_the_served_runtime(tmp_path: Path) -> None:
+    from modelyard.training import features
+
+    prompts = ["What is the capital of France?", "Write a function that adds two numbers."]
+    served = features.embed(prompts, tmp_path, runtime="onnx-int8")
+    trained = features.embed(prompts, tmp_path)
+    assert served.shape == trained.shape == (2, 384)
+    assert ((served * trained).sum(axis=1) > 0.9).all() and not np.array_equal(served, trained)
+    assert len(list(tmp_path.glob("minilm-onnx-int8-*.npy"))) == 1  # cached apart from the PyTorch vectors
+    with pytest.raises(ValueError, match="runtime"):
+        features.embed(["x"], tmp_path, runtime="tensorrt")
