@@ -121,7 +121,7 @@ def test_a_sessions_steps_and_tool_traffic_are_recorded(server: tuple[LiveServer
     assert found["history"][2]["tool_results"] == []  # the same result resent (a retried step) is shown where it first came
     assert found["stopped"].startswith("calls: 3 of 3 model calls") and found["history"][3]["status"] == 400
     listed = admin(live, "/admin/sessions?limit=500").json()["data"]
-    assert any(row["session"] == session and row["steps"] == 4 and row["stopped"] for row in listed)
+    assert any(row["session"] == session and row["steps"] == 4 and row["tool_calls"] == 1 and row["stopped"] for row in listed)
 
     shown = subprocess.run([sys.executable, "-m", "modelyard.cli", "sessions", "show", session, "--data-dir", str(data)],
                            capture_output=True, text=True, timeout=60)

@@ -264,3 +264,26 @@ async def test_a_replica_that_shuts_down_gives_its_lines_back_at_once(store: Sto
     assert await store.live_leases(batch_id, clock()) == 0
     taken = await store.claim_lines(batch_id, "next", clock(), 30.0, 5)
     assert [line["line_no"] for line in taken] == [1, 2, 3], "no wait for the lease to expire"
+
+
+async def test_the_session_list_counts_each_sessions_events_on_both_backends(store: Store) -> None:
+    from modelyard.store.ledger import COLUMNS, DatabaseLedger
+    from modelyard.store.session_log import SessionLog
+
+    ledger = DatabaseLedger(store.db)
+
+    def step(tenant: str, session: str, ts: float) -> tuple[Any, ...]:
+        row = {"ts": ts, "day": "2026-12-06", "request_id": f"{tenant}-{session}-{ts}", "tenant": tenant, "session": session,
+               "prompt_tokens": 10, "completion_tokens": 5, "cost_usd": 0.001, "latency_ms": 100.0, "status": 200}
+        return tuple(row.get(c) for c in COLUMNS)
+
+    # The same session name under two tenants must not mix their counts.
+    await ledger.insert([step("acme", "s1", 10.0), step("acme", "s1", 11.0), step("beta", "s1", 12.0), step("acme", "s2", 13.0)])
+    await ledger.insert_events([
+        (10.0, "acme", "s1", "r1", "tool_call", "c1", "f", "{}"), (11.0, "acme", "s1", "r2", "tool_call", "c2", "f", "{}"),
+        (12.0, "beta", "s1", "r3", "tool_call", "c3", "f", "{}"), (12.5, "beta", "s1", "r3", "stopped", None, None, "budget"),
+    ])
+    listed = {(r["tenant"], r["session"]): r for r in await SessionLog(store.db).sessions()}
+    assert {k: (r["steps"], r["tool_calls"], r["stopped"]) for k, r in listed.items()} == {
+        ("acme", "s1"): (2, 2, False), ("beta", "s1"): (1, 1, True), ("acme", "s2"): (1, 0, False),
+    }

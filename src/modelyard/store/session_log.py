@@ -46,18 +46,28 @@ class SessionLog:
             "GROUP BY tenant, session ORDER BY last_ts DESC LIMIT ?",
             (*args, limit),
         )
+        counts = await self._event_counts(rows)
         for row in rows:
-            counts = await self._event_counts(row["session"], row["tenant"])
-            row["tool_calls"] = counts.get("tool_call", 0)
-            row["stopped"] = counts.get("stopped", 0) > 0
+            kinds = counts.get((row["tenant"], row["session"]), {})
+            row["tool_calls"] = kinds.get("tool_call", 0)
+            row["stopped"] = kinds.get("stopped", 0) > 0
             row["cost_usd"] = round(float(row["cost_usd"] or 0.0), 8)
         return rows
 
-    async def _event_counts(self, session: str, tenant: str) -> dict[str, int]:
+    async def _event_counts(self, sessions: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, int]]:
+        """Event counts by kind for a page of sessions, in one query (not one per session)."""
+        names = sorted({row["session"] for row in sessions})
+        if not names:
+            return {}
         rows = await self.db.fetch(
-            "SELECT kind, COUNT(*) AS n FROM session_events WHERE session = ? AND tenant = ? GROUP BY kind", (session, tenant)
+            f"SELECT tenant, session, kind, COUNT(*) AS n FROM session_events WHERE session IN ({', '.join('?' for _ in names)}) "
+            "GROUP BY tenant, session, kind",
+            names,
         )
-        return {r["kind"]: int(r["n"]) for r in rows}
+        counts: dict[tuple[str, str], dict[str, int]] = {}
+        for r in rows:
+            counts.setdefault((r["tenant"], r["session"]), {})[r["kind"]] = int(r["n"])
+        return counts
 
     async def session(self, session: str, tenant: str | None = None) -> dict[str, Any] | None:
         """One session's steps in order, each with the tool calls it made and the tool results it sent; None if unknown."""
