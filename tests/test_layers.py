@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "modelyard"
 # A layer may import itself and anything to its right, never to its left.
 ORDER = ["cli", "server", "training", "planning", "api", "observe", "pipeline", "routing", "scheduling", "economics", "reliability", "shaping", "backends", "store", "fleet", "data", "testing"]
 PEERS = {"routing", "scheduling", "economics", "reliability", "shaping"}  # side by side; none imports another
-CORE = {"errors", "protocol", "config", "__init__"}
+CORE = {"errors", "protocol", "config", "tasks", "__init__"}
 PURE = PEERS
 # What a pure layer may import from outside the package: data and maths, nothing that reaches a disk, a socket, a thread or a clock.
 PURE_ALLOWED = {

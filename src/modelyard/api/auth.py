@@ -24,6 +24,7 @@ from modelyard.economics.cost import PricePlan
 from modelyard.economics.keys import KeyPolicy
 from modelyard.errors import AuthenticationFailed
 from modelyard.store.accounts import BUDGET_COLUMNS, PLAN_COLUMNS, Accounts, hash_key
+from modelyard.tasks import stop_task
 
 log = logging.getLogger("modelyard.auth")
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/ui", "/openapi.json")  # /ui is a static page; its data needs the master key
@@ -109,10 +110,7 @@ class Keyring:
                 await self.refresh()
 
     async def aclose(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        await stop_task(self.task)
 
     def is_master(self, token: str) -> bool:
         return self.master_key is not None and hmac.compare_digest(token.encode(), self.master_key.encode())

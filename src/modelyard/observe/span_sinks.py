@@ -33,6 +33,7 @@ from opentelemetry.trace import (
 )
 
 from modelyard.observe.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, SpanBuilder, encode_span, otlp_body
+from modelyard.tasks import stop_task
 
 log = logging.getLogger("modelyard.tracing")
 WARN_EVERY_S = 60.0
@@ -94,10 +95,7 @@ class OtlpHttpSink:
                 self._warn(f"cannot export spans to {self.endpoint} ({type(exc).__name__}: {exc}); {len(batch)} dropped")
 
     async def aclose(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        await stop_task(self.task)
         await self.flush()
         await self.client.aclose()
 

@@ -9,12 +9,12 @@ up to ``max_wait_ms`` for companions."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 from modelyard.config import BatchingPolicy
 from modelyard.protocol import Embeddings
 from modelyard.scheduling.packing import take_count
+from modelyard.tasks import stop_task
 
 EmbedFn = Callable[[list[str]], Awaitable[Embeddings]]
 
@@ -77,7 +77,4 @@ class EmbeddingBatcher:
                 future.set_result(Embeddings(result.vectors[part], tokens, counts))
 
     async def aclose(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        await stop_task(self.task)

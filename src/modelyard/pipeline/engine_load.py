@@ -11,7 +11,6 @@ figure.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +19,7 @@ from typing import Any
 from modelyard.config import FleetConfig
 from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.routing.balancer import EngineLoad
+from modelyard.tasks import stop_task
 
 log = logging.getLogger("modelyard.engine_load")
 
@@ -76,8 +76,5 @@ class EngineLoadPoller:
                 for name in self.readers if (load := self.load(name)) is not None}
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None

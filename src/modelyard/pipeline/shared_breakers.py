@@ -11,7 +11,6 @@ unreachable) each replica keeps its own breakers, as a single replica does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from modelyard.pipeline.shared_writes import SharedWrites
 from modelyard.reliability.breaker import BreakerState, CircuitBreaker, Transition, TransitionListener
 from modelyard.store.redis_breakers import BreakerNews, RedisBreakers
 from modelyard.store.redis_client import SharedStateUnavailable
+from modelyard.tasks import stop_task
 
 log = logging.getLogger("modelyard.breakers")
 RECONNECT_S = 1.0
@@ -67,9 +67,6 @@ class SharedBreakers:
             breaker.open_from_peer(f"opened on replica {news.replica}: {news.reason}", news.cooldown_left_s)
 
     async def aclose(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        await stop_task(self.task)
         await self.writes.drain()
 

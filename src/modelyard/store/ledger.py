@@ -15,6 +15,7 @@ import logging
 from typing import Any, Protocol
 
 from modelyard.store.database import Database
+from modelyard.tasks import stop_task
 
 log = logging.getLogger("modelyard.ledger")
 
@@ -211,9 +212,6 @@ class LedgerWriter:
         return await self.sink.since(ts)
 
     async def aclose(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        await stop_task(self.task)
         await self.flush()
         await self.sink.aclose()
