@@ -1,12 +1,12 @@
 """A sentence-transformers model run by ONNX Runtime: the same vectors, a fraction of the time.
 
-PyTorch spends most of a short prompt's embedding in per-operator overhead
-(all-MiniLM-L6-v2: about 9.7 ms per prompt on one core here); ONNX Runtime
-runs the same graph in 4.5 ms, and with int8 weights in about 1.1 ms
-(``bench/embed_runtimes.py``). The graph is exported from the packaged
-weights on first use and kept beside the other model files, named by the
-weights' digest, so later starts load it in well under a second and nothing
-is downloaded.
+PyTorch spends much of a prompt's embedding in per-operator overhead. On the
+RouterBench routing prompts, one at a time on one core, all-MiniLM-L6-v2
+took p50 27.7 ms with PyTorch, 12.8 ms with ONNX Runtime and 6.7 ms with int8
+weights (``bench/embed_runtimes.py``). The graph is exported from the
+packaged weights on first use into a per-user cache (:func:`onnx_cache_dir`),
+named by the weights' digest, so later starts load it in well under a second
+and nothing is downloaded.
 
 Only models whose pipeline is a transformer, mean pooling and optionally a
 normalisation (the MiniLM family) are supported; :class:`UnsupportedModel`
@@ -15,6 +15,7 @@ says why another is not.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -27,8 +28,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-# Imported here, on the importing (main) thread, not lazily on the loader's thread: a full
-# test run once crashed (SIGSEGV) inside onnxruntime's extension import on an executor thread.
+# usearch 2.26.x made this import a SIGSEGV when usearch was loaded first (pyproject pins 2.25.0;
+# tests/test_onnx_embeddings.py imports the two in both orders).
 import onnxruntime
 from tokenizers import Tokenizer
 
@@ -70,12 +71,20 @@ def onnx_cache_dir() -> Path:
 
 def graph_path(model_dir: Path, cache_dir: Path, precision: str) -> Path:
     """Where the exported graph of these exact weights at ``precision`` is kept."""
+    files = tuple((model_dir / name).resolve() for name in ("config.json", "model.safetensors"))
+    identity = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return cache_dir / f"{model_dir.parent.name}-{_weights_digest(identity)}-{precision}.onnx"
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_digest(files: tuple[tuple[str, int, int], ...]) -> str:
+    """The first 16 hex digits of the files' SHA-256, once per process for the same files (two deployments share weights)."""
     digest = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
-        with (model_dir / name).open("rb") as handle:
+    for name, _, _ in files:
+        with open(name, "rb") as handle:
             while block := handle.read(1 << 20):
                 digest.update(block)
-    return cache_dir / f"{model_dir.parent.name}-{digest.hexdigest()[:16]}-{precision}.onnx"
+    return digest.hexdigest()[:16]
 
 
 def export(model_dir: Path, out: Path, precision: str) -> Path:

@@ -54,9 +54,9 @@ DEFAULT_FLEET: dict[str, Any] = {
                 }
             ],
         },
-        # The same model with int8 weights: about 4x faster than PyTorch, so the learned router's
-        # prompt embedding costs about a millisecond (bench/embed_runtimes.py: the router's AIQ
-        # with these vectors is within the fold-to-fold noise of PyTorch's).
+        # The same model with int8 weights, for the learned router: the alias adds 2.3-3.0 ms at p50
+        # instead of 8.5-9.0 ms with PyTorch (bench/gateway.py), and the router's AIQ with these
+        # vectors is within the fold-to-fold noise of PyTorch's (bench/embed_runtimes.py).
         "minilm-l6-int8": {
             "kind": "embedding",
             "context_window": 256,

@@ -75,8 +75,8 @@ class SpanRecord:
         self.status, self.status_message = STATUS_ERROR, message
 
 
-
 SpanBuilder = Callable[[], list[SpanRecord]]  # one request's spans, built when they are exported
+
 
 def _array(values: Any) -> dict[str, Any]:
     return {"arrayValue": {"values": [_value(v) for v in values]}}
