@@ -22,6 +22,7 @@ cost/quality curves (seed 0) to docs/routing_curves.png.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine, table, write_result  # noqa: E402
+from _common import ROOT, commit, machine, table, write_result  # noqa: E402
 
 from modelyard.training import datasets, evaluate, features, selection  # noqa: E402
 from modelyard.training.plot import plot_reports  # noqa: E402
@@ -60,6 +61,7 @@ def run(paths: list[Path], learners: list[str], folds: int, seeds: int, draws: i
     band = selection.uninformative_band(reported, vectors, spread, folds, target, draws)
     per_seed = [_figures(r) for r in reports]
     gains = [f["aiq_gain"] for f in per_seed]
+    task_label = selection.task_label_cv(reported, folds, range(seeds), target) if reported.tasks else []
     first = reports[0]
     result = {
         "selection": {"n": len(split.select), "aiq_by_learner": scores, "chosen": chosen},
@@ -74,6 +76,9 @@ def run(paths: list[Path], learners: list[str], folds: int, seeds: int, draws: i
                                 "cost_share": [f["reach_share"] for f in per_seed]},
         "uninformative_band": band,
         "gain_claimed": selection.gain_claim(gains, band),
+        # A router told each prompt's true task (data set, subject or cluster), cross-validated under the same seeds.
+        "aiq_task_label": selection.spread_of(task_label) if task_label else None,
+        "tasks": len(set(reported.tasks)),
         "per_seed": [{k: v for k, v in r.items() if k != "sweep"} for r in reports],
     }
     return result, first
@@ -102,7 +107,17 @@ def row(name: str, r: dict[str, Any]) -> tuple[str, ...]:
         f"{s['aiq_router']['mean']:.4f} ±{s['aiq_router']['std']:.4f}", f"{r['aiq_zero_router']:.4f}",
         f"{s['aiq_gain']['mean']:+.4f} [{s['aiq_gain']['min']:+.4f}]", f"{band['gain_high']:+.4f}",
         "yes" if r["gain_claimed"] else "no", f"{s['apgr']['mean']:.3f} ±{s['apgr']['std']:.3f}" if "apgr" in s else "-",
+        f"{r['aiq_task_label']['mean']:.4f} ({r['tasks']})" if r.get("aiq_task_label") else "-",
     )
+
+
+def _earlier_results() -> dict[str, Any]:
+    """The data sets of the last full run, which a ``--sets`` run keeps (each row carries the commit that measured it)."""
+    path = ROOT / "bench" / "results" / "router_cv.json"
+    if not path.exists():
+        return {}
+    earlier: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")).get("results", {})
+    return earlier
 
 
 def main() -> int:
@@ -129,12 +144,17 @@ def main() -> int:
         panels.append((name, first))
         print(f"{name}: chose {results[name]['selection']['chosen']}", flush=True)
     header = ("data", "n reported (+selection)", "learner", f"router q (target {args.target:g})", "cost/best", "best single q",
-              "seeds reaching best q", "AIQ router", "AIQ zero", "gain mean [min]", "uninformative 97.5%", "claimed", "APGR")
+              "seeds reaching best q", "AIQ router", "AIQ zero", "gain mean [min]", "uninformative 97.5%", "claimed", "APGR", "AIQ task-label (tasks)")
     print(table([header] + [row(n, r) for n, r in results.items()]))
-    plot_reports(panels, Path(args.plot))
-    path = write_result("router_cv", {"machine": machine(), "learners": learners, "folds": args.folds, "seeds": args.seeds,
-                                       "draws": args.draws, "target": args.target, "selection_fraction": selection.SELECTION_FRACTION,
-                                       "results": results})
+    if not wanted:
+        plot_reports(panels, Path(args.plot))
+    settings = {"learners": learners, "folds": args.folds, "seeds": args.seeds, "draws": args.draws, "target": args.target}
+    for r in results.values():
+        r["settings"] = settings  # kept per data set: a --sets run replaces only its own rows
+        r["commit"] = commit()
+    kept = _earlier_results() if wanted else {}
+    path = write_result("router_cv", {"machine": machine(), **settings, "selection_fraction": selection.SELECTION_FRACTION,
+                                       "results": {**kept, **results}})
     print(f"wrote {path} and {args.plot}")
     return 0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.training.questions import Question, score
+from modelyard.training.questions import load_questions, score
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "routing"
 pytestmark = pytest.mark.skipif(not DATA.exists(), reason="../shared/data is not beside this checkout")
@@ -66,21 +66,30 @@ def test_routellm_two_model_metrics(tmp_path: Path) -> None:
 
 
 def test_collect_then_train_on_the_local_fleet(tmp_path: Path) -> None:
-    """Real llama.cpp answers on a few questions, scored, written as an outcome table that `router train` reads."""
+    """Real llama.cpp answers to a letter, a short answer and a code task (run in the sandbox), scored, resumable, then trained on."""
     out = tmp_path / "outcomes.jsonl"
-    run("collect", "--questions", str(DATA / "llmrouter_questions_train.jsonl"), "--models", "smollm2-135m,qwen2.5-0.5b",
-        "--tasks", "commonsense_qa,openbook_qa,arc_challenge", "--per-task", "2", "--out", str(out))
+    ask = ("collect", "--questions", str(DATA / "llmrouter_questions_train.jsonl"), "--models", "smollm2-135m,qwen2.5-0.5b",
+           "--per-task", "arc_challenge=2,trivia_qa=2,mbpp=1", "--concurrency", "2", "--out", str(out))
+    run(*ask)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 6 and {r["task"] for r in rows} == {"commonsense_qa", "openbook_qa", "arc_challenge"}
+    assert len(rows) == 5 and {(r["task"], r["kind"]) for r in rows} == {("arc_challenge", "choice"), ("trivia_qa", "short"), ("mbpp", "code")}
+    questions = {q.prompt: q for q in load_questions(DATA / "llmrouter_questions_train.jsonl") if q.task in ("arc_challenge", "trivia_qa", "mbpp")}
     for row in rows:
-        assert set(row["scores"]) == set(row["costs"]) == {"smollm2-135m", "qwen2.5-0.5b"}
-        assert all(score in (0.0, 1.0) for score in row["scores"].values())
+        assert set(row["scores"]) == set(row["costs"]) == set(row["mean_logprob"]) == {"smollm2-135m", "qwen2.5-0.5b"}
+        assert all(0.0 <= s <= 1.0 for s in row["scores"].values())
         assert all(cost > 0 for cost in row["costs"].values())  # busy seconds x the deployment's price
+        assert all(lp is not None and lp <= 0.0 for lp in row["mean_logprob"].values())  # llama-server's token log-probabilities
+        assert all(t > 0 for t in row["tokens"].values())
         for model, text in row["outputs"].items():  # the recorded score is the scorer's verdict on the recorded answer
-            assert row["scores"][model] == score(Question(row["task"], "choice", row["prompt"], row["answer"]), text)
-    run("train", "--data", str(out), "--out", str(tmp_path / "local.npz"), "--cache-dir", str(tmp_path / "cache"))
-    report = json.loads(run("eval", "--router", str(tmp_path / "local.npz"), "--data", str(out), "--json", "--cache-dir", str(tmp_path / "cache")).stdout.splitlines()[-1])
-    assert report["n"] == 6 and report["models"] == ["smollm2-135m", "qwen2.5-0.5b"] and "apgr" in report
+            assert row["scores"][model] == round(score(questions[row["prompt"]], text), 4)
+    # a second run asks nothing again: the file already answers every question
+    again = run(*ask)
+    assert "asked 0 questions" in again.stdout and len(out.read_text().splitlines()) == 5
+    run("train", "--data", str(out), "--out", str(tmp_path / "local.npz"), "--cache-dir", str(tmp_path / "cache"), "--learner", "knn+logistic+task")
+    report = json.loads(run("eval", "--router", str(tmp_path / "local.npz"), "--data", str(out), "--json", "--group-by", "task",
+                            "--cache-dir", str(tmp_path / "cache")).stdout.splitlines()[-1])
+    assert report["n"] == 5 and report["models"] == ["smollm2-135m", "qwen2.5-0.5b"] and "apgr" in report
+    assert set(report["by_task"]) == {"arc_challenge", "trivia_qa", "mbpp"}
 
 
 def test_outcome_tables_match_a_router_by_model_name() -> None:

@@ -10,6 +10,7 @@ import numpy as np
 
 from modelyard.routing.learned import LearnedRouter
 from modelyard.routing.lexical import LexicalProbe
+from modelyard.routing.task_prior import TaskPrior
 
 FORMAT = "modelyard-router/2"
 LINKS = ("identity", "logistic")
@@ -30,7 +31,8 @@ def resolve(reference: str) -> Path:
 
 
 def save(router: LearnedRouter, path: Path, meta: dict[str, object]) -> None:
-    header = json.dumps({"format": FORMAT, "models": list(router.models), "k": router.k, "prior_weight": router.prior_weight, "sharpness": router.sharpness, "link": router.link, "use_knn": router.use_knn, **meta})
+    header = json.dumps({"format": FORMAT, "models": list(router.models), "k": router.k, "prior_weight": router.prior_weight, "sharpness": router.sharpness, "link": router.link, "use_knn": router.use_knn,
+                         "task_weight": router.task_weight, "tasks": list(router.task_prior.names) if router.task_prior else [], **meta})
     arrays: dict[str, Any] = {
         "header": np.array(header), "costs": router.costs.astype(np.float32),
         "embeddings": router.embeddings.astype(np.float16), "quality": router.quality.astype(np.float16),
@@ -42,6 +44,8 @@ def save(router: LearnedRouter, path: Path, meta: dict[str, object]) -> None:
             lexical_buckets=router.lexical.buckets.astype(np.int32), lexical_idf=router.lexical.idf.astype(np.float32),
             lexical_weights=router.lexical.weights.astype(np.float32),
         )
+    if router.task_prior is not None:
+        arrays.update(task_centroids=router.task_prior.centroids.astype(np.float32), task_quality=router.task_prior.quality.astype(np.float32))
     with path.open("wb") as f:
         np.savez_compressed(f, **arrays)
 
@@ -50,6 +54,12 @@ def _lexical(data: Any) -> LexicalProbe | None:
     if "lexical_buckets" not in data.files:
         return None
     return LexicalProbe(data["lexical_buckets"].astype(np.int64), data["lexical_idf"].astype(np.float32), data["lexical_weights"].astype(np.float32))
+
+
+def _task_prior(data: Any, header: dict[str, Any]) -> TaskPrior | None:
+    if "task_centroids" not in data.files:
+        return None
+    return TaskPrior(tuple(header.get("tasks", [])), data["task_centroids"].astype(np.float32), data["task_quality"].astype(np.float32))
 
 
 def load(path: Path) -> tuple[LearnedRouter, dict[str, object]]:
@@ -63,6 +73,6 @@ def load(path: Path) -> tuple[LearnedRouter, dict[str, object]]:
             models=tuple(header["models"]), costs=data["costs"].astype(np.float32), embeddings=data["embeddings"].astype(np.float32),
             quality=data["quality"].astype(np.float32), k=int(header["k"]), prior_weight=float(header["prior_weight"]), sharpness=float(header["sharpness"]),
             linear=data["linear"].astype(np.float32) if "linear" in data.files else None, link=str(header.get("link", "identity")), use_knn=bool(header.get("use_knn", True)),
-            lexical=_lexical(data),
+            lexical=_lexical(data), task_prior=_task_prior(data, header), task_weight=float(header.get("task_weight", 0.5)),
         )
     return router, header

@@ -7,7 +7,9 @@ model's overall success rate when the neighbours are few or far, averaged with
 a ridge linear probe on the same embedding when the router has one (the two
 err differently: the blend was better than either in cross-validation). It then picks
 the cheapest model whose prediction reaches ``target`` of the best prediction,
-or the model maximising ``quality - lam * cost``.
+or the model maximising ``quality - lam * cost``. With a task prior (see
+:mod:`modelyard.routing.task_prior`) the prediction is blended with the
+expected outcome on the prompt's inferred task, ``task_weight`` of it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modelyard.routing.lexical import LexicalProbe
+from modelyard.routing.task_prior import TaskPrior
 from modelyard.routing.text import routing_text
 
 Array = npt.NDArray[np.float32]
@@ -44,6 +47,8 @@ class LearnedRouter:
     link: str = "identity"  # identity: a ridge probe (clipped to 0..1); logistic: a logistic-regression probe
     use_knn: bool = True  # false: the probe alone
     lexical: LexicalProbe | None = None  # the word view, averaged with the embedding view when texts are given
+    task_prior: TaskPrior | None = None  # the task view, blended in with task_weight (1.0: the task view alone)
+    task_weight: float = 0.5
 
     @staticmethod
     def fit_linear(embeddings: Array, quality: Array, alpha: float = 10.0) -> Array:
@@ -83,10 +88,14 @@ class LearnedRouter:
         With a lexical probe and the prompts' routing texts, the embedding view's
         prediction and the word view's are averaged.
         """
+        if self.task_prior is not None and self.task_weight >= 1.0:
+            return self.task_prior.predict(queries)
         embedded = self._embedded(queries)
-        if self.lexical is None or texts is None:
+        if self.lexical is not None and texts is not None:
+            embedded = ((embedded + self.lexical.predict(texts)) / 2).astype(np.float32)
+        if self.task_prior is None:
             return embedded
-        return ((embedded + self.lexical.predict(texts)) / 2).astype(np.float32)
+        return ((1.0 - self.task_weight) * embedded + self.task_weight * self.task_prior.predict(queries)).astype(np.float32)
 
     def _embedded(self, queries: Array) -> Array:
         if self.linear is None:

@@ -13,13 +13,14 @@ from modelyard.training import datasets, evaluate, features
 
 def _table_and_embeddings(args: argparse.Namespace) -> tuple[datasets.OutcomeTable, Any]:
     table = datasets.split(datasets.load([Path(p) for p in args.data], args.format), args.split, args.test_fraction)
-    return table, features.embed(table.prompts, Path(args.cache_dir).expanduser())
+    return table, features.embed(table.prompts, Path(args.cache_dir).expanduser(), runtime=args.embedding_runtime)
 
 
 def train(args: argparse.Namespace) -> int:
     table, embeddings = _table_and_embeddings(args)
     router = evaluate.fit(table, embeddings, args.k, args.learner)
-    meta = {"target": args.target, "learner": args.learner, "trained_on": table.source, "split": args.split, "n": len(table.prompts)}
+    meta = {"target": args.target, "learner": args.learner, "trained_on": table.source, "split": args.split, "n": len(table.prompts),
+            "embedding_runtime": args.embedding_runtime}
     router_file.save(router, Path(args.out), meta)
     print(f"trained on {len(table.prompts)} prompts x {len(table.models)} models ({table.source}); wrote {args.out}")
     return 0
@@ -38,7 +39,7 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
         print(f"note: the data's {', '.join(extra)} are not among the router's models and are left out")
     table = matched
     target = args.target if args.target is not None else float(header.get("target", 0.9))  # type: ignore[arg-type]
-    return _print(evaluate.report(table, router, evaluate.predict(router, table.prompts, embeddings), target), args.json)
+    return _print(evaluate.report(table, router, evaluate.predict(router, table.prompts, embeddings), target), args.json, args.group_by)
 
 
 def cross_validate(args: argparse.Namespace) -> int:
@@ -46,14 +47,18 @@ def cross_validate(args: argparse.Namespace) -> int:
     router, predicted = evaluate.cross_validate(table, embeddings, args.k, args.folds, args.learner)
     result = evaluate.report(table, router, predicted, args.target)
     result.update(cross_validation_folds=args.folds, learner=args.learner)
+    if table.tasks:
+        from modelyard.training.selection import task_label_cv
+
+        result["aiq_task_label"] = task_label_cv(table, args.folds, [0], args.target)[0]
     if args.plot:
         from modelyard.training.plot import plot_reports
 
         plot_reports([(f"{table.source} ({args.folds}-fold CV, {args.learner})", result)], Path(args.plot))
-    return _print(result, args.json)
+    return _print(result, args.json, args.group_by)
 
 
-def _print(result: dict[str, Any], as_json: bool) -> int:
+def _print(result: dict[str, Any], as_json: bool, group_by: str | None = None) -> int:
     rows = [("", "quality", "cost per prompt ($)")]
     for name, s in result["baselines"]["single_models"].items():
         rows.append((f"always {name}", f"{s['quality']:.4f}", f"{s['cost']:.6g}"))
@@ -69,11 +74,32 @@ def _print(result: dict[str, Any], as_json: bool) -> int:
     share = "never" if at_best is None else f"${at_best:.6g} ({at_best / result['best_single_cost']:.1%} of its cost)"
     print(f"router reaches it at: {share}")
     print(f"AIQ: router {result['aiq_router']:.4f}, best single {result['aiq_best_single']:.4f}")
+    if "aiq_task_label" in result:
+        print(f"AIQ of a router told each prompt's task (same folds): {result['aiq_task_label']:.4f}")
     if "apgr" in result:
         print(f"APGR {result['apgr']:.4f}, CPT(50%) {result['cpt50']}, CPT(80%) {result['cpt80']}")
+    if group_by == "task":
+        _print_by_task(result)
     if as_json:
         print(json.dumps({k: v for k, v in result.items() if k != "sweep"}))
     return 0
+
+
+def _print_by_task(result: dict[str, Any]) -> None:
+    groups = result.get("by_task")
+    if not groups:
+        print("by task: this data has no task labels")
+        return
+    models = result["models"]
+    header = ["task", "n", *[f"q {m}" for m in models], "q router", "cost router", *[f"to {m}" for m in models]]
+    rows = [header] + [
+        [task, str(g["n"]), *[f"{g['single_models'][m]:.3f}" for m in models], f"{g['router_quality']:.3f}", f"{g['router_cost']:.3g}",
+         *[f"{g['router_share'][m]:.0%}" for m in models]]
+        for task, g in groups.items()
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths, strict=True))))
 
 
 def collect_cmd(args: argparse.Namespace) -> int:
@@ -97,10 +123,32 @@ def collect_cmd(args: argparse.Namespace) -> int:
     if args.tasks:
         wanted = set(args.tasks.split(","))
         questions = [q for q in questions if q.task in wanted]
-    chosen = sample(questions, args.per_task, args.seed)[: args.limit]
+    try:
+        per_task = parse_per_task(args.per_task)
+    except ValueError as exc:
+        print(f"modelyard: --per-task: {exc}")
+        return 2
+    chosen = sample(questions, per_task, args.seed)[: args.limit]
     print(f"{len(chosen)} questions ({len({q.task for q in chosen})} tasks) x {len(config.models)} models -> {args.out}")
-    asyncio.run(collect(config, chosen, Path(args.out), data_dir))
+    from modelyard.planning.replay import ProgressBar
+
+    bar = ProgressBar()
+    asked = asyncio.run(collect(config, chosen, Path(args.out), data_dir, args.concurrency, bar if bar.enabled else None))
+    print(f"asked {asked} questions ({len(chosen) - asked} were already in {args.out})")
     return 0
+
+
+def parse_per_task(text: str) -> int | dict[str, int]:
+    """``60`` (every task) or ``mbpp=50,gsm8k=40`` (those tasks only)."""
+    if "=" not in text:
+        return int(text)
+    counts = {}
+    for part in text.split(","):
+        task, _, count = part.partition("=")
+        if not task.strip() or not count.strip().isdigit():
+            raise ValueError(f"expected TASK=COUNT, got {part!r}")
+        counts[task.strip()] = int(count)
+    return counts
 
 
 def add_commands(sub: Any) -> None:
@@ -112,6 +160,8 @@ def add_commands(sub: Any) -> None:
         p.add_argument("--cache-dir", default="~/.cache/modelyard/embeddings", help="where prompt embeddings are cached")
         p.add_argument("--split", choices=datasets.SPLITS, default="all", help="use one part of a fixed split by prompt hash (train or test)")
         p.add_argument("--test-fraction", type=float, default=0.25, help="the share of prompts in the test part")
+        p.add_argument("--embedding-runtime", choices=("torch", "onnx-int8"), default="torch",
+                       help="MiniLM on PyTorch, or the int8 ONNX graph the default fleet serves routers with (minilm-l6-int8)")
 
     p = router.add_parser("train", help="train a router on outcome tables")
     data_args(p)
@@ -125,6 +175,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--router", required=True)
     p.add_argument("--target", type=float, help="override the router's quality target")
     p.add_argument("--json", action="store_true", help="also print one JSON object on the last line")
+    p.add_argument("--group-by", choices=("task",), help="also report per task (data set, subject or cluster)")
     p.set_defaults(func=evaluate_cmd)
     p = router.add_parser("cv", help="cross-validate on the training tables (out-of-fold predictions)")
     data_args(p)
@@ -134,15 +185,17 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--plot", help="also save the cost/quality curve as a PNG")
     p.add_argument("--target", type=float, default=0.9)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--group-by", choices=("task",), help="also report per task (data set, subject or cluster)")
     p.set_defaults(func=cross_validate)
-    p = router.add_parser("collect", help="run the fleet's models on checkable questions and write an outcome table")
+    p = router.add_parser("collect", help="run the fleet's models on checkable questions and write an outcome table (resumable: appends)")
     p.add_argument("--questions", required=True, help="LLMRouter-style JSONL (task_name, query, ground_truth, metric, choices)")
     p.add_argument("--models", required=True, help="comma-separated chat models of the fleet, e.g. smollm2-135m,qwen2.5-0.5b")
     p.add_argument("--out", required=True, help="the outcome table to write (.jsonl)")
-    p.add_argument("--per-task", type=int, default=60, help="questions drawn from each task")
+    p.add_argument("--per-task", default="60", help="questions drawn from each task: a count, or TASK=COUNT,... (those tasks only)")
     p.add_argument("--tasks", help="comma-separated tasks to keep (default: every checkable task)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="stop after this many questions of the (shuffled, repeatable) sample")
+    p.add_argument("--concurrency", type=int, default=1, help="questions in flight at once (each model's engine batches them)")
     p.add_argument("--config", help="a fleet file (default: the embedded fleet)")
     p.add_argument("--data-dir", help="where model files live (default ~/.cache/modelyard)")
     p.set_defaults(func=collect_cmd)

@@ -26,9 +26,11 @@ class OutcomeTable:
     quality: npt.NDArray[np.float64]  # (n, m) in 0..1
     cost: npt.NDArray[np.float64]  # (n, m) US dollars per prompt
     source: str
+    tasks: tuple[str, ...] = ()  # each prompt's task (data set, subject, cluster) when the table says; empty when not
 
     def subset(self, rows: npt.NDArray[np.int64]) -> OutcomeTable:
-        return OutcomeTable([self.prompts[i] for i in rows], self.models, self.quality[rows], self.cost[rows], self.source)
+        tasks = tuple(self.tasks[i] for i in rows) if self.tasks else ()
+        return OutcomeTable([self.prompts[i] for i in rows], self.models, self.quality[rows], self.cost[rows], self.source, tasks)
 
     def for_models(self, models: tuple[str, ...]) -> OutcomeTable:
         """The table's columns for ``models``, in that order (a router's order); ``ValueError`` naming any the table lacks."""
@@ -36,7 +38,7 @@ class OutcomeTable:
         if missing:
             raise ValueError(f"the data has no column for {', '.join(missing)} (it has {', '.join(self.models)})")
         columns = [self.models.index(m) for m in models]
-        return OutcomeTable(self.prompts, models, self.quality[:, columns], self.cost[:, columns], self.source)
+        return OutcomeTable(self.prompts, models, self.quality[:, columns], self.cost[:, columns], self.source, self.tasks)
 
 
 SPLITS = ("all", "train", "test")
@@ -80,9 +82,10 @@ def load(paths: list[Path], fmt: str | None = None) -> OutcomeTable:
     for t in tables[1:]:
         if t.models != models:
             raise ValueError(f"{t.source}: its models {t.models} differ from {tables[0].source}'s {models}")
+    tasks = tuple(task for t in tables for task in t.tasks) if all(t.tasks for t in tables) else ()
     return OutcomeTable(
         [p for t in tables for p in t.prompts], models, np.vstack([t.quality for t in tables]), np.vstack([t.cost for t in tables]),
-        ", ".join(t.source for t in tables),
+        ", ".join(t.source for t in tables), tasks,
     )
 
 
@@ -115,7 +118,8 @@ def _routerbench(path: Path) -> OutcomeTable:
         prompts.append(_routerbench_prompt(row["prompt"]))
         quality.append(q)
         cost.append(c)
-    return OutcomeTable(prompts, models, np.array(quality), np.array(cost), path.name)
+    task = path.stem.removeprefix("routerbench_").removesuffix("_train")  # one task per file
+    return OutcomeTable(prompts, models, np.array(quality), np.array(cost), path.name, (task,) * len(prompts))
 
 
 def _routerbench_prompt(raw: str) -> str:
@@ -140,24 +144,27 @@ def _llmrouter(path: Path, prices_path: Path | None = None) -> OutcomeTable:
     price_in = np.array([prices[m]["input_price"] for m in models])[None, :]
     price_out = np.array([prices[m]["output_price"] for m in models])[None, :]
     cost = (tokens_in * price_in + LLMROUTER_OUTPUT_TOKENS * price_out) / 1e6
-    return OutcomeTable(prompts, models, quality, cost, path.name)
+    tasks = tuple(f"cluster {d['cluster_id']}" for d in data) if all("cluster_id" in d for d in data) else ()
+    return OutcomeTable(prompts, models, quality, cost, path.name, tasks)
 
 
 def _routellm(path: Path) -> OutcomeTable:
     files = sorted(path.glob("mmlu_*.csv")) if path.is_dir() else [path]
-    prompts, quality = [], []
+    prompts, quality, tasks = [], [], []
     models: tuple[str, ...] = ()
     for file in files:
+        subject = file.stem.removeprefix("mmlu_")
         with file.open(encoding="utf-8", newline="") as f:
             reader = csv.reader(f)
             header = next(reader)
             models = tuple(header[1:3])
             for row in reader:
                 prompts.append(row[0])
+                tasks.append(subject)
                 quality.append([float(row[1] == "True" or row[1] == "1" or row[1] == "1.0"), float(row[2] == "True" or row[2] == "1" or row[2] == "1.0")])
     tokens = np.array([len(p) / 4 for p in prompts])[:, None]
     price = np.array([ROUTELLM_PRICES.get(m, 1.0) for m in models])[None, :]
-    return OutcomeTable(prompts, models, np.array(quality), tokens * price / 1e6, path.name)
+    return OutcomeTable(prompts, models, np.array(quality), tokens * price / 1e6, path.name, tuple(tasks))
 
 
 def _outcomes(path: Path) -> OutcomeTable:
@@ -166,4 +173,5 @@ def _outcomes(path: Path) -> OutcomeTable:
     models = tuple(rows[0]["scores"])
     quality = np.array([[float(r["scores"][m]) for m in models] for r in rows])
     cost = np.array([[float(r.get("costs", {}).get(m, 0.0)) for m in models] for r in rows])
-    return OutcomeTable([r["prompt"] for r in rows], models, quality, cost, path.name)
+    tasks = tuple(str(r["task"]) for r in rows) if all("task" in r for r in rows) else ()
+    return OutcomeTable([r["prompt"] for r in rows], models, quality, cost, path.name, tasks)

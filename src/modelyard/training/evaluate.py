@@ -8,6 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modelyard.routing.learned import LearnedRouter
+from modelyard.routing.task_prior import TaskPrior
 from modelyard.routing.text import routing_text
 from modelyard.training.datasets import OutcomeTable
 from modelyard.training.lexical_fit import fit_lexical
@@ -58,6 +59,8 @@ def report(table: OutcomeTable, router: LearnedRouter, predicted: npt.NDArray[np
         },
         "sweep": [{"quality": quality, "cost": cost} for quality, cost in sweep],
     }
+    if table.tasks:
+        result["by_task"] = by_task(table, choice)
     if m == 2:
         weak, strong = (0, 1) if singles[0][2] <= singles[1][2] else (1, 0)
         points = pgr_curve((predicted[:, strong] - predicted[:, weak]).astype(np.float64), q[:, weak], q[:, strong])
@@ -67,10 +70,15 @@ def report(table: OutcomeTable, router: LearnedRouter, predicted: npt.NDArray[np
     return result
 
 
-LEARNERS = ("knn+logistic+lexical", "knn+logistic", "knn+ridge", "knn", "ridge", "logistic", "logistic+lexical")
+LEARNERS = (
+    "knn+logistic+lexical", "knn+logistic", "knn+ridge", "knn", "ridge", "logistic", "logistic+lexical",
+    # With the task view (needs a table with task labels): blended half and half, or alone ("task").
+    "knn+logistic+lexical+task", "knn+logistic+task", "logistic+lexical+task", "ridge+task", "task",
+)
 DEFAULT_LEARNER = "knn+logistic+lexical"  # chosen in cross-validation on the public tables (docs/routing.md)
 NEIGHBOUR_SHARE = 0.02  # k = 2% of the training prompts (at least 16) when not given
 PROBE_ALPHA = 10.0
+TASK_WEIGHT = 0.5
 
 
 def neighbours(n: int, k: int | None) -> int:
@@ -79,19 +87,58 @@ def neighbours(n: int, k: int | None) -> int:
 
 
 def fit(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int | None = None, learner: str = DEFAULT_LEARNER) -> LearnedRouter:
-    """A router of one of :data:`LEARNERS`: a neighbour vote, a probe on the embedding, or their average."""
+    """A router of one of :data:`LEARNERS`: a neighbour vote, a probe on the embedding, the word view,
+    the task view, or their blend."""
     if learner not in LEARNERS:
         raise ValueError(f"unknown learner {learner!r} (known: {', '.join(LEARNERS)})")
+    parts = set(learner.split("+"))
     k = neighbours(len(table.prompts), k)
     quality = table.quality.astype(np.float32)
-    lexical = fit_lexical(texts_of(table.prompts), quality) if learner.endswith("+lexical") else None
-    learner = learner.removesuffix("+lexical")
-    probe = learner.removeprefix("knn+") if learner != "knn" else ""
+    task_prior = None
+    if "task" in parts:
+        if not table.tasks:
+            raise ValueError(f"learner {learner!r} needs task labels, and {table.source} has none")
+        task_prior = TaskPrior.fit(embeddings, quality, table.tasks)
+    lexical = fit_lexical(texts_of(table.prompts), quality) if "lexical" in parts else None
+    probe = "logistic" if "logistic" in parts else "ridge" if "ridge" in parts else ""
     linear = {"ridge": LearnedRouter.fit_linear, "logistic": LearnedRouter.fit_logistic}[probe](embeddings, quality, PROBE_ALPHA) if probe else None
     return LearnedRouter(
         models=table.models, costs=table.cost.mean(axis=0).astype(np.float32), embeddings=embeddings, quality=quality, k=k,
-        linear=linear, link="logistic" if probe == "logistic" else "identity", use_knn=learner.startswith("knn"), lexical=lexical,
+        linear=linear, link="logistic" if probe == "logistic" else "identity", use_knn="knn" in parts or not probe, lexical=lexical,
+        task_prior=task_prior, task_weight=1.0 if parts == {"task"} else TASK_WEIGHT,
     )
+
+
+def task_label_predictions(train: OutcomeTable, test: OutcomeTable) -> npt.NDArray[np.float32]:
+    """The task-label router's predictions: each test prompt gets its (true) task's mean outcome per model on ``train``.
+
+    A task the training part never saw gets the training part's overall means.
+    """
+    if not train.tasks or not test.tasks:
+        raise ValueError("the task-label router needs task labels")
+    overall = train.quality.mean(axis=0)
+    labels = np.array(train.tasks)
+    means = {t: train.quality[labels == t].mean(axis=0) for t in set(train.tasks)}
+    return np.stack([means.get(t, overall) for t in test.tasks]).astype(np.float32)
+
+
+def by_task(table: OutcomeTable, choice: npt.NDArray[np.int64]) -> dict[str, dict[str, Any]]:
+    """Per task: prompts, each model's mean quality, and the routing's quality, cost and share per model."""
+    if not table.tasks:
+        return {}
+    labels = np.array(table.tasks)
+    out: dict[str, dict[str, Any]] = {}
+    for task in sorted(set(table.tasks)):
+        rows = np.flatnonzero(labels == task)
+        picked = choice[rows]
+        out[task] = {
+            "n": int(len(rows)),
+            "single_models": {name: float(table.quality[rows, j].mean()) for j, name in enumerate(table.models)},
+            "router_quality": float(table.quality[rows, picked].mean()),
+            "router_cost": float(table.cost[rows, picked].mean()),
+            "router_share": {name: float((picked == j).mean()) for j, name in enumerate(table.models)},
+        }
+    return out
 
 
 def texts_of(prompts: list[str]) -> list[str]:

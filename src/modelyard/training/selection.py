@@ -122,3 +122,18 @@ def spread_of(values: Sequence[float]) -> dict[str, float]:
 def gain_claim(gains: Sequence[float], band: dict[str, Any]) -> bool:
     """True when every seed's AIQ gain over the zero router is positive and above the uninformative band's upper edge."""
     return bool(gains) and min(gains) > max(0.0, band["gain_high"])
+
+
+def task_label_cv(table: OutcomeTable, folds: int, seeds: Sequence[int], target: float) -> list[float]:
+    """The task-label router's AIQ under each fold seed: each prompt is predicted by its task's mean outcomes on the other folds."""
+    router = evaluate.fit(table, np.zeros((len(table.prompts), 1), dtype=np.float32), None, "knn")  # costs only
+    out = []
+    for seed in seeds:
+        order = np.random.default_rng(seed).permutation(len(table.prompts))
+        predicted = np.zeros(table.quality.shape, dtype=np.float32)
+        for fold in range(folds):
+            test = order[fold::folds]
+            train = np.setdiff1d(order, test)
+            predicted[test] = evaluate.task_label_predictions(table.subset(train), table.subset(test))
+        out.append(float(evaluate.report(table, router, predicted, target)["aiq_router"]))
+    return out
