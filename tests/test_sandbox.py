@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import time
+from pathlib import Path
 
 import pytest
 
@@ -25,9 +27,23 @@ def test_an_endless_loop_is_killed_at_the_time_limit() -> None:
 
 def test_a_child_process_left_running_is_killed_with_its_group() -> None:
     # the program starts a sleeper and exits at once; the group kill must not leave it behind
-    source = "import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\nprint('started')\n"
+    source = "import subprocess, sys\nchild = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\nprint(child.pid)\n"
     result = run_program(source, FAST)
-    assert result.passed and "started" in result.output_tail
+    assert result.passed
+    pid = int(result.output_tail.split()[-1])
+    deadline = time.monotonic() + 5.0  # SIGKILL is delivered asynchronously: poll the process's state, not a fixed sleep
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
 
 
 def test_memory_beyond_the_limit_fails() -> None:

@@ -52,9 +52,13 @@ def split(table: OutcomeTable, part: str, test_fraction: float) -> OutcomeTable:
     """
     if part == "all":
         return table
-    in_test = np.array([_unit_hash(p) < test_fraction for p in table.prompts])
-    rows = np.flatnonzero(in_test if part == "test" else ~in_test)
-    return table.subset(rows)
+    return table.subset(split_rows(table.prompts, part, test_fraction))
+
+
+def split_rows(prompts: list[str], part: str, test_fraction: float) -> np.ndarray:
+    """The row indices of ``part`` (``train`` or ``test``) of :func:`split`."""
+    in_test = np.array([_unit_hash(p) < test_fraction for p in prompts], dtype=bool)
+    return np.flatnonzero(in_test if part == "test" else ~in_test)
 
 
 def _unit_hash(text: str) -> float:
