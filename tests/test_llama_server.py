@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from modelyard.backends.base import BackendContext
-from modelyard.backends.llamacpp_server import LlamaServerBackend
+from modelyard.backends.llamacpp_server import LlamaServerBackend, deferred_slot
 from modelyard.backends.registry import backend_factory
 from modelyard.config import parse_config
 from modelyard.errors import InvalidRequest, UpstreamError
@@ -180,3 +180,40 @@ async def test_ignore_eos_generates_exactly_max_tokens(smollm: LlamaServerBacken
     forced = ModelCall(kind="chat", model="m", sampling=Sampling(max_tokens=64, temperature=0.0, seed=1, ignore_eos=True), messages=short.messages)
     _, chunks = await text_of(smollm, forced)
     assert next(c.usage for c in chunks if c.usage is not None).completion_tokens == 64  # ... unless told to run to max_tokens
+
+
+def test_deferrable_work_takes_the_highest_idle_slot_not_yet_promised() -> None:
+    slots: list[dict[str, object]] = [{"id": i, "is_processing": i in (1, 4)} for i in range(5)]
+    assert deferred_slot(slots, set()) == 3  # 4 is busy
+    assert deferred_slot(slots, {3}) == 2  # 3 is promised to a request the engine has not started
+    assert deferred_slot(slots, {0, 2, 3}) is None and deferred_slot([], set()) is None  # none idle: the engine chooses
+
+
+async def test_deferrable_requests_run_in_the_top_slots_and_urgent_ones_below(smollm: LlamaServerBackend) -> None:
+    """Batch work pinned to the highest idle slots leaves the low slots, whose prompts llama.cpp reads first, to the rest."""
+    assert smollm.process is not None
+    base = str(smollm.process.ready_info["base_url"])
+    url = base + "/slots"
+    engine_slots = smollm.server_options.parallel + 1
+    async with httpx.AsyncClient(timeout=60) as http:
+        for i in range(engine_slots):  # use every slot once, lowest first: left to itself, the engine now picks the low (least recent) ones
+            body = {"messages": [{"role": "user", "content": f"Say {i}."}], "max_tokens": 2, "id_slot": i}
+            assert (await http.post(base + "/v1/chat/completions", json=body)).status_code == 200
+    batch = [asyncio.create_task(text_of(smollm, call(f"{p} Go on for a long time.", max_tokens=160, deferrable=True))) for p in PROMPTS[:2]]
+    async with httpx.AsyncClient() as http:
+        busy: list[int] = []
+        for _ in range(400):  # until both batch sequences run (polling the engine's own view, not sleeping a fixed time)
+            busy = sorted(s["id"] for s in (await http.get(url)).json() if s["is_processing"])
+            if len(busy) == 2:
+                break
+            await asyncio.sleep(0.025)
+        assert busy == [engine_slots - 2, engine_slots - 1]
+        urgent = asyncio.create_task(text_of(smollm, call("Say hi.", max_tokens=8)))
+        while not urgent.done():
+            now = sorted(s["id"] for s in (await http.get(url)).json() if s["is_processing"])
+            assert all(i in busy or i < engine_slots - 2 for i in now)  # the urgent one is below the batch slots
+            await asyncio.sleep(0.02)
+    assert (await urgent)[0]
+    for task in batch:
+        task.cancel()
+    await asyncio.gather(*batch, return_exceptions=True)

@@ -39,6 +39,9 @@ class ModelCall:
     tools: tuple[dict[str, Any], ...] = ()
     tool_choice: Any = None
     user: str | None = None
+    # Admitted as deferrable work (batch, background): an engine that orders its work by slot
+    # (llama.cpp's server fills each step's prompt budget slot by slot) puts it behind urgent work.
+    deferrable: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         """A JSON-serialisable form (for worker processes)."""

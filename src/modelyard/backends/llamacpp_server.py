@@ -48,6 +48,14 @@ DEFAULT_PARALLEL = 4
 SPARE_SLOTS = 1
 DEATH_NOTICE_S = 2.0  # after a broken stream, how long to wait for the supervisor to see the engine's death
 TOKENIZE_TIMEOUT_S = 10.0
+SLOTS_TIMEOUT_S = 1.0
+
+
+def deferred_slot(slots: list[dict[str, object]], pinned: set[int]) -> int | None:
+    """Where a deferrable request goes: the highest-numbered slot that is idle and not already promised
+    to another deferrable request (whose task the engine may not have started yet); None when none is."""
+    idle = [number for s in slots if isinstance(number := s.get("id"), int) and not s.get("is_processing") and number not in pinned]
+    return max(idle) if idle else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +116,7 @@ class LlamaServerBackend(OpenAICompatBackend):
         self.context = context
         self.process: SupervisedProcess | None = None
         self.occupancy = Occupancy()
+        self._pinned: set[int] = set()  # slots given to deferrable requests still in flight
 
     async def start(self) -> None:
         o = self.server_options
@@ -154,9 +163,9 @@ class LlamaServerBackend(OpenAICompatBackend):
     async def generate(self, call: ModelCall) -> AsyncIterator[Chunk]:
         if call.tools:
             call, reader = tool_call_plan(call, self.model.name, self.server_options.tools)
-            stream: AsyncIterator[Chunk] = with_tool_calls(super().generate(call), reader)
+            stream: AsyncIterator[Chunk] = with_tool_calls(self._slotted(call), reader)
         else:
-            stream = super().generate(call)
+            stream = self._slotted(call)
         self.occupancy.started()
         pid = self.process.pid if self.process else None
         try:
@@ -169,6 +178,41 @@ class LlamaServerBackend(OpenAICompatBackend):
             raise
         finally:
             self.occupancy.ended()
+
+    async def _slotted(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        """The engine's stream; deferrable work is pinned to the highest-numbered idle slot.
+
+        llama.cpp's server fills each step's prompt budget (``step_tokens``) slot by slot in
+        slot order, so a prompt in a low slot is read before those in higher ones: batch work in
+        the top slots leaves the low ones, where the server places other requests first, ahead of it.
+        Urgent requests stay unpinned, so the server still places them by cached-prompt similarity.
+        """
+        if not call.deferrable:
+            async for chunk in super().generate(call):
+                yield chunk
+            return
+        self._check(call)
+        body = self._body(call)
+        slot = deferred_slot(await self._engine_slots(), self._pinned)
+        if slot is not None:
+            body["id_slot"] = slot
+            self._pinned.add(slot)
+        try:
+            async for chunk in self._stream(call, body):
+                yield chunk
+        finally:
+            if slot is not None:
+                self._pinned.discard(slot)
+
+    async def _engine_slots(self) -> list[dict[str, object]]:
+        """llama-server's ``/slots`` (id and whether busy per slot); empty when it cannot say quickly."""
+        try:
+            client = self._client_or_fail()
+            async with client.get(self._engine_url() + "/slots", timeout=aiohttp.ClientTimeout(total=SLOTS_TIMEOUT_S)) as response:
+                slots = await response.json() if response.status == 200 else []
+        except (aiohttp.ClientError, TimeoutError, ValueError, NotReady):
+            return []
+        return slots if isinstance(slots, list) else []
 
     async def count_tokens(self, texts: list[str]) -> list[int]:
         """Token counts from the engine's own tokenizer (llama-server's ``/tokenize``), concurrently."""

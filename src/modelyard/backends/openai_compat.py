@@ -119,16 +119,24 @@ class OpenAICompatBackend:
         return body
 
     async def generate(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        self._check(call)
+        async for chunk in self._stream(call, self._body(call)):
+            yield chunk
+
+    def _check(self, call: ModelCall) -> None:
         if self.model.kind == "embedding":
             raise InvalidRequest(f"model {self.model.name!r} is an embedding model; use /v1/embeddings", param="model")
         if call.tools and not self.options.tools:
             raise InvalidRequest(f"model {self.model.name!r} does not support tools", param="tools")
+
+    async def _stream(self, call: ModelCall, body: dict[str, Any]) -> AsyncIterator[Chunk]:
+        """POST ``body`` and translate the upstream's stream (and its errors) into chunks."""
         path = "/chat/completions" if call.kind == "chat" else "/completions"
         client = self._client_or_fail()
         usage: Usage | None = None
         finish: str | None = None
         try:
-            async with client.post(self._url(path), data=orjson.dumps(self._body(call))) as response:
+            async with client.post(self._url(path), data=orjson.dumps(body)) as response:
                 if response.status >= 400:
                     raise _status_error(response.status, await response.read(), response.headers, self.deployment.name)
                 content_type = response.headers.get("content-type", "")

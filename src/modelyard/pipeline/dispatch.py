@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -32,6 +33,7 @@ from modelyard.pipeline.types import Attempt, Request
 from modelyard.pipeline.watchdog import StallGuard
 from modelyard.protocol import Chunk, Embeddings, ModelCall, Usage
 from modelyard.reliability.retry import is_retryable
+from modelyard.scheduling.scheduler import URGENT_RANK
 
 OnOpen = Callable[[str, str], None]
 
@@ -111,6 +113,8 @@ class Dispatcher:
     async def _scheduled(self, request: Request, deployment: str, call: ModelCall) -> AsyncGenerator[Chunk, None]:
         """The deployment's stream, started only once its scheduler grants a slot."""
         ticket = await self.gate.acquire(deployment, request)
+        if ticket.rank > URGENT_RANK:
+            call = dataclasses.replace(call, deferrable=True)
         started = self.clock()
         finished = False
         try:
