@@ -287,3 +287,43 @@ async def test_the_session_list_counts_each_sessions_events_on_both_backends(sto
     assert {k: (r["steps"], r["tool_calls"], r["stopped"]) for k, r in listed.items()} == {
         ("acme", "s1"): (2, 2, False), ("beta", "s1"): (1, 1, True), ("acme", "s2"): (1, 0, False),
     }
+
+
+async def test_spend_per_owner_is_kept_with_every_ledger_write_on_both_backends(store: Store) -> None:
+    from modelyard.store.ledger import COLUMNS, DatabaseLedger
+
+    ledger = DatabaseLedger(store.db)
+
+    def row(tenant: str, key: str | None, day: str, cost: float) -> tuple[Any, ...]:
+        values = {"ts": 1.0, "day": day, "request_id": f"{tenant}{key}{day}{cost}", "tenant": tenant, "api_key": key, "cost_usd": cost, "status": 200}
+        return tuple(values.get(c) for c in COLUMNS)
+
+    await ledger.insert([row("acme", "k1", "2026-12-05", 0.25), row("acme", "k1", "2026-12-05", 0.5), row("acme", None, "2026-12-05", 1.0)])
+    await ledger.insert([row("acme", "k1", "2026-12-05", 0.25), row("beta", "k2", "2026-12-06", 2.0)])  # adds to the kept sum
+    spend = {(r["tenant"], r["api_key"], r["day"]): r["cost"] for r in await ledger.spend_by_owner()}
+    assert spend == {("acme", "k1", "2026-12-05"): pytest.approx(1.0), ("acme", None, "2026-12-05"): pytest.approx(1.0),
+                     ("beta", "k2", "2026-12-06"): pytest.approx(2.0)}
+    # the kept sums are the ledger's own sums
+    summed = await store.db.fetch("SELECT tenant, api_key, day, SUM(cost_usd) AS cost FROM ledger GROUP BY tenant, api_key, day")
+    assert {(r["tenant"], r["api_key"], r["day"]): pytest.approx(r["cost"]) for r in summed} == spend
+
+
+async def test_spend_of_a_ledger_written_before_the_spend_table_is_carried_over(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir(parents=True)
+    old = sqlite3.connect(data / "modelyard.db")
+    old.executescript(
+        "CREATE TABLE ledger (id INTEGER PRIMARY KEY AUTOINCREMENT, ts DOUBLE PRECISION NOT NULL, day TEXT NOT NULL, tenant TEXT, api_key TEXT, cost_usd DOUBLE PRECISION);"
+        "INSERT INTO ledger (ts, day, tenant, api_key, cost_usd) VALUES (1, '2026-12-01', 'acme', 'k1', 0.5), (2, '2026-12-01', 'acme', 'k1', 0.25), "
+        "(3, '2026-12-02', 'acme', NULL, 1.5);"
+    )
+    old.commit()
+    old.close()
+    store = await open_store(data, None)
+    try:
+        from modelyard.store.ledger import DatabaseLedger
+
+        spend = {(r["tenant"], r["api_key"], r["day"]): r["cost"] for r in await DatabaseLedger(store.db).spend_by_owner()}
+        assert spend == {("acme", "k1", "2026-12-01"): pytest.approx(0.75), ("acme", None, "2026-12-02"): pytest.approx(1.5)}
+    finally:
+        await store.aclose()

@@ -14,7 +14,7 @@ import contextlib
 import logging
 from typing import Any, Protocol
 
-from modelyard.store.database import Database
+from modelyard.store.database import Connection, Database
 from modelyard.tasks import stop_task
 
 log = logging.getLogger("modelyard.ledger")
@@ -37,6 +37,22 @@ AGGREGATES = (
     "SUM(COALESCE(revenue_usd, 0)) AS revenue_usd, SUM(COALESCE(revenue_usd, 0)) - SUM(cost_usd) AS margin_usd, AVG(latency_ms) AS avg_latency_ms, "
     "SUM(CASE WHEN cache = 'hit' THEN 1 ELSE 0 END) AS cache_hits, SUM(COALESCE(saved_usd, 0)) AS saved_usd"
 )
+
+
+SPEND_UPSERT = (
+    "INSERT INTO spend_daily (tenant, api_key, day, cost_usd) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (tenant, api_key, day) DO UPDATE SET cost_usd = spend_daily.cost_usd + excluded.cost_usd"
+)
+_TENANT, _API_KEY, _DAY, _COST = (COLUMNS.index(c) for c in ("tenant", "api_key", "day", "cost_usd"))
+
+
+def spend_of(rows: list[tuple[Any, ...]]) -> dict[tuple[str, str, str], float]:
+    """What ledger rows add to each (tenant, api key or '', day)."""
+    out: dict[tuple[str, str, str], float] = {}
+    for row in rows:
+        slot = (row[_TENANT] or "", row[_API_KEY] or "", row[_DAY])
+        out[slot] = out.get(slot, 0.0) + float(row[_COST] or 0.0)
+    return out
 
 
 EVENT_COLUMNS = ("ts", "tenant", "session", "request_id", "kind", "call_id", "name", "content")
@@ -94,7 +110,15 @@ class DatabaseLedger:
         return None  # the table is created by the store's migrations
 
     async def insert(self, rows: list[tuple[Any, ...]]) -> None:
-        await self.db.insert_many("ledger", COLUMNS, rows)
+        """The rows, and what they add to each owner's spend, in one transaction."""
+        spend = spend_of(rows)
+
+        async def write(conn: Connection) -> None:
+            await conn.insert_many("ledger", COLUMNS, rows)
+            for (tenant, api_key, day), cost in spend.items():
+                await conn.execute(SPEND_UPSERT, (tenant, api_key, day, cost))
+
+        await self.db.transaction(write)
 
     async def insert_events(self, rows: list[tuple[Any, ...]]) -> None:
         await self.db.insert_many("session_events", EVENT_COLUMNS, rows)
@@ -104,7 +128,9 @@ class DatabaseLedger:
         return [_rounded(r) for r in await self.db.fetch(sql, args)]
 
     async def spend_by_owner(self) -> list[dict[str, Any]]:
-        return await self.db.fetch("SELECT tenant, api_key, day, SUM(cost_usd) AS cost FROM ledger GROUP BY tenant, api_key, day")
+        """Spend per tenant, key and day (``api_key`` None for requests without one), from the kept sums."""
+        rows = await self.db.fetch("SELECT tenant, api_key, day, cost_usd AS cost FROM spend_daily")
+        return [r | {"api_key": r["api_key"] or None} for r in rows]
 
     async def since(self, ts: float) -> list[dict[str, Any]]:
         return await self.db.fetch(f"SELECT {RECENT} FROM ledger WHERE ts >= ? ORDER BY ts", (ts,))

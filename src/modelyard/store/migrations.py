@@ -110,12 +110,26 @@ async def _v5(conn: Connection, dialect: str) -> None:
         await conn.execute(ddl(statement, dialect))
 
 
+async def _v6(conn: Connection, dialect: str) -> None:
+    """Spend per tenant, key and day, kept with every ledger write: startup and budget reloads read it, not the whole ledger."""
+    await conn.execute(ddl(
+        "CREATE TABLE spend_daily (tenant TEXT NOT NULL, api_key TEXT NOT NULL, day TEXT NOT NULL, cost_usd {real} NOT NULL, "
+        "PRIMARY KEY (tenant, api_key, day))", dialect,
+    ))
+    key = "COALESCE(api_key, '')" if "api_key" in await conn.columns("ledger") else "''"  # the first releases had no key column
+    await conn.execute(  # the ledger written before this version, once
+        f"INSERT INTO spend_daily (tenant, api_key, day, cost_usd) SELECT COALESCE(tenant, ''), {key}, day, SUM(COALESCE(cost_usd, 0)) "
+        f"FROM ledger GROUP BY COALESCE(tenant, ''), {key}, day"
+    )
+
+
 MIGRATIONS = (
     Migration(1, "tenants, keys, files, batches, batch lines, ledger", _v1),
     Migration(2, "batch and line leases; file contents in the database", _v2),
     Migration(3, "ledger: cache outcome and saved cost", _v3),
     Migration(4, "stored Responses API conversations", _v4),
     Migration(5, "session tool calls and results; ledger rows by session", _v5),
+    Migration(6, "spend per tenant, key and day, kept with the ledger", _v6),
 )
 LATEST = MIGRATIONS[-1].version
 
