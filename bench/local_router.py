@@ -9,8 +9,8 @@ below is tuned on them.
 
 ``--train`` first chooses the learner and the quality target on the training
 part only (5-fold cross-validation: the learner with the largest AIQ; then the
-target that sends the most questions to the cheap model while keeping
-cross-validated accuracy at least always-qwen's), then writes the shipped
+cheapest target, 0.1 to 1, whose cross-validated accuracy is at least
+always-qwen's), then writes the shipped
 router with ``modelyard router train`` (the command is printed) and records
 the choice.
 
@@ -50,7 +50,7 @@ SHIPPED = ROOT / "src" / "modelyard" / "data" / "routers" / "auto.npz"
 CACHE = Path("~/.cache/modelyard/embeddings").expanduser()
 RUNTIME = "onnx-int8"  # what the default fleet's minilm-l6-int8 embeds routed prompts with
 TEST_FRACTION = 0.25
-TARGETS = [round(t, 3) for t in np.linspace(0.5, 1.0, 21)]
+TARGETS = [round(t, 3) for t in np.linspace(0.1, 1.0, 37)]  # the alias's quality_target candidates
 PLOT = ROOT / "docs" / "local_routing.png"
 
 
@@ -76,7 +76,7 @@ def choose(train: datasets.OutcomeTable, vectors: npt.NDArray[np.float32]) -> di
         quality, cost = outcome(train.quality, train.cost, choice)
         by_target[target] = {"quality": quality, "cost": cost, "cheap_share": float((choice == cheap).mean())}
     keeping = [t for t in TARGETS if by_target[t]["quality"] >= floor - 1e-12]
-    target = max(keeping, key=lambda t: (by_target[t]["cheap_share"], -t)) if keeping else max(TARGETS, key=lambda t: by_target[t]["quality"])
+    target = min(keeping, key=lambda t: (by_target[t]["cost"], -t)) if keeping else max(TARGETS, key=lambda t: by_target[t]["quality"])
     return {"learner": learner, "aiq_by_learner": scores, "target": target, "cv_by_target": by_target, "cv_strong_quality": floor}
 
 
