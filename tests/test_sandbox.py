@@ -82,3 +82,8 @@ def test_code_is_taken_from_the_first_python_block() -> None:
     assert extract_code("```python\ndef h():\n    return 3\n").strip() == "def h():\n    return 3"  # cut off before the closing fence
     assert code_score(answer, "", "assert f() == 1", FAST) == 1.0
     assert code_score(answer, "", "assert f() == 2", FAST) == 0.0
+
+
+def test_cpu_time_beyond_the_limit_ends_the_program_before_the_wall_clock_does() -> None:
+    result = run_program("while True:\n    pass\n", SandboxLimits(wall_seconds=20.0, cpu_seconds=1))
+    assert result.status == "failed"  # SIGXCPU at one CPU second, not the 20 s wall limit

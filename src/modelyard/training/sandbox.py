@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -27,8 +26,13 @@ from typing import Literal
 
 Status = Literal["passed", "failed", "timeout"]
 
-# Makes the socket module useless to the program (defence in depth: the namespace is the real barrier).
+# Runs before the program: its limits (set here, not in a preexec_fn, which is unsafe in a threaded parent),
+# and a socket module made useless (defence in depth: the namespace is the real barrier).
 _PRELUDE = """\
+import resource as _resource
+for _limit, _value in ((_resource.RLIMIT_CPU, {cpu}), (_resource.RLIMIT_AS, {memory}), (_resource.RLIMIT_FSIZE, {files}), (_resource.RLIMIT_CORE, 0)):
+    _resource.setrlimit(_limit, (_value, _value))
+del _resource, _limit, _value
 import socket as _socket
 def _no_network(*_args, **_kwargs):
     raise OSError("network access is disabled in the sandbox")
@@ -67,14 +71,14 @@ def run_program(source: str, limits: SandboxLimits = SandboxLimits()) -> Sandbox
     """Run ``source`` (a Python program: the code and its asserts) and say whether it passed."""
     with tempfile.TemporaryDirectory(prefix="modelyard-sandbox-") as tmp:
         work = Path(tmp)
-        (work / "program.py").write_text(_PRELUDE + "\n" + source, encoding="utf-8")
+        prelude = _PRELUDE.format(cpu=limits.cpu_seconds, memory=limits.memory_bytes, files=limits.file_bytes)
+        (work / "program.py").write_text(prelude + "\n" + source, encoding="utf-8")
         isolated = network_namespace_available()
         command = (["unshare", "-rn", "--"] if isolated else []) + [sys.executable, "-I", "program.py"]
         env = {"PATH": "/usr/bin:/bin", "HOME": tmp, "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
         with (work / "output.txt").open("wb") as output:
             process = subprocess.Popen(
-                command, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=functools.partial(_apply_limits, limits),  # noqa: PLW1509 - no threads here
+                command, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
             )
             try:
                 code = process.wait(timeout=limits.wall_seconds)
@@ -95,13 +99,6 @@ def network_namespace_available() -> bool:
         return subprocess.run(["unshare", "-rn", "--", "true"], capture_output=True, timeout=10).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
-
-
-def _apply_limits(limits: SandboxLimits) -> None:
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
