@@ -78,6 +78,8 @@ def run(paths: list[Path], learners: list[str], folds: int, seeds: int, draws: i
         "gain_claimed": selection.gain_claim(gains, band),
         # A router told each prompt's true task (data set, subject or cluster), cross-validated under the same seeds.
         "aiq_task_label": selection.spread_of(task_label) if task_label else None,
+        "aiq_task_label_per_seed": task_label,  # paired with per_seed[i]["aiq_router"] (the same folds)
+        "aiq_router_minus_task_label": selection.spread_of([f["aiq_router"] - t for f, t in zip(per_seed, task_label, strict=True)]) if task_label else None,
         "tasks": len(set(reported.tasks)),
         "per_seed": [{k: v for k, v in r.items() if k != "sweep"} for r in reports],
     }
@@ -155,7 +157,7 @@ def main() -> int:
     kept = _earlier_results() if wanted else {}
     path = write_result("router_cv", {"machine": machine(), **settings, "selection_fraction": selection.SELECTION_FRACTION,
                                        "results": {**kept, **results}})
-    print(f"wrote {path} and {args.plot}")
+    print(f"wrote {path}" + ("" if wanted else f" and {args.plot}"))
     return 0
 
 
