@@ -134,7 +134,7 @@ async def sample_rss(pid: int, level: Level, stop_event: asyncio.Event) -> None:
             pass
 
 
-async def run_level(url: str, model: str, concurrency: int, rounds: int, seed: int, pid: int | None) -> Level:
+async def run_level(url: str, model: str, concurrency: int, rounds: int, seed: int, pid: int | None, headers: dict[str, str] | None = None) -> Level:
     level = Level()
     total = max(6, concurrency * rounds)
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -147,7 +147,7 @@ async def run_level(url: str, model: str, concurrency: int, rounds: int, seed: i
         while not queue.empty():
             i = queue.get_nowait()
             body = {"model": model, "messages": [{"role": "user", "content": prompt(i)}], "max_tokens": max_tokens[i], "temperature": 0.7, "seed": i}
-            result = await stream_once(http, url, body)
+            result = await stream_once(http, url, body, headers=headers)
             if result is None:
                 level.errors += 1
                 continue
@@ -266,10 +266,11 @@ def old_available() -> bool:
 
 # -- the measurements ----------------------------------------------------------------------------
 
-async def sweep(url: str, model: str, levels: tuple[int, ...], rounds: int, seed: int, pid: int | None) -> dict[int, Level]:
+async def sweep(url: str, model: str, levels: tuple[int, ...], rounds: int, seed: int, pid: int | None,
+                headers: dict[str, str] | None = None) -> dict[int, Level]:
     out = {}
     for c in levels:
-        out[c] = await run_level(url, model, c, rounds, seed + c, pid)
+        out[c] = await run_level(url, model, c, rounds, seed + c, pid, headers)
         print(f"    c{c}: {out[c].summary()['tok_s']} tok/s, ttft p50 {out[c].summary()['ttft_p50_ms']} ms", flush=True)
     return out
 
@@ -341,7 +342,8 @@ async def measure_model(model: str, args: argparse.Namespace, tmp: Path) -> dict
             deployment = old_deployment(builtin) if system == "old" else new_deployment(builtin, args.parallel, layout=args.layout)
             gateway = Gateway(tmp, f"{model}-{system}-{repeat}", model, deployment)
             try:
-                sweeps[system].append(await sweep(gateway.url, model, args.levels, args.rounds, repeat * 100, gateway.process.pid))
+                headers = {"x-modelyard-class": args.request_class} if args.request_class else None
+                sweeps[system].append(await sweep(gateway.url, model, args.levels, args.rounds, repeat * 100, gateway.process.pid, headers))
             finally:
                 gateway.close()
 
@@ -441,6 +443,8 @@ def main() -> None:
                         help="new: one engine with 2 threads, or two engines with 1 thread and half the slots each")
     parser.add_argument("--no-extras", action="store_true", help="the concurrency sweep only (no peer, interactive or turn-2 runs)")
     parser.add_argument("--name", default="engine", help="results file name under bench/results/")
+    parser.add_argument("--request-class", choices=("interactive", "batch"), help="the sweep's requests through the gateway are of this class "
+                        "(batch work is pinned to the engine's top slots; default: no header, so interactive)")
     args = parser.parse_args()
     if args.quick:
         args.models, args.levels, args.repeats, args.interactive, args.turns, args.rounds = "smollm2-135m", "1,8", 1, 20, 2, 1
@@ -455,7 +459,7 @@ def main() -> None:
             results[model] = asyncio.run(measure_model(model, args, Path(tmp))) | {
                 "commit": commit(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "settings": {"repeats": args.repeats, "rounds": args.rounds, "levels": list(args.levels), "interactive": args.interactive, "turns": args.turns,
-                             "layout": args.layout, "systems": list(args.systems)},
+                             "layout": args.layout, "systems": list(args.systems), "request_class": args.request_class},
             }
             print(report(model, results[model]), flush=True)
             data = {
