@@ -149,7 +149,7 @@ def evaluate_held_out(test: datasets.OutcomeTable, recorded: cascade_eval.Record
     zero = aiq(singles, lo, hi)
     aiqs = {name: aiq(p, lo, hi) for name, p in points.items()}
     spread = predicted.std(axis=0).astype(np.float64)
-    band = selection.uninformative_band(test, np.zeros((n, 1), dtype=np.float32), spread, 5, target, draws)
+    band = selection.uninformative_band(test, spread, 5, target, draws)
     by_task = evaluate.by_task(test, auto)
     return {"n": n, "target": target, "arms": arms, "mcnemar": tests, "aiq": aiqs, "aiq_zero_router": zero,
             "aiq_gain": {k: v - zero for k, v in aiqs.items()}, "uninformative_band": {k: v for k, v in band.items() if k != "gains"},

@@ -58,7 +58,7 @@ def run(paths: list[Path], learners: list[str], folds: int, seeds: int, draws: i
     reported, vectors = whole.subset(split.report), embeddings[split.report]
     reports = selection.repeated_cv(reported, vectors, chosen, folds, range(seeds), target)
     spread = np.mean([r["prediction_spread"] for r in reports], axis=0)
-    band = selection.uninformative_band(reported, vectors, spread, folds, target, draws)
+    band = selection.uninformative_band(reported, spread, folds, target, draws)
     per_seed = [_figures(r) for r in reports]
     gains = [f["aiq_gain"] for f in per_seed]
     task_label = selection.task_label_cv(reported, folds, range(seeds), target) if reported.tasks else []

@@ -45,7 +45,7 @@ def _gains_and_band(informative: bool) -> tuple[list[float], dict[str, float]]:
     reports = selection.repeated_cv(table, vectors, "knn", folds=4, seeds=range(3), target=0.9)
     assert [r["seed"] for r in reports] == [0, 1, 2]
     spread = np.mean([r["prediction_spread"] for r in reports], axis=0)
-    band = selection.uninformative_band(table, vectors, spread, folds=4, target=0.9, draws=20)
+    band = selection.uninformative_band(table, spread, folds=4, target=0.9, draws=20)
     assert band["gain_low"] <= band["gain_median"] <= band["gain_high"]
     return [r["aiq_router"] - r["aiq_best_single"] for r in reports], band
 

@@ -70,7 +70,7 @@ def test_the_task_label_router_routes_each_task_to_its_best_value_model() -> Non
     table, _ = _tasks_table()
     train, test = table.subset(np.arange(0, 360, 2)), table.subset(np.arange(1, 360, 2))
     predicted = evaluate.task_label_predictions(train, test)
-    router = evaluate.fit(test, np.zeros((len(test.prompts), 1), dtype=np.float32), None, "knn")
+    router = evaluate.sweep_router(test)
     choice = router.choose_by_target(predicted, 0.8)
     groups = evaluate.by_task(test, choice)
     assert groups["easy"]["router_share"]["cheap"] == 1.0 and groups["hard"]["router_share"]["strong"] == 1.0

@@ -187,18 +187,11 @@ class LlamaServerBackend(OpenAICompatBackend):
         the top slots leaves the low ones, where the server places other requests first, ahead of it.
         Urgent requests stay unpinned, so the server still places them by cached-prompt similarity.
         """
-        if not call.deferrable:
-            async for chunk in super().generate(call):
-                yield chunk
-            return
-        self._check(call)
-        body = self._body(call)
-        slot = deferred_slot(await self._engine_slots(), self._pinned)
+        slot = deferred_slot(await self._engine_slots(), self._pinned) if call.deferrable else None
         if slot is not None:
-            body["id_slot"] = slot
             self._pinned.add(slot)
         try:
-            async for chunk in self._stream(call, body):
+            async for chunk in self._stream(call, None if slot is None else {"id_slot": slot}):
                 yield chunk
         finally:
             if slot is not None:

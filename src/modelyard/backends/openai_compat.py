@@ -118,19 +118,21 @@ class OpenAICompatBackend:
                 body["top_logprobs"] = s.top_logprobs
         return body
 
-    async def generate(self, call: ModelCall) -> AsyncIterator[Chunk]:
-        self._check(call)
-        async for chunk in self._stream(call, self._body(call)):
-            yield chunk
+    def generate(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        return self._stream(call)
 
-    def _check(self, call: ModelCall) -> None:
+    async def _stream(self, call: ModelCall, extra: dict[str, Any] | None = None) -> AsyncIterator[Chunk]:
+        """POST the call (its body plus ``extra`` fields) and translate the upstream's stream (and its errors) into chunks.
+
+        One generator, not a wrapper around another: this is every remote request's per-chunk path.
+        """
         if self.model.kind == "embedding":
             raise InvalidRequest(f"model {self.model.name!r} is an embedding model; use /v1/embeddings", param="model")
         if call.tools and not self.options.tools:
             raise InvalidRequest(f"model {self.model.name!r} does not support tools", param="tools")
-
-    async def _stream(self, call: ModelCall, body: dict[str, Any]) -> AsyncIterator[Chunk]:
-        """POST ``body`` and translate the upstream's stream (and its errors) into chunks."""
+        body = self._body(call)
+        if extra:
+            body.update(extra)
         path = "/chat/completions" if call.kind == "chat" else "/completions"
         client = self._client_or_fail()
         usage: Usage | None = None

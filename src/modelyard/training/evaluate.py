@@ -109,6 +109,14 @@ def fit(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int | None 
     )
 
 
+def sweep_router(table: OutcomeTable) -> LearnedRouter:
+    """A router holding only the table's per-model costs: enough to send any predictions through the sweep
+    (:func:`report`) without fitting anything."""
+    m = len(table.models)
+    return LearnedRouter(models=table.models, costs=table.cost.mean(axis=0).astype(np.float32),
+                         embeddings=np.zeros((1, 1), dtype=np.float32), quality=np.zeros((1, m), dtype=np.float32))
+
+
 def task_label_predictions(train: OutcomeTable, test: OutcomeTable) -> npt.NDArray[np.float32]:
     """The task-label router's predictions: each test prompt gets its (true) task's mean outcome per model on ``train``.
 

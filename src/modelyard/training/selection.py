@@ -97,9 +97,9 @@ def uninformative_predictions(table: OutcomeTable, spread: npt.NDArray[np.float6
     return predicted
 
 
-def uninformative_band(table: OutcomeTable, embeddings: Embeddings, spread: npt.NDArray[np.float64], folds: int, target: float, draws: int, seed: int = 0) -> dict[str, Any]:
+def uninformative_band(table: OutcomeTable, spread: npt.NDArray[np.float64], folds: int, target: float, draws: int, seed: int = 0) -> dict[str, Any]:
     """AIQ gain over the zero router of ``draws`` uninformative routers through the same sweep: its quantiles and the draws."""
-    router = evaluate.fit(table, embeddings, None, "knn")  # only its per-model costs are used by the sweep
+    router = evaluate.sweep_router(table)
     rng = np.random.default_rng(seed)
     gains = []
     for _ in range(draws):
@@ -126,7 +126,7 @@ def gain_claim(gains: Sequence[float], band: dict[str, Any]) -> bool:
 
 def task_label_cv(table: OutcomeTable, folds: int, seeds: Sequence[int], target: float) -> list[float]:
     """The task-label router's AIQ under each fold seed: each prompt is predicted by its task's mean outcomes on the other folds."""
-    router = evaluate.fit(table, np.zeros((len(table.prompts), 1), dtype=np.float32), None, "knn")  # costs only
+    router = evaluate.sweep_router(table)
     out = []
     for seed in seeds:
         order = np.random.default_rng(seed).permutation(len(table.prompts))
