@@ -217,36 +217,3 @@ async def test_deferrable_requests_run_in_the_top_slots_and_urgent_ones_below(sm
     for task in batch:
         task.cancel()
     await asyncio.gather(*batch, return_exceptions=True)
-
-
-async def test_a_batch_stream_yields_to_an_urgent_request_and_resumes_where_it_stopped(smollm: LlamaServerBackend) -> None:
-    """The batch sequence is stopped while the urgent one waits for its first token, then continued
-    from its own text: at temperature 0 the answer and its usage match an unbroken run."""
-    unseeded = Sampling(max_tokens=96, temperature=0.0)
-    batch_call = ModelCall(kind="chat", model="m", sampling=unseeded, messages=({"role": "user", "content": "Count from 1 to 100, separated by commas."},), deferrable=True)
-    unbroken, unbroken_chunks = await text_of(smollm, batch_call)
-    assert smollm.gate.preemptions == 0
-
-    started = asyncio.Event()
-    chunks: list[Chunk] = []
-
-    async def batch() -> None:
-        async for chunk in smollm.generate(batch_call):
-            chunks.append(chunk)
-            if sum(len(c.text) for c in chunks) > 20:
-                started.set()
-
-    running = asyncio.create_task(batch())
-    await asyncio.wait_for(started.wait(), 60)
-    urgent_text, _ = await text_of(smollm, call("Say hi.", max_tokens=8))
-    await asyncio.wait_for(running, 120)
-    assert urgent_text
-    assert smollm.gate.preemptions >= 1 and smollm.health().workers[0]["preemptions"] == smollm.gate.preemptions
-    resumed = "".join(c.text for c in chunks)
-    shared = len(os.path.commonprefix([resumed, unbroken]))
-    assert shared >= 0.8 * len(unbroken), (resumed, unbroken)  # re-reading the text may tokenize it differently: most, not all
-    final, expected = chunks[-1], unbroken_chunks[-1]
-    assert final.finish_reason == expected.finish_reason == "length"
-    assert final.usage is not None and expected.usage is not None
-    assert abs(final.usage.completion_tokens - expected.usage.completion_tokens) <= 2
-    assert abs(final.usage.prompt_tokens - expected.usage.prompt_tokens) <= 2

@@ -30,13 +30,12 @@ import aiohttp
 from modelyard.backends.base import BackendContext, Capabilities, Health, build_options
 from modelyard.backends.occupancy import Occupancy
 from modelyard.backends.openai_compat import OpenAICompatBackend, OpenAICompatOptions
-from modelyard.backends.preemption import YieldGate, continuation, preemptible
 from modelyard.backends.tool_calls import tool_call_plan, with_tool_calls
 from modelyard.config import ConfigError, DeploymentConfig, ModelConfig
 from modelyard.errors import NotReady, UpstreamError
 from modelyard.fleet import artifacts
 from modelyard.fleet.supervisor import ProcessState, SupervisedProcess, SupervisionPolicy
-from modelyard.protocol import Chunk, ModelCall, Usage
+from modelyard.protocol import Chunk, ModelCall
 
 log = logging.getLogger("modelyard.backends")
 
@@ -73,7 +72,6 @@ class LlamaServerOptions:
     slot_similarity: float = 0.1  # llama.cpp's slot_prompt_similarity: reuse the slot whose cached prompt matches best
     cache_ram_mib: int = 256  # host RAM keeping prompts evicted from slots reusable
     cache_prompt: bool = True  # false: every request re-reads its whole prompt (for measuring what reuse saves)
-    preempt: bool = True  # deferrable work stops while an urgent request waits for its first token, then resumes
     start_timeout_s: float = 180.0
 
 
@@ -119,7 +117,6 @@ class LlamaServerBackend(OpenAICompatBackend):
         self.process: SupervisedProcess | None = None
         self.occupancy = Occupancy()
         self._pinned: set[int] = set()  # slots given to deferrable requests still in flight
-        self.gate = YieldGate()
 
     async def start(self) -> None:
         o = self.server_options
@@ -160,7 +157,6 @@ class LlamaServerBackend(OpenAICompatBackend):
             "busy_slots": self.in_flight,
             "busy_s": round(busy_s, 3),  # seconds with a sequence in flight, since start
             "slot_busy_s": round(slot_s, 3),  # sequence-seconds in flight, since start
-            "preemptions": self.gate.preemptions,  # deferrable segments stopped for an urgent request, since start
         }
         return Health(ready=ready, detail="" if ready else f"engine {process.state.name.lower()}", workers=(engine,))
 
@@ -170,26 +166,17 @@ class LlamaServerBackend(OpenAICompatBackend):
             stream: AsyncIterator[Chunk] = with_tool_calls(self._slotted(call), reader)
         else:
             stream = self._slotted(call)
-        urgent = self.server_options.preempt and not call.deferrable
-        if urgent:
-            self.gate.urgent_started()
-        waiting = urgent
         self.occupancy.started()
         pid = self.process.pid if self.process else None
         try:
             async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
                 async for chunk in chunks:
-                    if waiting:
-                        waiting = False
-                        self.gate.urgent_answered()
                     yield chunk
         except UpstreamError:
             if await self._engine_died(pid):
                 raise UpstreamError(f"deployment {self.deployment.name}: the engine process died during the request") from None
             raise
         finally:
-            if waiting:
-                self.gate.urgent_answered()
             self.occupancy.ended()
 
     async def _slotted(self, call: ModelCall) -> AsyncIterator[Chunk]:
@@ -200,62 +187,15 @@ class LlamaServerBackend(OpenAICompatBackend):
         the top slots leaves the low ones, where the server places other requests first, ahead of it.
         Urgent requests stay unpinned, so the server still places them by cached-prompt similarity.
         """
-        if call.deferrable and self.server_options.preempt:
-            await self.gate.wait_clear()  # deferrable work does not start while an urgent request waits
         slot = deferred_slot(await self._engine_slots(), self._pinned) if call.deferrable else None
         if slot is not None:
             self._pinned.add(slot)
-        extra = None if slot is None else {"id_slot": slot}
         try:
-            if self.server_options.preempt and preemptible(call):
-                async for chunk in self._yielding(call, extra):
-                    yield chunk
-            else:
-                async for chunk in self._stream(call, extra):
-                    yield chunk
+            async for chunk in self._stream(call, None if slot is None else {"id_slot": slot}):
+                yield chunk
         finally:
             if slot is not None:
                 self._pinned.discard(slot)
-
-    async def _yielding(self, call: ModelCall, extra: dict[str, int] | None) -> AsyncIterator[Chunk]:
-        """A deferrable call that stops whenever an urgent request starts and resumes once none waits.
-
-        It resumes in the same slot (the engine queues it there until the stopped sequence has
-        left), whose cache still holds the prompt and the text produced, so the engine re-reads
-        little. Usage is the last segment's total, split at the text produced before it.
-        """
-        produced: list[str] = []
-        produced_tokens = 0
-        while True:
-            segment = continuation(call, "".join(produced), produced_tokens) if produced else call
-            listener = self.gate.listen()
-            stream = self._stream(segment, extra)
-            step: asyncio.Future[Chunk] | None = None
-            try:
-                while True:
-                    step = asyncio.ensure_future(anext(stream))
-                    await asyncio.wait((step, listener), return_when=asyncio.FIRST_COMPLETED)
-                    if not step.done():
-                        break  # an urgent request started: stop this segment
-                    try:
-                        chunk = step.result()
-                    except StopAsyncIteration:
-                        return
-                    if chunk.finish_reason is not None:
-                        yield _with_produced(chunk, produced_tokens)
-                        return
-                    produced.append(chunk.text)
-                    yield chunk
-            finally:
-                self.gate.forget(listener)
-                if step is not None and not step.done():
-                    step.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await step
-                await stream.aclose()  # closes the connection: the engine stops the sequence
-            self.gate.preemptions += 1
-            produced_tokens = (await self.count_tokens(["".join(produced)]))[0] if produced else 0
-            await self.gate.wait_clear()
 
     async def _engine_slots(self) -> list[dict[str, object]]:
         """llama-server's ``/slots`` (id and whether busy per slot); empty when it cannot say quickly."""
@@ -305,13 +245,3 @@ class LlamaServerBackend(OpenAICompatBackend):
             await self.process.stop()
 
 
-
-
-def _with_produced(final: Chunk, produced_tokens: int) -> Chunk:
-    """The last segment's closing chunk with usage counted from the call's start: the text produced
-    before the segment moves from its prompt to the completion."""
-    if not produced_tokens or final.usage is None:
-        return final
-    usage = final.usage
-    moved = min(produced_tokens, usage.prompt_tokens)
-    return Chunk(finish_reason=final.finish_reason, usage=Usage(usage.prompt_tokens - moved, usage.completion_tokens + moved))

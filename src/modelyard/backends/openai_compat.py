@@ -10,7 +10,7 @@ modelyard's error tree; nothing above this module sees aiohttp.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,7 +121,7 @@ class OpenAICompatBackend:
     def generate(self, call: ModelCall) -> AsyncIterator[Chunk]:
         return self._stream(call)
 
-    async def _stream(self, call: ModelCall, extra: dict[str, Any] | None = None) -> AsyncGenerator[Chunk, None]:
+    async def _stream(self, call: ModelCall, extra: dict[str, Any] | None = None) -> AsyncIterator[Chunk]:
         """POST the call (its body plus ``extra`` fields) and translate the upstream's stream (and its errors) into chunks.
 
         One generator, not a wrapper around another: this is every remote request's per-chunk path.
