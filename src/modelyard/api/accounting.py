@@ -60,4 +60,5 @@ class LedgerRecorder:
             "error_type": state.get("error"),
             "cache": request.cache or None,
             "saved_usd": request.saved_usd,
+            "upstream_ms": round(ok[0].busy_s * 1000, 3) if ok and ok[0].busy_s else None,
         })

@@ -93,6 +93,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     context = BackendContext(models_dir=server.data_dir_of(config, args.data_dir) / "models", threads_per_worker=threads, config_source=config.source)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.from_ledger:
+        return _profile_from_ledger(config, model, args, out)
 
     async def run() -> None:
         for deployment in model.deployments:
@@ -117,6 +119,49 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print(f"modelyard profile: {exc}", file=sys.stderr)
         return 3
     return 0
+
+
+def _profile_from_ledger(config: Any, model: Any, args: argparse.Namespace, out: Path) -> int:
+    """Profiles of ``model``'s deployments fitted from the ledger; 2 when none has enough history."""
+    import time
+
+    from modelyard import server
+    from modelyard.planning.ledger_profile import NotEnoughHistory, fit_remote
+    from modelyard.store.database import StoreUnavailable
+    from modelyard.store.ledger import DatabaseLedger, LedgerWriter
+    from modelyard.store.migrations import SchemaTooNew
+    from modelyard.store.store import open_store
+
+    names = tuple(d.name for d in model.deployments)
+
+    async def rows() -> list[dict[str, Any]]:
+        store = await open_store(server.data_dir_of(config, args.data_dir), args.database_url or os.environ.get("MODELYARD_DATABASE_URL"))
+        try:
+            return await LedgerWriter(DatabaseLedger(store.db)).timings(names, args.since, args.until)
+        finally:
+            await store.aclose()
+
+    try:
+        history = asyncio.run(rows())
+    except (ValueError, StoreUnavailable, SchemaTooNew) as exc:
+        print(f"modelyard profile: {exc}", file=sys.stderr)
+        return 2
+    written = 0
+    for deployment in model.deployments:
+        try:
+            result = fit_remote([r for r in history if r["deployment"] == deployment.name], args.min_samples)
+        except NotEnoughHistory as exc:
+            print(f"modelyard profile: {deployment.name}: {exc} in the ledger; not written", file=sys.stderr)
+            continue
+        result |= {"model": model.name, "deployment": deployment.name, "backend": deployment.backend, "since": args.since, "until": args.until,
+                   "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        path = out / (deployment.name.replace("/", "__") + ".json")
+        path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        pre, ttft = result["prefill"], result["jitter"]["ttft"]
+        print(f"{deployment.name}: {result['samples']} requests; TTFT {pre['fixed_s'] * 1000:.0f} ms + {pre['per_token_s'] * 1000:.3f} ms/token "
+              f"(x{ttft[len(ttft) // 2]:.2f} median, x{ttft[-2]:.2f} at p95); token interval {result['decode_interval_s']['1'] * 1000:.1f} ms -> {path}")
+        written += 1
+    return 0 if written else 2
 
 
 def _through(base_url: str, model: Any, deployment: Any, context: Any) -> Any:
@@ -218,6 +263,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--repeats", type=int, default=2, help="measurements per point")
     p.add_argument("--base-url", help="measure through a running modelyard (or any OpenAI-compatible endpoint) serving the model, "
                    "gateway included, instead of starting the deployment here; with several deployments per model, profile each engine directly")
+    p.add_argument("--from-ledger", action="store_true",
+                   help="send nothing: fit each deployment's TTFT line, token interval and their spread from the requests the ledger recorded "
+                   "(for hosted APIs, which cannot be probed for free; the store is the one `serve` uses)")
+    p.add_argument("--database-url", help="with --from-ledger: PostgreSQL store (default: $MODELYARD_DATABASE_URL, else the data directory's SQLite)")
+    p.add_argument("--since", help="with --from-ledger: first day (YYYY-MM-DD)")
+    p.add_argument("--until", help="with --from-ledger: last day (YYYY-MM-DD)")
+    p.add_argument("--min-samples", type=int, default=30, help="with --from-ledger: fewest answered requests a deployment needs")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser(

@@ -13,7 +13,8 @@ Two kinds:
   finishes its prompt or ends.
 - **independent** (a hosted API): every request takes ``fixed_s +
   per_token_s x prompt`` to its first token and ``interval(1)`` per token
-  after, whatever else runs.
+  after, whatever else runs; a profile fitted from the ledger also carries
+  the spread around those (``jitter``), drawn per request.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class EngineModel:
     prefill_points: tuple[tuple[int, float], ...] = ()  # (prompt tokens, median seconds to first token), ascending
     prompt_overhead_tokens: int = 0  # the chat template's tokens around every prompt
     mixed_factor: float = 1.0  # a prompt's chunk in a step with answers costs this many times its cost alone (profiled)
+    # Independent engines fitted from the ledger: quantiles of a request's TTFT and token interval over the fit's
+    # prediction; the simulator draws each request's factors from them (empty: every request exactly as fitted).
+    ttft_jitter: tuple[float, ...] = ()
+    interval_jitter: tuple[float, ...] = ()
 
     def interval(self, k: int) -> float:
         """Seconds between two tokens of each sequence while ``k`` decode together (linear between and beyond measured sizes)."""
@@ -91,6 +96,9 @@ def engine_from_profile(profile: Mapping[str, Any], kind: EngineKind, step_token
         raise ProfileError("the profile has no decode intervals")
     engine = EngineModel(kind, float(prefill["fixed_s"]), max(0.0, float(prefill["per_token_s"])), intervals, step_tokens, _medians(prefill.get("points") or ()),
                          int(profile.get("prompt_overhead_tokens", 0)))
+    jitter = profile.get("jitter") or {}
+    if jitter:
+        engine = replace(engine, ttft_jitter=tuple(float(q) for q in jitter.get("ttft") or ()), interval_jitter=tuple(float(q) for q in jitter.get("interval") or ()))
     mixed = profile.get("mixed_prefill") or ()
     return replace(engine, mixed_factor=mixed_factor(engine, mixed)) if mixed else engine
 

@@ -29,6 +29,7 @@ from modelyard.pipeline.failover import Failover, FailoverInputs, Pause, TryDepl
 from modelyard.pipeline.picker import DeploymentPicker
 from modelyard.planning import replicas as sim_replicas
 from modelyard.planning.engine_model import EngineModel
+from modelyard.planning.ledger_profile import draw
 from modelyard.planning.replay import synthesize_prompt
 from modelyard.planning.traces import BLOCK_TOKENS, TraceRequest
 from modelyard.protocol import Usage
@@ -222,7 +223,11 @@ class Simulation:
         engine = self.replicas[live.deployment].engine
         prompt = int(trace.input_tokens * (1.0 - self.options.cache_hit_rate)) + engine.prompt_overhead_tokens
         prefill_s = engine.prefill_s(prompt)
-        seq = sim_replicas.Sequence(next(self.counter), prefill_s, float(max(0, trace.output_tokens - 1)), prompt_token_s=prefill_s / max(1, prompt))
+        tokens = float(max(0, trace.output_tokens - 1))
+        if engine.ttft_jitter or engine.interval_jitter:  # a hosted API's own spread, from its ledger history
+            prefill_s *= draw(engine.ttft_jitter, self.rng.random())
+            tokens *= draw(engine.interval_jitter, self.rng.random())  # more tokens at the fitted rate: a slower answer
+        seq = sim_replicas.Sequence(next(self.counter), prefill_s, tokens, prompt_token_s=prefill_s / max(1, prompt))
         live.seq, live.engine_started = seq, self.now
         self.by_seq[seq.key] = live
         self.fleet.outstanding[live.deployment] += 1

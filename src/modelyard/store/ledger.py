@@ -22,13 +22,18 @@ log = logging.getLogger("modelyard.ledger")
 COLUMNS = (
     "ts", "day", "request_id", "endpoint", "tenant", "api_key", "workload", "session", "requested_model", "served_model",
     "deployment", "route", "attempts", "prompt_tokens", "completion_tokens", "cost_usd", "revenue_usd", "latency_ms", "ttft_ms", "status", "error_type",
-    "cache", "saved_usd",
+    "cache", "saved_usd", "upstream_ms",
 )
 RECENT = "ts, tenant, requested_model, served_model, route, latency_ms, status, cost_usd, revenue_usd, cache, saved_usd"
 # What a trace needs: arrival (the row is written when the request ends), sizes, who and what.
 TRACE = (
     "ts - COALESCE(latency_ms, 0) / 1000.0 AS arrival, prompt_tokens, completion_tokens, tenant, workload, requested_model "
     "FROM ledger WHERE endpoint IN ('/v1/chat/completions', '/v1/completions')"
+)
+# What fitting a deployment's speed needs: answered requests served upstream in one attempt (not from the cache).
+TIMINGS = (
+    "SELECT deployment, prompt_tokens, completion_tokens, ttft_ms, upstream_ms FROM ledger "
+    "WHERE status = 200 AND attempts = 1 AND ttft_ms IS NOT NULL AND upstream_ms IS NOT NULL AND (cache IS NULL OR cache <> 'hit')"
 )
 GROUPABLE = ("tenant", "api_key", "requested_model", "served_model", "deployment", "workload", "day", "endpoint")
 AGGREGATES = (
@@ -68,6 +73,7 @@ class LedgerSink(Protocol):
     async def spend_by_owner(self) -> list[dict[str, Any]]: ...
     async def since(self, ts: float) -> list[dict[str, Any]]: ...
     async def trace(self, since: str | None, until: str | None) -> list[dict[str, Any]]: ...
+    async def timings(self, deployments: tuple[str, ...], since: str | None, until: str | None) -> list[dict[str, Any]]: ...
     async def aclose(self) -> None: ...
 
 
@@ -94,6 +100,16 @@ def _trace_query(since: str | None, until: str | None) -> tuple[str, list[str]]:
             args.append(value)
             sql += f" AND day {op} ?"
     return sql + " ORDER BY arrival", args
+
+
+def _timings_query(deployments: tuple[str, ...], since: str | None, until: str | None) -> tuple[str, list[str]]:
+    sql, args = TIMINGS, list(deployments)
+    sql += f" AND deployment IN ({', '.join('?' for _ in deployments)})" if deployments else " AND 1 = 0"
+    for op, value in ((">=", since), ("<=", until)):
+        if value:
+            args.append(value)
+            sql += f" AND day {op} ?"
+    return sql + " ORDER BY ts", args
 
 
 def _rounded(row: dict[str, Any]) -> dict[str, Any]:
@@ -137,6 +153,10 @@ class DatabaseLedger:
 
     async def trace(self, since: str | None, until: str | None) -> list[dict[str, Any]]:
         sql, args = _trace_query(since, until)
+        return await self.db.fetch(sql, args)
+
+    async def timings(self, deployments: tuple[str, ...], since: str | None, until: str | None) -> list[dict[str, Any]]:
+        sql, args = _timings_query(deployments, since, until)
         return await self.db.fetch(sql, args)
 
     async def aclose(self) -> None:
@@ -231,6 +251,11 @@ class LedgerWriter:
         """Generation requests in arrival order (for ``modelyard usage --export-trace``), including rows not yet flushed."""
         await self.flush()
         return await self.sink.trace(since, until)
+
+    async def timings(self, deployments: tuple[str, ...], since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+        """Answered one-attempt requests of ``deployments`` (TTFT and the attempt's own time), oldest first, including rows not yet flushed."""
+        await self.flush()
+        return await self.sink.timings(deployments, since, until)
 
     async def recent(self, ts: float) -> list[dict[str, Any]]:
         """Rows since ``ts`` (epoch seconds), including rows not yet flushed."""

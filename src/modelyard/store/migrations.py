@@ -123,6 +123,11 @@ async def _v6(conn: Connection, dialect: str) -> None:
     )
 
 
+async def _v7(conn: Connection, dialect: str) -> None:
+    """The answering attempt's own time (start to last chunk): what the planner fits remote deployments' speed from."""
+    await conn.execute(ddl("ALTER TABLE ledger ADD COLUMN upstream_ms {real}", dialect))
+
+
 MIGRATIONS = (
     Migration(1, "tenants, keys, files, batches, batch lines, ledger", _v1),
     Migration(2, "batch and line leases; file contents in the database", _v2),
@@ -130,6 +135,7 @@ MIGRATIONS = (
     Migration(4, "stored Responses API conversations", _v4),
     Migration(5, "session tool calls and results; ledger rows by session", _v5),
     Migration(6, "spend per tenant, key and day, kept with the ledger", _v6),
+    Migration(7, "ledger: the answering attempt's own time", _v7),
 )
 LATEST = MIGRATIONS[-1].version
 
