@@ -181,7 +181,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from modelyard.planning.engine_model import ProfileError
     from modelyard.planning.plan import DEFAULT_OBJECTIVES, PlanError, load_engines, parse_objective, parse_price_plan, parse_split
     from modelyard.planning.simulate import SimOptions
-    from modelyard.planning.whatif import WHAT_IFS, PlanInputs
+    from modelyard.planning.whatif import WHAT_IFS, PlanInputs, load_target_shares, served_row
 
     try:
         requests = load_trace(args)
@@ -189,6 +189,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         objectives = [parse_objective(s) for s in args.slo] if args.slo else None
         plans = dict(parse_price_plan(p) for p in args.price_plan)
         splits = dict(parse_split(s) for s in args.split)
+        target_shares = dict(load_target_shares(t, config) for t in args.target_shares)
+        for alias, rows in target_shares.items():
+            if alias not in splits:  # the plan itself divides the alias as it is served: at its configured quality target
+                served = served_row(rows, config.alias(alias).quality_target)  # type: ignore[union-attr]
+                splits[alias] = dict(served.shares)
+                print(f"{alias}: planned at quality target {served.target:g} ({', '.join(f'{v:.0%} {m}' for m, v in served.shares.items())})", file=sys.stderr)
         chosen = [w.strip() for w in args.what_if.split(",") if w.strip()] if args.what_if else []
         unknown = sorted(set(chosen) - set(WHAT_IFS))
         if unknown:
@@ -196,7 +202,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         options = SimOptions(default_model=args.model, default_workload=args.workload or "interactive", splits=splits,
                              gateway_overhead_s=args.overhead_ms / 1000, cache_hit_rate=args.cache_hit_rate,
                              token_scale=args.token_scale, seed=args.seed)
-        inputs = PlanInputs(config, load_engines(config, Path(args.profiles)), requests, objectives or list(DEFAULT_OBJECTIVES), options, plans)
+        inputs = PlanInputs(config, load_engines(config, Path(args.profiles)), requests, objectives or list(DEFAULT_OBJECTIVES), options, plans, target_shares)
     except (TraceError, PlanError, ProfileError, ConfigError, ValueError) as exc:
         print(f"modelyard plan: {exc}", file=sys.stderr)
         return 2
@@ -291,7 +297,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--cache-hit-rate", type=float, default=0.0, help="share of prompt tokens a prefix cache saves (0-1)")
     p.add_argument("--overhead-ms", type=float, default=3.0, help="the gateway's own time added to each request")
     p.add_argument("--max-replicas", type=int, default=512, help="the largest replica count tried per deployment")
-    p.add_argument("--what-if", default="burst,cache,split,mix", help=f"variants to report, comma-separated from {', '.join(('burst', 'cache', 'split', 'mix'))}; empty for none")
+    p.add_argument("--target-shares", action="append", default=[], metavar="ALIAS=FILE",
+                   help="a learned alias's split per quality target (`modelyard router shares`): the plan divides the alias at its configured "
+                   "target, and the `target` what-if re-plans at every target in the file")
+    p.add_argument("--what-if", default="burst,cache,split,target,mix", help="variants to report, comma-separated from burst, cache, split, target, mix; empty for none")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulation's random choices")
     p.add_argument("--html", metavar="FILE", help="also write an HTML report with plots")
     p.add_argument("--outcomes", metavar="FILE", help="write one JSON line per simulated request (as `replay --outcomes` does)")

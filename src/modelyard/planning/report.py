@@ -33,11 +33,12 @@ def print_plan(summary: Mapping[str, Any]) -> None:
               f"{m['rejected_rate']:>8.2%}  {'met' if m['objectives_met'] else 'NOT MET'}")
     if summary.get("what_ifs"):
         print()
-        print(f"{'what if':16} {'change':44} {'met':>4} {'ttft p99':>9} {'cost/1k req':>11}  replicas")
+        print(f"{'what if':16} {'change':64} {'met':>4} {'ttft p99':>9} {'cost/1k req':>11} {'quality':>7}  replicas")
         for r in summary["what_ifs"]:
             replicas = ", ".join(f"{k}={v}" for k, v in sorted(r["replicas"].items()))
-            print(f"{r['what_if']:16} {r['change'][:44]:44} {'yes' if r['objectives_met'] else 'no':>4} {_num(r['ttft_p99_ms']):>9} "
-                  f"{_num(r['cost_per_1k_requests_usd']):>11}  {replicas}")
+            quality = f"{r['expected_quality']:.3f}" if r.get("expected_quality") is not None else "-"
+            print(f"{r['what_if']:16} {r['change'][:64]:64} {'yes' if r['objectives_met'] else 'no':>4} {_num(r['ttft_p99_ms']):>9} "
+                  f"{_num(r['cost_per_1k_requests_usd']):>11} {quality:>7}  {replicas}")
 
 
 def records_jsonl(records: Sequence[SimRecord]) -> str:
@@ -77,9 +78,9 @@ def write_html(path: Path, summary: Mapping[str, Any], records: Sequence[SimReco
     ]
     if summary.get("what_ifs"):
         parts += ["<h2>What if</h2>", _table(
-            ["what if", "change", "met", "TTFT p99 ms", "cost / 1k requests", "replicas"],
+            ["what if", "change", "met", "TTFT p99 ms", "cost / 1k requests", "expected quality", "replicas"],
             [[r["what_if"], r["change"], "yes" if r["objectives_met"] else "no", r["ttft_p99_ms"], r["cost_per_1k_requests_usd"],
-              ", ".join(f"{k}={v}" for k, v in sorted(r["replicas"].items()))] for r in summary["what_ifs"]])]
+              r.get("expected_quality", "-"), ", ".join(f"{k}={v}" for k, v in sorted(r["replicas"].items()))] for r in summary["what_ifs"]])]
     path.write_text("\n".join(parts) + "\n")
 
 

@@ -42,6 +42,31 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     return _print(evaluate.report(table, router, evaluate.predict(router, table.prompts, embeddings), target), args.json, args.group_by)
 
 
+def shares_cmd(args: argparse.Namespace) -> int:
+    """Write, per quality target, where the router sends the table's prompts and what that scores (for ``plan --target-shares``)."""
+    router, header = router_file.load(Path(args.router))
+    table, embeddings = _table_and_embeddings(args)
+    try:
+        table = table.for_models(router.models)
+        targets = tuple(float(t) for t in args.targets.split(",") if t.strip())
+    except ValueError as exc:
+        print(f"modelyard: {exc}")
+        return 2
+    if not targets or any(not 0.0 <= t <= 1.0 for t in targets):
+        print("modelyard: --targets: expected comma-separated numbers in 0..1")
+        return 2
+    rows = evaluate.target_shares(table, router, evaluate.predict(router, table.prompts, embeddings), targets)
+    result = {"router": args.router, "data": table.source, "split": args.split, "n": len(table.prompts), "models": list(router.models),
+              "router_target": header.get("target"), "rows": rows}
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    width = max(len(m) for m in router.models)
+    print(f"{'target':>6}  {'quality':>7}  {'cost/request':>12}  " + "  ".join(f"to {m:<{width}}" for m in router.models))
+    for row in rows:
+        print(f"{row['target']:>6g}  {row['quality']:>7.4f}  {row['cost_per_request']:>12.4g}  " + "  ".join(f"{row['shares'][m]:>{width + 3}.1%}" for m in router.models))
+    print(f"wrote {args.out} ({len(table.prompts)} prompts of {table.source})")
+    return 0
+
+
 def cross_validate(args: argparse.Namespace) -> int:
     table, embeddings = _table_and_embeddings(args)
     router, predicted = evaluate.cross_validate(table, embeddings, args.k, args.folds, args.learner)
@@ -177,6 +202,14 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="also print one JSON object on the last line")
     p.add_argument("--group-by", choices=("task",), help="also report per task (data set, subject or cluster)")
     p.set_defaults(func=evaluate_cmd)
+    p = router.add_parser("shares", help="per quality target: where the router sends a table's prompts, and their recorded quality and cost "
+                          "(input of `modelyard plan --target-shares`)")
+    data_args(p)
+    p.add_argument("--router", required=True)
+    p.add_argument("--targets", default=",".join(f"{t:g}" for t in evaluate.SHARE_TARGETS), help="comma-separated quality targets (0..1)")
+    p.add_argument("--out", required=True, help="the JSON file to write")
+    p.set_defaults(func=shares_cmd)
+
     p = router.add_parser("cv", help="cross-validate on the training tables (out-of-fold predictions)")
     data_args(p)
     p.add_argument("--k", type=int, help="neighbours per prediction (default: 2%% of the training prompts, at least 16)")

@@ -70,6 +70,21 @@ def report(table: OutcomeTable, router: LearnedRouter, predicted: npt.NDArray[np
     return result
 
 
+SHARE_TARGETS = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0)
+
+
+def target_shares(table: OutcomeTable, router: LearnedRouter, predicted: npt.NDArray[np.float32], targets: tuple[float, ...] = SHARE_TARGETS) -> list[dict[str, Any]]:
+    """Per quality target: the share of the table's prompts the router sends to each model, and the recorded
+    quality and cost of those choices (what ``modelyard plan`` turns into replicas and dollars)."""
+    rows = []
+    for target in sorted(set(targets)):
+        choice = router.choose_by_target(predicted, target)
+        quality, cost = outcome(table.quality, table.cost, choice)
+        shares = {name: round(float((choice == j).mean()), 4) for j, name in enumerate(table.models)}
+        rows.append({"target": round(float(target), 4), "shares": shares, "quality": round(quality, 4), "cost_per_request": cost})
+    return rows
+
+
 LEARNERS = (
     "knn+logistic+lexical", "knn+logistic", "knn+ridge", "knn", "ridge", "logistic", "logistic+lexical",
     # With the task view (needs a table with task labels): blended half and half, or alone ("task").
