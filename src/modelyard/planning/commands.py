@@ -179,7 +179,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from modelyard.config import ConfigError, load_config
     from modelyard.config.defaults import default_fleet
     from modelyard.planning.engine_model import ProfileError
-    from modelyard.planning.plan import DEFAULT_OBJECTIVES, PlanError, load_engines, parse_objective, parse_price_plan, parse_split
+    from modelyard.planning.plan import DEFAULT_OBJECTIVES, PlanError, load_engines, parse_objective, parse_price_plan, parse_split, parse_tenant_limit
     from modelyard.planning.simulate import SimOptions
     from modelyard.planning.whatif import WHAT_IFS, PlanInputs, load_target_shares, served_row
 
@@ -201,7 +201,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             raise PlanError(f"--what-if: unknown {', '.join(unknown)} (choose from {', '.join(WHAT_IFS)})")
         options = SimOptions(default_model=args.model, default_workload=args.workload or "interactive", splits=splits,
                              gateway_overhead_s=args.overhead_ms / 1000, cache_hit_rate=args.cache_hit_rate,
-                             token_scale=args.token_scale, seed=args.seed)
+                             token_scale=args.token_scale, seed=args.seed, tenant_limits=dict(parse_tenant_limit(t) for t in args.tenant_limit))
         inputs = PlanInputs(config, load_engines(config, Path(args.profiles)), requests, objectives or list(DEFAULT_OBJECTIVES), options, plans, target_shares)
     except (TraceError, PlanError, ProfileError, ConfigError, ValueError) as exc:
         print(f"modelyard plan: {exc}", file=sys.stderr)
@@ -297,6 +297,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--cache-hit-rate", type=float, default=0.0, help="share of prompt tokens a prefix cache saves (0-1)")
     p.add_argument("--overhead-ms", type=float, default=3.0, help="the gateway's own time added to each request")
     p.add_argument("--max-replicas", type=int, default=512, help="the largest replica count tried per deployment")
+    p.add_argument("--tenant-limit", action="append", default=[], metavar="TENANT=RPM,TPM",
+                   help="a tenant's requests and tokens per minute (- for none), counted by the server's own limiter: over them, a 429")
     p.add_argument("--target-shares", action="append", default=[], metavar="ALIAS=FILE",
                    help="a learned alias's split per quality target (`modelyard router shares`): the plan divides the alias at its configured "
                    "target, and the `target` what-if re-plans at every target in the file")

@@ -97,6 +97,19 @@ def parse_price_plan(text: str) -> tuple[str, PricePlan]:
     return tenant, PricePlan(*values)
 
 
+def parse_tenant_limit(text: str) -> tuple[str, tuple[int | None, int | None]]:
+    """``TENANT=RPM,TPM`` (either may be ``-``: no limit), as ``modelyard tenants create --rpm --tpm`` sets them."""
+    tenant, sep, numbers = text.partition("=")
+    parts = numbers.split(",")
+    try:
+        rpm, tpm = (None if p.strip() in ("-", "") else int(p) for p in parts) if len(parts) == 2 else (0, 0)
+    except ValueError:
+        rpm, tpm = 0, 0
+    if not sep or not tenant.strip() or len(parts) != 2 or (rpm is not None and rpm < 1) or (tpm is not None and tpm < 1) or (rpm is None and tpm is None):
+        raise PlanError(f"--tenant-limit {text!r}: expected TENANT=RPM,TPM with positive whole numbers (- for no limit)")
+    return tenant.strip(), (rpm, tpm)
+
+
 def parse_split(text: str) -> tuple[str, dict[str, float]]:
     """``ALIAS=MODEL:SHARE,MODEL:SHARE``: how a prompt-dependent alias divides the trace."""
     alias, sep, rest = text.partition("=")

@@ -3,11 +3,11 @@
 What is real: the deployment picker (balancer, breakers, session affinity),
 the retry and failover policy, every deployment's scheduler (classes, fair
 share, reserved slots, deadline-aware admission, shedding), the router's
-rules, and the cost code: the objects the live server uses, driven by a
-simulated clock. What is modelled: the engines (:mod:`.replicas`, from
+rules, tenants' rate limits (``tenant_limits``: the server's own limiter) and
+the cost code: the objects the live server uses, driven by a simulated clock. What is modelled: the engines (:mod:`.replicas`, from
 ``modelyard profile`` measurements) and the gateway's fixed overhead.
 
-Left out (docs/planning.md): hedging, mid-stream stalls, rate limits and
+Left out (docs/planning.md): hedging, mid-stream stalls, API keys' own limits,
 budgets, cascades' second tries, and prompts (a learned alias is routed by a
 given split, since a trace has no text).
 """
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from modelyard.backends.registry import deployment_slots
 from modelyard.config import FleetConfig
 from modelyard.economics.cost import attempt_cost
+from modelyard.economics.ratelimit import RateLimiter, Reservation
 from modelyard.errors import ModelyardError, Overloaded, UpstreamTimeout
 from modelyard.pipeline.admission import scheduler_policy
 from modelyard.pipeline.failover import Failover, FailoverInputs, Pause, TryDeployment, failover
@@ -48,6 +49,7 @@ class SimOptions:
     cache_hit_rate: float = 0.0  # share of prompt tokens a prefix cache saves
     token_scale: float = 1.0  # how the trace was scaled: the size of its shared-prefix blocks in synthesized prompts
     seed: int = 0
+    tenant_limits: Mapping[str, tuple[int | None, int | None]] = field(default_factory=dict)  # tenant -> (requests, tokens) per minute
 
 
 @dataclass(slots=True)
@@ -83,6 +85,7 @@ class _Live:
     attempt_started: float = 0.0
     engine_started: float = 0.0
     attempt_no: int = 0  # bumps per attempt; a timer of an older attempt is stale
+    reservation: Reservation | None = None  # its tenant's rate-limit reservation, settled when it ends
 
 
 class _SimFleet:
@@ -109,6 +112,7 @@ class Simulation:
             raise ValueError(f"no engine model for deployment(s) {', '.join(missing)}")
         self.fleet = _SimFleet(list(self.deployments))
         self.picker = DeploymentPicker(config, self.fleet, self.clock, self.rng)
+        self.limiter = RateLimiter()  # tenants' limits, as one server counts them
         self.replicas = {name: sim_replicas.Replica(engines[name]) for name in self.deployments}
         self.schedulers = {name: DeploymentScheduler(scheduler_policy(config, d), deployment_slots(d)) for name, (_, d) in self.deployments.items()}
         self.classes = config.scheduling.classes
@@ -149,6 +153,12 @@ class Simulation:
         record = SimRecord(index, trace.arrival_s, trace.tenant or "default", trace.workload or self.options.default_workload,
                            input_tokens=trace.input_tokens, output_tokens=trace.output_tokens)
         self.records.append(record)
+        reservation = None
+        if record.tenant in self.options.tenant_limits:
+            reservation = self._rate_limit(record, index, trace)
+            if reservation is None:
+                record.status = 429
+                return
         try:
             plan = self._route(trace.model or self.options.default_model, index, trace)
         except ModelyardError:
@@ -157,8 +167,19 @@ class Simulation:
         record.model = plan[0]
         deadline = self.now + self.cap_s
         steps = failover(self.config, self.picker, FailoverInputs(plan, deadline), self.clock, self.rng)
-        live = _Live(record, trace, steps, deadline)
+        live = _Live(record, trace, steps, deadline, reservation=reservation)
         self._step(live, None, first=True)
+
+    def _rate_limit(self, record: SimRecord, index: int, trace: TraceRequest) -> Reservation | None:
+        """The tenant's limits, counted by the server's own limiter on the request the live server would see: its
+        estimate (a quarter of the prompt's characters plus ``max_tokens``) reserved now, settled to the real count at the end."""
+        rpm, tpm = self.options.tenant_limits[record.tenant]
+        text = synthesize_prompt(trace, index, max(1, round(BLOCK_TOKENS * self.options.token_scale)))
+        tokens = max(1, len(text) // 4) + trace.output_tokens
+        if tpm is not None and tokens > tpm:
+            return None  # larger than a whole minute's tokens: refused outright, as live
+        reservation, _, _ = self.limiter.check([(f"tenant:{record.tenant}", rpm, tpm)], tokens, self.now)
+        return reservation
 
     def _route(self, name: str, index: int, trace: TraceRequest) -> list[str]:
         """The served model and its fallbacks: a named model as is, an alias by its split or by its rules on the prompt replay would send."""
@@ -316,6 +337,9 @@ class Simulation:
 
     def _end(self, live: _Live, status: int) -> None:
         live.record.status = status
+        if live.reservation is not None:
+            record = live.record
+            self.limiter.settle(live.reservation, record.input_tokens + record.output_tokens if status == 200 else 0)
         live.steps.close()
 
     # -- what the run says ----------------------------------------------------------------------
