@@ -179,7 +179,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from modelyard.config import ConfigError, load_config
     from modelyard.config.defaults import default_fleet
     from modelyard.planning.engine_model import ProfileError
-    from modelyard.planning.plan import DEFAULT_OBJECTIVES, PlanError, load_engines, parse_objective, parse_price_plan, parse_split, parse_tenant_limit
+    from modelyard.planning.plan import (
+        DEFAULT_OBJECTIVES,
+        PlanError,
+        load_engines,
+        parse_objective,
+        parse_price_plan,
+        parse_split,
+        parse_tenant_limit,
+    )
     from modelyard.planning.simulate import SimOptions
     from modelyard.planning.whatif import WHAT_IFS, PlanInputs, load_target_shares, served_row
 
