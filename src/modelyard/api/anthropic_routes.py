@@ -70,7 +70,7 @@ class AnthropicRoutes:
         if model is None:
             raise ModelNotFound(f"The model '{name}' does not exist", param="model")
         for deployment in model.deployments:
-            runtime = self.api.fleet.deployments.get(deployment.name)
-            if runtime is not None and isinstance(runtime.backend, TokenCounter):
-                return runtime.backend
+            backend = self.api.fleet.backend(deployment.name)
+            if isinstance(backend, TokenCounter):
+                return backend
         return None

@@ -98,9 +98,9 @@ class ContextBudget:
         if self.options.tokenizer != "auto" or self.dispatcher is None or (config := self.config.model(model)) is None:
             return None
         for deployment in config.deployments:
-            runtime = self.dispatcher.fleet.deployments.get(deployment.name)
-            if runtime is not None and isinstance(runtime.backend, TokenCounter):
-                return runtime.backend
+            backend = self.dispatcher.fleet.backend(deployment.name)
+            if isinstance(backend, TokenCounter):
+                return backend
         return None
 
     async def counter(self, request: Request) -> Counting:

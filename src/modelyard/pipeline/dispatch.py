@@ -21,14 +21,15 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
+from modelyard.backends.base import Backend
 from modelyard.config import DeploymentConfig, FleetConfig, ModelConfig
 from modelyard.errors import ModelyardError, UpstreamTimeout
 from modelyard.pipeline.admission import SchedulerGate
 from modelyard.pipeline.batcher import EmbeddingBatcher
 from modelyard.pipeline.engine_load import EngineLoadPoller
 from modelyard.pipeline.failover import Failover, FailoverInputs, Pause, failover
-from modelyard.pipeline.fleet import FleetRuntime
 from modelyard.pipeline.picker import DeploymentPicker
+from modelyard.pipeline.runtime import Runtime
 from modelyard.pipeline.types import Attempt, Request
 from modelyard.pipeline.watchdog import StallGuard
 from modelyard.protocol import Chunk, Embeddings, ModelCall, Usage
@@ -57,7 +58,7 @@ class Dispatcher:
     """
 
     def __init__(
-        self, fleet: FleetRuntime, config: FleetConfig, clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None
+        self, fleet: Runtime, config: FleetConfig, clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None
     ) -> None:
         self.fleet = fleet
         self.config = config
@@ -68,7 +69,7 @@ class Dispatcher:
         self.picker = DeploymentPicker(config, fleet, clock, self.rng, self.engine_load.load)
         self.gate = SchedulerGate(config, clock)
         self.batchers = {
-            name: EmbeddingBatcher(fleet.deployments[name].backend.embed, d.batching)
+            name: EmbeddingBatcher(self._backend(name).embed, d.batching)
             for name, (m, d) in self.deployments.items()
             if m.kind == "embedding" and d.batching.enabled
         }
@@ -118,9 +119,11 @@ class Dispatcher:
         started = self.clock()
         finished = False
         try:
-            async for chunk in self.fleet.generate(deployment, call):
-                finished = finished or chunk.finish_reason is not None
-                yield chunk
+            # Closed here, not left to the garbage collector: the runtime's in-flight count drops when the answer ends.
+            async with contextlib.aclosing(self.fleet.generate(deployment, call)) as chunks:
+                async for chunk in chunks:
+                    finished = finished or chunk.finish_reason is not None
+                    yield chunk
         finally:
             self.gate.release(deployment, ticket, self.clock() - started if finished else None)
 
@@ -243,7 +246,7 @@ class Dispatcher:
         limit = max(0.0, min(self.deployments[deployment][1].timeouts.total_s, request.deadline - self.clock()))
         batcher = self.batchers.get(deployment)
         try:
-            call = batcher.submit(request.inputs) if batcher else self.fleet.deployments[deployment].backend.embed(request.inputs)
+            call = batcher.submit(request.inputs) if batcher else self._backend(deployment).embed(request.inputs)
             result = await asyncio.wait_for(call, limit)
         except TimeoutError:
             error: ModelyardError = UpstreamTimeout(f"deployment {deployment} did not answer within {limit:.1f}s")
@@ -258,6 +261,12 @@ class Dispatcher:
         attempt.fail(error, self.clock())
         self.picker.failed(deployment, error)
         raise error
+
+    def _backend(self, deployment: str) -> Backend:
+        backend = self.fleet.backend(deployment)
+        if backend is None:
+            raise KeyError(f"the runtime has no deployment {deployment!r}")
+        return backend
 
     def start(self) -> None:
         """Background work: polling engine load for ``least_load`` models."""

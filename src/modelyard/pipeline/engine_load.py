@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from modelyard.config import FleetConfig
-from modelyard.pipeline.fleet import FleetRuntime
+from modelyard.pipeline.runtime import Runtime
 from modelyard.routing.balancer import EngineLoad
 from modelyard.tasks import stop_task
 
@@ -30,7 +30,7 @@ STALE_AFTER_S = 3.0
 class EngineLoadPoller:
     """Keeps the latest :class:`EngineLoad` of each polled deployment."""
 
-    def __init__(self, fleet: FleetRuntime, config: FleetConfig, interval_s: float = POLL_INTERVAL_S,
+    def __init__(self, fleet: Runtime, config: FleetConfig, interval_s: float = POLL_INTERVAL_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.interval_s = interval_s
         self.clock = clock
@@ -39,7 +39,7 @@ class EngineLoadPoller:
             if model.strategy != "least_load":
                 continue
             for d in model.deployments:
-                reader = getattr(fleet.deployments[d.name].backend, "poll_load", None)
+                reader = getattr(fleet.backend(d.name), "poll_load", None)
                 if reader is not None:
                     self.readers[d.name] = reader
         self.readings: dict[str, tuple[float, EngineLoad]] = {}

@@ -60,6 +60,11 @@ class FleetRuntime:
             raise
         self.started = True
 
+    def backend(self, deployment: str) -> Backend | None:
+        """The deployment's adapter, or None for a name the fleet does not have."""
+        found = self.deployments.get(deployment)
+        return found.backend if found is not None else None
+
     def is_ready(self, deployment: str) -> bool:
         """One deployment's readiness (the dispatcher asks only about the model it routes to)."""
         return self.started and self.deployments[deployment].backend.health().ready

@@ -7,7 +7,11 @@ rules, tenants' rate limits (``tenant_limits``: the server's own limiter) and
 the cost code: the objects the live server uses, driven by a simulated clock. What is modelled: the engines (:mod:`.replicas`, from
 ``modelyard profile`` measurements) and the gateway's fixed overhead.
 
-Left out (docs/planning.md): hedging, mid-stream stalls, API keys' own limits,
+Hedging is simulated as the dispatcher does it: after the model's hedge delay
+without a first token, a copy goes to another deployment the picker chooses;
+the first to answer wins and the other is cancelled (and paid for).
+
+Left out (docs/planning.md): mid-stream stalls, API keys' own limits,
 budgets, cascades' second tries, and prompts (a learned alias is routed by a
 given split, since a trace has no text).
 """
@@ -21,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from modelyard.backends.registry import deployment_slots
-from modelyard.config import FleetConfig
+from modelyard.config import FleetConfig, ModelConfig
 from modelyard.economics.cost import attempt_cost
 from modelyard.economics.ratelimit import RateLimiter, Reservation
 from modelyard.errors import ModelyardError, Overloaded, UpstreamTimeout
@@ -86,6 +90,10 @@ class _Live:
     engine_started: float = 0.0
     attempt_no: int = 0  # bumps per attempt; a timer of an older attempt is stale
     reservation: Reservation | None = None  # its tenant's rate-limit reservation, settled when it ends
+    model: ModelConfig | None = None  # of the current attempt
+    # A hedged copy of the current attempt on another deployment (each points at the other) until one
+    # gives a first token: the two share the record, the failover steps and the deadline.
+    twin: _Live | None = None
 
 
 class _SimFleet:
@@ -216,7 +224,7 @@ class Simulation:
 
     def _try(self, live: _Live, step: TryDeployment) -> None:
         name = step.deployment
-        live.deployment, live.attempt_started = name, self.now
+        live.deployment, live.attempt_started, live.model = name, self.now, step.model
         live.attempt_no += 1
         live.record.attempts += 1
         live.record.deployment, live.record.model = name, step.model.name
@@ -234,6 +242,9 @@ class Simulation:
         limit = min(self.deployments[name][1].timeouts.first_token_s, live.deadline - self.now)
         attempt_no = live.attempt_no
         self._at(self.now + max(0.0, limit), lambda: self._first_token_late(live, attempt_no))
+        delay = self.picker.hedge_delay_s(step.model, name) if live.twin is None else None
+        if delay is not None:
+            self._at(self.now + delay, lambda: self._hedge(live, attempt_no))
         if admission.verdict == Verdict.RUN:
             self._start(live)
         else:
@@ -278,6 +289,10 @@ class Simulation:
             seq.prefill_left_s = 0.0
             seq.first_token_at = self.now
             self.picker.succeeded(deployment, self.now - live.attempt_started)
+            if live.twin is not None:  # the hedge is decided: the other copy is cancelled
+                loser, live.twin = live.twin, None
+                self._abandon(loser)
+                live.record.deployment, live.record.model = deployment, self.deployments[deployment][0].name
             live.record.ttft_s = self.now - live.record.arrival_s + self.options.gateway_overhead_s
             if seq.tokens_left > 1e-9:
                 self._wake(deployment)
@@ -333,7 +348,40 @@ class Simulation:
     def _attempt_failed(self, live: _Live, error: ModelyardError) -> None:
         self.picker.failed(live.deployment, error)
         live.record.cost_usd += attempt_cost(self.deployments[live.deployment][1].price, None, self.now - live.attempt_started)
+        twin = live.twin
+        if twin is not None:  # one copy of a hedge failed: the request waits on the other
+            live.twin = twin.twin = None
+            live.attempt_no += 1
+            twin.record.deployment, twin.record.model = twin.deployment, self.deployments[twin.deployment][0].name
+            return
         self._step(live, error)
+
+    def _hedge(self, live: _Live, attempt_no: int) -> None:
+        """The attempt has no first token after the hedge delay: a copy goes to another deployment of the model, as live."""
+        if live.attempt_no != attempt_no or live.twin is not None or live.model is None or (live.seq is not None and live.seq.first_token_at is not None):
+            return
+        if live.ticket is None and live.seq is None:
+            return  # the attempt already ended
+        second = self.picker.pick(live.model, exclude={live.deployment})
+        if second is None or second == live.deployment:
+            return
+        backup = _Live(live.record, live.trace, live.steps, live.deadline, reservation=live.reservation)
+        live.twin, backup.twin = backup, live
+        self._try(backup, TryDeployment(live.model, second))
+
+    def _abandon(self, live: _Live) -> None:
+        """A hedge's losing copy: its queue place or engine sequence is given up, its time paid for, its timers void."""
+        live.twin = None
+        live.attempt_no += 1
+        name = live.deployment
+        if live.seq is None and live.ticket is not None:
+            self.schedulers[name].cancel(live.ticket.id)
+            self.by_ticket.pop(live.ticket.id, None)
+            live.ticket = None
+        elif live.seq is not None:
+            self._release(live, service_s=None)
+        self.picker.breakers[name].release_probe()
+        live.record.cost_usd += attempt_cost(self.deployments[name][1].price, None, self.now - live.attempt_started)
 
     def _end(self, live: _Live, status: int) -> None:
         live.record.status = status
