@@ -18,8 +18,10 @@ are false:
   query still count as false.
 
 The pairs are split in two halves: the static threshold shipped as default is
-the one chosen on the first (the lowest whose false-hit share's 95% upper
-bound is within 2%); every figure reported is measured on the second. The
+the one chosen on the first (the lowest whose false-hit share's one-sided
+99.5% upper bound is within 2%: the most permissive point of a sweep that
+passes is the likeliest to be optimistic, so it is chosen with a margin);
+every figure reported, with its 95% bound, is measured on the second. The
 adaptive mode runs online over the second half from nothing (each query a
 miss it learns from, or a hit), for several target error rates, and is
 compared with the static curve at the same false-hit share.
@@ -60,9 +62,10 @@ from modelyard.store.vector_index import VectorIndex  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PAIRS = ROOT.parent / "shared" / "data" / "cache" / "qqp_pairs_train.jsonl"
-THRESHOLDS = [round(0.80 + 0.01 * i, 2) for i in range(20)] + [0.992, 0.995, 0.998]
+THRESHOLDS = [round(0.80 + 0.01 * i, 2) for i in range(20)] + [0.992, 0.994, 0.995, 0.996, 0.997, 0.998]
 TARGETS = [0.01, 0.02, 0.03, 0.05]
 MAX_FALSE_SHARE = 0.02
+SELECTION_CONFIDENCE = 0.995  # one-sided, when choosing among THRESHOLDS: stricter than the 95% reported (neighbouring points are strongly correlated, so not a full Bonferroni 0.998)
 # Prompts that embed close together and ask opposite things: none may ever answer the other.
 POLARITY = [
     ("How do I enable 2FA on my account?", "How do I disable 2FA on my account?"),
@@ -218,8 +221,18 @@ def static_hit_rate_at(curve: list[dict[str, Any]], share: float) -> float:
     return max((p["hit_rate"] for p in curve if p["false_hit_share"] <= share), default=0.0)
 
 
+def upper_bound(false: int, hits: int, confidence: float) -> float:
+    """Clopper-Pearson one-sided upper bound of the false-hit share at ``confidence``."""
+    return 1.0 if hits == 0 else (1.0 if false == hits else float(beta.ppf(confidence, false + 1, hits - false)))
+
+
 def choose_threshold(curve: list[dict[str, Any]]) -> float:
-    within = [p for p in curve if p["false_hit_share_upper95"] <= MAX_FALSE_SHARE]
+    """The lowest threshold whose false-hit share is within ``MAX_FALSE_SHARE`` at ``SELECTION_CONFIDENCE``.
+
+    The most permissive point that passes is, of all the points tried, the one whose estimate is most likely
+    to be optimistic (a winner's curse over the sweep): the selection asks for a wider margin than the 95% bound
+    the shipped default is then reported with, on pairs it was not chosen on."""
+    within = [p for p in curve if upper_bound(p["false_hits"], p["hits"], SELECTION_CONFIDENCE) <= MAX_FALSE_SHARE]
     return min(p["threshold"] for p in within) if within else max(p["threshold"] for p in curve)
 
 
