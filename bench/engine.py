@@ -188,7 +188,7 @@ def old_deployment(builtin: str) -> str:
 DECODE_THREADS = {"builtin:smollm2-135m": 1, "builtin:qwen2.5-coder-0.5b": 2}
 
 
-def new_deployment(builtin: str, parallel: int, cache_prompt: bool = True, layout: str = "1x2") -> str:
+def new_deployment(builtin: str, parallel: int, cache_prompt: bool = True, layout: str = "1x2", cache_ram_mib: int | None = None) -> str:
     """One engine with 2 threads, or (``2x1``) two engines with 1 thread and half the slots each."""
     if layout == "2x1":
         return "\n".join(
@@ -198,7 +198,8 @@ def new_deployment(builtin: str, parallel: int, cache_prompt: bool = True, layou
         )
     return (
         f"{{backend: llamacpp_server, model_file: '{builtin}', parallel: {parallel}, threads: 2, decode_threads: {DECODE_THREADS[builtin]}, "
-        f"n_ctx: 2048, max_queue: 512, cache_prompt: {str(cache_prompt).lower()}}}"
+        f"n_ctx: 2048, max_queue: 512, cache_prompt: {str(cache_prompt).lower()}"
+        + ("" if cache_ram_mib is None else f", cache_ram_mib: {cache_ram_mib}") + "}"
     )
 
 
@@ -359,7 +360,7 @@ async def measure_model(model: str, args: argparse.Namespace, tmp: Path) -> dict
             server.close()
 
     print(f"  {model}: interactive TTFT alone and beside a batch job ({args.interactive} requests each)", flush=True)
-    gateway = Gateway(tmp, f"{model}-interactive", model, new_deployment(builtin, args.parallel, layout=args.layout))
+    gateway = Gateway(tmp, f"{model}-interactive", model, new_deployment(builtin, args.parallel, layout=args.layout, cache_ram_mib=args.cache_ram_mib))
     try:
         alone = await interactive_ttft(gateway.url, model, args.interactive, 0)
         beside = await interactive_ttft(gateway.url, model, args.interactive, args.parallel - 1)
@@ -442,6 +443,7 @@ def main() -> None:
     parser.add_argument("--layout", choices=("1x2", "2x1"), default="1x2",
                         help="new: one engine with 2 threads, or two engines with 1 thread and half the slots each")
     parser.add_argument("--no-extras", action="store_true", help="the concurrency sweep only (no peer, interactive or turn-2 runs)")
+    parser.add_argument("--cache-ram-mib", type=int, help="the interactive and turn-2 engine's host-RAM prompt cache (default: the deployment default, 256)")
     parser.add_argument("--name", default="engine", help="results file name under bench/results/")
     parser.add_argument("--request-class", choices=("interactive", "batch"), help="the sweep's requests through the gateway are of this class "
                         "(batch work is pinned to the engine's top slots; default: no header, so interactive)")
@@ -459,7 +461,7 @@ def main() -> None:
             results[model] = asyncio.run(measure_model(model, args, Path(tmp))) | {
                 "commit": commit(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "settings": {"repeats": args.repeats, "rounds": args.rounds, "levels": list(args.levels), "interactive": args.interactive, "turns": args.turns,
-                             "layout": args.layout, "systems": list(args.systems), "request_class": args.request_class},
+                             "layout": args.layout, "systems": list(args.systems), "request_class": args.request_class, "cache_ram_mib": args.cache_ram_mib},
             }
             print(report(model, results[model]), flush=True)
             data = {

@@ -42,7 +42,7 @@ from modelyard.store.vector_index import Neighbour, VectorIndex
 
 log = logging.getLogger("modelyard.cache")
 CACHE_HEADER = "x-modelyard-cache"
-DEFAULT_THRESHOLD = 0.995  # bench/cache.py: the static threshold shipped as default (docs/stages.md)
+DEFAULT_THRESHOLD = 0.996  # bench/cache.py: the static threshold shipped as default (docs/stages.md)
 
 
 @dataclass(frozen=True, slots=True)

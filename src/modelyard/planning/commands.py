@@ -146,8 +146,13 @@ def _profile_from_ledger(config: Any, model: Any, args: argparse.Namespace, out:
     except (ValueError, StoreUnavailable, SchemaTooNew) as exc:
         print(f"modelyard profile: {exc}", file=sys.stderr)
         return 2
+    from modelyard.planning.plan import self_hosted
+
     written = 0
     for deployment in model.deployments:
+        if self_hosted(deployment):
+            print(f"modelyard profile: note: {deployment.name} runs here; the plan simulates it as a batching engine, which a ledger "
+                  "fit (one request at a time) does not describe: measure it with `modelyard profile` without --from-ledger", file=sys.stderr)
         try:
             result = fit_remote([r for r in history if r["deployment"] == deployment.name], args.min_samples)
         except NotEnoughHistory as exc:

@@ -4,8 +4,9 @@ What is real: the deployment picker (balancer, breakers, session affinity),
 the retry and failover policy, every deployment's scheduler (classes, fair
 share, reserved slots, deadline-aware admission, shedding), the router's
 rules, tenants' rate limits (``tenant_limits``: the server's own limiter) and
-the cost code: the objects the live server uses, driven by a simulated clock. What is modelled: the engines (:mod:`.replicas`, from
-``modelyard profile`` measurements) and the gateway's fixed overhead.
+the cost code: the objects the live server uses, driven by a simulated
+clock. What is modelled: the engines (:mod:`.replicas`, from ``modelyard
+profile`` measurements) and the gateway's fixed overhead.
 
 Hedging is simulated as the dispatcher does it: after the model's hedge delay
 without a first token, a copy goes to another deployment the picker chooses;
