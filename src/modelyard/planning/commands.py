@@ -80,6 +80,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from modelyard.config.defaults import default_fleet
     from modelyard.fleet.artifacts import ArtifactError
     from modelyard.pipeline.fleet import local_worker_count
+    from modelyard.planning.engine_model import profile_path
     from modelyard.planning.profile import profile_backend
 
     config = load_config(args.config) if args.config else default_fleet()
@@ -88,13 +89,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
         known = ", ".join(m.name for m in config.models if m.kind != "embedding")
         print(f"modelyard profile: no generative model {args.model!r} in {config.source} (known: {known})", file=sys.stderr)
         return 2
-    # Threads as `serve` gives them on this machine, so the profile measures the deployment as it is served.
-    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, local_worker_count(config)))
-    context = BackendContext(models_dir=server.data_dir_of(config, args.data_dir) / "models", threads_per_worker=threads, config_source=config.source)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.from_ledger:
         return _profile_from_ledger(config, model, args, out)
+    # Threads as `serve` gives them on this machine, so the profile measures the deployment as it is served.
+    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, local_worker_count(config)))
+    context = BackendContext(models_dir=server.data_dir_of(config, args.data_dir) / "models", threads_per_worker=threads, config_source=config.source)
 
     async def run() -> None:
         for deployment in model.deployments:
@@ -107,7 +108,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                 await backend.aclose()
             result |= {"model": model.name, "deployment": deployment.name, "backend": deployment.backend, "threads": threads, "through": args.base_url,
                        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            path = out / (deployment.name.replace("/", "__") + ".json")
+            path = profile_path(out, deployment.name)
             path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
             pre, dec = result["prefill"], result["decode_interval_s"]
             print(f"{deployment.name}: prefill {pre['fixed_s'] * 1000:.0f} ms + {pre['per_token_s'] * 1000:.2f} ms/token; "
@@ -126,7 +127,9 @@ def _profile_from_ledger(config: Any, model: Any, args: argparse.Namespace, out:
     import time
 
     from modelyard import server
+    from modelyard.planning.engine_model import profile_path
     from modelyard.planning.ledger_profile import NotEnoughHistory, fit_remote
+    from modelyard.planning.plan import self_hosted
     from modelyard.store.database import StoreUnavailable
     from modelyard.store.ledger import DatabaseLedger, LedgerWriter
     from modelyard.store.migrations import SchemaTooNew
@@ -146,8 +149,6 @@ def _profile_from_ledger(config: Any, model: Any, args: argparse.Namespace, out:
     except (ValueError, StoreUnavailable, SchemaTooNew) as exc:
         print(f"modelyard profile: {exc}", file=sys.stderr)
         return 2
-    from modelyard.planning.plan import self_hosted
-
     written = 0
     for deployment in model.deployments:
         if self_hosted(deployment):
@@ -160,7 +161,7 @@ def _profile_from_ledger(config: Any, model: Any, args: argparse.Namespace, out:
             continue
         result |= {"model": model.name, "deployment": deployment.name, "backend": deployment.backend, "since": args.since, "until": args.until,
                    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        path = out / (deployment.name.replace("/", "__") + ".json")
+        path = profile_path(out, deployment.name)
         path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         pre, ttft = result["prefill"], result["jitter"]["ttft"]
         print(f"{deployment.name}: {result['samples']} requests; TTFT {pre['fixed_s'] * 1000:.0f} ms + {pre['per_token_s'] * 1000:.3f} ms/token "

@@ -23,6 +23,8 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from modelyard.planning.profile import fit_line
 
 BINS = 8  # prompt-length bins for the TTFT line
@@ -36,15 +38,7 @@ class NotEnoughHistory(ValueError):
 
 def quantiles(values: Sequence[float], count: int = QUANTILES) -> list[float]:
     """``count + 1`` evenly spaced quantiles, minimum and maximum included (linear between order statistics)."""
-    ordered = sorted(values)
-    last = len(ordered) - 1
-    out = []
-    for i in range(count + 1):
-        position = last * i / count
-        low = int(position)
-        high = min(last, low + 1)
-        out.append(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
-    return out
+    return [float(q) for q in np.quantile(values, np.linspace(0.0, 1.0, count + 1))]
 
 
 def _binned_medians(points: Sequence[tuple[int, float]], bins: int) -> list[tuple[float, float]]:

@@ -100,13 +100,10 @@ def parse_price_plan(text: str) -> tuple[str, PricePlan]:
 def parse_tenant_limit(text: str) -> tuple[str, tuple[int | None, int | None]]:
     """``TENANT=RPM,TPM`` (either may be ``-``: no limit), as ``modelyard tenants create --rpm --tpm`` sets them."""
     tenant, sep, numbers = text.partition("=")
-    parts = numbers.split(",")
-    try:
-        rpm, tpm = (None if p.strip() in ("-", "") else int(p) for p in parts) if len(parts) == 2 else (0, 0)
-    except ValueError:
-        rpm, tpm = 0, 0
-    if not sep or not tenant.strip() or len(parts) != 2 or (rpm is not None and rpm < 1) or (tpm is not None and tpm < 1) or (rpm is None and tpm is None):
+    parts = [p.strip() for p in numbers.split(",")]
+    if not sep or not tenant.strip() or len(parts) != 2 or parts == ["-", "-"] or not all(p == "-" or (p.isdigit() and int(p) > 0) for p in parts):
         raise PlanError(f"--tenant-limit {text!r}: expected TENANT=RPM,TPM with positive whole numbers (- for no limit)")
+    rpm, tpm = (None if p == "-" else int(p) for p in parts)
     return tenant.strip(), (rpm, tpm)
 
 

@@ -77,15 +77,17 @@ class LedgerSink(Protocol):
     async def aclose(self) -> None: ...
 
 
+def _days(since: str | None, until: str | None) -> tuple[list[str], list[str]]:
+    """The ``day`` conditions and their arguments for an optional first and last day."""
+    bounds = [(op, value) for op, value in ((">=", since), ("<=", until)) if value]
+    return [f"day {op} ?" for op, _ in bounds], [value for _, value in bounds]
+
+
 def _query(group_by: tuple[str, ...], since: str | None, until: str | None) -> tuple[str, list[str]]:
     bad = [g for g in group_by if g not in GROUPABLE]
     if bad:
         raise ValueError(f"cannot group by {', '.join(bad)} (choose from {', '.join(GROUPABLE)})")
-    where, args = [], []
-    for op, value in ((">=", since), ("<=", until)):
-        if value:
-            args.append(value)
-            where.append(f"day {op} ?")
+    where, args = _days(since, until)
     keys = ", ".join(group_by)
     sql = f"SELECT {keys + ', ' if keys else ''}{AGGREGATES} FROM ledger"
     sql += f" WHERE {' AND '.join(where)}" if where else ""
@@ -94,22 +96,14 @@ def _query(group_by: tuple[str, ...], since: str | None, until: str | None) -> t
 
 
 def _trace_query(since: str | None, until: str | None) -> tuple[str, list[str]]:
-    sql, args = f"SELECT {TRACE}", []
-    for op, value in ((">=", since), ("<=", until)):
-        if value:
-            args.append(value)
-            sql += f" AND day {op} ?"
-    return sql + " ORDER BY arrival", args
+    where, args = _days(since, until)
+    return f"SELECT {TRACE}" + "".join(f" AND {w}" for w in where) + " ORDER BY arrival", args
 
 
 def _timings_query(deployments: tuple[str, ...], since: str | None, until: str | None) -> tuple[str, list[str]]:
-    sql, args = TIMINGS, list(deployments)
-    sql += f" AND deployment IN ({', '.join('?' for _ in deployments)})" if deployments else " AND 1 = 0"
-    for op, value in ((">=", since), ("<=", until)):
-        if value:
-            args.append(value)
-            sql += f" AND day {op} ?"
-    return sql + " ORDER BY ts", args
+    where, days = _days(since, until)
+    sql = TIMINGS + (f" AND deployment IN ({', '.join('?' for _ in deployments)})" if deployments else " AND 1 = 0")
+    return sql + "".join(f" AND {w}" for w in where) + " ORDER BY ts", list(deployments) + days
 
 
 def _rounded(row: dict[str, Any]) -> dict[str, Any]:
