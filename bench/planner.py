@@ -1,6 +1,6 @@
 """The planner against reality, and its speed.
 
-    .venv/bin/python bench/planner.py [--slice-s 360] [--target-busy 0.75] [--speed-only | --resimulate]
+    .venv/bin/python bench/planner.py [--slice-s 360] [--target-busy 0.75] [--runs 1] [--speed-only | --resimulate]
 
 1. Profile: ``modelyard serve`` on the embedded fleet, and ``modelyard
    profile --base-url`` measures both chat models through it (prefill by
@@ -20,6 +20,10 @@
    and rejection rate, measured and simulated, and the error of each
    (``|sim - real| / real``; for a rate that is 0 in reality, the absolute
    difference in points).
+   With ``--runs N`` steps 1-4 are repeated N times (each run profiles the
+   engines again, so the profile's own run-to-run noise is in the spread);
+   ``error_pct`` is then the median of the runs' errors, and
+   ``error_pct_runs`` holds every run's.
 5. Speed: one simulation of the whole conversation trace (one hour) at 10x
    its traffic (about 194,000 requests) on a fleet the planner sized for it;
    median and range of ``--repeats`` runs.
@@ -230,20 +234,58 @@ def main() -> None:
     parser.add_argument("--speed-only", action="store_true", help="skip profiling and the replays (uses the saved profiles)")
     parser.add_argument("--reuse-profiles", action="store_true", help="replay and simulate with the saved profiles")
     parser.add_argument("--resimulate", action="store_true", help="keep the saved profiles and replays; simulate the saved slices again")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="independent validation runs (each profiles, chooses its slices, replays and simulates again); error_pct is their median")
     args = parser.parse_args()
     previous = json.loads((RESULTS / "planner.json").read_text()) if (RESULTS / "planner.json").exists() else {}
     OUTCOMES.mkdir(parents=True, exist_ok=True)
-    validation: dict[str, Any] = {}
     if args.resimulate:
-        validation = resimulate(previous)
-    elif not args.speed_only:
-        validation = (previous.get("validation") or {}) | validate(args.target_busy, args.slice_s, args.max_rejected, args.cases.split(","), args.reuse_profiles)
+        runs = [resimulate(previous)]
+    elif args.speed_only:
+        runs = [previous.get("validation") or {}]
+    else:
+        runs = []
+        for k in range(args.runs):
+            runs.append((previous.get("validation") or {}) | validate(args.target_busy, args.slice_s, args.max_rejected, args.cases.split(","), args.reuse_profiles))
+            print(f"run {k + 1} of {args.runs} done", file=sys.stderr)
+            if k + 1 < args.runs:  # a long repeat that is cut short still leaves the runs it finished
+                save(runs, previous, None)
     fast = speed(args.repeats)
-    report(validation, fast)
-    error_pct = {name: {k: e["error_pct"] for k, e in v["errors"].items()} for name, v in validation.items()} or previous.get("error_pct", {})
+    report(runs[-1], fast)
+    if len(runs) > 1:
+        report_runs(runs)
+    save(runs, previous, fast)
+
+
+def error_summary(runs: list[dict[str, Any]]) -> tuple[dict[str, dict[str, float | None]], dict[str, dict[str, list[float | None]]]]:
+    """Per trace and metric: the median error over the runs, and every run's error."""
+    every: dict[str, dict[str, list[float | None]]] = {}
+    for validation in runs:
+        for name, v in validation.items():
+            for key, e in v["errors"].items():
+                every.setdefault(name, {}).setdefault(key, []).append(e["error_pct"])
+    medians = {name: {key: (statistics.median(x for x in values if x is not None) if any(x is not None for x in values) else None)
+                      for key, values in metrics.items()} for name, metrics in every.items()}
+    return medians, every
+
+
+def report_runs(runs: list[dict[str, Any]]) -> None:
+    medians, every = error_summary(runs)
+    rows: list[tuple[str, ...]] = [("trace", "metric", "median error", "every run")]
+    for name, metrics in every.items():
+        for key, values in metrics.items():
+            rows.append((name, key, f"{medians[name][key]}%", ", ".join("-" if x is None else f"{x}%" for x in values)))
+    print(table(rows))
+
+
+def save(runs: list[dict[str, Any]], previous: dict[str, Any], fast: dict[str, Any] | None) -> None:
+    validation = runs[-1]
+    medians, every = error_summary(runs) if validation else ({}, {})
+    speed_figures = fast or previous.get("speed") or {}
     data = {
-        "machine": machine(), "error_pct": error_pct, "validation": validation or previous.get("validation", {}),
-        "sim_seconds_1h_10x": fast["sim_seconds_median"], "speed": fast,
+        "machine": machine(), "error_pct": medians or previous.get("error_pct", {}), "error_pct_runs": every or previous.get("error_pct_runs", {}),
+        "runs": len(runs), "validation": validation or previous.get("validation", {}), "validation_runs": runs if len(runs) > 1 else [],
+        "sim_seconds_1h_10x": speed_figures.get("sim_seconds_median"), "speed": speed_figures,
         "profiles": {p.stem: json.loads(p.read_text()) for p in sorted(PROFILES.glob("*.json"))},
     }
     print(f"wrote {write_result('planner', data)}")
