@@ -159,7 +159,8 @@ def candidates(pairs: list[dict[str, Any]], a_vectors: npt.NDArray[np.float32], 
     for i, pair in enumerate(pairs):
         found: dict[str, Any] = {"label": int(pair["label"]), "similarity": None, "correct": False, "correct_group": False, "query": pair["text_b"],
                                  "cached": None, "vetoed": 0}
-        for neighbour in index.nearest("bench", b_vectors[i], 0.0, count=3):
+        neighbours = index.nearest("bench", b_vectors[i], 0.0, count=3)
+        for j, neighbour in enumerate(neighbours):
             if opposition(pair["text_b"], neighbour.text) is not None:
                 found["vetoed"] += 1
                 continue
@@ -167,7 +168,8 @@ def candidates(pairs: list[dict[str, Any]], a_vectors: npt.NDArray[np.float32], 
             strict = own or _same_text(neighbour.text, pair["text_b"])
             query_group, entry_group = groups.get(_norm(pair["text_b"])), groups.get(_norm(neighbour.text))
             grouped = strict or (query_group is not None and query_group == entry_group)
-            found.update(similarity=neighbour.similarity, cached=neighbour.text, correct=strict, correct_group=grouped)
+            runner_up = neighbours[j + 1].similarity if j + 1 < len(neighbours) else 0.0  # the next entry's: how ambiguous the query is
+            found.update(similarity=neighbour.similarity, cached=neighbour.text, correct=strict, correct_group=grouped, runner_up=runner_up)
             break
         out.append(found)
     return out
@@ -319,7 +321,7 @@ def main() -> None:
     guard = polarity(model)
     costs = lookup_costs(model, a_vectors, [p["text_a"] for p in pairs], args.index_entries, args.queries, args.seed)
 
-    rows = [("threshold", "hits", "false", "hit rate (dups)", "false share", "upper95")]
+    rows: list[tuple[str, ...]] = [("threshold", "hits", "false", "hit rate (dups)", "false share", "upper95")]
     rows += [(f"{p['threshold']:.3f}", str(p["hits"]), str(p["false_hits"]), f"{p['hit_rate']:.3f}", f"{p['false_hit_share']:.4f}", f"{p['false_hit_share_upper95']:.4f}")
              for p in curve]
     rows += [("strict rule:", "", "", "", "", "")]
