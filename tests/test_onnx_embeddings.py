@@ -65,6 +65,31 @@ def test_the_graph_is_exported_once_and_reused(model_dir: Path, tmp_path: Path, 
     assert np.array_equal(again.encode(TEXTS)[0], first.encode(TEXTS)[0])
 
 
+def test_two_encoders_built_at_once_on_an_empty_cache(model_dir: Path, tmp_path: Path) -> None:
+    # The server builds its embedding deployments' encoders in threads; on a fresh machine both exported at once and
+    # one start failed with "cannot import name 'AutoModel'" (transformers' lazy imports are not thread-safe).
+    # A fresh interpreter, so that transformers is not imported yet.
+    script = (
+        "import sys, threading\n"
+        "from pathlib import Path\n"
+        "from modelyard.backends.onnx_encoder import OnnxEncoder\n"
+        "errors = []\n"
+        "def build(precision):\n"
+        "    try:\n"
+        "        OnnxEncoder(Path(sys.argv[1]), Path(sys.argv[2]), precision)\n"
+        "    except Exception as error:\n"
+        "        errors.append(repr(error))\n"
+        "threads = [threading.Thread(target=build, args=(p,)) for p in ('int8', 'fp32', 'fp32')]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "print(errors)\n"
+        "sys.exit(1 if errors else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(model_dir), str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert sorted(p.name.rsplit("-", 1)[-1] for p in tmp_path.glob("*.onnx")) == ["fp32.onnx", "int8.onnx"]
+
+
 def test_other_pooling_is_refused(model_dir: Path, tmp_path: Path) -> None:
     copy = tmp_path / "cls-model"
     shutil.copytree(model_dir, copy)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,9 @@ log = logging.getLogger("modelyard.embeddings")
 PRECISIONS = ("fp32", "int8")
 OPSET = 17
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# One export at a time per process: transformers' lazy imports are not thread-safe (two encoders built at
+# once on a fresh machine failed with "cannot import name 'AutoModel'"), and two exports would only share the cores.
+_EXPORTING = threading.Lock()
 
 
 class UnsupportedModel(ValueError):
@@ -133,8 +137,10 @@ class OnnxEncoder:
         self.precision = precision
         path = graph_path(model_dir, cache_dir, precision)
         if not path.exists():
-            log.info("exporting %s to ONNX (%s) at %s; later starts reuse it", model_dir.parent.name, precision, path)
-            export(model_dir, path, precision)
+            with _EXPORTING:
+                if not path.exists():  # another thread may have exported it while this one waited
+                    log.info("exporting %s to ONNX (%s) at %s; later starts reuse it", model_dir.parent.name, precision, path)
+                    export(model_dir, path, precision)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
