@@ -22,9 +22,14 @@ the one chosen on the first (the lowest whose false-hit share's one-sided
 99.5% upper bound is within 2%: the most permissive point of a sweep that
 passes is the likeliest to be optimistic, so it is chosen with a margin);
 every figure reported, with its 95% bound, is measured on the second. The
-adaptive mode runs online over the second half from nothing (each query a
-miss it learns from, or a hit), for several target error rates, and is
-compared with the static curve at the same false-hit share.
+adaptive mode runs online over the second half (each query a miss it learns
+from, an exploration, or a hit), for several target error rates and
+exploration draws, twice: cold (from nothing) and warm (after learning online
+over the first half, as a cache that has been running a while; the static
+threshold was chosen on that half too). Each run is compared with the static
+threshold's best hit rate at the same false-hit share, read off a 0.001 grid
+of thresholds on the measured half itself (a hindsight choice the static
+threshold could not make).
 
 Lookup cost: the exact path (canonical key, store read, decode) and the
 semantic index search with the guard, at ``--index-entries`` entries (the
@@ -40,6 +45,7 @@ import hashlib
 import json
 import os
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -54,7 +60,7 @@ from _common import machine, median, table, write_result  # noqa: E402
 
 from modelyard.pipeline.response_cache import DEFAULT_THRESHOLD  # noqa: E402
 from modelyard.protocol import ModelCall, Sampling  # noqa: E402
-from modelyard.shaping.adaptive import AdaptivePolicy, AdaptiveThreshold  # noqa: E402
+from modelyard.shaping.adaptive import AdaptivePolicy, AdaptiveThreshold, Candidate  # noqa: E402
 from modelyard.shaping.cache_keys import exact_key  # noqa: E402
 from modelyard.shaping.polarity import opposition  # noqa: E402
 from modelyard.store.response_cache import MemoryCacheStore  # noqa: E402
@@ -63,7 +69,9 @@ from modelyard.store.vector_index import VectorIndex  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PAIRS = ROOT.parent / "shared" / "data" / "cache" / "qqp_pairs_train.jsonl"
 THRESHOLDS = [round(0.80 + 0.01 * i, 2) for i in range(20)] + [0.992, 0.994, 0.995, 0.996, 0.997, 0.998]
-TARGETS = [0.01, 0.02, 0.03, 0.05]
+TARGETS = [0.02, 0.03, 0.05]
+ADAPTIVE_SEEDS = 3  # exploration draws per target and start
+FINE = [round(0.80 + 0.001 * i, 3) for i in range(200)]  # the static curve the adaptive runs are compared with
 MAX_FALSE_SHARE = 0.02
 SELECTION_CONFIDENCE = 0.995  # one-sided, when choosing among THRESHOLDS: stricter than the 95% reported (neighbouring points are strongly correlated, so not a full Bonferroni 0.998)
 # Prompts that embed close together and ask opposite things: none may ever answer the other.
@@ -195,27 +203,61 @@ def static_point(rows: list[dict[str, Any]], threshold: float, right: str = "cor
     }
 
 
-def adaptive_run(rows: list[dict[str, Any]], target: float, threshold: float, seed: int, right: str = "correct_group") -> dict[str, Any]:
-    """Online over ``rows`` from an empty model: each refused candidate's label is learned (a miss's answer says it)."""
+def adaptive_run(rows: list[dict[str, Any]], target: float, threshold: float, seed: int, warm: list[dict[str, Any]] | None = None,
+                 right: str = "correct_group") -> dict[str, Any]:
+    """Online over ``rows``: each refused candidate's label is learned (a miss's answer says it). ``warm``: rows the
+    model learns from first, online as well, and that are not counted (a cache that has been running a while)."""
     model = AdaptiveThreshold(AdaptivePolicy(target_error=target, static_threshold=threshold))
     rng = random.Random(seed)
+    for r in warm or []:
+        _adaptive_step(model, r, rng, right)
     hits = false = explored = good = 0
     for r in rows:
-        if r["similarity"] is None:
-            continue
-        decision = model.decide(r["similarity"], r["query"], r["cached"], rng.random())
-        if decision == "hit":
-            hits += 1
-            false += not r[right]
-            good += bool(r[right]) and r["label"] == 1
-            continue
+        decision = _adaptive_step(model, r, rng, right)
+        hits += decision == "hit"
+        false += decision == "hit" and not r[right]
+        good += decision == "hit" and bool(r[right]) and r["label"] == 1
         explored += decision == "explore"
-        model.observe(r["similarity"], r["query"], r["cached"], bool(r[right]), explored=decision == "explore")
     duplicates = sum(1 for r in rows if r["label"] == 1)
     return {
-        "target_error": target, "hits": hits, "false_hits": false, "explored": explored, "hit_rate": good / max(1, duplicates),
-        "false_hit_share": false / hits if hits else 0.0, "false_hit_share_upper95": upper95(false, hits),
+        "target_error": target, "seed": seed, "warm": warm is not None, "hits": hits, "false_hits": false, "explored": explored,
+        "hit_rate": good / max(1, duplicates), "false_hit_share": false / hits if hits else 0.0, "false_hit_share_upper95": upper95(false, hits),
     }
+
+
+def _adaptive_step(model: AdaptiveThreshold, r: dict[str, Any], rng: random.Random, right: str) -> str | None:
+    if r["similarity"] is None:
+        return None
+    candidate = Candidate(r["similarity"], r["query"], r["cached"], r["runner_up"])
+    decision = model.decide(candidate, rng.random())
+    if decision != "hit":
+        model.observe(candidate, bool(r[right]), explored=decision == "explore")
+    return decision
+
+
+def adaptive_runs(choose: list[dict[str, Any]], measure: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """Every target, cold (from nothing on the measured half) and warm (after the first half, online too), several
+    exploration draws; each compared with the static threshold's best hit rate at its false-hit share (fine grid)."""
+    fine = [static_point(measure, t) for t in FINE]
+    runs = []
+    for target in TARGETS:
+        for warm in (choose, None):
+            for k in range(ADAPTIVE_SEEDS):
+                run = adaptive_run(measure, target, DEFAULT_THRESHOLD, seed + k, warm=warm)
+                run["static_hit_rate_at_same_share"] = static_hit_rate_at(fine, run["false_hit_share"])
+                run["gain"] = run["hit_rate"] / run["static_hit_rate_at_same_share"] - 1 if run["static_hit_rate_at_same_share"] else 0.0
+                runs.append(run)
+    return runs
+
+
+def gains(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per target and start: the median, lowest and highest relative gain in hit rate over the static threshold."""
+    out = {}
+    for target in TARGETS:
+        for start in ("warm", "cold"):
+            values = [r["gain"] for r in runs if r["target_error"] == target and r["warm"] == (start == "warm")]
+            out[f"{target}_{start}"] = {"median": round(statistics.median(values), 4), "min": round(min(values), 4), "max": round(max(values), 4)}
+    return out
 
 
 def static_hit_rate_at(curve: list[dict[str, Any]], share: float) -> float:
@@ -314,10 +356,8 @@ def main() -> None:
     chosen = choose_threshold([static_point(choose, t) for t in THRESHOLDS])
     curve = [static_point(measure, t) for t in THRESHOLDS]
     shipped = static_point(measure, DEFAULT_THRESHOLD)
-    adaptive = [adaptive_run(measure, target, DEFAULT_THRESHOLD, args.seed) for target in TARGETS]
-    for run in adaptive:
-        run["static_hit_rate_at_same_share"] = static_hit_rate_at(curve, run["false_hit_share"])
-    default_adaptive = next(r for r in adaptive if r["target_error"] == 0.02)
+    adaptive = adaptive_runs(choose, measure, args.seed)
+    default_adaptive = sorted((r for r in adaptive if r["target_error"] == 0.02 and r["warm"]), key=lambda r: r["hit_rate"])[ADAPTIVE_SEEDS // 2]
     guard = polarity(model)
     costs = lookup_costs(model, a_vectors, [p["text_a"] for p in pairs], args.index_entries, args.queries, args.seed)
 
@@ -329,9 +369,10 @@ def main() -> None:
              for p in strict_curve if p["threshold"] >= 0.9]
     print(table(rows))
     print()
-    rows = [("adaptive target", "hits", "false", "hit rate", "false share", "upper95", "static hit rate at same share")]
-    rows += [(f"{r['target_error']:.2f}", str(r["hits"]), str(r["false_hits"]), f"{r['hit_rate']:.3f}", f"{r['false_hit_share']:.4f}",
-              f"{r['false_hit_share_upper95']:.4f}", f"{r['static_hit_rate_at_same_share']:.3f}") for r in adaptive]
+    rows = [("adaptive target", "start", "seed", "hits", "false", "hit rate", "false share", "upper95", "static hit rate at same share", "gain")]
+    rows += [(f"{r['target_error']:.2f}", "warm" if r["warm"] else "cold", str(r["seed"]), str(r["hits"]), str(r["false_hits"]), f"{r['hit_rate']:.3f}",
+              f"{r['false_hit_share']:.4f}", f"{r['false_hit_share_upper95']:.4f}", f"{r['static_hit_rate_at_same_share']:.3f}", f"{r['gain']:+.1%}")
+             for r in adaptive]
     print(table(rows))
     print(f"\nthreshold chosen on the first half: {chosen}; shipped default: {DEFAULT_THRESHOLD}")
     print(f"polarity set: {guard}")
@@ -342,6 +383,7 @@ def main() -> None:
         "adaptive_hit_rate": default_adaptive["hit_rate"], "adaptive_false_hit_share": default_adaptive["false_hit_share"],
         "adaptive_false_hit_share_upper95": default_adaptive["false_hit_share_upper95"],
         "static_hit_rate_at_adaptive_share": default_adaptive["static_hit_rate_at_same_share"],
+        "adaptive_gain_over_static": gains(adaptive),
         "polarity_hits": guard["hits"], "hit_p50_ms": costs["hit_p50_ms"], "semantic_lookup_p50_ms": costs["semantic_lookup_p50_ms"],
         "embed_p50_ms": costs["embed_p50_ms"], "index_entries": costs["entries"],
     }

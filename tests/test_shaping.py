@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelyard.protocol import ModelCall, Sampling
 from modelyard.shaping import pii
-from modelyard.shaping.adaptive import AdaptivePolicy, AdaptiveThreshold, answers_agree
+from modelyard.shaping.adaptive import AdaptivePolicy, AdaptiveThreshold, Candidate, answers_agree, choose_cut
 from modelyard.shaping.cache_keys import CachePolicy, bypass_reason, exact_key, semantic_scope, semantic_text
 from modelyard.shaping.context import ContextOverflow, approximate_tokens, message_tokens, trim
 from modelyard.shaping.polarity import opposition
@@ -99,27 +102,70 @@ def test_paraphrases_pass(a: str, b: str) -> None:
 
 def test_adaptive_uses_the_static_threshold_until_it_has_labels() -> None:
     model = AdaptiveThreshold(AdaptivePolicy(static_threshold=0.9, explore_rate=0.0))
-    assert model.decide(0.95, "a b", "a b", 0.5) == "hit"
-    assert model.decide(0.85, "a b", "a c", 0.5) == "miss"
-    assert model.decide(0.5, "a", "b", 0.5) == "miss"  # below the floor
+    assert model.decide(Candidate(0.95, "a b", "a b"), 0.5) == "hit"
+    assert model.decide(Candidate(0.85, "a b", "a c"), 0.5) == "miss"
+    assert model.decide(Candidate(0.5, "a", "b"), 0.5) == "miss"  # below the floor
+
+
+def _learned(label: Callable[[float, float], bool], policy: AdaptivePolicy, count: int = 1500) -> AdaptiveThreshold:
+    rng = random.Random(1)
+    model = AdaptiveThreshold(policy)
+    for _ in range(count):
+        similarity = rng.uniform(0.75, 1.0)
+        runner_up = similarity - rng.uniform(0.0, 0.1)
+        model.observe(Candidate(similarity, "how do I x", "how do I x", runner_up), label(similarity, runner_up))
+    return model
 
 
 def test_adaptive_learns_where_hits_are_right() -> None:
-    """Labelled candidates say hits are right from 0.8 up: the model serves 0.85 that the static 0.95 refused, and not 0.76."""
-    rng = random.Random(1)
-    model = AdaptiveThreshold(AdaptivePolicy(static_threshold=0.95, target_error=0.05, explore_rate=0.0, refit_every=10, min_labels=50))
-    for _ in range(600):
-        similarity = rng.uniform(0.75, 1.0)
-        model.observe(similarity, "how do I x", "how do I x", similarity > 0.8)
-    assert model.weights is not None
-    assert model.decide(0.86, "how do I x", "how do I x", 0.5) == "hit"
-    assert model.decide(0.76, "how do I x", "how do I x", 0.5) == "miss"
+    """Labelled candidates say hits are right from 0.85 up: the model serves 0.88 that the static 0.95 refused, and not 0.8."""
+    policy = AdaptivePolicy(static_threshold=0.95, target_error=0.05, explore_rate=0.0, refit_every=50, min_labels=200, serve_floor=0.8)
+    model = _learned(lambda similarity, _: similarity > 0.85, policy)
+    assert model.weights is not None and model.cut is not None
+    assert model.decide(Candidate(0.88, "how do I x", "how do I x", 0.8), 0.5) == "hit"
+    assert model.decide(Candidate(0.8, "how do I x", "how do I x", 0.7), 0.5) == "miss"
+    # nothing under the serving floor, however sure the model is
+    strict = _learned(lambda similarity, _: similarity > 0.85, dataclasses.replace(policy, serve_floor=0.9))
+    assert strict.decide(Candidate(0.88, "how do I x", "how do I x", 0.8), 0.5) == "miss"
+
+
+def test_adaptive_refuses_a_query_half_way_between_two_entries() -> None:
+    """Right only when the candidate is clearly nearer than the next entry: at one similarity, the margin decides."""
+    policy = AdaptivePolicy(static_threshold=0.99, target_error=0.05, explore_rate=0.0, refit_every=50, min_labels=200, serve_floor=0.8)
+    model = _learned(lambda similarity, runner_up: similarity - runner_up > 0.04, policy)
+    assert model.decide(Candidate(0.93, "how do I x", "how do I x", 0.85), 0.5) == "hit"
+    assert model.decide(Candidate(0.93, "how do I x", "how do I x", 0.925), 0.5) == "miss"
+
+
+def test_adaptive_falls_back_to_the_static_threshold_when_no_cut_is_safe() -> None:
+    policy = AdaptivePolicy(static_threshold=0.97, target_error=0.01, explore_rate=0.0, refit_every=50, min_labels=200)
+    model = _learned(lambda similarity, _: similarity > 0.9 and random.Random(similarity).random() < 0.7, policy)  # 30% wrong everywhere
+    assert model.weights is not None and model.cut is None
+    assert model.decide(Candidate(0.98, "q", "q", 0.5), 0.5) == "hit"
+    assert model.decide(Candidate(0.95, "q", "q", 0.5), 0.5) == "miss"
+
+
+def test_choose_cut_on_hand_built_labels() -> None:
+    scores = np.arange(100, dtype=np.float64)
+    labels = (scores >= 40).astype(np.float64)  # the 40 lowest scores are wrong
+    weights = np.ones(100)
+    assert choose_cut(scores, labels, weights, target=0.0, z=0.0) == 40.0
+    assert choose_cut(scores, labels, weights, target=0.1, z=0.0) == 34.0  # 6 wrong of 66 is within 10%, 7 of 67 is not
+    assert choose_cut(scores, labels, weights, target=0.1, z=1.64) > 34.0  # the bound asks for a margin
+    assert choose_cut(scores, np.zeros(100), weights, target=0.1, z=0.0) is None
+    # an explored label counts 1/explore_rate times: one wrong answer at the top weighs as ten
+    labels[99] = 0.0
+    assert choose_cut(scores, labels, weights, target=0.1, z=0.0) == 35.0
+    heavy = weights.copy()
+    heavy[99] = 10.0
+    assert choose_cut(scores, labels, heavy, target=0.1, z=0.0) is None
 
 
 def test_adaptive_explores_a_share_of_accepted_candidates() -> None:
-    model = AdaptiveThreshold(AdaptivePolicy(static_threshold=0.9, explore_rate=0.1))
-    assert model.decide(0.95, "q", "q", 0.05) == "explore"
-    assert model.decide(0.95, "q", "q", 0.5) == "hit"
+    model = AdaptiveThreshold(AdaptivePolicy(static_threshold=0.9, explore_rate=0.1, validated_explore_share=0.5))
+    assert model.decide(Candidate(0.95, "q", "q"), 0.04) == "explore"
+    assert model.decide(Candidate(0.95, "q", "q"), 0.06) == "hit"  # above the static threshold: half the rate
+    assert model.explore_probability(Candidate(0.85, "q", "q")) == 0.1  # where only the learned cut would serve
 
 
 def test_answers_agree_by_word_overlap() -> None:

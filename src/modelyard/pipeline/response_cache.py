@@ -34,7 +34,14 @@ from modelyard.pipeline.slots import StageEnvironment
 from modelyard.pipeline.streams import replay
 from modelyard.pipeline.types import Handler, Request, Response, Stage
 from modelyard.protocol import Chunk, Usage
-from modelyard.shaping.adaptive import AdaptivePolicy, AdaptiveThreshold, answers_agree
+from modelyard.shaping.adaptive import (
+    DEFAULT_EXPLORE_RATE,
+    DEFAULT_TARGET_ERROR,
+    AdaptivePolicy,
+    AdaptiveThreshold,
+    Candidate,
+    answers_agree,
+)
 from modelyard.shaping.cache_keys import CachePolicy, bypass_reason, exact_key, semantic_scope, semantic_text
 from modelyard.shaping.polarity import opposition
 from modelyard.store.response_cache import CacheStore, MemoryCacheStore, RedisCacheStore
@@ -84,7 +91,7 @@ def _parse_semantic(r: Reader, environment: StageEnvironment) -> SemanticOptions
     threshold = r.number("threshold", DEFAULT_THRESHOLD)
     adaptive = None
     if r.boolean("adaptive", False):
-        adaptive = AdaptivePolicy(target_error=r.number("target_error", 0.02), static_threshold=threshold, explore_rate=r.number("explore_rate", 0.1))
+        adaptive = AdaptivePolicy(target_error=r.number("target_error", DEFAULT_TARGET_ERROR), static_threshold=threshold, explore_rate=r.number("explore_rate", DEFAULT_EXPLORE_RATE))
     r.reject_unknown()
     return SemanticOptions(model, threshold, adaptive)
 
@@ -98,6 +105,7 @@ class Lookup:
     text: str | None = None
     vector: npt.NDArray[np.float32] | None = None
     candidate: Neighbour | None = None
+    runner_up: float = 0.0  # the next cached prompt's similarity (the adaptive model's margin)
     explored: bool = False  # the adaptive model would have served the candidate; the model answered to label it
 
 
@@ -153,24 +161,26 @@ class ResponseCache:
             return Lookup()
         scope = semantic_scope(request.call, request.served_model or "", self._scope(request))
         found = Lookup(text=text, vector=vectors[0])
-        for neighbour in self.vectors.nearest(scope, vectors[0], self.env.clock()):
+        neighbours = self.vectors.nearest(scope, vectors[0], self.env.clock())
+        for i, neighbour in enumerate(neighbours):
             if opposition(text, neighbour.text) is not None:
                 continue  # never served, never a useful label: the guard refuses it whatever the model says
-            decision = self._decide(neighbour, text)
+            runner_up = neighbours[i + 1].similarity if i + 1 < len(neighbours) else 0.0
+            decision = self._decide(neighbour, text, runner_up)
             if decision == "hit":
                 raw = await self.store.get(neighbour.key)
                 if raw is not None:
                     return Lookup(entry=json.loads(raw), match=f"semantic; similarity={neighbour.similarity:.3f}")
-            found.candidate, found.explored = neighbour, decision == "explore"
+            found.candidate, found.runner_up, found.explored = neighbour, runner_up, decision == "explore"
             break
         return found
 
-    def _decide(self, neighbour: Neighbour, text: str) -> str:
+    def _decide(self, neighbour: Neighbour, text: str, runner_up: float) -> str:
         semantic = self.options.semantic
         assert semantic is not None
         if self.adaptive is None:
             return "hit" if neighbour.similarity >= semantic.threshold else "miss"
-        return self.adaptive.decide(neighbour.similarity, text, neighbour.text, self.rng.random())
+        return self.adaptive.decide(Candidate(neighbour.similarity, text, neighbour.text, runner_up), self.rng.random())
 
     def _hit(self, request: Request, found: Lookup) -> Response:
         entry = found.entry
@@ -212,7 +222,8 @@ class ResponseCache:
             if raw is not None:
                 cached = str(json.loads(raw).get("text", ""))
                 agree = answers_agree(text, cached)
-                self.adaptive.observe(found.candidate.similarity, found.text, found.candidate.text, agree, explored=found.explored)
+                candidate = Candidate(found.candidate.similarity, found.text, found.candidate.text, found.runner_up)
+                self.adaptive.observe(candidate, agree, explored=found.explored)
 
 
 class ResponseCacheFactory:
