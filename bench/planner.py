@@ -94,7 +94,8 @@ def choose_slice(requests: list[TraceRequest], model: str, target: float, slice_
     busy all the time), for about ``slice_s`` real seconds."""
     options = SimOptions(default_model=model, token_scale=token_scale, gateway_overhead_s=OVERHEAD_S)
     time_scale, window_s = 1.0, slice_s
-    for _ in range(4):  # the window depends on the scale and the scale on the window's traffic: a few rounds settle both
+    rounds = 4  # the window depends on the scale and the scale on the window's traffic: a few rounds settle both
+    for round_no in range(rounds):
         lo, hi = 0.02, 50.0
         piece = the_slice(requests, start_s, window_s, 1.0, token_scale)
         for _ in range(20):  # bisect the time scale on the simulated busy share
@@ -104,8 +105,12 @@ def choose_slice(requests: list[TraceRequest], model: str, target: float, slice_
                 lo = mid
             else:
                 hi = mid
-        time_scale = (lo * hi) ** 0.5
-        window_s = slice_s / time_scale
+        # hi is a scale the simulator accepted for this very window; the last round keeps both, so the slice replayed
+        # is one that was checked (recomputing the window after the last bisection let a bursty trace's longer window
+        # take in a burst: one code slice ran 53% refused).
+        time_scale = hi
+        if round_no < rounds - 1:
+            window_s = slice_s / time_scale
     return window_s, time_scale, busy(model, the_slice(requests, start_s, window_s, time_scale, token_scale), options)[0]
 
 
