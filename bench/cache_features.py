@@ -15,10 +15,12 @@ applied to the second; ranked, and the hit rate on duplicates read at each
 false-hit share, as for the static curve):
 
 - ``static``: the similarity itself (the static threshold's curve);
-- ``lexical``: the adaptive mode's own features (``shaping/adaptive.features``:
-  similarity, word overlap, length ratio, differing content words);
-- ``+margin``: plus the gap between the nearest and the next entry (a query
-  that sits between two cached questions is ambiguous);
+- ``lexical``: the adaptive mode's features without the margin
+  (``shaping/adaptive.features``: similarity, word overlap, length ratio,
+  differing content words);
+- ``+margin``: all of them, with the gap between the nearest and the next
+  entry (a query that sits between two cached questions is ambiguous; the
+  adaptive mode uses this set since this benchmark found it);
 - ``+entry``: plus each entry's own history (vCache's per-entry idea): how
   many earlier queries to the same entry were right at a similarity at or
   below this one, and how many were wrong at or above it. Only queries the
@@ -44,11 +46,12 @@ from _common import machine, table, write_result  # noqa: E402
 from cache import DEFAULT_PAIRS, candidates, duplicate_groups, embed, embedder, load_pairs  # noqa: E402
 
 from modelyard.pipeline.response_cache import DEFAULT_THRESHOLD  # noqa: E402
-from modelyard.shaping.adaptive import _logistic, features  # noqa: E402
+from modelyard.shaping.adaptive import Candidate, _logistic, features  # noqa: E402
 
 FLOOR = 0.75  # the adaptive mode's own floor: less similar candidates are never considered
 SHARES = (0.005, 0.01, 0.015, 0.02, 0.03, 0.05)
 SCORES = ("static", "lexical", "+margin", "+entry")
+LEXICAL = 6  # the adaptive features before the two margin terms (shaping/adaptive.features)
 
 
 def feature_rows(rows: list[dict[str, Any]]) -> tuple[dict[str, npt.NDArray[np.float64]], npt.NDArray[np.float64], npt.NDArray[np.int64]]:
@@ -60,9 +63,9 @@ def feature_rows(rows: list[dict[str, Any]]) -> tuple[dict[str, npt.NDArray[np.f
         if s is None or s < FLOOR:
             continue
         seen = history[r["cached"]]
-        gap = s - r["runner_up"]
-        lexical.append(features(s, r["query"], r["cached"]))
-        margin.append([gap * 20, min(gap, 0.05) * 20])
+        full = features(Candidate(s, r["query"], r["cached"], r["runner_up"]))
+        lexical.append(full[:LEXICAL])
+        margin.append(full[LEXICAL:])
         entry.append([math.log1p(sum(1 for x, ok in seen if ok and x <= s)), math.log1p(sum(1 for x, ok in seen if not ok and x >= s))])
         right.append(r["correct_group"])
         label.append(r["label"])
