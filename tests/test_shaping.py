@@ -124,9 +124,12 @@ def test_adaptive_learns_where_hits_are_right() -> None:
     assert model.weights is not None and model.cut is not None
     assert model.decide(Candidate(0.88, "how do I x", "how do I x", 0.8), 0.5) == "hit"
     assert model.decide(Candidate(0.8, "how do I x", "how do I x", 0.7), 0.5) == "miss"
-    # nothing under the serving floor, however sure the model is
+    # nothing under the serving floor, however sure the model is ...
     strict = _learned(lambda similarity, _: similarity > 0.85, dataclasses.replace(policy, serve_floor=0.9))
     assert strict.decide(Candidate(0.88, "how do I x", "how do I x", 0.8), 0.5) == "miss"
+    # ... unless the static threshold itself is set under it
+    low = _learned(lambda similarity, _: similarity > 0.85, dataclasses.replace(policy, serve_floor=0.9, static_threshold=0.87))
+    assert low.decide(Candidate(0.88, "how do I x", "how do I x", 0.8), 0.5) == "hit"
 
 
 def test_adaptive_refuses_a_query_half_way_between_two_entries() -> None:

@@ -103,7 +103,9 @@ class AdaptiveThreshold:
         if score is None or self.cut is None:
             accept = candidate.similarity >= self.policy.static_threshold
         else:
-            accept = candidate.similarity >= self.policy.serve_floor and score >= self.cut
+            # never stricter than the static threshold on similarity alone: a user who set it under the floor keeps it
+            floor = min(self.policy.serve_floor, self.policy.static_threshold)
+            accept = candidate.similarity >= floor and score >= self.cut
         if accept and draw < self.explore_probability(candidate):
             return "explore"
         return "hit" if accept else "miss"
