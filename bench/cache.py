@@ -183,6 +183,19 @@ def candidates(pairs: list[dict[str, Any]], a_vectors: npt.NDArray[np.float32], 
     return out
 
 
+def split_candidates(path: Path, sample: int, seed: int, cache_dir: Path) -> tuple[Any, list[dict[str, Any]], npt.NDArray[np.float32], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the embedder, the sampled pairs, their text_a vectors, the first half's candidates, the second half's)."""
+    pairs = load_pairs(path, sample, seed)
+    model = embedder()
+    a_vectors = embed(model, [p["text_a"] for p in pairs], cache_dir)
+    b_vectors = embed(model, [p["text_b"] for p in pairs], cache_dir)
+    half = len(pairs) // 2
+    groups = duplicate_groups(path)
+    choose = candidates(pairs[:half], a_vectors[:half], b_vectors[:half], groups)
+    measure = candidates(pairs[half:], a_vectors[half:], b_vectors[half:], groups)
+    return model, pairs, a_vectors, choose, measure
+
+
 def _same_text(a: str, b: str) -> bool:
     """The query is, letter for letter (case and spacing aside), a cached question: right whatever pair it came from."""
     return _norm(a) == _norm(b)
@@ -344,14 +357,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/modelyard/bench").expanduser())
     args = parser.parse_args()
 
-    pairs = load_pairs(args.pairs, args.sample, args.seed)
-    model = embedder()
-    a_vectors = embed(model, [p["text_a"] for p in pairs], args.cache_dir)
-    b_vectors = embed(model, [p["text_b"] for p in pairs], args.cache_dir)
-    half = len(pairs) // 2
-    groups = duplicate_groups(args.pairs)
-    choose = candidates(pairs[:half], a_vectors[:half], b_vectors[:half], groups)
-    measure = candidates(pairs[half:], a_vectors[half:], b_vectors[half:], groups)
+    model, pairs, a_vectors, choose, measure = split_candidates(args.pairs, args.sample, args.seed, args.cache_dir)
     strict_curve = [static_point(measure, t, "correct") for t in THRESHOLDS]
     chosen = choose_threshold([static_point(choose, t) for t in THRESHOLDS])
     curve = [static_point(measure, t) for t in THRESHOLDS]

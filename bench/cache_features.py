@@ -43,7 +43,7 @@ import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, table, write_result  # noqa: E402
-from cache import DEFAULT_PAIRS, candidates, duplicate_groups, embed, embedder, load_pairs  # noqa: E402
+from cache import DEFAULT_PAIRS, split_candidates  # noqa: E402
 
 from modelyard.pipeline.response_cache import DEFAULT_THRESHOLD  # noqa: E402
 from modelyard.shaping.adaptive import Candidate, _logistic, features  # noqa: E402
@@ -97,14 +97,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/modelyard/bench").expanduser())
     args = parser.parse_args()
 
-    pairs = load_pairs(args.pairs, args.sample, args.seed)
-    model = embedder()
-    a_vectors = embed(model, [p["text_a"] for p in pairs], args.cache_dir)
-    b_vectors = embed(model, [p["text_b"] for p in pairs], args.cache_dir)
-    half = len(pairs) // 2
-    groups = duplicate_groups(args.pairs)
-    fit_rows = candidates(pairs[:half], a_vectors[:half], b_vectors[:half], groups)
-    test_rows = candidates(pairs[half:], a_vectors[half:], b_vectors[half:], groups)
+    _, _, _, fit_rows, test_rows = split_candidates(args.pairs, args.sample, args.seed, args.cache_dir)
     fit_x, fit_y, _ = feature_rows(fit_rows)
     test_x, test_y, test_label = feature_rows(test_rows)
     duplicates = sum(1 for r in test_rows if r["label"] == 1)
