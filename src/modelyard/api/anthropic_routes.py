@@ -20,6 +20,7 @@ from modelyard.api import anthropic_parse, anthropic_render, render
 from modelyard.api.responses import JSONResponse
 from modelyard.backends.base import TokenCounter
 from modelyard.errors import ModelNotFound, ModelyardError
+from modelyard.pipeline.runtime import token_counter
 from modelyard.shaping.context import MESSAGE_OVERHEAD_TOKENS, message_texts
 
 if TYPE_CHECKING:
@@ -69,8 +70,4 @@ class AnthropicRoutes:
         model = config.model(alias.targets[0] if alias else name)
         if model is None:
             raise ModelNotFound(f"The model '{name}' does not exist", param="model")
-        for deployment in model.deployments:
-            backend = self.api.fleet.backend(deployment.name)
-            if isinstance(backend, TokenCounter):
-                return backend
-        return None
+        return token_counter(self.api.fleet, model)

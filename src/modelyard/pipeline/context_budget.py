@@ -32,6 +32,7 @@ from modelyard.backends.base import TokenCounter
 from modelyard.config import FleetConfig, Reader
 from modelyard.errors import ContextWindowExceeded, ModelyardError
 from modelyard.pipeline.dispatch import Dispatcher
+from modelyard.pipeline.runtime import token_counter
 from modelyard.pipeline.slots import StageEnvironment
 from modelyard.pipeline.types import Handler, Request, Response, Stage
 from modelyard.protocol import ModelCall, Sampling
@@ -97,11 +98,7 @@ class ContextBudget:
     def _engine_counter(self, model: str) -> TokenCounter | None:
         if self.options.tokenizer != "auto" or self.dispatcher is None or (config := self.config.model(model)) is None:
             return None
-        for deployment in config.deployments:
-            backend = self.dispatcher.fleet.backend(deployment.name)
-            if isinstance(backend, TokenCounter):
-                return backend
-        return None
+        return token_counter(self.dispatcher.fleet, config)
 
     async def counter(self, request: Request) -> Counting:
         """How to count: exact counts of the request's texts from the engine, or the approximation."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Mapping
 from typing import Protocol
 
-from modelyard.backends.base import Backend
+from modelyard.backends.base import Backend, TokenCounter
+from modelyard.config import ModelConfig
 from modelyard.protocol import Chunk, ModelCall
 
 
@@ -35,3 +36,12 @@ class Runtime(Protocol):
     def backend(self, deployment: str) -> Backend | None:
         """The deployment's adapter (embeddings, load polling, token counting), or None for an unknown name."""
         ...
+
+
+def token_counter(runtime: Runtime, model: ModelConfig) -> TokenCounter | None:
+    """The first of ``model``'s deployments whose adapter counts tokens with the model's own tokenizer, if any."""
+    for deployment in model.deployments:
+        backend = runtime.backend(deployment.name)
+        if isinstance(backend, TokenCounter):
+            return backend
+    return None
