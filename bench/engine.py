@@ -189,7 +189,13 @@ DECODE_THREADS = {"builtin:smollm2-135m": 1, "builtin:qwen2.5-coder-0.5b": 2}
 
 
 def new_deployment(builtin: str, parallel: int, cache_prompt: bool = True, layout: str = "1x2", cache_ram_mib: int | None = None) -> str:
-    """One engine with 2 threads, or (``2x1``) two engines with 1 thread and half the slots each."""
+    """One engine with 2 threads; (``2x1``) two engines with 1 thread and half the slots each; (``split``) two
+    engines with 1 thread each, one reserved for interactive and agent work (2 slots), one for batch and
+    background work (``parallel - 1`` slots)."""
+    if layout == "split":
+        common = f"backend: llamacpp_server, model_file: '{builtin}', threads: 1, n_ctx: 2048, max_queue: 512, cache_prompt: {str(cache_prompt).lower()}"
+        return (f"{{name: live, classes: [interactive, agent], parallel: 2, {common}}}\n"
+                f"{{name: bulk, classes: [batch, background], parallel: {max(1, parallel - 1)}, {common}}}")
     if layout == "2x1":
         return "\n".join(
             f"{{name: e{i}, backend: llamacpp_server, model_file: '{builtin}', parallel: {max(1, parallel // 2)}, threads: 1, "
@@ -440,8 +446,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--fresh", action="store_true", help="drop models measured by earlier runs from the results file")
     parser.add_argument("--systems", default="old,new,ceiling", help="which of old, new, ceiling to sweep")
-    parser.add_argument("--layout", choices=("1x2", "2x1"), default="1x2",
-                        help="new: one engine with 2 threads, or two engines with 1 thread and half the slots each")
+    parser.add_argument("--layout", choices=("1x2", "2x1", "split"), default="1x2",
+                        help="new: one engine with 2 threads; two engines with 1 thread and half the slots each (2x1); or two 1-thread engines, one reserved for interactive and agent work (split)")
     parser.add_argument("--no-extras", action="store_true", help="the concurrency sweep only (no peer, interactive or turn-2 runs)")
     parser.add_argument("--cache-ram-mib", type=int, help="the interactive and turn-2 engine's host-RAM prompt cache (default: the deployment default, 256)")
     parser.add_argument("--name", default="engine", help="results file name under bench/results/")

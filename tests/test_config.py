@@ -46,6 +46,8 @@ def minimal(**overrides: object) -> dict[str, object]:
         (minimal(aliases={"m": {"targets": ["m"]}}), "aliases.m", "same name as a model"),
         (minimal(server={"port": "http"}), "server.port", "integer"),
         (minimal(extra=1), "extra", "unknown field"),
+        ({"models": {"m": {"deployments": [{"backend": "openai", "classes": ["fast"]}]}}}, "models.m.deployments[0].classes[0]", "unknown workload class"),
+        ({"models": {"m": {"deployments": [{"backend": "openai", "classes": "batch"}]}}}, "models.m.deployments[0].classes", "list of names"),
     ],
 )
 def test_invalid_config_names_field(data: dict[str, object], path: str, problem: str) -> None:

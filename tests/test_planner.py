@@ -39,12 +39,12 @@ class FixedPicker:
         self.config = config
         self.down = down
 
-    def pick(self, model: ModelConfig, exclude: set[str], session: str | None = None) -> str | None:
+    def pick(self, model: ModelConfig, exclude: set[str], session: str | None = None, workload: str = "interactive") -> str | None:
         names = [d.name for d in model.deployments if d.name not in self.down]
         fresh = [n for n in names if n not in exclude] or names
         return fresh[0] if fresh else None
 
-    def untried_available(self, model: ModelConfig, tried: set[str]) -> bool:
+    def untried_available(self, model: ModelConfig, tried: set[str], workload: str = "interactive") -> bool:
         return any(d.name not in tried and d.name not in self.down for d in model.deployments)
 
     def unavailable(self, model: ModelConfig) -> NotReady:

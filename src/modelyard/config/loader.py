@@ -33,7 +33,7 @@ from modelyard.config.schema import (
 
 MODEL_KINDS = ("chat", "completion", "embedding")
 BALANCE_STRATEGIES = ("least_outstanding", "least_load", "weighted", "lowest_latency", "lowest_cost")
-DEPLOYMENT_COMMON_KEYS = {"name", "backend", "max_concurrency", "max_queue", "weight", "price", "timeouts", "batching"}
+DEPLOYMENT_COMMON_KEYS = {"name", "backend", "max_concurrency", "max_queue", "weight", "price", "timeouts", "batching", "classes"}
 WORKLOADS = ("interactive", "agent", "batch", "embedding", "background")
 
 
@@ -192,6 +192,10 @@ def _parse_deployment(r: Reader, model: str, default_name: str) -> DeploymentCon
     )
     batching_r.reject_unknown()
     options = {k: v for k, v in r.data.items() if k not in DEPLOYMENT_COMMON_KEYS}
+    classes = r.names("classes")
+    for i, name in enumerate(classes):
+        if name not in WORKLOADS:
+            raise r.fail(f"classes[{i}]", f"unknown workload class {show(name)} (known: {', '.join(WORKLOADS)})")
     return DeploymentConfig(
         name=f"{model}/{r.string('name', default_name)}",
         backend=r.string("backend"),
@@ -202,6 +206,7 @@ def _parse_deployment(r: Reader, model: str, default_name: str) -> DeploymentCon
         timeouts=timeouts,
         batching=batching,
         options=MappingProxyType(dict(options)),
+        classes=classes,
     )
 
 

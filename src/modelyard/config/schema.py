@@ -66,6 +66,14 @@ class DeploymentConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     batching: BatchingPolicy = field(default_factory=BatchingPolicy)
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # The workload classes this deployment takes (empty: every class). A request goes to the deployments that
+    # list its class, or to any deployment when none of those is healthy: an interactive engine of its own
+    # keeps batch work out of its steps.
+    classes: tuple[str, ...] = ()
+
+    def serves(self, workload: str) -> bool:
+        """Whether this deployment takes ``workload`` requests while it and the class's own are healthy."""
+        return not self.classes or workload in self.classes
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,7 +75,7 @@ class Dispatcher:
         }
 
     def _failover(self, request: Request, models: Sequence[str], avoid: frozenset[str], exhausted: str) -> Failover:
-        inputs = FailoverInputs(models, request.deadline, request.session, avoid, exhausted)
+        inputs = FailoverInputs(models, request.deadline, request.session, avoid, exhausted, request.workload)
         return failover(self.config, self.picker, inputs, self.clock, self.rng)
 
     # -- one attempt ----------------------------------------------------------------
@@ -135,7 +135,7 @@ class Dispatcher:
         done, _ = await asyncio.wait({primary}, timeout=delay)
         if done:
             return primary.result()
-        second = self.picker.pick(model, exclude={deployment})
+        second = self.picker.pick(model, exclude={deployment}, workload=request.workload)
         if second is None or second == deployment:
             return await primary
         backup = asyncio.create_task(self._prime(request, model, second, call))

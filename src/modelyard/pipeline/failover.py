@@ -54,9 +54,9 @@ Failover = Generator[Step, ModelyardError | None, None]
 class Picker(Protocol):
     """The part of :class:`~modelyard.pipeline.picker.DeploymentPicker` the policy asks."""
 
-    def pick(self, model: ModelConfig, exclude: set[str], session: str | None = None) -> str | None: ...
+    def pick(self, model: ModelConfig, exclude: set[str], session: str | None = None, workload: str = "interactive") -> str | None: ...
 
-    def untried_available(self, model: ModelConfig, tried: set[str]) -> bool: ...
+    def untried_available(self, model: ModelConfig, tried: set[str], workload: str = "interactive") -> bool: ...
 
     def unavailable(self, model: ModelConfig) -> NotReady: ...
 
@@ -70,6 +70,7 @@ class FailoverInputs:
     session: str | None = None
     avoid: frozenset[str] = frozenset()  # deployments that already failed this request mid-answer
     exhausted: str = "no model could serve the request"
+    workload: str = "interactive"  # the request's class: deployments may be reserved for some classes
 
 
 def failover(config: FleetConfig, picker: Picker, inputs: FailoverInputs, clock: Callable[[], float], rng: random.Random) -> Failover:
@@ -84,7 +85,7 @@ def failover(config: FleetConfig, picker: Picker, inputs: FailoverInputs, clock:
         for attempt_no in range(1, model.retry.max_attempts + 1):
             if clock() >= inputs.deadline:
                 raise last or UpstreamTimeout("the request's deadline passed before any deployment answered")
-            deployment = picker.pick(model, tried, inputs.session)
+            deployment = picker.pick(model, tried, inputs.session, inputs.workload)
             if deployment is None:
                 last = picker.unavailable(model)
                 break
@@ -98,9 +99,9 @@ def failover(config: FleetConfig, picker: Picker, inputs: FailoverInputs, clock:
                 break
             if not is_retryable(error):
                 raise error
-            if isinstance(error, Overloaded) and not picker.untried_available(model, tried):
+            if isinstance(error, Overloaded) and not picker.untried_available(model, tried, inputs.workload):
                 break  # shed load honestly: the client gets the 429 and its Retry-After now
-            if attempt_no < model.retry.max_attempts and not picker.untried_available(model, tried):
+            if attempt_no < model.retry.max_attempts and not picker.untried_available(model, tried, inputs.workload):
                 # Backing off protects a struggling deployment; moving to a fresh one needs no wait.
                 yield Pause(min(backoff_s(model.retry, attempt_no, error, rng), max(0.0, inputs.deadline - clock())))
     raise last or NotReady(inputs.exhausted)

@@ -78,13 +78,15 @@ class DeploymentPicker:
             for n in names
         ]
 
-    def pick(self, model: ModelConfig, exclude: set[str], session: str | None = None) -> str | None:
+    def pick(self, model: ModelConfig, exclude: set[str], session: str | None = None, workload: str = "interactive") -> str | None:
         """A healthy deployment not yet tried (or, if all were tried, any healthy one).
 
-        A session sticks to its last deployment (its prefix cache is there) while
-        that one's load is within ``session_affinity_slack`` of the least loaded.
+        Only deployments that serve ``workload`` are candidates while one of
+        them is healthy. A session sticks to its last deployment (its prefix
+        cache is there) while that one's load is within
+        ``session_affinity_slack`` of the least loaded.
         """
-        healthy = [d.name for d in model.deployments if self.fleet.is_ready(d.name) and self.breakers[d.name].available()]
+        healthy = self._healthy(model, workload)
         fresh = [n for n in healthy if n not in exclude] or healthy
         while fresh:
             name = self._sticky(session, fresh) or self._balanced(model, fresh)
@@ -119,8 +121,13 @@ class DeploymentPicker:
         idle = sorted(n for n in candidates if self.fleet.outstanding.get(n, 0) == least)
         return idle[zlib.crc32(session.encode()) % len(idle)]
 
-    def untried_available(self, model: ModelConfig, tried: set[str]) -> bool:
-        return any(self.fleet.is_ready(d.name) and d.name not in tried and self.breakers[d.name].available() for d in model.deployments)
+    def _healthy(self, model: ModelConfig, workload: str) -> list[str]:
+        healthy = [d for d in model.deployments if self.fleet.is_ready(d.name) and self.breakers[d.name].available()]
+        # The class's own deployments; when none of them is healthy, any deployment rather than an outage.
+        return [d.name for d in healthy if d.serves(workload)] or [d.name for d in healthy]
+
+    def untried_available(self, model: ModelConfig, tried: set[str], workload: str = "interactive") -> bool:
+        return any(name not in tried for name in self._healthy(model, workload))
 
     def unavailable(self, model: ModelConfig) -> NotReady:
         now = self.clock()

@@ -175,7 +175,7 @@ class Simulation:
             return
         record.model = plan[0]
         deadline = self.now + self.cap_s
-        steps = failover(self.config, self.picker, FailoverInputs(plan, deadline), self.clock, self.rng)
+        steps = failover(self.config, self.picker, FailoverInputs(plan, deadline, workload=record.workload), self.clock, self.rng)
         live = _Live(record, trace, steps, deadline, reservation=reservation)
         self._step(live, None, first=True)
 
@@ -363,7 +363,7 @@ class Simulation:
             return
         if live.ticket is None and live.seq is None:
             return  # the attempt already ended
-        second = self.picker.pick(live.model, exclude={live.deployment})
+        second = self.picker.pick(live.model, exclude={live.deployment}, workload=live.record.workload)
         if second is None or second == live.deployment:
             return
         backup = _Live(live.record, live.trace, live.steps, live.deadline, reservation=live.reservation)
