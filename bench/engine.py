@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,10 @@ class Level:
         }
 
 
-async def stream_once(http: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[float, float, int] | None:
-    """(ttft s, total s, completion tokens) of one streamed chat request; None on an error."""
+async def stream_once(http: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str] | None = None,
+                      on_content: Callable[[], None] | None = None) -> tuple[float, float, int] | None:
+    """(ttft s, total s, completion tokens) of one streamed chat request; None on an error. ``on_content`` is
+    called for every event that carries text (about one token each)."""
     t0 = time.monotonic()
     first = None
     tokens = 0
@@ -101,8 +104,11 @@ async def stream_once(http: httpx.AsyncClient, url: str, body: dict[str, Any], h
             if not line.startswith("data: {"):
                 continue
             event = json.loads(line[6:])
-            if first is None and any((c.get("delta") or {}).get("content") for c in event.get("choices") or ()):
-                first = time.monotonic() - t0
+            if any((c.get("delta") or {}).get("content") for c in event.get("choices") or ()):
+                if first is None:
+                    first = time.monotonic() - t0
+                if on_content is not None:
+                    on_content()
             if event.get("usage"):
                 tokens = int(event["usage"].get("completion_tokens") or 0)
     if first is None:
@@ -282,30 +288,51 @@ async def sweep(url: str, model: str, levels: tuple[int, ...], rounds: int, seed
     return out
 
 
-async def interactive_ttft(url: str, model: str, count: int, batch_clients: int) -> list[float]:
+@dataclass
+class InteractiveRun:
+    ttfts: list[float]
+    batch_tokens: int  # batch-class tokens streamed while the interactive requests ran
+    wall_s: float
+
+    @property
+    def batch_tok_s(self) -> float:
+        return round(self.batch_tokens / self.wall_s, 2) if self.wall_s else 0.0
+
+
+async def interactive_ttft(url: str, model: str, count: int, batch_clients: int) -> InteractiveRun:
     """TTFTs of ``count`` short interactive requests, one after another, beside ``batch_clients`` looping batch requests."""
     stop_batch = asyncio.Event()
     ttfts: list[float] = []
+    measuring = False
+    batch_tokens = 0
+
+    def count_batch_token() -> None:
+        nonlocal batch_tokens
+        if measuring:
+            batch_tokens += 1
 
     async def batch_loop(http: httpx.AsyncClient, k: int) -> None:
         i = 0
         while not stop_batch.is_set():
             body = {"model": model, "messages": [{"role": "user", "content": prompt(50_000 + k * 1000 + i)}], "max_tokens": 128, "temperature": 0.7}
-            await stream_once(http, url, body, headers={"x-modelyard-class": "batch"})
+            await stream_once(http, url, body, headers={"x-modelyard-class": "batch"}, on_content=count_batch_token)
             i += 1
 
     async with httpx.AsyncClient(timeout=600, limits=FRESH) as http:
         batch = [asyncio.create_task(batch_loop(http, k)) for k in range(batch_clients)]
         if batch_clients:
             await asyncio.sleep(3.0)  # let the batch fill the engine before measuring
+        measuring, t0 = True, time.monotonic()
         for i in range(count):
             body = {"model": model, "messages": [{"role": "user", "content": f"Question {i}: name a colour."}], "max_tokens": 4, "temperature": 0}
             result = await stream_once(http, url, body, headers={"x-modelyard-class": "interactive"})
             if result is not None:
                 ttfts.append(result[0])
+        wall = time.monotonic() - t0
+        measuring = False
         stop_batch.set()
         await asyncio.gather(*batch, return_exceptions=True)
-    return ttfts
+    return InteractiveRun(ttfts, batch_tokens, wall)
 
 
 async def turn_two_ttft(url: str, model: str, conversations: int, seed: int) -> list[float]:
@@ -365,20 +392,68 @@ async def measure_model(model: str, args: argparse.Namespace, tmp: Path) -> dict
         finally:
             server.close()
 
-    print(f"  {model}: interactive TTFT alone and beside a batch job ({args.interactive} requests each)", flush=True)
-    gateway = Gateway(tmp, f"{model}-interactive", model, new_deployment(builtin, args.parallel, layout=args.layout, cache_ram_mib=args.cache_ram_mib))
-    try:
-        alone = await interactive_ttft(gateway.url, model, args.interactive, 0)
-        beside = await interactive_ttft(gateway.url, model, args.interactive, args.parallel - 1)
-        reuse = await turn_two_ttft(gateway.url, model, args.turns, seed=1)
-    finally:
-        gateway.close()
-    gateway = Gateway(tmp, f"{model}-nocache", model, new_deployment(builtin, args.parallel, cache_prompt=False, layout=args.layout))
+    layouts = {}
+    for layout in args.interactive_layouts:
+        print(f"  {model}: interactive TTFT alone and beside a batch job ({args.interactive} requests each), layout {layout}", flush=True)
+        gateway = Gateway(tmp, f"{model}-interactive-{layout}", model, new_deployment(builtin, args.parallel, layout=layout, cache_ram_mib=args.cache_ram_mib))
+        try:
+            alone = await interactive_ttft(gateway.url, model, args.interactive, 0)
+            beside = await interactive_ttft(gateway.url, model, args.interactive, args.parallel - 1)
+            batch_only = await batch_throughput(gateway.url, model, args.parallel - 1, args.batch_seconds)
+            reuse = await turn_two_ttft(gateway.url, model, args.turns, seed=1) if layout == args.interactive_layouts[0] else []
+        finally:
+            gateway.close()
+        layouts[layout] = (alone, beside, batch_only, reuse)
+    alone, beside, _, reuse = layouts[args.interactive_layouts[0]]
+    gateway = Gateway(tmp, f"{model}-nocache", model, new_deployment(builtin, args.parallel, cache_prompt=False, layout=args.interactive_layouts[0]))
     try:
         no_reuse = await turn_two_ttft(gateway.url, model, args.turns, seed=2)
     finally:
         gateway.close()
-    return summarize(sweeps, peer, alone, beside, reuse, no_reuse)
+    result = summarize(sweeps, peer, alone.ttfts, beside.ttfts, reuse, no_reuse)
+    result["interactive_layout"] = args.interactive_layouts[0]
+    result["interactive_by_layout"] = {layout: layout_summary(*runs[:3]) for layout, runs in layouts.items()}
+    return result
+
+
+async def batch_throughput(url: str, model: str, clients: int, seconds: float) -> float:
+    """Batch-class completion tokens per second with no interactive traffic: ``clients`` looping for ``seconds``."""
+    stop = asyncio.Event()
+    tokens = 0
+
+    def count_token() -> None:
+        nonlocal tokens
+        if not stop.is_set():
+            tokens += 1
+
+    async def loop(http: httpx.AsyncClient, k: int) -> None:
+        i = 0
+        while not stop.is_set():
+            body = {"model": model, "messages": [{"role": "user", "content": prompt(70_000 + k * 1000 + i)}], "max_tokens": 128, "temperature": 0.7}
+            await stream_once(http, url, body, headers={"x-modelyard-class": "batch"}, on_content=count_token)
+            i += 1
+
+    async with httpx.AsyncClient(timeout=600, limits=FRESH) as http:
+        tasks = [asyncio.create_task(loop(http, k)) for k in range(clients)]
+        await asyncio.sleep(3.0)  # fill the engine first
+        tokens, t0 = 0, time.monotonic()
+        await asyncio.sleep(seconds)
+        wall = time.monotonic() - t0
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return round(tokens / wall, 2)
+
+
+def layout_summary(alone: InteractiveRun, beside: InteractiveRun, batch_only: float) -> dict[str, Any]:
+    ms = lambda v: None if v is None else round(v * 1000, 1)  # noqa: E731
+    p99_alone, p99_beside = percentile(alone.ttfts, 99), percentile(beside.ttfts, 99)
+    return {
+        "ttft_p50_ms_interactive_alone": ms(percentile(alone.ttfts, 50)), "ttft_p99_ms_interactive_alone": ms(p99_alone),
+        "ttft_p50_ms_interactive_with_batch": ms(percentile(beside.ttfts, 50)), "ttft_p99_ms_interactive_with_batch": ms(p99_beside),
+        "p99_ratio_with_batch_vs_alone": round(p99_beside / p99_alone, 2) if p99_alone and p99_beside else None,
+        "interactive_samples": [len(alone.ttfts), len(beside.ttfts)],
+        "batch_tok_s_beside_interactive": beside.batch_tok_s, "batch_tok_s_alone": batch_only,
+    }
 
 
 def summarize(sweeps: dict[str, list[dict[int, Level]]], peer: dict[str, Any] | None, alone: list[float], beside: list[float],
@@ -427,6 +502,11 @@ def report(model: str, r: dict[str, Any]) -> str:
             rows.append((f"tok/s c{c}", f(old), f(new), f(ceiling), ratio(new, old), ratio(new, ceiling)))
     rows.append(("interactive TTFT p99 ms alone / beside batch", "", f"{f(r['ttft_p99_ms_interactive_alone'])} / {f(r['ttft_p99_ms_interactive_with_batch'])}", "",
                  "", ratio(r["ttft_p99_ms_interactive_with_batch"], r["ttft_p99_ms_interactive_alone"])))
+    for layout, v in (r.get("interactive_by_layout") or {}).items():
+        rows.append((f"[{layout}] interactive p50 / p99 ms alone", "", f"{f(v['ttft_p50_ms_interactive_alone'])} / {f(v['ttft_p99_ms_interactive_alone'])}", "", "", ""))
+        rows.append((f"[{layout}] interactive p50 / p99 ms beside batch", "", f"{f(v['ttft_p50_ms_interactive_with_batch'])} / {f(v['ttft_p99_ms_interactive_with_batch'])}", "", "",
+                     f"p99 {f(v['p99_ratio_with_batch_vs_alone'])}x"))
+        rows.append((f"[{layout}] batch tok/s alone / beside interactive", "", f"{f(v['batch_tok_s_alone'])} / {f(v['batch_tok_s_beside_interactive'])}", "", "", ""))
     rows.append(("turn-2 TTFT ms reuse / none", "", f"{f(r['ttft_ms_turn2_reuse'])} / {f(r['ttft_ms_turn2_no_reuse'])}", "", "",
                  ratio(r["ttft_ms_turn2_reuse"], r["ttft_ms_turn2_no_reuse"])))
     rows.append(("RSS MB c1 / c16", f"{f(r['rss_mb_c1_old'])} / {f(r['rss_mb_c16_old'])}", f"{f(r['rss_mb_c1'])} / {f(r['rss_mb_c16'])}", "", "", ""))
@@ -448,6 +528,9 @@ def main() -> None:
     parser.add_argument("--systems", default="old,new,ceiling", help="which of old, new, ceiling to sweep")
     parser.add_argument("--layout", choices=("1x2", "2x1", "split"), default="1x2",
                         help="new: one engine with 2 threads; two engines with 1 thread and half the slots each (2x1); or two 1-thread engines, one reserved for interactive and agent work (split)")
+    parser.add_argument("--interactive-layouts", default="", help="layouts the interactive runs compare, in one run (default: --layout); "
+                        "the first also gives the turn-2 figures")
+    parser.add_argument("--batch-seconds", type=float, default=30.0, help="how long each layout's batch-only throughput is measured")
     parser.add_argument("--no-extras", action="store_true", help="the concurrency sweep only (no peer, interactive or turn-2 runs)")
     parser.add_argument("--cache-ram-mib", type=int, help="the interactive and turn-2 engine's host-RAM prompt cache (default: the deployment default, 256)")
     parser.add_argument("--name", default="engine", help="results file name under bench/results/")
@@ -458,6 +541,7 @@ def main() -> None:
         args.models, args.levels, args.repeats, args.interactive, args.turns, args.rounds = "smollm2-135m", "1,8", 1, 20, 2, 1
     args.levels = tuple(int(x) for x in str(args.levels).split(","))
     args.systems = tuple(s for s in str(args.systems).split(",") if s)
+    args.interactive_layouts = tuple(x for x in str(args.interactive_layouts).split(",") if x) or (args.layout,)
     # Models measured by an earlier run stay in the file, each with the commit and settings it was measured at.
     name = args.name + ("-quick" if args.quick else "")
     previous = RESULTS / f"{name}.json"

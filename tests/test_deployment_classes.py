@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 
 from modelyard.config import parse_config
+from modelyard.pipeline.admission import scheduler_policy
 from modelyard.pipeline.picker import DeploymentPicker
 
 from .conftest import LiveServer, start_modelyard, write_config
@@ -53,6 +54,12 @@ def test_a_class_goes_to_its_own_deployments_and_to_any_when_they_are_down() -> 
     state.down = {"m/bulk", "m/any"}
     assert picker.pick(model, set(), workload="batch") == "m/fast"
     assert picker.untried_available(model, set(), workload="batch")
+
+
+def test_no_slots_are_held_back_where_no_interactive_or_agent_work_may_come() -> None:
+    config = parse_config(split_fleet() | {"scheduling": {"reserved_slots": 2}})
+    reserved = {d.name: scheduler_policy(config, d).reserved_slots for d in config.models[0].deployments}
+    assert reserved == {"m/fast": 2, "m/bulk": 0, "m/any": 2}
 
 
 def served_by(server: LiveServer, workload: str, count: int) -> set[str]:

@@ -18,12 +18,14 @@ from modelyard.scheduling.scheduler import DeploymentScheduler, SchedulerPolicy,
 def scheduler_policy(config: FleetConfig, deployment: DeploymentConfig) -> SchedulerPolicy:
     """The policy of a deployment's scheduler, from the fleet's scheduling settings (the live gate and the simulator both use it)."""
     classes = config.scheduling.classes
+    # Slots are held back for interactive and agent work only where such work may come.
+    reserves = classes and (deployment.serves("interactive") or deployment.serves("agent"))
     return SchedulerPolicy(
         max_queue=deployment.max_queue,
         aging_s=config.scheduling.aging_s,
         ttft_objective_s=config.scheduling.ttft_objective_s if classes else {},
         tenant_weights=config.scheduling.tenant_weights,
-        reserved_slots=config.scheduling.reserved_slots if classes else 0,
+        reserved_slots=config.scheduling.reserved_slots if reserves else 0,
     )
 
 
