@@ -197,11 +197,12 @@ DECODE_THREADS = {"builtin:smollm2-135m": 1, "builtin:qwen2.5-coder-0.5b": 2}
 def new_deployment(builtin: str, parallel: int, cache_prompt: bool = True, layout: str = "1x2", cache_ram_mib: int | None = None) -> str:
     """One engine with 2 threads; (``2x1``) two engines with 1 thread and half the slots each; (``split``) two
     engines with 1 thread each, one reserved for interactive and agent work (2 slots), one for batch and
-    background work (``parallel - 1`` slots)."""
-    if layout == "split":
+    background work (``parallel - 1`` slots); (``split-nice``) the same with the batch engine at nice 10."""
+    if layout in ("split", "split-nice"):
         common = f"backend: llamacpp_server, model_file: '{builtin}', threads: 1, n_ctx: 2048, max_queue: 512, cache_prompt: {str(cache_prompt).lower()}"
+        nice = 10 if layout == "split-nice" else 0
         return (f"{{name: live, classes: [interactive, agent], parallel: 2, {common}}}\n"
-                f"{{name: bulk, classes: [batch, background], parallel: {max(1, parallel - 1)}, {common}}}")
+                f"{{name: bulk, classes: [batch, background], parallel: {max(1, parallel - 1)}, nice: {nice}, {common}}}")
     if layout == "2x1":
         return "\n".join(
             f"{{name: e{i}, backend: llamacpp_server, model_file: '{builtin}', parallel: {max(1, parallel // 2)}, threads: 1, "
@@ -526,8 +527,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--fresh", action="store_true", help="drop models measured by earlier runs from the results file")
     parser.add_argument("--systems", default="old,new,ceiling", help="which of old, new, ceiling to sweep")
-    parser.add_argument("--layout", choices=("1x2", "2x1", "split"), default="1x2",
-                        help="new: one engine with 2 threads; two engines with 1 thread and half the slots each (2x1); or two 1-thread engines, one reserved for interactive and agent work (split)")
+    parser.add_argument("--layout", choices=("1x2", "2x1", "split", "split-nice"), default="1x2",
+                        help="new: one engine with 2 threads; two engines with 1 thread and half the slots each (2x1); or two 1-thread engines, one reserved for interactive and agent work (split; split-nice: the batch one at nice 10)")
     parser.add_argument("--interactive-layouts", default="", help="layouts the interactive runs compare, in one run (default: --layout); "
                         "the first also gives the turn-2 figures")
     parser.add_argument("--batch-seconds", type=float, default=30.0, help="how long each layout's batch-only throughput is measured")

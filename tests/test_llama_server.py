@@ -162,6 +162,20 @@ async def test_qwen_answers_a_required_tool_call_as_a_parsed_call() -> None:
     assert isinstance(json.loads(calls[0]["function"]["arguments"])["city"], str)
 
 
+async def test_a_niced_engine_runs_at_lower_cpu_priority() -> None:
+    backend = engine(parallel=1, nice=7)
+    await backend.start()
+    try:
+        assert backend.process is not None and backend.process.pid is not None
+        assert os.getpriority(os.PRIO_PROCESS, backend.process.pid) - os.getpriority(os.PRIO_PROCESS, 0) == 7
+        text, _ = await text_of(backend, call("Say hi.", max_tokens=4))
+        assert text
+    finally:
+        await backend.aclose()
+    with pytest.raises(Exception, match="nice"):
+        engine(nice=25)
+
+
 async def test_a_bad_model_file_fails_start_with_the_reason(tmp_path: Path) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)

@@ -88,6 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--decode-threads", type=int, default=0, help="threads for one-token steps (0: --threads)")
     parser.add_argument("--poll", type=int, default=0, help="thread polling level 0-100 (0: sleep when idle)")
     parser.add_argument("--n-batch", type=int, default=64, help="prompt tokens per engine step (0: llama.cpp's default)")
+    parser.add_argument("--nice", type=int, default=0, help="lower the engine's CPU priority by this much (0-19) before it starts")
     parser.add_argument("--port", type=int, default=0, help="loopback port (0: any free one)")
     parser.add_argument("--verbosity", type=int, default=1, help="llama.cpp's log verbosity on stderr")
     return parser.parse_args(argv)
@@ -95,6 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.nice:
+        os.nice(args.nice)  # before the engine's threads exist: they inherit it
     protocol_out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)  # whatever llama.cpp prints lands on stderr, never in the protocol
     sys.stdout = sys.stderr

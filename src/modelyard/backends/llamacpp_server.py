@@ -72,6 +72,7 @@ class LlamaServerOptions:
     slot_similarity: float = 0.1  # llama.cpp's slot_prompt_similarity: reuse the slot whose cached prompt matches best
     cache_ram_mib: int = 256  # host RAM keeping prompts evicted from slots reusable
     cache_prompt: bool = True  # false: every request re-reads its whole prompt (for measuring what reuse saves)
+    nice: int = 0  # the engine's CPU priority (0-19): a batch-only engine at 10 lets the gateway and interactive engines run first
     start_timeout_s: float = 180.0
 
 
@@ -99,6 +100,8 @@ class LlamaServerBackend(OpenAICompatBackend):
         self.server_options = build_options(LlamaServerOptions, deployment.options, where, context.config_source)
         if self.server_options.parallel < 1:
             raise ConfigError(context.config_source, f"{where}.parallel", "expected an integer >= 1")
+        if not 0 <= self.server_options.nice <= 19:
+            raise ConfigError(context.config_source, f"{where}.nice", "expected an integer from 0 to 19")
         if self.server_options.n_ctx < 64:
             raise ConfigError(context.config_source, f"{where}.n_ctx", "expected an integer >= 64")
         cache_tokens = (self.server_options.parallel + SPARE_SLOTS) * self.server_options.n_ctx
@@ -127,7 +130,7 @@ class LlamaServerBackend(OpenAICompatBackend):
             sys.executable, "-m", LAUNCHER_MODULE, "--model-file", str(model_file), "--parallel", str(o.parallel + SPARE_SLOTS),
             "--n-ctx", str(o.n_ctx), "--threads", str(threads), "--slot-similarity", str(o.slot_similarity),
             "--cache-ram-mib", str(o.cache_ram_mib), "--decode-threads", str(o.decode_threads or 0),
-            "--n-batch", str(o.step_tokens),
+            "--n-batch", str(o.step_tokens), "--nice", str(o.nice),
         ] + ([] if o.cache_prompt else ["--no-cache-prompt"])
         self.process = SupervisedProcess(f"{self.deployment.name}#engine", argv, env, SupervisionPolicy(start_timeout_s=o.start_timeout_s))
         await self.process.start()
