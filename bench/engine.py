@@ -140,7 +140,8 @@ async def sample_rss(pid: int, level: Level, stop_event: asyncio.Event) -> None:
             pass
 
 
-async def run_level(url: str, model: str, concurrency: int, rounds: int, seed: int, pid: int | None, headers: dict[str, str] | None = None) -> Level:
+async def run_level(url: str, model: str, concurrency: int, rounds: int, seed: int, pid: int | None, headers: dict[str, str] | None = None,
+                    ignore_eos: bool = False) -> Level:
     level = Level()
     total = max(6, concurrency * rounds)
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -153,6 +154,8 @@ async def run_level(url: str, model: str, concurrency: int, rounds: int, seed: i
         while not queue.empty():
             i = queue.get_nowait()
             body = {"model": model, "messages": [{"role": "user", "content": prompt(i)}], "max_tokens": max_tokens[i], "temperature": 0.7, "seed": i}
+            if ignore_eos:
+                body["ignore_eos"] = True  # the same tokens on every system: generation runs to max_tokens
             result = await stream_once(http, url, body, headers=headers)
             if result is None:
                 level.errors += 1
@@ -281,10 +284,10 @@ def old_available() -> bool:
 # -- the measurements ----------------------------------------------------------------------------
 
 async def sweep(url: str, model: str, levels: tuple[int, ...], rounds: int, seed: int, pid: int | None,
-                headers: dict[str, str] | None = None) -> dict[int, Level]:
+                headers: dict[str, str] | None = None, ignore_eos: bool = False) -> dict[int, Level]:
     out = {}
     for c in levels:
-        out[c] = await run_level(url, model, c, rounds, seed + c, pid, headers)
+        out[c] = await run_level(url, model, c, rounds, seed + c, pid, headers, ignore_eos)
         print(f"    c{c}: {out[c].summary()['tok_s']} tok/s, ttft p50 {out[c].summary()['ttft_p50_ms']} ms", flush=True)
     return out
 
@@ -370,7 +373,7 @@ async def measure_model(model: str, args: argparse.Namespace, tmp: Path) -> dict
             if system == "ceiling":
                 direct = DirectEngine(model_file, args.parallel, DECODE_THREADS[builtin])
                 try:
-                    sweeps[system].append(await sweep(direct.url, model, args.levels, args.rounds, repeat * 100, direct.process.pid))
+                    sweeps[system].append(await sweep(direct.url, model, args.levels, args.rounds, repeat * 100, direct.process.pid, ignore_eos=args.ignore_eos))
                 finally:
                     direct.close()
                 continue
@@ -378,7 +381,7 @@ async def measure_model(model: str, args: argparse.Namespace, tmp: Path) -> dict
             gateway = Gateway(tmp, f"{model}-{system}-{repeat}", model, deployment)
             try:
                 headers = {"x-modelyard-class": args.request_class} if args.request_class else None
-                sweeps[system].append(await sweep(gateway.url, model, args.levels, args.rounds, repeat * 100, gateway.process.pid, headers))
+                sweeps[system].append(await sweep(gateway.url, model, args.levels, args.rounds, repeat * 100, gateway.process.pid, headers, args.ignore_eos))
             finally:
                 gateway.close()
 
@@ -532,6 +535,7 @@ def main() -> None:
     parser.add_argument("--interactive-layouts", default="", help="layouts the interactive runs compare, in one run (default: --layout); "
                         "the first also gives the turn-2 figures")
     parser.add_argument("--batch-seconds", type=float, default=30.0, help="how long each layout's batch-only throughput is measured")
+    parser.add_argument("--ignore-eos", action="store_true", help="sweep requests generate exactly max_tokens (the same work on every system)")
     parser.add_argument("--no-extras", action="store_true", help="the concurrency sweep only (no peer, interactive or turn-2 runs)")
     parser.add_argument("--cache-ram-mib", type=int, help="the interactive and turn-2 engine's host-RAM prompt cache (default: the deployment default, 256)")
     parser.add_argument("--name", default="engine", help="results file name under bench/results/")
@@ -552,7 +556,8 @@ def main() -> None:
             results[model] = asyncio.run(measure_model(model, args, Path(tmp))) | {
                 "commit": commit(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "settings": {"repeats": args.repeats, "rounds": args.rounds, "levels": list(args.levels), "interactive": args.interactive, "turns": args.turns,
-                             "layout": args.layout, "systems": list(args.systems), "request_class": args.request_class, "cache_ram_mib": args.cache_ram_mib},
+                             "layout": args.layout, "systems": list(args.systems), "request_class": args.request_class, "cache_ram_mib": args.cache_ram_mib,
+                             "ignore_eos": args.ignore_eos, "interactive_layouts": list(args.interactive_layouts)},
             }
             print(report(model, results[model]), flush=True)
             data = {

@@ -201,6 +201,18 @@ def test_simulation_queues_and_rejects_by_the_real_scheduler() -> None:
     assert all(r.ttft_s is not None and r.ttft_s > 0.25 for r in records if r.status == 200)
 
 
+def test_the_simulator_sends_each_class_to_its_own_deployments() -> None:
+    engine = {"prefill": {"fixed_s": 0.05, "per_token_s": 0.001}, "decode_interval_s": {"1": 0.02}}
+    config = fleet({"models": {"m": {"kind": "chat", "deployments": [
+        {"name": "live", "backend": "llamacpp_server", "model_file": "builtin:smollm2-135m", "parallel": 2, "classes": ["interactive", "agent"]},
+        {"name": "bulk", "backend": "llamacpp_server", "model_file": "builtin:smollm2-135m", "parallel": 2, "classes": ["batch"]}]}}})
+    engines = {"m/live": engine_from_profile(engine, "batched"), "m/bulk": engine_from_profile(engine, "batched")}
+    trace = [TraceRequest(i * 0.5, 50, 5, model="m", workload="batch" if i % 3 else "interactive") for i in range(30)]
+    records = Simulation(config, engines, SimOptions()).run(trace)
+    served = {(r.workload, r.deployment) for r in records if r.status == 200}
+    assert served == {("interactive", "m/live"), ("batch", "m/bulk")}
+
+
 def test_the_search_finds_the_fewest_replicas_that_meet_the_objectives() -> None:
     config, engines = fleet(LOCAL), local_engine()
     objectives = [parse_objective("p99_ttft_s=1.5"), parse_objective("max_rejected_rate=0")]
