@@ -72,7 +72,7 @@ class DeploymentConfig:
     classes: tuple[str, ...] = ()
 
     def serves(self, workload: str) -> bool:
-        """Whether this deployment takes ``workload`` requests while it and the class's own are healthy."""
+        """Whether this deployment is one of ``workload``'s own: it lists the class, or lists none."""
         return not self.classes or workload in self.classes
 
 
