@@ -213,3 +213,15 @@ async def test_local_context_window_is_a_400(local_backend: str) -> None:
         assert info.value.code == "context_length_exceeded"
         chunks = await drain(backend.generate(chat_call(max_tokens=2)))  # the worker is still usable
         assert chunks[-1].finish_reason is not None
+
+
+@pytest.mark.parametrize("local_backend", ["llamacpp_server"] + (["llamacpp"] if LEGACY_INSTALLED else []))
+async def test_local_ignore_eos_generates_exactly_max_tokens(local_backend: str) -> None:
+    backend = build("smollm2-135m", "chat", {"backend": local_backend, "model_file": "builtin:smollm2-135m", "n_ctx": 512})
+    async with started(backend):
+        # A question SmolLM2 answers in a word or two: without ignore_eos it stops well before 48 tokens.
+        question = ({"role": "user", "content": "Reply with one word: yes or no?"},)
+        short = await drain(backend.generate(ModelCall(kind="chat", model="m", sampling=Sampling(max_tokens=48, temperature=0.0), messages=question)))
+        full = await drain(backend.generate(ModelCall(kind="chat", model="m", sampling=Sampling(max_tokens=48, temperature=0.0, ignore_eos=True), messages=question)))
+        assert short[-1].usage is not None and short[-1].usage.completion_tokens < 48
+        assert full[-1].usage is not None and full[-1].usage.completion_tokens == 48 and full[-1].finish_reason == "length"

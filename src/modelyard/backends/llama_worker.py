@@ -114,6 +114,17 @@ class LogprobRecorder:
         return {"token": piece(token), "logprob": float(logprobs[token]), "top": top}
 
 
+class EndBlocker:
+    """A logits processor that never lets generation end (``ignore_eos``): end-of-generation tokens get -inf."""
+
+    def __init__(self, end_tokens: list[int]) -> None:
+        self.end_tokens = end_tokens
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        scores[self.end_tokens] = -float("inf")
+        return scores
+
+
 class Worker:
     def __init__(self, model_file: str, n_ctx: int, threads: int, channel: Channel) -> None:
         from llama_cpp import Llama
@@ -123,6 +134,7 @@ class Worker:
         self.n_ctx = n_ctx
         self.channel = channel
         self.grammars: dict[str, Any] = {}
+        self.end_tokens: list[int] | None = None  # end-of-generation token ids, found on the first ignore_eos request
         template = self.llm.metadata.get("tokenizer.chat_template")
         self.formatter = None
         if template:
@@ -186,7 +198,6 @@ class Worker:
             self.llm.reset()
         self.llm.set_seed(s.seed if s.seed is not None else random.randrange(2**31))
         recorder = LogprobRecorder(s.top_logprobs) if s.logprobs else None
-        from llama_cpp import LogitsProcessorList
         from llama_cpp import llama_cpp as C
 
         stops = StopMatcher(s.stop + template_stops)
@@ -200,7 +211,7 @@ class Worker:
             min_p=DEFAULT_MIN_P,
             repeat_penalty=1.0,
             grammar=self.grammar(call.response_format),
-            logits_processor=LogitsProcessorList([recorder]) if recorder else None,
+            logits_processor=self._processors(s.ignore_eos, recorder),
         ):
             if C.llama_vocab_is_eog(self.llm._model.vocab, token):
                 finish = "stop"
@@ -233,6 +244,20 @@ class Worker:
                 "usage": {"prompt_tokens": n_prompt, "completion_tokens": len(generated)},
             }
         )
+
+    def _processors(self, ignore_eos: bool, recorder: LogprobRecorder | None) -> Any:
+        from llama_cpp import LogitsProcessorList
+        from llama_cpp import llama_cpp as C
+
+        processors: list[Any] = []
+        if ignore_eos:
+            if self.end_tokens is None:  # a scan of the whole vocabulary: once per worker
+                vocab = self.llm._model.vocab
+                self.end_tokens = [t for t in range(self.llm.n_vocab()) if C.llama_vocab_is_eog(vocab, t)]
+            processors.append(EndBlocker(self.end_tokens))
+        if recorder is not None:
+            processors.append(recorder)  # after the blocker: logprobs are of what could be sampled
+        return LogitsProcessorList(processors) if processors else None
 
     def _piece(self, token: int) -> str:
         return self.llm.detokenize([token], special=True).decode("utf-8", "replace")
