@@ -197,24 +197,25 @@ def old_deployment(builtin: str) -> str:
 DECODE_THREADS = {"builtin:smollm2-135m": 1, "builtin:qwen2.5-coder-0.5b": 2}
 
 
-def new_deployment(builtin: str, parallel: int, cache_prompt: bool = True, layout: str = "1x2", cache_ram_mib: int | None = None) -> str:
+def new_deployment(builtin: str, parallel: int, cache_prompt: bool = True, layout: str = "1x2", cache_ram_mib: int | None = None,
+                   kv_cache: str = "shared") -> str:
     """One engine with 2 threads; (``2x1``) two engines with 1 thread and half the slots each; (``split``) two
     engines with 1 thread each, one reserved for interactive and agent work (2 slots), one for batch and
     background work (``parallel - 1`` slots); (``split-nice``) the same with the batch engine at nice 10."""
     if layout in ("split", "split-nice"):
-        common = f"backend: llamacpp_server, model_file: '{builtin}', threads: 1, n_ctx: 2048, max_queue: 512, cache_prompt: {str(cache_prompt).lower()}"
+        common = f"backend: llamacpp_server, model_file: '{builtin}', threads: 1, n_ctx: 2048, max_queue: 512, cache_prompt: {str(cache_prompt).lower()}, kv_cache: {kv_cache}"
         nice = 10 if layout == "split-nice" else 0
         return (f"{{name: live, classes: [interactive, agent], parallel: 2, {common}}}\n"
                 f"{{name: bulk, classes: [batch, background], parallel: {max(1, parallel - 1)}, nice: {nice}, {common}}}")
     if layout == "2x1":
         return "\n".join(
             f"{{name: e{i}, backend: llamacpp_server, model_file: '{builtin}', parallel: {max(1, parallel // 2)}, threads: 1, "
-            f"n_ctx: 2048, max_queue: 512, cache_prompt: {str(cache_prompt).lower()}}}"
+            f"n_ctx: 2048, max_queue: 512, cache_prompt: {str(cache_prompt).lower()}, kv_cache: {kv_cache}}}"
             for i in range(2)
         )
     return (
         f"{{backend: llamacpp_server, model_file: '{builtin}', parallel: {parallel}, threads: 2, decode_threads: {DECODE_THREADS[builtin]}, "
-        f"n_ctx: 2048, max_queue: 512, cache_prompt: {str(cache_prompt).lower()}"
+        f"n_ctx: 2048, max_queue: 512, cache_prompt: {str(cache_prompt).lower()}, kv_cache: {kv_cache}"
         + ("" if cache_ram_mib is None else f", cache_ram_mib: {cache_ram_mib}") + "}"
     )
 
@@ -235,9 +236,10 @@ class Gateway:
 class DirectEngine:
     """modelyard's launcher run by hand: llama.cpp's server with nothing in front."""
 
-    def __init__(self, model_file: Path, parallel: int, decode_threads: int) -> None:
+    def __init__(self, model_file: Path, parallel: int, decode_threads: int, kv_cache: str = "shared") -> None:
         argv = [sys.executable, "-m", "modelyard.backends.llama_server_launcher", "--model-file", str(model_file),
                 "--parallel", str(parallel), "--n-ctx", "2048", "--threads", "2", "--decode-threads", str(decode_threads), "--n-batch", "64", "--verbosity", "0"]
+        argv += ["--kv-split"] if kv_cache == "per_slot" else []
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV | {"OMP_NUM_THREADS": "2"}, cwd=ROOT)
         assert self.process.stdout is not None
         ready = json.loads(self.process.stdout.readline())
@@ -364,20 +366,22 @@ async def measure_model(model: str, args: argparse.Namespace, tmp: Path) -> dict
 
     builtin = MODELS[model]
     model_file = artifacts.resolve(builtin, Path("~/.cache/modelyard/models").expanduser())
-    sweeps: dict[str, list[dict[int, Level]]] = {"old": [], "new": [], "ceiling": []}
+    sweeps: dict[str, list[dict[int, Level]]] = {"old": [], "new": [], "ceiling": [], "shared": []}
     for repeat in range(args.repeats):
         for system in args.systems:
             if system == "old" and not old_available():
                 continue
             print(f"  {model} repeat {repeat + 1}: {system}", flush=True)
             if system == "ceiling":
-                direct = DirectEngine(model_file, args.parallel, DECODE_THREADS[builtin])
+                direct = DirectEngine(model_file, args.parallel, DECODE_THREADS[builtin], args.kv_cache)
                 try:
                     sweeps[system].append(await sweep(direct.url, model, args.levels, args.rounds, repeat * 100, direct.process.pid, ignore_eos=args.ignore_eos))
                 finally:
                     direct.close()
                 continue
-            deployment = old_deployment(builtin) if system == "old" else new_deployment(builtin, args.parallel, layout=args.layout)
+            # "shared": the new backend with llama.cpp's unified KV cache, beside a --kv-cache per_slot "new".
+            kv_cache = "shared" if system == "shared" else args.kv_cache
+            deployment = old_deployment(builtin) if system == "old" else new_deployment(builtin, args.parallel, layout=args.layout, kv_cache=kv_cache)
             gateway = Gateway(tmp, f"{model}-{system}-{repeat}", model, deployment)
             try:
                 headers = {"x-modelyard-class": args.request_class} if args.request_class else None
@@ -399,7 +403,7 @@ async def measure_model(model: str, args: argparse.Namespace, tmp: Path) -> dict
     layouts = {}
     for layout in args.interactive_layouts:
         print(f"  {model}: interactive TTFT alone and beside a batch job ({args.interactive} requests each), layout {layout}", flush=True)
-        gateway = Gateway(tmp, f"{model}-interactive-{layout}", model, new_deployment(builtin, args.parallel, layout=layout, cache_ram_mib=args.cache_ram_mib))
+        gateway = Gateway(tmp, f"{model}-interactive-{layout}", model, new_deployment(builtin, args.parallel, layout=layout, cache_ram_mib=args.cache_ram_mib, kv_cache=args.kv_cache))
         try:
             alone = await interactive_ttft(gateway.url, model, args.interactive, 0)
             beside = await interactive_ttft(gateway.url, model, args.interactive, args.parallel - 1)
@@ -409,7 +413,7 @@ async def measure_model(model: str, args: argparse.Namespace, tmp: Path) -> dict
             gateway.close()
         layouts[layout] = (alone, beside, batch_only, reuse)
     alone, beside, _, reuse = layouts[args.interactive_layouts[0]]
-    gateway = Gateway(tmp, f"{model}-nocache", model, new_deployment(builtin, args.parallel, cache_prompt=False, layout=args.interactive_layouts[0]))
+    gateway = Gateway(tmp, f"{model}-nocache", model, new_deployment(builtin, args.parallel, cache_prompt=False, layout=args.interactive_layouts[0], kv_cache=args.kv_cache))
     try:
         no_reuse = await turn_two_ttft(gateway.url, model, args.turns, seed=2)
     finally:
@@ -484,6 +488,7 @@ def summarize(sweeps: dict[str, list[dict[int, Level]]], peer: dict[str, Any] | 
         "tok_s_c1_old": tok("old", 1), "tok_s_c1_new": tok("new", 1), "tok_s_c1_ceiling": tok("ceiling", 1),
         "tok_s_c8_old": tok("old", 8), "tok_s_c8_new": tok("new", 8), "tok_s_c8_ceiling": tok("ceiling", 8),
         "tok_s_c16_old": tok("old", 16), "tok_s_c16_new": tok("new", 16), "tok_s_c16_ceiling": tok("ceiling", 16),
+        "tok_s_c1_shared": tok("shared", 1), "tok_s_c8_shared": tok("shared", 8), "tok_s_c16_shared": tok("shared", 16),
         "tok_s_c8_peer": peer["tok_s"] if peer else None,
         "ttft_p50_ms_interactive_alone": ms(percentile(alone, 50)), "ttft_p99_ms_interactive_alone": ms(percentile(alone, 99)),
         "ttft_p50_ms_interactive_with_batch": ms(percentile(beside, 50)), "ttft_p99_ms_interactive_with_batch": ms(percentile(beside, 99)),
@@ -504,6 +509,8 @@ def report(model: str, r: dict[str, Any]) -> str:
         old, new, ceiling = r.get(f"tok_s_c{c}_old"), r.get(f"tok_s_c{c}_new"), r.get(f"tok_s_c{c}_ceiling")
         if new is not None or old is not None:
             rows.append((f"tok/s c{c}", f(old), f(new), f(ceiling), ratio(new, old), ratio(new, ceiling)))
+        if r.get(f"tok_s_c{c}_shared") is not None:
+            rows.append((f"tok/s c{c}, new with a shared KV cache", "", f(r[f"tok_s_c{c}_shared"]), "", "new/shared", ratio(new, r[f"tok_s_c{c}_shared"])))
     rows.append(("interactive TTFT p99 ms alone / beside batch", "", f"{f(r['ttft_p99_ms_interactive_alone'])} / {f(r['ttft_p99_ms_interactive_with_batch'])}", "",
                  "", ratio(r["ttft_p99_ms_interactive_with_batch"], r["ttft_p99_ms_interactive_alone"])))
     for layout, v in (r.get("interactive_by_layout") or {}).items():
@@ -529,11 +536,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: SmolLM2 only, c1 and c8, 20 interactive requests")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--fresh", action="store_true", help="drop models measured by earlier runs from the results file")
-    parser.add_argument("--systems", default="old,new,ceiling", help="which of old, new, ceiling to sweep")
+    parser.add_argument("--systems", default="old,new,ceiling", help="which of old, new, ceiling, shared (new with a shared KV cache) to sweep")
     parser.add_argument("--layout", choices=("1x2", "2x1", "split", "split-nice"), default="1x2",
                         help="new: one engine with 2 threads; two engines with 1 thread and half the slots each (2x1); or two 1-thread engines, one reserved for interactive and agent work (split; split-nice: the batch one at nice 10)")
     parser.add_argument("--interactive-layouts", default="", help="layouts the interactive runs compare, in one run (default: --layout); "
                         "the first also gives the turn-2 figures")
+    parser.add_argument("--kv-cache", choices=("shared", "per_slot"), default="shared",
+                        help="the engines' KV cache: shared by the slots, or one stream per slot (attention over a sequence's own tokens)")
     parser.add_argument("--batch-seconds", type=float, default=30.0, help="how long each layout's batch-only throughput is measured")
     parser.add_argument("--ignore-eos", action="store_true", help="sweep requests generate exactly max_tokens (the same work on every system)")
     parser.add_argument("--no-extras", action="store_true", help="the concurrency sweep only (no peer, interactive or turn-2 runs)")
@@ -556,7 +565,7 @@ def main() -> None:
             results[model] = asyncio.run(measure_model(model, args, Path(tmp))) | {
                 "commit": commit(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "settings": {"repeats": args.repeats, "rounds": args.rounds, "levels": list(args.levels), "interactive": args.interactive, "turns": args.turns,
-                             "layout": args.layout, "systems": list(args.systems), "request_class": args.request_class, "cache_ram_mib": args.cache_ram_mib,
+                             "layout": args.layout, "kv_cache": args.kv_cache, "systems": list(args.systems), "request_class": args.request_class, "cache_ram_mib": args.cache_ram_mib,
                              "ignore_eos": args.ignore_eos, "interactive_layouts": list(args.interactive_layouts)},
             }
             print(report(model, results[model]), flush=True)

@@ -176,6 +176,31 @@ async def test_a_niced_engine_runs_at_lower_cpu_priority() -> None:
         engine(nice=25)
 
 
+async def test_a_per_slot_kv_cache_holds_one_request_to_its_slot() -> None:
+    # About 600 prompt tokens: more than one slot of 256, less than the shared cache of (3 + 1 spare) x 256.
+    long_prompt = call("word " * 600, max_tokens=4)
+    shared = engine(parallel=3, n_ctx=256)
+    await shared.start()
+    try:
+        _, chunks = await text_of(shared, long_prompt)  # a long request may use what the idle slots leave free
+        assert chunks[-1].finish_reason is not None
+    finally:
+        await shared.aclose()
+    per_slot = engine(parallel=3, n_ctx=256, kv_cache="per_slot")
+    assert per_slot.request_tokens() == 256 and shared.request_tokens() == 4 * 256
+    await per_slot.start()
+    try:
+        with pytest.raises(InvalidRequest) as info:
+            await text_of(per_slot, long_prompt)
+        assert info.value.code == "context_length_exceeded"
+        short, _ = await text_of(per_slot, call("Say hi.", max_tokens=4))
+        assert short
+    finally:
+        await per_slot.aclose()
+    with pytest.raises(Exception, match="kv_cache"):
+        engine(kv_cache="paged")
+
+
 async def test_a_bad_model_file_fails_start_with_the_reason(tmp_path: Path) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)

@@ -1,8 +1,8 @@
 """Local GGUF models on llama.cpp's own server, supervised by modelyard.
 
 One engine process per deployment holds one copy of the model and decodes up
-to ``parallel`` sequences together (continuous batching) out of one unified KV
-cache, reusing cached prompt prefixes between requests. modelyard does not
+to ``parallel`` sequences together (continuous batching) out of one KV cache
+(shared by the slots, or split into one stream per slot), reusing cached prompt prefixes between requests. modelyard does not
 reimplement the engine: it launches ``llama_server_launcher`` (llama.cpp's
 server through the ``xllamacpp`` wheel) as a :class:`SupervisedProcess`,
 restarts it when it dies or stops answering, and speaks OpenAI's HTTP API to
@@ -41,6 +41,9 @@ log = logging.getLogger("modelyard.backends")
 
 LAUNCHER_MODULE = "modelyard.backends.llama_server_launcher"
 DEFAULT_PARALLEL = 4
+# shared: llama.cpp's unified KV cache, where a long request may use what short ones leave free but every
+# sequence's attention spans the whole buffer; per_slot: one stream of n_ctx tokens per slot.
+KV_CACHE_LAYOUTS = ("shared", "per_slot")
 # The engine gets one slot more than the scheduler hands out: a finished
 # request's slot is released a moment after its last byte reaches modelyard,
 # and a request admitted in that moment must not wait in llama-server's own
@@ -64,7 +67,8 @@ class LlamaServerOptions:
 
     model_file: str
     parallel: int = DEFAULT_PARALLEL  # slots: sequences decoded together
-    n_ctx: int = 4096  # context tokens per slot; the unified KV cache holds (parallel + spare) x n_ctx
+    n_ctx: int = 4096  # context tokens per slot; the KV cache holds (parallel + spare) x n_ctx
+    kv_cache: str = "shared"  # shared: one request may use the whole cache; per_slot: n_ctx each, attention over a sequence's own tokens
     threads: int | None = None  # default: cores shared among all local engines
     step_tokens: int = 64  # prompt tokens per engine step (llama.cpp's n_batch): smaller lets a newcomer's first token out sooner
     decode_threads: int | None = None  # threads for one-token steps; default: threads (SmolLM2 decodes faster on 1)
@@ -104,15 +108,9 @@ class LlamaServerBackend(OpenAICompatBackend):
             raise ConfigError(context.config_source, f"{where}.nice", "expected an integer from 0 to 19")
         if self.server_options.n_ctx < 64:
             raise ConfigError(context.config_source, f"{where}.n_ctx", "expected an integer >= 64")
-        cache_tokens = (self.server_options.parallel + SPARE_SLOTS) * self.server_options.n_ctx
-        if model.context_window > cache_tokens:
-            # The gateway admits (and the context budget trims to) context_window tokens; one request
-            # in this engine can use at most the whole unified KV cache.
-            log.warning(
-                "models.%s.context_window (%d) is larger than %s's whole KV cache ((parallel + %d) x n_ctx = %d tokens): "
-                "prompts between the two are refused by the engine (context_length_exceeded); set context_window <= %d or raise n_ctx",
-                model.name, model.context_window, where, SPARE_SLOTS, cache_tokens, cache_tokens,
-            )
+        if self.server_options.kv_cache not in KV_CACHE_LAYOUTS:
+            raise ConfigError(context.config_source, f"{where}.kv_cache", f"expected one of {', '.join(KV_CACHE_LAYOUTS)}, got {self.server_options.kv_cache!r}")
+        self._warn_if_window_exceeds_cache(model, where)
         http = OpenAICompatOptions(base_url="", upstream_model=model.name, tools=self.server_options.tools, max_connections=4 * self.server_options.parallel)
         self._init(deployment, model, http)
         self.capabilities = Capabilities(chat=model.kind == "chat", completion=True, tools=self.server_options.tools, logprobs=True, json_schema=True)
@@ -120,6 +118,23 @@ class LlamaServerBackend(OpenAICompatBackend):
         self.process: SupervisedProcess | None = None
         self.occupancy = Occupancy()
         self._pinned: set[int] = set()  # slots given to deferrable requests still in flight
+
+    def request_tokens(self) -> int:
+        """The most context one request can hold in this engine: its slot, or the whole shared cache."""
+        o = self.server_options
+        return o.n_ctx if o.kv_cache == "per_slot" else (o.parallel + SPARE_SLOTS) * o.n_ctx
+
+    def _warn_if_window_exceeds_cache(self, model: ModelConfig, where: str) -> None:
+        # The gateway admits (and the context budget trims to) context_window tokens; one request
+        # in this engine can use at most its slot (per_slot) or the whole cache (shared).
+        limit = self.request_tokens()
+        if model.context_window > limit:
+            what = "n_ctx (its kv_cache is per_slot)" if self.server_options.kv_cache == "per_slot" else f"whole KV cache ((parallel + {SPARE_SLOTS}) x n_ctx)"
+            log.warning(
+                "models.%s.context_window (%d) is larger than what one request can hold in %s: %s = %d tokens; "
+                "prompts between the two are refused by the engine (context_length_exceeded); set context_window <= %d or raise n_ctx",
+                model.name, model.context_window, where, what, limit, limit,
+            )
 
     async def start(self) -> None:
         o = self.server_options
@@ -131,7 +146,7 @@ class LlamaServerBackend(OpenAICompatBackend):
             "--n-ctx", str(o.n_ctx), "--threads", str(threads), "--slot-similarity", str(o.slot_similarity),
             "--cache-ram-mib", str(o.cache_ram_mib), "--decode-threads", str(o.decode_threads or 0),
             "--n-batch", str(o.step_tokens), "--nice", str(o.nice),
-        ] + ([] if o.cache_prompt else ["--no-cache-prompt"])
+        ] + ([] if o.cache_prompt else ["--no-cache-prompt"]) + (["--kv-split"] if o.kv_cache == "per_slot" else [])
         self.process = SupervisedProcess(f"{self.deployment.name}#engine", argv, env, SupervisionPolicy(start_timeout_s=o.start_timeout_s))
         await self.process.start()
         await super().start()
