@@ -1,11 +1,11 @@
-"""Does SmolLM2's weight format cap what batching buys on this CPU?
+"""How much of SmolLM2's speed on this CPU is its weight format?
 
     .venv/bin/python bench/engine_quant.py [--repeats 2] [--levels 1,16]
 
-The shipped SmolLM2 file is Q4_1. llama.cpp's CPU backend has batched
-matrix kernels (llamafile's tinyBLAS for Q8_0 and Q4_0, the "repack" GEMMs for
-Q4_0 and Q4_K) but none for Q4_1 on x86, so a step of 16 sequences costs about
-16 one-sequence steps. This converts the shipped file to Q8_0 and Q4_0 (gguf-py,
+The shipped SmolLM2 file is Q4_1 (the only one on the package index). llama.cpp's
+CPU backend has faster kernels for some formats than for others (llamafile's
+tinyBLAS for Q8_0 and Q4_0, the "repack" GEMMs for Q4_0 and Q4_K), and Q4_1 is
+not among them on x86. This converts the shipped file to Q8_0 and Q4_0 (gguf-py,
 in a temporary directory: nothing is shipped or downloaded) and, in one run,
 drives llama.cpp's server directly (modelyard's launcher, 2 threads, ``--parallel``
 slots, a KV stream per slot) with each file: the same closed-loop streaming
