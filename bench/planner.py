@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ENV, RESULTS, ROOT, free_port, machine, start, stop, table, write_result  # noqa: E402
+from _common import ENV, RESULTS, ROOT, commit, free_port, machine, start, stop, table, write_result  # noqa: E402
 
 from modelyard.config.defaults import default_fleet  # noqa: E402
 from modelyard.planning.plan import DEFAULT_OBJECTIVES, load_engines, plan_replicas, simulate, summarize_run  # noqa: E402
@@ -247,7 +247,10 @@ def main() -> None:
     if args.resimulate:
         runs = [resimulate(previous)]
     elif args.speed_only:
-        runs = [previous.get("validation") or {}]
+        fast = speed(args.repeats)
+        report(previous.get("validation") or {}, fast)
+        save_speed(previous, fast)
+        return
     else:
         runs = []
         for k in range(args.runs):
@@ -292,6 +295,19 @@ def save(runs: list[dict[str, Any]], previous: dict[str, Any], fast: dict[str, A
         "runs": len(runs), "validation": validation or previous.get("validation", {}), "validation_runs": runs if len(runs) > 1 else [],
         "sim_seconds_1h_10x": speed_figures.get("sim_seconds_median"), "speed": speed_figures,
         "profiles": {p.stem: json.loads(p.read_text()) for p in sorted(PROFILES.glob("*.json"))},
+        "validation_commit": commit(), "speed_commit": commit() if fast else previous.get("speed_commit", previous.get("commit")),
+    }
+    print(f"wrote {write_result('planner', data)}")
+
+
+VALIDATION_KEYS = ("error_pct", "error_pct_runs", "runs", "validation", "validation_runs", "profiles")  # their machine: "machine"
+
+
+def save_speed(previous: dict[str, Any], fast: dict[str, Any]) -> None:
+    """A new speed figure beside the saved validation, which keeps the commit it was measured at."""
+    data = {key: previous[key] for key in VALIDATION_KEYS if key in previous} | {
+        "machine": previous.get("machine", machine()), "speed_machine": machine(), "sim_seconds_1h_10x": fast.get("sim_seconds_median"), "speed": fast,
+        "validation_commit": previous.get("validation_commit", previous.get("commit")), "speed_commit": commit(),
     }
     print(f"wrote {write_result('planner', data)}")
 
