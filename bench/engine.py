@@ -9,6 +9,8 @@ For each model, on the same machine in one run, with the same total threads:
   new      modelyard serving ``backend: llamacpp_server``: one llama.cpp server,
            ``--parallel`` slots, continuous batching, 2 threads
   ceiling  the same llama.cpp server (modelyard's launcher) called directly, no gateway
+  shared   ``new`` with llama.cpp's unified KV cache, beside a ``new`` run with
+           ``--kv-cache per_slot`` (one KV stream per slot)
   peer     llama-cpp-python's bundled server (serializes requests), when installed
 
 Closed-loop streaming clients at concurrency 1, 2, 4, 8, 16 send chat prompts
