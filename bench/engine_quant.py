@@ -19,7 +19,11 @@ mean share of words they agree on before the first difference: a change of
 quantization changes the model, and this says by how much (not whether it is
 better or worse).
 
-Writes bench/results/engine-quant.json.
+With ``--old`` (needs ``make install-legacy``) the old worker pool (modelyard,
+``backend: llamacpp``, 2 workers x 1 thread) runs each file too, in the same
+rotation, so the engine's advantage over it can be read per format.
+
+Writes bench/results/engine-quant.json (``--name`` for another file).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import commit, machine, table, write_result  # noqa: E402
-from engine import DirectEngine, sweep  # noqa: E402
+from engine import DirectEngine, Gateway, old_available, old_deployment, sweep  # noqa: E402
 
 QUESTIONS = (
     "What is the capital of France?", "Write a haiku about rain.", "List three fruits.", "Explain what a CPU does in one sentence.",
@@ -108,18 +112,26 @@ def main() -> None:
     parser.add_argument("--levels", default="1,16", help="client concurrencies")
     parser.add_argument("--parallel", type=int, default=8, help="the engine's slots")
     parser.add_argument("--rounds", type=int, default=2, help="requests per client per level")
+    parser.add_argument("--formats", default="Q4_1,Q8_0,Q4_0", help="weight formats to measure (Q4_1 is the shipped file)")
+    parser.add_argument("--old", action="store_true",
+                        help="also run the old worker pool (modelyard, backend: llamacpp, 2 workers x 1 thread) on each file; needs make install-legacy")
+    parser.add_argument("--no-answers", action="store_true", help="skip the greedy-answer comparison")
+    parser.add_argument("--name", default="engine-quant", help="results file name under bench/results/")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     levels = tuple(int(x) for x in args.levels.split(","))
+    if args.old and not old_available():
+        parser.error("--old needs llama-cpp-python (make install-legacy)")
     from modelyard.fleet import artifacts
 
     shipped = artifacts.resolve("builtin:smollm2-135m", Path("~/.cache/modelyard/models").expanduser())
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"Q4_1": shipped}
-        for type_name in ("Q8_0", "Q4_0"):
-            files[type_name] = Path(tmp) / f"smollm2-{type_name}.gguf"
-            requantize(shipped, files[type_name], type_name)
+        files = {}
+        for type_name in args.formats.split(","):
+            files[type_name] = shipped if type_name == "Q4_1" else Path(tmp) / f"smollm2-{type_name}.gguf"
+            if type_name != "Q4_1":
+                requantize(shipped, files[type_name], type_name)
         for repeat in range(args.repeats):
             for name, path in files.items():
                 print(f"repeat {repeat + 1}: {name}", flush=True)
@@ -130,18 +142,30 @@ def main() -> None:
                     engine.close()
                 for c, level in levels_run.items():
                     runs.setdefault(name, {}).setdefault(c, []).append(level.summary())
-        answers = {name: greedy_answers(path) for name, path in files.items()}
+                if args.old:
+                    print(f"repeat {repeat + 1}: {name}, old pool", flush=True)
+                    gateway = Gateway(Path(tmp), f"old-{name}-{repeat}", "smollm2-135m", old_deployment(str(path)))
+                    try:
+                        levels_run = asyncio.run(sweep(gateway.url, "smollm2-135m", levels, args.rounds, repeat * 100, gateway.process.pid, ignore_eos=True))
+                    finally:
+                        gateway.close()
+                    for c, level in levels_run.items():
+                        runs.setdefault(f"{name} old", {}).setdefault(c, []).append(level.summary())
+        answers = {name: ([] if args.no_answers else greedy_answers(path)) for name, path in files.items()}
+        answers |= {f"{name} old": answers[name] for name in files}
         sizes = {name: path.stat().st_size for name, path in files.items()}
+        sizes |= {f"{name} old": size for name, size in sizes.items()}
     result = summarize(runs, answers, sizes, levels)
     print(table([("file", "MB", *(f"tok/s c{c}" for c in levels), *(f"TTFT p50 ms c{c}" for c in levels), "same answers", "shared prefix")]
                 + [(name, f"{r['size_mb']:g}", *(f"{r[f'tok_s_c{c}']['median']:g}" for c in levels),
-                    *(f"{r[f'ttft_p50_ms_c{c}']:g}" for c in levels), f"{r['identical_answers']}/{len(QUESTIONS)}", f"{r['shared_prefix_share']:.2f}")
+                    *(f"{r[f'ttft_p50_ms_c{c}']:g}" for c in levels), f"{r.get('identical_answers', '-')}/{len(QUESTIONS)}", f"{r.get('shared_prefix_share', '-')}")
                    for name, r in result.items()]))
     if not args.no_write:
         data = {"files": result, "settings": {"parallel": args.parallel, "threads": 2, "kv_cache": "per_slot", "levels": list(levels),
-                                              "rounds": args.rounds, "repeats": args.repeats, "ignore_eos": True},
+                                              "rounds": args.rounds, "repeats": args.repeats, "ignore_eos": True,
+                                              "old": "modelyard, backend: llamacpp, 2 workers x 1 thread (rows '<format> old')" if args.old else None},
                 "machine": machine(), "commit": commit(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        print("wrote", write_result("engine-quant", data))
+        print("wrote", write_result(args.name, data))
 
 
 def summarize(runs: dict[str, dict[int, list[dict[str, Any]]]], answers: dict[str, list[str]], sizes: dict[str, int],
@@ -153,9 +177,10 @@ def summarize(runs: dict[str, dict[int, list[dict[str, Any]]]], answers: dict[st
             tok = [r["tok_s"] for r in per_level[c]]
             entry[f"tok_s_c{c}"] = {"median": round(statistics.median(tok), 2), "min": min(tok), "max": max(tok), "runs": tok}
             entry[f"ttft_p50_ms_c{c}"] = round(statistics.median(r["ttft_p50_ms"] for r in per_level[c]), 1)
-        entry["identical_answers"] = sum(a == b for a, b in zip(answers["Q4_1"], answers[name], strict=True))
-        entry["shared_prefix_share"] = round(statistics.mean(shared_prefix_share(a, b) for a, b in zip(answers["Q4_1"], answers[name], strict=True)), 2)
-        entry["sample_answer"] = {"question": QUESTIONS[7], "answer": answers[name][7]}
+        if answers.get(name) and answers.get("Q4_1"):
+            entry["identical_answers"] = sum(a == b for a, b in zip(answers["Q4_1"], answers[name], strict=True))
+            entry["shared_prefix_share"] = round(statistics.mean(shared_prefix_share(a, b) for a, b in zip(answers["Q4_1"], answers[name], strict=True)), 2)
+            entry["sample_answer"] = {"question": QUESTIONS[7], "answer": answers[name][7]}
         out[name] = entry
     return out
 
