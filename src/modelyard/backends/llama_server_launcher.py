@@ -42,7 +42,6 @@ def build_params(args: argparse.Namespace) -> Any:
     # one KV stream per slot of n_ctx tokens each, and attention over the sequence's own tokens only.
     params.kv_unified = not args.kv_split
     params.cont_batching = True
-    params.flash_attn_type = args.flash_attn
     params.cache_prompt = args.cache_prompt  # a slot keeps its last prompt; a request sharing its prefix reuses it
     params.slot_prompt_similarity = args.slot_similarity
     params.cache_ram_mib = args.cache_ram_mib if args.cache_prompt else 0  # prompts evicted from slots stay reusable from RAM
@@ -93,7 +92,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--poll", type=int, default=0, help="thread polling level 0-100 (0: sleep when idle)")
     parser.add_argument("--n-batch", type=int, default=64, help="prompt tokens per engine step (0: llama.cpp's default)")
     parser.add_argument("--kv-split", action="store_true", help="one KV cache stream per slot (attention over each sequence's own tokens only)")
-    parser.add_argument("--flash-attn", type=int, choices=(-1, 0, 1), default=-1, help="llama.cpp's flash attention: -1 auto, 0 off, 1 on")
     parser.add_argument("--nice", type=int, default=0, help="lower the engine's CPU priority by this much (0-19) before it starts")
     parser.add_argument("--port", type=int, default=0, help="loopback port (0: any free one)")
     parser.add_argument("--verbosity", type=int, default=1, help="llama.cpp's log verbosity on stderr")

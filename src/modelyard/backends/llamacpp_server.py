@@ -2,9 +2,10 @@
 
 One engine process per deployment holds one copy of the model and decodes up
 to ``parallel`` sequences together (continuous batching) out of one KV cache
-(shared by the slots, or split into one stream per slot), reusing cached prompt prefixes between requests. modelyard does not
-reimplement the engine: it launches ``llama_server_launcher`` (llama.cpp's
-server through the ``xllamacpp`` wheel) as a :class:`SupervisedProcess`,
+(shared by the slots, or split into one stream per slot), reusing cached
+prompt prefixes between requests. modelyard does not reimplement the engine:
+it launches ``llama_server_launcher`` (llama.cpp's server through the
+``xllamacpp`` wheel) as a :class:`SupervisedProcess`,
 restarts it when it dies or stops answering, and speaks OpenAI's HTTP API to
 it through the ``openai`` adapter's client, so streaming, logprobs, JSON
 schema (grammar-constrained), tool calls (the model's chat template) and the
