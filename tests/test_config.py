@@ -48,6 +48,8 @@ def minimal(**overrides: object) -> dict[str, object]:
         (minimal(extra=1), "extra", "unknown field"),
         ({"models": {"m": {"deployments": [{"backend": "openai", "classes": ["fast"]}]}}}, "models.m.deployments[0].classes[0]", "unknown workload class"),
         ({"models": {"m": {"deployments": [{"backend": "openai", "classes": "batch"}]}}}, "models.m.deployments[0].classes", "list of names"),
+        ({"models": {"m": {"deployments": [{"backend": "openai", "upstream_streaming": "never"}]}}}, "models.m.deployments[0].upstream_streaming",
+         "expected one of always, when_client_streams"),
     ],
 )
 def test_invalid_config_names_field(data: dict[str, object], path: str, problem: str) -> None:

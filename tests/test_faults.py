@@ -48,6 +48,16 @@ def fleet_yaml(url: str) -> str:
             f"      - {{name: faulty, backend: openai, base_url: '{url}/v1', upstream_model: fake, headers: {headers}, timeouts: {{first_token_s: 0.5, stall_s: 0.5}}}}",
             f"      - {{name: healthy, backend: openai, base_url: '{url}/v1', upstream_model: fake}}",
         ]
+    for name, headers in FAULTS.items():  # the same faults on deployments that fetch a non-streamed request whole
+        lines += [
+            f"  whole-{name}:",
+            "    kind: chat",
+            "    breaker: {consecutive_failures: 1000, min_requests: 1000}",
+            "    deployments:",
+            f"      - {{name: faulty, backend: openai, base_url: '{url}/v1', upstream_model: fake, headers: {headers}, "
+            "upstream_streaming: when_client_streams, timeouts: {first_token_s: 0.5, stall_s: 0.5, total_s: 0.5}}",
+            f"      - {{name: healthy, backend: openai, base_url: '{url}/v1', upstream_model: fake, upstream_streaming: when_client_streams}}",
+        ]
     closed = f"http://127.0.0.1:{free_port()}/v1"
     lines += [
         "  refused:",
@@ -154,6 +164,19 @@ def test_fault_is_invisible_when_a_healthy_deployment_exists(fault_server: LiveS
     assert headers["x-modelyard-deployment"] == f"{fault}/healthy"
     assert int(headers["x-modelyard-attempts"]) >= 2
     assert time.monotonic() - started < 5  # a 30 s Retry-After from the faulty one must not delay the healthy one
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_fault_is_invisible_on_deployments_that_fetch_whole_answers(fault_server: LiveServer, fake_upstream: LiveServer, fault: str) -> None:
+    """``upstream_streaming: when_client_streams``: a non-streamed request is fetched whole, and every fault (a
+    hung upstream caught by ``total_s``, an answer dropped halfway, garbage) still fails over to the healthy one."""
+    started = time.monotonic()
+    status, text, headers, error = call(fault_server, f"whole-{fault}", False)
+    assert (status, error, text) == (200, None, HEALTHY_TEXT)
+    assert headers["x-modelyard-deployment"] == f"whole-{fault}/healthy"
+    assert int(headers["x-modelyard-attempts"]) >= 2
+    assert time.monotonic() - started < 5
+    assert httpx.get(fake_upstream.url + "/received").json()[-1]["stream"] is False
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])

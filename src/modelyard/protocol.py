@@ -42,6 +42,9 @@ class ModelCall:
     # Admitted as deferrable work (batch, background): an engine that orders its work by slot
     # (llama.cpp's server fills each step's prompt budget slot by slot) puts it behind urgent work.
     deferrable: bool = False
+    # The caller reads nothing before the answer ends (its client did not ask to stream): a backend
+    # may fetch the answer in one response instead of one event per token. Only the dispatcher sets it.
+    whole: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         """A JSON-serialisable form (for worker processes)."""

@@ -99,7 +99,9 @@ class OpenAICompatBackend:
 
     def _body(self, call: ModelCall) -> dict[str, Any]:
         s = call.sampling
-        body: dict[str, Any] = {"model": self.upstream_model, "stream": True, "stream_options": {"include_usage": True}}
+        body: dict[str, Any] = {"model": self.upstream_model, "stream": False}
+        if not call.whole:
+            body |= {"stream": True, "stream_options": {"include_usage": True}}
         if call.kind == "chat":
             body["messages"] = list(call.messages)
         else:
@@ -135,6 +137,10 @@ class OpenAICompatBackend:
             body.update(extra)
         path = "/chat/completions" if call.kind == "chat" else "/completions"
         client = self._client_or_fail()
+        if call.whole:
+            async for whole in self._answer(client, self._url(path), body, call.kind):
+                yield whole
+            return
         usage: Usage | None = None
         finish: str | None = None
         try:
@@ -167,6 +173,41 @@ class OpenAICompatBackend:
         if finish is None:
             raise UpstreamError(f"deployment {self.deployment.name} ended the stream without a finish reason")
         yield Chunk(finish_reason=finish, usage=usage or Usage())
+
+    async def _answer(self, client: aiohttp.ClientSession, url: str, body: dict[str, Any], kind: str) -> AsyncIterator[Chunk]:
+        """A whole answer in one response: its content as one chunk, then the finish with usage.
+
+        No byte arrives before the answer is complete, so the read limit between bytes is the
+        deployment's total limit, not its first-token one (the dispatcher bounds the wait too).
+        """
+        t = self.deployment.timeouts
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, sock_read=t.total_s)
+        try:
+            async with client.post(url, data=orjson.dumps(body), timeout=timeout) as response:
+                content = await response.read()
+                if response.status >= 400:
+                    raise _status_error(response.status, content, response.headers, self.deployment.name)
+                content_type = response.headers.get("content-type", "")
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(f"deployment {self.deployment.name} timed out ({type(exc).__name__})") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"deployment {self.deployment.name}: {type(exc).__name__}: {exc}") from None
+        if not content_type.startswith("application/json"):
+            raise UpstreamError(f"deployment {self.deployment.name} answered with {content_type or 'no content type'}, not JSON")
+        try:
+            answer = orjson.loads(content)
+            choice = answer["choices"][0]
+            u = answer.get("usage") or {}
+            usage = Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+            chunk = _choice_chunk(_as_delta(choice) if kind == "chat" else choice, kind)
+            finish = choice.get("finish_reason")
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise UpstreamError(f"deployment {self.deployment.name} sent a malformed answer") from None
+        if not finish:
+            raise UpstreamError(f"deployment {self.deployment.name} answered without a finish reason")
+        if chunk is not None:
+            yield chunk
+        yield Chunk(finish_reason=finish, usage=usage)
 
     async def embed(self, texts: list[str]) -> Embeddings:
         if not self.capabilities.embeddings:
@@ -253,6 +294,13 @@ def _joined(pieces: list[Chunk]) -> Chunk:
         tool_calls=tuple(call for p in pieces for call in p.tool_calls),
         logprobs=tuple(lp for p in pieces for lp in p.logprobs),
     )
+
+
+def _as_delta(choice: dict[str, Any]) -> dict[str, Any]:
+    """A whole chat choice in a streamed choice's shape: its message as the one delta, tool calls numbered."""
+    message = choice.get("message") or {}
+    calls = [call | {"index": i} for i, call in enumerate(message.get("tool_calls") or ())]
+    return {"delta": {"content": message.get("content"), "tool_calls": calls}, "logprobs": choice.get("logprobs")}
 
 
 def _choice_chunk(choice: dict[str, Any], kind: str) -> Chunk | None:

@@ -16,6 +16,7 @@ from modelyard.config.aliases import parse_aliases
 from modelyard.config.reader import ConfigError, Reader, show
 from modelyard.config.schema import (
     STAGE_SLOTS,
+    UPSTREAM_STREAMING,
     AliasConfig,
     BatchingPolicy,
     BreakerPolicy,
@@ -33,7 +34,7 @@ from modelyard.config.schema import (
 
 MODEL_KINDS = ("chat", "completion", "embedding")
 BALANCE_STRATEGIES = ("least_outstanding", "least_load", "weighted", "lowest_latency", "lowest_cost")
-DEPLOYMENT_COMMON_KEYS = {"name", "backend", "max_concurrency", "max_queue", "weight", "price", "timeouts", "batching", "classes"}
+DEPLOYMENT_COMMON_KEYS = {"name", "backend", "max_concurrency", "max_queue", "weight", "price", "timeouts", "batching", "classes", "upstream_streaming"}
 WORKLOADS = ("interactive", "agent", "batch", "embedding", "background")
 
 
@@ -207,6 +208,7 @@ def _parse_deployment(r: Reader, model: str, default_name: str) -> DeploymentCon
         batching=batching,
         options=MappingProxyType(dict(options)),
         classes=classes,
+        upstream_streaming=r.choice("upstream_streaming", UPSTREAM_STREAMING, UPSTREAM_STREAMING[0]),
     )
 
 

@@ -53,6 +53,9 @@ class BatchingPolicy:
     max_batch_tokens: int = 8192
 
 
+UPSTREAM_STREAMING = ("always", "when_client_streams")  # the first is the default
+
+
 @dataclass(frozen=True, slots=True)
 class DeploymentConfig:
     """One place a model runs: a backend plus its options."""
@@ -70,6 +73,11 @@ class DeploymentConfig:
     # list its class, or to any deployment when none of those is healthy: an interactive engine of its own
     # keeps batch work out of its steps.
     classes: tuple[str, ...] = ()
+    # How a request whose client does not stream is fetched. "always" (the default) streams it from the
+    # upstream anyway, so first_token_s, stall_s and the TTFT measurements cover it; "when_client_streams"
+    # asks for the whole answer in one response: one network read and parse instead of one per token,
+    # but a hung upstream is then only caught by total_s, and the request records no TTFT.
+    upstream_streaming: str = UPSTREAM_STREAMING[0]
 
     def serves(self, workload: str) -> bool:
         """Whether this deployment is one of ``workload``'s own: it lists the class, or lists none."""

@@ -82,15 +82,17 @@ class Dispatcher:
     async def _prime(self, request: Request, model: ModelConfig, deployment: str, call: ModelCall) -> Opened:
         attempt = Attempt(model=model.name, deployment=deployment, started=self.clock())
         request.attempts.append(attempt)
-        timeouts = self.deployments[deployment][1].timeouts
-        limit = min(timeouts.first_token_s, request.deadline - self.clock())
+        settings = self.deployments[deployment][1]
+        call = _as_fetched(call, model, settings)
+        # A whole answer's first chunk is the whole answer: only the total limit applies to it.
+        limit = min(settings.timeouts.total_s if call.whole else settings.timeouts.first_token_s, request.deadline - self.clock())
         stream = self._scheduled(request, deployment, call)
         try:
             async with asyncio.timeout(max(0.0, limit)):  # no extra task per call, unlike wait_for
                 first = await stream.__anext__()
         except (TimeoutError, StopAsyncIteration) as exc:
             await stream.aclose()
-            error: ModelyardError = UpstreamTimeout(f"deployment {deployment} gave no first token within {limit:.1f}s")
+            error: ModelyardError = UpstreamTimeout(f"deployment {deployment} gave no {'answer' if call.whole else 'first token'} within {limit:.1f}s")
             if isinstance(exc, StopAsyncIteration):
                 error = ModelyardError(f"deployment {deployment} ended the stream without a chunk")
             attempt.fail(error, self.clock())
@@ -107,7 +109,7 @@ class Dispatcher:
             attempt.finish(self.clock())
             self.picker.breakers[deployment].release_probe()
             raise
-        attempt.ttft_s = self.clock() - attempt.started
+        attempt.ttft_s = None if call.whole else self.clock() - attempt.started  # a whole answer's wait is not a TTFT
         self.picker.succeeded(deployment, attempt.ttft_s)
         return Opened(model.name, deployment, first, stream, attempt)
 
@@ -206,6 +208,7 @@ class Dispatcher:
         """For a client that sees nothing until the end: a failure mid-answer is retried too."""
         first_model = self.config.model(models[0]) if models else None
         tries = first_model.retry.max_attempts if first_model else 1
+        call = dataclasses.replace(call, whole=True)
         last: ModelyardError | None = None
         failed: set[str] = set()
         for _ in range(tries):
@@ -279,6 +282,13 @@ class Dispatcher:
 
     def describe(self) -> dict[str, object]:
         return self.picker.describe()
+
+
+def _as_fetched(call: ModelCall, model: ModelConfig, deployment: DeploymentConfig) -> ModelCall:
+    """``call`` as ``deployment`` fetches it: whole only where the deployment allows it and no hedge waits on a first token."""
+    if call.whole and (deployment.upstream_streaming == "always" or model.hedge.enabled):
+        return dataclasses.replace(call, whole=False)
+    return call
 
 
 def _for_model(call: ModelCall, model: ModelConfig) -> ModelCall:

@@ -136,8 +136,11 @@ class DeploymentPicker:
         return NotReady(f"no deployment of model '{model.name}' is available (not ready or circuit open)", retry_after=retry)
 
     # -- outcomes -------------------------------------------------------------------
-    def succeeded(self, deployment: str, ttft: float) -> None:
+    def succeeded(self, deployment: str, ttft: float | None) -> None:
+        """A success; ``ttft`` (None for a whole answer, which has no first token) feeds the latency estimates."""
         self.breakers[deployment].record_success()
+        if ttft is None:
+            return
         previous = self.ewma_ttft.get(deployment)
         self.ewma_ttft[deployment] = ttft if previous is None else EWMA_ALPHA * ttft + (1 - EWMA_ALPHA) * previous
         self.ttft_samples[deployment].append(ttft)

@@ -6,10 +6,11 @@ headers, so one server can script many cases:
 - ``x-fake-latency-ms``: delay before the first byte
 - ``x-fake-tokens``: tokens in the completion
 - ``x-fake-status``: answer with this HTTP error status instead (e.g. 429, 500), embeddings too
-- ``x-fake-fail-after``: stream this many tokens, then drop the connection
+- ``x-fake-fail-after``: stream this many tokens, then drop the connection (a non-streamed answer: drop it halfway)
 - ``x-fake-retry-after``: ``Retry-After`` value sent with a 429 (``none``: no header)
 - ``x-fake-error-code``: the ``code`` in a scripted error body (e.g. ``context_length_exceeded``)
-- ``x-fake-stall-after``: stream this many tokens, then go silent (the connection stays open)
+- ``x-fake-stall-after``: stream this many tokens, then go silent (the connection stays open; a non-streamed answer never comes)
+- ``x-fake-token-interval-ms``: the gap between streamed tokens (a non-streamed answer waits as long in all)
 - ``x-fake-garbage``: answer 200 with a body that is not valid JSON / SSE
 - ``x-fake-content-type``: answer 200 with an HTML page instead of the API response
 - ``x-fake-text``: the reply text (split on spaces into tokens) instead of the word list
@@ -200,17 +201,39 @@ async def _generate(request: Request, body: Any, script: FakeScript) -> Response
     logprob = _setting(request, "x-fake-logprob", -0.1) if body.get("logprobs") else None
     model = body.get("model", "fake")
     prompt_tokens = _prompt_tokens(body)
+    fail_after = int(_setting(request, "x-fake-fail-after", -1))
+    stall_after = int(_setting(request, "x-fake-stall-after", -1))
+    interval = _setting(request, "x-fake-token-interval-ms", script.token_interval_ms) / 1000
     if body.get("stream"):
-        fail_after = int(_setting(request, "x-fake-fail-after", -1))
-        stall_after = int(_setting(request, "x-fake-stall-after", -1))
-        interval = _setting(request, "x-fake-token-interval-ms", script.token_interval_ms) / 1000
         events = _stream(chat, model, words, prompt_tokens, body, fail_after, stall_after, interval, logprob)
         return StreamingResponse(events, media_type="text/event-stream")
-    text = " ".join(words)
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}
-    choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
-    return _json({"id": "fake-1", "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-                  "model": model, "choices": [choice | {"finish_reason": "length" if tokens else "stop"}], "usage": usage})
+    if 0 <= stall_after < len(words):
+        await asyncio.sleep(3600)  # a generation that stalls never finishes its answer
+    if interval:
+        await asyncio.sleep(interval * len(words))  # as long as the same answer streamed
+    answer = orjson.dumps(_whole_answer(chat, model, words, prompt_tokens, body, logprob))
+    if 0 <= fail_after < len(words):
+        return StreamingResponse(_broken(answer), media_type="application/json")
+    return Response(answer, media_type="application/json")
+
+
+def _whole_answer(chat: bool, model: str, words: list[str], prompt_tokens: int, body: dict[str, Any], logprob: float | None) -> dict[str, Any]:
+    """The non-streamed answer: the same words, finish reason, usage and log-probabilities as the stream."""
+    texts = [word if i == 0 else " " + word for i, word in enumerate(words)]
+    text = "".join(texts)
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words), "total_tokens": prompt_tokens + len(words)}
+    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
+    if logprob is not None and chat:
+        choice["logprobs"] = {"content": [{"token": t, "logprob": logprob, "top_logprobs": []} for t in texts]}
+    choice["finish_reason"] = "length" if len(words) >= int(body.get("max_tokens") or 1 << 30) else "stop"
+    return {"id": "fake-1", "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+            "model": model, "choices": [choice], "usage": usage}
+
+
+async def _broken(answer: bytes) -> AsyncIterator[bytes]:
+    """Half an answer, then the connection drops: a server that died while answering."""
+    yield answer[: len(answer) // 2]
+    raise ConnectionResetError("scripted failure mid-answer")
 
 
 
