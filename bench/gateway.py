@@ -10,6 +10,8 @@ modelyard in front of it with its
 production features on (API keys: every request authenticates with a tenant's
 key and passes its rate limits and budget; routing, scheduler, breakers,
 metrics, access log, usage ledger),
+the same production path fetching each non-streamed request's answer in one
+response (``upstream_streaming: when_client_streams``, row ``modelyard_whole``),
 and LiteLLM's proxy (installed by this script into bench/.venv-litellm,
 pinned, LITELLM_LOCAL_MODEL_COST_MAP=True) in front of the same upstream.
 Load comes from wrk (installed with apt-get if missing). At concurrency 1, 50
@@ -96,6 +98,8 @@ aliases:
   auto: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-int8}}
   auto-torch: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-torch}}
 """
+# The production path again, fetching a non-streamed request's answer in one response (not the default).
+WHOLE_CONFIG = MODELYARD_CONFIG.replace("max_connections: 512", "max_connections: 512\n        upstream_streaming: when_client_streams")
 REDIS_URL = "redis://127.0.0.1:6379/0"
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -356,11 +360,20 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
             ["serve", "--config", str(config), "--port", str(my_port), "--data-dir", str(tmp / f"data{latency}"), "--log-level", "warning"],
             tmp / f"my{latency}.log", f"http://127.0.0.1:{my_port}/readyz", env={"MODELYARD_MASTER_KEY": MASTER_KEY},
         )
+        whole_config = tmp / f"whole{latency}.yaml"
+        whole_config.write_text(WHOLE_CONFIG.format(port=up_port))
+        whole_port = free_port()
+        whole = start(
+            ["serve", "--config", str(whole_config), "--port", str(whole_port), "--data-dir", str(tmp / f"data-whole{latency}"), "--log-level", "warning"],
+            tmp / f"whole{latency}.log", f"http://127.0.0.1:{whole_port}/readyz", env={"MODELYARD_MASTER_KEY": MASTER_KEY},
+        )
         lite, lite_url = start_litellm(litellm_bin, up_port, tmp)
         floor, floor_url = start_floor(up_port, tmp)
-        targets = {"direct": f"http://127.0.0.1:{up_port}", "floor": floor_url, "modelyard": f"http://127.0.0.1:{my_port}", "litellm": lite_url}
-        keys = {"direct": "unused", "floor": "unused", "modelyard": tenant_key(targets["modelyard"]), "litellm": MASTER_KEY}
-        measured_pids = {"modelyard": gateway.pid, "floor": floor.pid}
+        targets = {"direct": f"http://127.0.0.1:{up_port}", "floor": floor_url, "modelyard": f"http://127.0.0.1:{my_port}",
+                   "modelyard_whole": f"http://127.0.0.1:{whole_port}", "litellm": lite_url}
+        keys = {"direct": "unused", "floor": "unused", "modelyard": tenant_key(targets["modelyard"]),
+                "modelyard_whole": tenant_key(targets["modelyard_whole"]), "litellm": MASTER_KEY}
+        measured_pids = {"modelyard": gateway.pid, "modelyard_whole": whole.pid, "floor": floor.pid}
         scripts = {}
         for name, key in keys.items():
             scripts[name] = tmp / f"post-{name}.lua"
@@ -386,10 +399,11 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                 stop(lite)  # the feature rows run alone with the upstream
                 stop(floor)
                 stop(gateway)
+                stop(whole)
                 results["learned"] = learned_rows(wrk_bin, up_port, tmp, args.seconds, args.rounds)
                 results["redis"] = redis_rows(wrk_bin, up_port, tmp, args.seconds)
         finally:
-            for process in (lite, floor, gateway, upstream):
+            for process in (lite, floor, gateway, whole, upstream):
                 stop(process)
     return results
 
@@ -422,6 +436,16 @@ def summarise(r: dict[str, object]) -> dict[str, object]:
     out["cpu_ratio_modelyard_vs_floor_c50_upstream0"] = round(
         out["modelyard_cpu_ms_per_request_c50_upstream0"] / out["floor_cpu_ms_per_request_c50_upstream0"], 3  # type: ignore[operator]
     )
+    # The same production path fetching non-streamed answers whole (upstream_streaming: when_client_streams).
+    out["modelyard_whole_rps_c50"] = get("modelyard_whole_lat50_c50", "rps")
+    out["modelyard_whole_added_p50_ms_c1"] = round(get("modelyard_whole_lat50_c1", "p50_ms") - get("direct_lat50_c1", "p50_ms"), 3)
+    out["modelyard_whole_added_p99_ms_c1"] = round(get("modelyard_whole_lat50_c1", "p99_ms") - get("direct_lat50_c1", "p99_ms"), 3)
+    out["modelyard_whole_cpu_ms_per_request_c50"] = round(get("modelyard_whole_lat50_c50", "cpu_ms_per_request"), 3)
+    out["modelyard_whole_cpu_ms_per_request_c50_upstream0"] = round(get("modelyard_whole_lat0_c50", "cpu_ms_per_request"), 3)
+    out["cpu_ratio_modelyard_whole_vs_floor_c50"] = round(out["modelyard_whole_cpu_ms_per_request_c50"] / out["floor_cpu_ms_per_request_c50"], 3)  # type: ignore[operator]
+    out["ratio_modelyard_whole_vs_floor_c50"] = round(out["modelyard_whole_rps_c50"] / out["floor_rps_c50"], 3)  # type: ignore[operator]
+    out["ratio_modelyard_whole_vs_litellm_c50"] = round(out["modelyard_whole_rps_c50"] / out["litellm_rps_c50"], 2)  # type: ignore[operator]
+    out["features_whole_added_p50_ms_c1"] = round(out["modelyard_whole_added_p50_ms_c1"] - out["floor_added_p50_ms_c1"], 3)  # type: ignore[operator]
     learned = r["learned"]
     out["learned_added_p50_ms_c1"] = round(learned["auto_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
     out["learned_torch_added_p50_ms_c1"] = round(learned["auto_torch_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
@@ -450,6 +474,8 @@ def summarise(r: dict[str, object]) -> dict[str, object]:
         "learned_added_p50_le_3ms": out["learned_added_p50_ms_c1"] <= 3.0,  # type: ignore[operator]
         "throughput_ge_5x_litellm": out["ratio_modelyard_vs_litellm_c50"] >= 5,  # type: ignore[operator]
         "throughput_ge_90pct_floor": out["ratio_modelyard_vs_floor_c50"] >= 0.9,  # type: ignore[operator]
+        "whole_cpu_c50_le_1_5x_floor": out["cpu_ratio_modelyard_whole_vs_floor_c50"] <= 1.5,  # type: ignore[operator]
+        "whole_added_p50_le_floor_plus_0_5ms": out["features_whole_added_p50_ms_c1"] <= 0.5,  # type: ignore[operator]
     }
     return out
 
@@ -475,7 +501,7 @@ def main() -> None:
     rows = [("upstream", "concurrency", "system", "req/s", "p50 ms", "p99 ms", "errors")]
     for latency in (50, 0):
         for c in (1, 50, 200):
-            for name in ("direct", "floor", "modelyard", "litellm"):
+            for name in ("direct", "floor", "modelyard", "modelyard_whole", "litellm"):
                 p = raw[f"{name}_lat{latency}_c{c}"]
                 rows.append((f"{latency} ms", str(c), name, f"{p['rps']:.1f}", f"{p['p50_ms']:.2f}", f"{p['p99_ms']:.2f}", f"{p['errors']:.0f}"))  # type: ignore[index]
     learned = raw["learned"]

@@ -56,24 +56,43 @@ class FleetCollector(Collector):
         yield budget
 
 
+class Children:
+    """A labelled metric's children by label values, each looked up in prometheus_client once.
+
+    Its ``labels()`` validates the values, takes a lock and builds a key on every
+    call; the access middleware bumps several metrics per request, so this is one
+    dict lookup instead.
+    """
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self.metric = metric
+        self.known: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self.known.get(values)
+        if child is None:
+            child = self.known[values] = self.metric.labels(*values)
+        return child
+
+
 class Metrics:
     """One registry per app (no module-level globals)."""
 
     def __init__(self, snapshot: FleetSnapshot) -> None:
         self.registry = CollectorRegistry()
         labels = ["model", "deployment", "workload", "status"]
-        self.requests = Counter("modelyard_requests", "requests by served model, deployment, class and status", labels, registry=self.registry)
-        self.latency = Histogram("modelyard_request_seconds", "request latency", ["model", "workload"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.tokens = Counter("modelyard_tokens", "tokens by direction", ["model", "direction"], registry=self.registry)
-        self.attempts = Counter("modelyard_attempts", "backend attempts (retries and failovers included)", ["model"], registry=self.registry)
-        self.ttft = Histogram("modelyard_time_to_first_token_seconds", "time to first token", ["model", "workload"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.cost = Counter("modelyard_cost_usd", "cost of requests in US dollars", ["model", "tenant"], registry=self.registry)
-        self.routed = Counter("modelyard_routed_requests", "alias requests by the model that answered and how it was chosen", ["alias", "model", "route"], registry=self.registry)
-        self.predicted = Histogram("modelyard_route_predicted_quality", "the learned router's predicted chance of a good answer for the model it chose",
-                                   ["alias", "model"], buckets=QUALITY_BUCKETS, registry=self.registry)
-        self.cache = Counter("modelyard_cache_requests", "requests a response cache stage saw, by outcome (hit, miss, bypass)", ["model", "result"], registry=self.registry)
-        self.saved = Counter("modelyard_cache_saved_usd", "what cache hits saved: the cost of the cached answers when they were made", ["model", "tenant"],
-                             registry=self.registry)
+        self.requests = Children(Counter("modelyard_requests", "requests by served model, deployment, class and status", labels, registry=self.registry))
+        self.latency = Children(Histogram("modelyard_request_seconds", "request latency", ["model", "workload"], buckets=LATENCY_BUCKETS, registry=self.registry))
+        self.tokens = Children(Counter("modelyard_tokens", "tokens by direction", ["model", "direction"], registry=self.registry))
+        self.attempts = Children(Counter("modelyard_attempts", "backend attempts (retries and failovers included)", ["model"], registry=self.registry))
+        self.ttft = Children(Histogram("modelyard_time_to_first_token_seconds", "time to first token", ["model", "workload"], buckets=LATENCY_BUCKETS, registry=self.registry))
+        self.cost = Children(Counter("modelyard_cost_usd", "cost of requests in US dollars", ["model", "tenant"], registry=self.registry))
+        self.routed = Children(Counter("modelyard_routed_requests", "alias requests by the model that answered and how it was chosen", ["alias", "model", "route"], registry=self.registry))
+        self.predicted = Children(Histogram("modelyard_route_predicted_quality", "the learned router's predicted chance of a good answer for the model it chose",
+                                            ["alias", "model"], buckets=QUALITY_BUCKETS, registry=self.registry))
+        self.cache = Children(Counter("modelyard_cache_requests", "requests a response cache stage saw, by outcome (hit, miss, bypass)", ["model", "result"], registry=self.registry))
+        self.saved = Children(Counter("modelyard_cache_saved_usd", "what cache hits saved: the cost of the cached answers when they were made", ["model", "tenant"],
+                                      registry=self.registry))
         self.registry.register(FleetCollector(snapshot))
 
     def observe(self, state: dict[str, Any], status: int, seconds: float) -> None:
@@ -81,21 +100,21 @@ class Metrics:
         if model is None:
             return  # not an inference request
         workload = state.get("workload") or ""
-        self.requests.labels(model, state.get("deployment") or "", workload, str(status)).inc()
-        self.latency.labels(model, workload).observe(seconds)
+        self.requests(model, state.get("deployment") or "", workload, str(status)).inc()
+        self.latency(model, workload).observe(seconds)
         usage = state.get("usage")
         if usage is not None:
-            self.tokens.labels(model, "in").inc(usage.prompt_tokens)
-            self.tokens.labels(model, "out").inc(usage.completion_tokens)
+            self.tokens(model, "in").inc(usage.prompt_tokens)
+            self.tokens(model, "out").inc(usage.completion_tokens)
         if state.get("attempts"):
-            self.attempts.labels(model).inc(state["attempts"])
+            self.attempts(model).inc(state["attempts"])
         request = state.get("request")
         attempts = getattr(request, "attempts", ())
         first = next((a.ttft_s for a in attempts if a.outcome == "ok" and a.ttft_s is not None), None)
         if first is not None:
-            self.ttft.labels(model, workload).observe(first)
+            self.ttft(model, workload).observe(first)
         if state.get("cost_usd"):
-            self.cost.labels(model, getattr(request, "tenant", "")).inc(state["cost_usd"])
+            self.cost(model, getattr(request, "tenant", "")).inc(state["cost_usd"])
         self._observe_route(request, model)
         self._observe_cache(request, model)
 
@@ -103,17 +122,17 @@ class Metrics:
         outcome = getattr(request, "cache", "")
         if not outcome:
             return  # no cache stage applied
-        self.cache.labels(model, outcome).inc()
+        self.cache(model, outcome).inc()
         if request.saved_usd:
-            self.saved.labels(model, request.tenant).inc(request.saved_usd)
+            self.saved(model, request.tenant).inc(request.saved_usd)
 
     def _observe_route(self, request: Any, model: str) -> None:
         kind = getattr(request, "route_kind", "")
         if not kind:
             return  # a model was named: nothing was routed
-        self.routed.labels(request.model, model, kind).inc()
+        self.routed(request.model, model, kind).inc()
         if request.predicted_quality is not None:
-            self.predicted.labels(request.model, model).observe(request.predicted_quality)
+            self.predicted(request.model, model).observe(request.predicted_quality)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

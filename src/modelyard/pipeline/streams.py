@@ -23,6 +23,8 @@ async def gather_streams(streams: list[AsyncIterator[Chunk]], first: Chunk | Non
     The first failure cancels the others and is raised as itself (not wrapped
     in an exception group), so the caller sees a plain ``ModelyardError``.
     """
+    if len(streams) == 1:  # one choice (the usual case): drained in this task, no group to run it beside others
+        return [await drain(streams[0], first)]
     try:
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(drain(s, first if i == 0 else None)) for i, s in enumerate(streams)]
