@@ -4,8 +4,8 @@ and the waiting callers it decides about."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-import uuid
 from collections.abc import Callable
 
 from modelyard.backends.registry import deployment_slots
@@ -40,11 +40,12 @@ class SchedulerGate:
             for d in model.deployments:
                 self.schedulers[d.name] = DeploymentScheduler(scheduler_policy(config, d), deployment_slots(d))
         self.waiting: dict[str, asyncio.Future[None]] = {}
+        self.numbers = itertools.count(1)
 
     async def acquire(self, deployment: str, request: Request) -> Ticket:
         scheduler = self.schedulers[deployment]
         workload = request.workload if self.classes else "interactive"
-        ticket = Ticket(uuid.uuid4().hex, workload, request.tenant)
+        ticket = Ticket(f"t{next(self.numbers)}", workload, request.tenant)  # unique within this gate, all a ticket id needs
         admission = scheduler.admit(ticket, self.clock())
         if admission.shed is not None:
             self._refuse(admission.shed, scheduler)
