@@ -108,6 +108,26 @@ async def test_generate_streams_text_then_one_final_chunk(generative: Backend) -
         assert finals[0].finish_reason in ("length", "stop")
 
 
+@pytest.mark.parametrize("kind", ["chat", "completion"])
+async def test_a_whole_answer_reads_as_the_streamed_one(generative: Backend, kind: str) -> None:
+    """``ModelCall.whole`` (the client does not stream): the same greedy answer, finish and usage, however it is fetched."""
+    def call(whole: bool) -> ModelCall:
+        sampling = Sampling(max_tokens=8, temperature=0.0, logprobs=True)
+        if kind == "chat":
+            return ModelCall(kind="chat", model="m", sampling=sampling, messages=({"role": "user", "content": "Count: one, two,"},), whole=whole)
+        return ModelCall(kind="completion", model="m", sampling=sampling, prompt="One, two, three,", whole=whole)
+
+    async with started(generative) as backend:
+        answers = []
+        for whole in (False, True):
+            chunks = await drain(backend.generate(call(whole)))
+            assert [c.finish_reason is not None for c in chunks].count(True) == 1 and chunks[-1].finish_reason is not None
+            answers.append(("".join(c.text for c in chunks), chunks[-1].finish_reason, chunks[-1].usage,
+                            [lp.token for c in chunks for lp in c.logprobs]))
+        streamed, whole_answer = answers
+        assert streamed[0].strip() and whole_answer == streamed
+
+
 async def test_completion_kind(generative: Backend) -> None:
     async with started(generative) as backend:
         call = ModelCall(kind="completion", model="m", sampling=Sampling(max_tokens=4, temperature=0.0), prompt="The sky is")
@@ -163,7 +183,7 @@ async def test_embedding_adapter_rejects_generation(embedding: Backend) -> None:
 # -- adapter-specific failure translation ------------------------------------------------
 
 def fake_with(url: str, **headers: str) -> Backend:
-    return build("fake", "chat", {"backend": "openai", "base_url": url + "/v1", "headers": headers, "timeouts": {"first_token_s": 0.5}})
+    return build("fake", "chat", {"backend": "openai", "base_url": url + "/v1", "headers": headers, "timeouts": {"first_token_s": 0.5, "total_s": 0.5}})
 
 
 @pytest.mark.parametrize(
@@ -176,10 +196,13 @@ def fake_with(url: str, **headers: str) -> Backend:
         ({"x-fake-latency-ms": "2000"}, UpstreamTimeout, 504),
     ],
 )
-async def test_openai_adapter_translates_failures(fake_upstream: LiveServer, headers: dict[str, str], error: type[ModelyardError], status: int) -> None:
+@pytest.mark.parametrize("whole", [False, True], ids=["streamed", "whole"])
+async def test_openai_adapter_translates_failures(
+    fake_upstream: LiveServer, headers: dict[str, str], error: type[ModelyardError], status: int, whole: bool
+) -> None:
     async with started(fake_with(fake_upstream.url, **headers)) as backend:
         with pytest.raises(error) as info:
-            await drain(backend.generate(chat_call()))
+            await drain(backend.generate(chat_call(whole=whole)))
         assert info.value.status == status
         if error is Overloaded:
             assert info.value.retry_after == 7
@@ -200,6 +223,17 @@ async def test_openai_adapter_broken_stream_is_an_error(fake_upstream: LiveServe
         # The two tokens sent before the break arrive (joined into one chunk when they came in one read), and no finish.
         assert chunks and all(c.finish_reason is None for c in chunks)
         assert "".join(c.text for c in chunks) == f"{WORDS[0]} {WORDS[1]}"
+
+
+@pytest.mark.parametrize(("headers", "problem"), [({"x-fake-fail-after": "2"}, "ServerDisconnected|ClientPayloadError|closed"),
+                                                 ({"x-fake-garbage": "1"}, "malformed answer"), ({"x-fake-content-type": "1"}, "not JSON")])
+async def test_openai_adapter_broken_whole_answer_is_an_error(fake_upstream: LiveServer, headers: dict[str, str], problem: str) -> None:
+    async with started(fake_with(fake_upstream.url, **headers)) as backend:
+        chunks: list[Chunk] = []
+        with pytest.raises(UpstreamError, match=problem):
+            async for chunk in backend.generate(chat_call(max_tokens=10, whole=True)):
+                chunks.append(chunk)
+        assert chunks == []  # nothing of a broken answer gets through
 
 
 @pytest.mark.parametrize("local_backend", ["llamacpp_server"] + (["llamacpp"] if LEGACY_INSTALLED else []))
