@@ -1,6 +1,6 @@
 """The planner against reality, and its speed.
 
-    .venv/bin/python bench/planner.py [--slice-s 360] [--target-busy 0.75] [--runs 1] [--speed-only | --resimulate]
+    .venv/bin/python bench/planner.py [--slice-s 360] [--target-busy 0.75] [--runs 1] [--speed-only | --resimulate | --drift]
 
 1. Profile: ``modelyard serve`` on the embedded fleet, and ``modelyard
    profile --base-url`` measures both chat models through it (prefill by
@@ -24,6 +24,11 @@
    engines again, so the profile's own run-to-run noise is in the spread);
    ``error_pct`` is then the median of the runs' errors, and
    ``error_pct_runs`` holds every run's.
+   With ``--drift`` (one run; writes bench/results/planner-drift.json and leaves
+   planner.json alone) each model is profiled again just before and just after
+   its replay, and the slice is simulated with those profiles too: when the real
+   figures sit between the two simulations, the engine's speed moving on this
+   shared machine explains the error; when they sit outside both, the model does.
 5. Speed: one simulation of the whole conversation trace (one hour) at 10x
    its traffic (about 194,000 requests) on a fleet the planner sized for it;
    median and range of ``--repeats`` runs.
@@ -63,22 +68,23 @@ TOKEN_SCALE = 0.05  # the speed run's (the conversation trace)
 COMPARED = ("ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "throughput_rps", "rejected_rate")
 PROFILES = RESULTS / "profiles"
 OUTCOMES = RESULTS / "planner-outcomes"  # every request, replayed and simulated, for a closer look
+DRIFT = RESULTS / "planner-drift"  # --drift: each replayed model profiled again just before and just after its replay
 
 
-def profile(models: list[str], base_url: str) -> None:
+def profile(models: list[str], base_url: str, out: Path = PROFILES) -> None:
     """Each model measured through the running gateway: what a client sees, gateway and engine together."""
     for model in models:
-        run = subprocess.run([sys.executable, "-m", "modelyard.cli", "profile", "--model", model, "--out", str(PROFILES), "--repeats", "3", "--base-url", base_url],
+        run = subprocess.run([sys.executable, "-m", "modelyard.cli", "profile", "--model", model, "--out", str(out), "--repeats", "3", "--base-url", base_url],
                              env=ENV, cwd=ROOT, capture_output=True, text=True, check=False)
         print(run.stderr.strip().splitlines()[-1] if run.stderr.strip() else "", file=sys.stderr)
         if run.returncode != 0:
             raise SystemExit(f"profile {model} failed:\n{run.stderr}")
 
 
-def busy(model: str, trace: list[TraceRequest], options: SimOptions) -> tuple[float, float]:
+def busy(model: str, trace: list[TraceRequest], options: SimOptions, profiles: Path = PROFILES) -> tuple[float, float]:
     """(the model's engine's simulated busy share, the simulated rejection rate)."""
     config = default_fleet()
-    result = simulate(config, load_engines(config, PROFILES), trace, {}, options)
+    result = simulate(config, load_engines(config, profiles), trace, {}, options)
     deployment = next(d.name for m in config.models if m.name == model for d in m.deployments)
     return result.utilization[deployment], sum(1 for r in result.records if r.status != 200) / max(1, len(result.records))
 
@@ -88,7 +94,7 @@ def the_slice(requests: list[TraceRequest], start_s: float, window_s: float, tim
 
 
 def choose_slice(requests: list[TraceRequest], model: str, target: float, slice_s: float, max_rejected: float, token_scale: float,
-                 start_s: float) -> tuple[float, float, float]:
+                 start_s: float, profiles: Path = PROFILES) -> tuple[float, float, float]:
     """(window in trace seconds, time scale, predicted busy share): the simulated engine at most ``target`` busy and
     refusing at most ``max_rejected`` of the requests (a bursty trace overflows the queue long before its engine is
     busy all the time), for about ``slice_s`` real seconds."""
@@ -100,7 +106,7 @@ def choose_slice(requests: list[TraceRequest], model: str, target: float, slice_
         piece = the_slice(requests, start_s, window_s, 1.0, token_scale)
         for _ in range(20):  # bisect the time scale on the simulated busy share
             mid = (lo * hi) ** 0.5
-            share, rejected = busy(model, scale(piece, mid, 1.0), options)
+            share, rejected = busy(model, scale(piece, mid, 1.0), options, profiles)
             if share > target or rejected > max_rejected:
                 lo = mid
             else:
@@ -111,16 +117,16 @@ def choose_slice(requests: list[TraceRequest], model: str, target: float, slice_
         time_scale = hi
         if round_no < rounds - 1:
             window_s = slice_s / time_scale
-    return window_s, time_scale, busy(model, the_slice(requests, start_s, window_s, time_scale, token_scale), options)[0]
+    return window_s, time_scale, busy(model, the_slice(requests, start_s, window_s, time_scale, token_scale), options, profiles)[0]
 
 
-def replay(base_url: str, model: str, trace: list[TraceRequest], work: Path, name: str) -> dict[str, Any]:
+def replay(base_url: str, model: str, trace: list[TraceRequest], work: Path, name: str, outcomes: Path = OUTCOMES) -> dict[str, Any]:
     path = work / f"{name}.jsonl"
     path.write_text(to_jsonl(trace))
     run = subprocess.run(
         [sys.executable, "-m", "modelyard.cli", "replay", "--trace", str(path), "--base-url", base_url, "--model", model, "--ignore-eos",
          # The slice is scaled already: scaling it again in replay would send prompts 20x too short.
-         "--outcomes", str(OUTCOMES / f"{name}-real.jsonl"), "--json"],
+         "--outcomes", str(outcomes / f"{name}-real.jsonl"), "--json"],
         env=ENV, cwd=ROOT, capture_output=True, text=True, check=False, timeout=3600,
     )
     if run.returncode != 0:
@@ -129,11 +135,12 @@ def replay(base_url: str, model: str, trace: list[TraceRequest], work: Path, nam
     return summary
 
 
-def simulated(model: str, trace: list[TraceRequest], name: str, token_scale: float) -> dict[str, Any]:
+def simulated(model: str, trace: list[TraceRequest], name: str, token_scale: float, profiles: Path = PROFILES, label: str = "sim",
+              outcomes: Path = OUTCOMES) -> dict[str, Any]:
     config = default_fleet()
     options = SimOptions(default_model=model, token_scale=token_scale, gateway_overhead_s=OVERHEAD_S)
-    result = simulate(config, load_engines(config, PROFILES), trace, {}, options)
-    (OUTCOMES / f"{name}-sim.jsonl").write_text(records_jsonl(result.records))
+    result = simulate(config, load_engines(config, profiles), trace, {}, options)
+    (outcomes / f"{name}-{label}.jsonl").write_text(records_jsonl(result.records))
     return summarize_run(config, result, DEFAULT_OBJECTIVES)
 
 
@@ -150,34 +157,68 @@ def errors(real: dict[str, Any], sim: dict[str, Any]) -> dict[str, dict[str, flo
     return out
 
 
-def validate(target: float, slice_s: float, max_rejected: float, cases: list[str], reuse_profiles: bool) -> dict[str, Any]:
+def profiled_again(name: str, when: str, model: str, base_url: str, first: Path) -> Path:
+    """A copy of the run's ``first`` profiles with ``model`` measured again now (``when``: before or after the replay)."""
+    where = DRIFT / f"{name}-{when}"
+    where.mkdir(parents=True, exist_ok=True)
+    for saved in first.glob("*.json"):
+        (where / saved.name).write_text(saved.read_text())
+    profile([model], base_url, where)
+    return where
+
+
+def drift_of(model: str, real: dict[str, Any], chosen: list[TraceRequest], name: str, token_scale: float, dirs: dict[str, Path]) -> dict[str, Any]:
+    """The slice simulated with the profiles measured just before and just after its replay, and what moved in them."""
+    out: dict[str, Any] = {}
+    for when, where in dirs.items():
+        sim = simulated(model, chosen, name, token_scale, where, f"sim-{when}", DRIFT)
+        measured = json.loads(next(where.glob(f"{model}__*.json")).read_text())
+        out[when] = {"sim": sim, "errors": errors(real, sim), "decode_interval_s": measured["decode_interval_s"],
+                     "prefill_per_token_s": measured["prefill"]["per_token_s"], "measured_at": measured["measured_at"]}
+    return out
+
+
+def validate(target: float, slice_s: float, max_rejected: float, cases: list[str], reuse_profiles: bool, drift: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {}
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         server = start(["serve", "--port", str(port)], work / "serve.log", f"http://127.0.0.1:{port}/readyz", timeout=300)
+        # --drift keeps the saved profiles as they are: its first profile goes beside the before and after ones.
+        first = DRIFT / "start" if drift else PROFILES
+        if drift:
+            first.mkdir(parents=True, exist_ok=True)
+            for saved in PROFILES.glob("*.json"):
+                (first / saved.name).write_text(saved.read_text())
         try:
             if not reuse_profiles:
-                profile([case[2] for case in CASES if case[0] in cases], f"http://127.0.0.1:{port}/v1")
+                profile([case[2] for case in CASES if case[0] in cases], f"http://127.0.0.1:{port}/v1", first)
             slices = {}
             for name, file, model, token_scale, start_s in CASES:
                 if name not in cases:
                     continue
                 requests = parse_trace((TRACES / file).read_text())
-                window_s, time_scale, predicted = choose_slice(requests, model, target, slice_s, max_rejected, token_scale, start_s)
+                window_s, time_scale, predicted = choose_slice(requests, model, target, slice_s, max_rejected, token_scale, start_s, first)
                 chosen = the_slice(requests, start_s, window_s, time_scale, token_scale)
                 slices[name] = (model, chosen, window_s, time_scale, predicted, token_scale, start_s)
                 print(f"{name}: {len(chosen)} requests over {chosen[-1].arrival_s:.0f} s (time scale {time_scale:.3f}), predicted busy {predicted:.0%}",
                       file=sys.stderr)
             for name, (model, chosen, window_s, time_scale, predicted, token_scale, start_s) in slices.items():
-                replay(f"http://127.0.0.1:{port}/v1", model, [TraceRequest(0.0, 40, 8)] * 2, work, f"{name}-warmup")
-                real = replay(f"http://127.0.0.1:{port}/v1", model, chosen, work, name)
-                sim = simulated(model, chosen, name, token_scale)
+                base = f"http://127.0.0.1:{port}/v1"
+                dirs = {"before": profiled_again(name, "before", model, base, first)} if drift else {}
+                outcomes = DRIFT if drift else OUTCOMES  # a --drift run leaves the validation's outcome files as they are
+                replay(base, model, [TraceRequest(0.0, 40, 8)] * 2, work, f"{name}-warmup", outcomes)
+                real = replay(base, model, chosen, work, name, outcomes)
+                if drift:
+                    dirs["after"] = profiled_again(name, "after", model, base, first)
+                sim = simulated(model, chosen, name, token_scale, first, outcomes=outcomes)
                 results[name] = {
                     "model": model, "requests": len(chosen), "start_s": start_s, "window_s": window_s, "time_scale": time_scale,
                     "token_scale": token_scale, "predicted_busy": round(predicted, 3), "simulated_busy": sim["utilization"], "real": real, "sim": sim,
                     "errors": errors(real, sim),
                 }
+                if drift:
+                    results[name]["drift"] = drift_of(model, real, chosen, name, token_scale, dirs)
                 print(f"{name}: replayed", file=sys.stderr)
         finally:
             stop(server)
@@ -239,11 +280,19 @@ def main() -> None:
     parser.add_argument("--speed-only", action="store_true", help="skip profiling and the replays (uses the saved profiles)")
     parser.add_argument("--reuse-profiles", action="store_true", help="replay and simulate with the saved profiles")
     parser.add_argument("--resimulate", action="store_true", help="keep the saved profiles and replays; simulate the saved slices again")
+    parser.add_argument("--drift", action="store_true",
+                        help="one validation run that also profiles each model just before and just after its replay and simulates with both "
+                             "(how far the engine's speed moved during the run); writes bench/results/planner-drift.json, not planner.json")
     parser.add_argument("--runs", type=int, default=1,
                         help="independent validation runs (each profiles, chooses its slices, replays and simulates again); error_pct is their median")
     args = parser.parse_args()
     previous = json.loads((RESULTS / "planner.json").read_text()) if (RESULTS / "planner.json").exists() else {}
     OUTCOMES.mkdir(parents=True, exist_ok=True)
+    if args.drift:
+        validation = validate(args.target_busy, args.slice_s, args.max_rejected, args.cases.split(","), args.reuse_profiles, drift=True)
+        report_drift(validation)
+        print(f"wrote {write_result('planner-drift', {'machine': machine(), 'validation': validation})}")
+        return
     if args.resimulate:
         runs = [resimulate(previous)]
     elif args.speed_only:
@@ -275,6 +324,20 @@ def error_summary(runs: list[dict[str, Any]]) -> tuple[dict[str, dict[str, float
     medians = {name: {key: (statistics.median(x for x in values if x is not None) if any(x is not None for x in values) else None)
                       for key, values in metrics.items()} for name, metrics in every.items()}
     return medians, every
+
+
+def report_drift(validation: dict[str, Any]) -> None:
+    """Real against simulated with the run's first profile and with those measured just before and just after the replay."""
+    rows: list[tuple[str, ...]] = [("trace", "metric", "real", "sim (first profile)", "sim (before)", "sim (after)")]
+    for name, v in validation.items():
+        drift = v["drift"]
+        for key, e in v["errors"].items():
+            cells = [f"{e['sim']} ({e['error_pct']}%)"] + [f"{drift[w]['errors'][key]['sim']} ({drift[w]['errors'][key]['error_pct']}%)" for w in ("before", "after")]
+            rows.append((name, key, str(e["real"]), *cells))
+        for when in ("before", "after"):
+            d = drift[when]
+            rows.append((name, f"profile {when}", f"decode {d['decode_interval_s']}", f"prefill {d['prefill_per_token_s']} s/token", "", ""))
+    print(table(rows))
 
 
 def report_runs(runs: list[dict[str, Any]]) -> None:
