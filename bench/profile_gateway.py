@@ -1,12 +1,13 @@
 """Where the gateway's CPU goes: py-spy flame graphs of the production path under wrk load.
 
-    .venv/bin/python bench/profile_gateway.py [--seconds 6] [--top 25] [--tracing]
+    .venv/bin/python bench/profile_gateway.py [--seconds 6] [--top 25] [--tracing | --whole]
 
 Starts the fake upstream (0 ms and 50 ms variants, a fixed 16-token
 completion) and modelyard in front of it with the production path on (a
 tenant's API key, its rate limits and budget, routing, scheduler, breakers,
 metrics, access log, ledger; ``--tracing`` adds OpenTelemetry spans exported
-to a local OTLP receiver), drives it with wrk at concurrency 1 and 50, and
+to a local OTLP receiver; ``--whole`` fetches non-streamed answers in one
+response, ``upstream_streaming: when_client_streams``), drives it with wrk at concurrency 1 and 50, and
 samples the gateway process with py-spy while the load runs. For each point
 it keeps a flame graph and the collapsed stacks in
 ``bench/results/profiles/`` and prints the functions with the most self time
@@ -29,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, free_port, start, stop, table, write_result  # noqa: E402
-from gateway import BODY, MASTER_KEY, MODELYARD_CONFIG, WRK_SCRIPT, ensure_wrk, tenant_key  # noqa: E402
+from gateway import BODY, MASTER_KEY, MODELYARD_CONFIG, WHOLE_CONFIG, WRK_SCRIPT, ensure_wrk, tenant_key  # noqa: E402
 
 PROFILES = RESULTS / "profiles"
 SAMPLE_RATE = 250
@@ -110,8 +111,8 @@ def profile_point(binary: str, wrk_bin: str, pid: int, url: str, script: Path, c
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     binary, wrk_bin = py_spy(), ensure_wrk()
     PROFILES.mkdir(parents=True, exist_ok=True)
-    prefix = "gateway-tracing" if args.tracing else "gateway"
-    results: dict[str, object] = {"config": {"seconds_per_sample": args.seconds, "rate_hz": SAMPLE_RATE, "tracing": args.tracing}}
+    prefix = "gateway-tracing" if args.tracing else "gateway-whole" if args.whole else "gateway"
+    results: dict[str, object] = {"config": {"seconds_per_sample": args.seconds, "rate_hz": SAMPLE_RATE, "tracing": args.tracing, "whole": args.whole}}
     sink = None
     if args.tracing:
         from gateway_tracing import Sink, SinkHandler
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
             up_port, my_port = free_port(), free_port()
             upstream = start(["fake-upstream", "--port", str(up_port), "--latency-ms", str(latency), "--tokens", "16"], tmp / f"up{latency}.log", f"http://127.0.0.1:{up_port}/v1/models")
             config = tmp / f"my{latency}.yaml"
-            config.write_text(MODELYARD_CONFIG.format(port=up_port))
+            config.write_text((WHOLE_CONFIG if args.whole else MODELYARD_CONFIG).format(port=up_port))
             serve = ["serve", "--config", str(config), "--port", str(my_port), "--data-dir", str(tmp / f"data{latency}"), "--log-level", "warning"]
             if sink is not None:
                 serve += ["--otlp-endpoint", f"http://127.0.0.1:{sink.server_address[1]}"]
@@ -158,10 +159,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=6, help="sampling window per format and point (default 6)")
     parser.add_argument("--top", type=int, default=25, help="rows per table (default 25)")
     parser.add_argument("--tracing", action="store_true", help="with OpenTelemetry spans exported to a local OTLP receiver")
+    parser.add_argument("--whole", action="store_true", help="with upstream_streaming: when_client_streams (non-streamed answers fetched whole)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         results = run(args, Path(tmp))
-    path = write_result("profile_gateway_tracing" if args.tracing else "profile_gateway", results)
+    path = write_result("profile_gateway_tracing" if args.tracing else "profile_gateway_whole" if args.whole else "profile_gateway", results)
     print(f"wrote {path}")
 
 
