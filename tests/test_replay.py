@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ from modelyard.config import parse_config
 from modelyard.planning.profile import batch_sizes, fit_line, profile_backend
 from modelyard.planning.replay import Outcome, ReplayResult, percentile, summarize, synthesize_prompt
 from modelyard.planning.traces import TraceError, TraceRequest, parse_trace, scale, to_jsonl, window
+from modelyard.protocol import ModelCall
 
 from .conftest import ROOT, LiveServer
 
@@ -138,6 +140,35 @@ async def test_profile_recovers_a_fake_engines_latency_and_token_interval(fake_u
     assert abs(profile["prefill"]["per_token_s"]) < 0.001  # the fake's latency does not grow with the prompt
     assert set(profile["decode_interval_s"]) == {"1", "2"}
     assert profile["decode_interval_s"]["1"] == pytest.approx(0.02, abs=0.004)
+
+
+class RecordingBackend:
+    """Passes every call on to a real backend and keeps each prompt it sent."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.prompts: list[str] = []
+
+    def generate(self, call: ModelCall) -> Any:
+        self.prompts.append(call.messages[-1]["content"])
+        return self.inner.generate(call)
+
+
+async def test_two_profiles_of_one_server_send_no_prompt_twice(fake_upstream: LiveServer) -> None:
+    """A second profile of a running server must not find its prompts in the engine's prompt cache (it used to send the
+    first one's again, and llama.cpp's cache made prefill look almost free)."""
+    config = parse_config({"models": {"fake": {"kind": "chat", "deployments": [{"backend": "openai", "base_url": fake_upstream.url + "/v1"}]}}})
+    model = config.models[0]
+    backend = backend_factory("openai")(model.deployments[0], model, BackendContext(models_dir=Path(".")))
+    await backend.start()
+    try:
+        first, second = RecordingBackend(backend), RecordingBackend(backend)
+        await profile_backend(first, "fake", slots=2, repeats=1)  # type: ignore[arg-type]
+        await profile_backend(second, "fake", slots=2, repeats=1)  # type: ignore[arg-type]
+    finally:
+        await backend.aclose()
+    assert len(first.prompts) > 10 and len(set(first.prompts)) == len(first.prompts)
+    assert not set(first.prompts) & set(second.prompts)
 
 
 def test_profile_through_a_running_endpoint_starts_nothing_and_says_where_it_measured(tmp_path: Path, fake_upstream: LiveServer) -> None:

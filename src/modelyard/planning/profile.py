@@ -18,6 +18,7 @@ Saved as ``<out>/<deployment id with / as __>.json``.
 from __future__ import annotations
 
 import asyncio
+import random
 import statistics
 import time
 from collections.abc import Sequence
@@ -50,10 +51,22 @@ class Timing:
         return (self.total_s - self.ttft_s) / (self.completion_tokens - 1)
 
 
-def prompt_of(words: int, salt: int) -> str:
-    """About ``words`` tokens; ``salt`` makes it unique, so no prefix cache helps."""
-    filler = FILLER.split()
+def prompt_of(words: int, salt: int, filler: Sequence[str] = tuple(FILLER.split())) -> str:
+    """About ``words`` tokens; ``salt`` makes it unique within a profile, ``filler`` (a word order of its own per
+    profile) across profiles, so no prefix cache helps, not even that of a server profiled before."""
     return f"{salt} " + " ".join(filler[(salt + i) % len(filler)] for i in range(max(1, words - 1)))
+
+
+def shuffled_filler(rng: random.Random) -> tuple[str, ...]:
+    """The filler words in an order of this profile's own.
+
+    Salts start at 1 in every profile, so without it a second profile of the same
+    running server sent the first one's prompts again and the engine's prompt cache
+    answered them: prefill looked almost free (a negative per-token slope).
+    """
+    words = FILLER.split()
+    rng.shuffle(words)
+    return tuple(words)
 
 
 async def timed(backend: Backend, call: ModelCall) -> Timing:
@@ -90,7 +103,7 @@ async def _generating(backend: Backend, call: ModelCall, started: asyncio.Event)
             started.set()
 
 
-async def _mixed(backend: Backend, model: str, slots: int, repeats: int, salt: int) -> list[list[float]]:
+async def _mixed(backend: Backend, model: str, slots: int, repeats: int, salt: int, filler: Sequence[str]) -> list[list[float]]:
     """TTFT of prompts arriving while ``k`` long answers are being generated."""
     points: list[list[float]] = []
     for k in range(1, slots):
@@ -98,12 +111,12 @@ async def _mixed(backend: Backend, model: str, slots: int, repeats: int, salt: i
             for _ in range(repeats):
                 flags = [asyncio.Event() for _ in range(k)]
                 long_answers = Sampling(max_tokens=MIXED_ANSWER_TOKENS, temperature=0.0, ignore_eos=True)
-                calls = [ModelCall(kind="chat", model=model, sampling=long_answers, messages=({"role": "user", "content": prompt_of(16, salt + i)},)) for i in range(k)]
+                calls = [ModelCall(kind="chat", model=model, sampling=long_answers, messages=({"role": "user", "content": prompt_of(16, salt + i, filler)},)) for i in range(k)]
                 salt += k
                 tasks = [asyncio.create_task(_generating(backend, c, f)) for c, f in zip(calls, flags, strict=True)]
                 try:
                     await asyncio.wait_for(asyncio.gather(*(f.wait() for f in flags)), MIXED_START_TIMEOUT_S)
-                    t = await timed(backend, chat(model, prompt_of(length, salt), 1))
+                    t = await timed(backend, chat(model, prompt_of(length, salt, filler), 1))
                     points.append([k, t.prompt_tokens, round(t.ttft_s, 4)])
                 except TimeoutError:
                     pass  # the engine could not start k answers at once: no point at this k
@@ -125,15 +138,18 @@ def batch_sizes(slots: int) -> list[int]:
     return sizes
 
 
-async def profile_backend(backend: Backend, model: str, slots: int, repeats: int = 2, max_prompt: int = 4096) -> dict[str, Any]:
-    """The deployment's prefill line and decode intervals by batch size."""
-    await timed(backend, chat(model, prompt_of(8, 0), 2))  # warm-up: first-call costs are not the model's speed
+async def profile_backend(
+    backend: Backend, model: str, slots: int, repeats: int = 2, max_prompt: int = 4096, rng: random.Random | None = None
+) -> dict[str, Any]:
+    """The deployment's prefill line and decode intervals by batch size (``rng``: the prompts' word order; a fresh one by default)."""
+    filler = shuffled_filler(rng or random.Random())
+    await timed(backend, chat(model, prompt_of(8, 0, filler), 2))  # warm-up: first-call costs are not the model's speed
     prefill_points: list[tuple[float, float]] = []
     overheads: list[int] = []
     salt = 1
     for length in (n for n in PROMPT_LENGTHS if n < max_prompt):
         for _ in range(repeats):
-            t = await timed(backend, chat(model, prompt_of(length, salt), 1))
+            t = await timed(backend, chat(model, prompt_of(length, salt, filler), 1))
             salt += 1
             prefill_points.append((float(t.prompt_tokens), t.ttft_s))
             overheads.append(t.prompt_tokens - length)
@@ -142,12 +158,12 @@ async def profile_backend(backend: Backend, model: str, slots: int, repeats: int
     for k in batch_sizes(slots):
         intervals: list[float] = []
         for _ in range(repeats):
-            round_ = await asyncio.gather(*(timed(backend, chat(model, prompt_of(16, salt + i), DECODE_TOKENS)) for i in range(k)))
+            round_ = await asyncio.gather(*(timed(backend, chat(model, prompt_of(16, salt + i, filler), DECODE_TOKENS)) for i in range(k)))
             salt += k
             intervals += [t.interval_s for t in round_ if t.interval_s is not None]
         if intervals:
             decode[str(k)] = round(statistics.median(intervals), 6)
-    mixed = await _mixed(backend, model, slots, repeats, salt + 1000)
+    mixed = await _mixed(backend, model, slots, repeats, salt + 1000, filler)
     return {
         "prefill": {"fixed_s": round(fixed_s, 6), "per_token_s": round(per_token_s, 8), "points": [[int(x), round(y, 4)] for x, y in prefill_points]},
         "decode_interval_s": decode,
