@@ -68,7 +68,7 @@ TOKEN_SCALE = 0.05  # the speed run's (the conversation trace)
 COMPARED = ("ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "throughput_rps", "rejected_rate")
 PROFILES = RESULTS / "profiles"
 OUTCOMES = RESULTS / "planner-outcomes"  # every request, replayed and simulated, for a closer look
-DRIFT = RESULTS / "planner-drift"  # --drift: each replayed model profiled again just before and just after its replay
+DRIFT_NAME = "planner-drift"  # --drift: each replayed model profiled again just before and just after its replay
 
 
 def profile(models: list[str], base_url: str, out: Path = PROFILES) -> None:
@@ -157,9 +157,9 @@ def errors(real: dict[str, Any], sim: dict[str, Any]) -> dict[str, dict[str, flo
     return out
 
 
-def profiled_again(name: str, when: str, model: str, base_url: str, first: Path) -> Path:
-    """A copy of the run's ``first`` profiles with ``model`` measured again now (``when``: before or after the replay)."""
-    where = DRIFT / f"{name}-{when}"
+def profiled_again(name: str, when: str, model: str, base_url: str, first: Path, drift: Path) -> Path:
+    """A copy of the run's ``first`` profiles with ``model`` measured again now (``when``: before or after the replay), under ``drift``."""
+    where = drift / f"{name}-{when}"
     where.mkdir(parents=True, exist_ok=True)
     for saved in first.glob("*.json"):
         (where / saved.name).write_text(saved.read_text())
@@ -167,25 +167,27 @@ def profiled_again(name: str, when: str, model: str, base_url: str, first: Path)
     return where
 
 
-def drift_of(model: str, real: dict[str, Any], chosen: list[TraceRequest], name: str, token_scale: float, dirs: dict[str, Path]) -> dict[str, Any]:
+def drift_of(model: str, real: dict[str, Any], chosen: list[TraceRequest], name: str, token_scale: float, dirs: dict[str, Path],
+             drift: Path) -> dict[str, Any]:
     """The slice simulated with the profiles measured just before and just after its replay, and what moved in them."""
     out: dict[str, Any] = {}
     for when, where in dirs.items():
-        sim = simulated(model, chosen, name, token_scale, where, f"sim-{when}", DRIFT)
+        sim = simulated(model, chosen, name, token_scale, where, f"sim-{when}", drift)
         measured = json.loads(next(where.glob(f"{model}__*.json")).read_text())
         out[when] = {"sim": sim, "errors": errors(real, sim), "decode_interval_s": measured["decode_interval_s"],
                      "prefill_per_token_s": measured["prefill"]["per_token_s"], "measured_at": measured["measured_at"]}
     return out
 
 
-def validate(target: float, slice_s: float, max_rejected: float, cases: list[str], reuse_profiles: bool, drift: bool = False) -> dict[str, Any]:
+def validate(target: float, slice_s: float, max_rejected: float, cases: list[str], reuse_profiles: bool, drift: Path | None = None) -> dict[str, Any]:
+    """One validation run; with ``drift`` (a directory), also the profiles just before and after each replay, kept there."""
     results: dict[str, Any] = {}
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         server = start(["serve", "--port", str(port)], work / "serve.log", f"http://127.0.0.1:{port}/readyz", timeout=300)
         # --drift keeps the saved profiles as they are: its first profile goes beside the before and after ones.
-        first = DRIFT / "start" if drift else PROFILES
+        first = drift / "start" if drift else PROFILES
         if drift:
             first.mkdir(parents=True, exist_ok=True)
             for saved in PROFILES.glob("*.json"):
@@ -205,12 +207,12 @@ def validate(target: float, slice_s: float, max_rejected: float, cases: list[str
                       file=sys.stderr)
             for name, (model, chosen, window_s, time_scale, predicted, token_scale, start_s) in slices.items():
                 base = f"http://127.0.0.1:{port}/v1"
-                dirs = {"before": profiled_again(name, "before", model, base, first)} if drift else {}
-                outcomes = DRIFT if drift else OUTCOMES  # a --drift run leaves the validation's outcome files as they are
+                dirs = {"before": profiled_again(name, "before", model, base, first, drift)} if drift else {}
+                outcomes = drift or OUTCOMES  # a --drift run leaves the validation's outcome files as they are
                 replay(base, model, [TraceRequest(0.0, 40, 8)] * 2, work, f"{name}-warmup", outcomes)
                 real = replay(base, model, chosen, work, name, outcomes)
                 if drift:
-                    dirs["after"] = profiled_again(name, "after", model, base, first)
+                    dirs["after"] = profiled_again(name, "after", model, base, first, drift)
                 sim = simulated(model, chosen, name, token_scale, first, outcomes=outcomes)
                 results[name] = {
                     "model": model, "requests": len(chosen), "start_s": start_s, "window_s": window_s, "time_scale": time_scale,
@@ -218,7 +220,7 @@ def validate(target: float, slice_s: float, max_rejected: float, cases: list[str
                     "errors": errors(real, sim),
                 }
                 if drift:
-                    results[name]["drift"] = drift_of(model, real, chosen, name, token_scale, dirs)
+                    results[name]["drift"] = drift_of(model, real, chosen, name, token_scale, dirs, drift)
                 print(f"{name}: replayed", file=sys.stderr)
         finally:
             stop(server)
@@ -283,15 +285,20 @@ def main() -> None:
     parser.add_argument("--drift", action="store_true",
                         help="one validation run that also profiles each model just before and just after its replay and simulates with both "
                              "(how far the engine's speed moved during the run); writes bench/results/planner-drift.json, not planner.json")
+    parser.add_argument("--drift-name", default=DRIFT_NAME,
+                        help="with --drift: the results' name, bench/results/NAME.json and bench/results/NAME/ (default planner-drift)")
     parser.add_argument("--runs", type=int, default=1,
                         help="independent validation runs (each profiles, chooses its slices, replays and simulates again); error_pct is their median")
     args = parser.parse_args()
     previous = json.loads((RESULTS / "planner.json").read_text()) if (RESULTS / "planner.json").exists() else {}
     OUTCOMES.mkdir(parents=True, exist_ok=True)
     if args.drift:
-        validation = validate(args.target_busy, args.slice_s, args.max_rejected, args.cases.split(","), args.reuse_profiles, drift=True)
+        drift = RESULTS / args.drift_name
+        drift.mkdir(parents=True, exist_ok=True)
+        validation = validate(args.target_busy, args.slice_s, args.max_rejected, args.cases.split(","), args.reuse_profiles, drift)
         report_drift(validation)
-        print(f"wrote {write_result('planner-drift', {'machine': machine(), 'validation': validation})}")
+        settings = {"target_busy": args.target_busy, "slice_s": args.slice_s, "max_rejected": args.max_rejected}
+        print(f"wrote {write_result(args.drift_name, {'machine': machine(), 'settings': settings, 'validation': validation})}")
         return
     if args.resimulate:
         runs = [resimulate(previous)]
