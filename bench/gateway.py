@@ -346,6 +346,16 @@ def redis_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int) -> dict[str,
     return out
 
 
+def start_modelyard(template: str, up_port: int, tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], str]:
+    """``modelyard serve`` on ``template``'s fleet in front of the upstream, with API keys on; the process and its URL."""
+    config = tmp / f"{name}.yaml"
+    config.write_text(template.format(port=up_port))
+    port = free_port()
+    process = start(["serve", "--config", str(config), "--port", str(port), "--data-dir", str(tmp / f"data-{name}"), "--log-level", "warning"],
+                    tmp / f"{name}.log", f"http://127.0.0.1:{port}/readyz", env={"MODELYARD_MASTER_KEY": MASTER_KEY})
+    return process, f"http://127.0.0.1:{port}"
+
+
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     wrk_bin = ensure_wrk()
     litellm_bin = ensure_litellm()
@@ -353,24 +363,11 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     for latency in (50, 0):
         up_port = free_port()
         upstream = start(["fake-upstream", "--port", str(up_port), "--latency-ms", str(latency), "--tokens", "16"], tmp / f"up{latency}.log", f"http://127.0.0.1:{up_port}/v1/models")
-        config = tmp / f"my{latency}.yaml"
-        config.write_text(MODELYARD_CONFIG.format(port=up_port))
-        my_port = free_port()
-        gateway = start(
-            ["serve", "--config", str(config), "--port", str(my_port), "--data-dir", str(tmp / f"data{latency}"), "--log-level", "warning"],
-            tmp / f"my{latency}.log", f"http://127.0.0.1:{my_port}/readyz", env={"MODELYARD_MASTER_KEY": MASTER_KEY},
-        )
-        whole_config = tmp / f"whole{latency}.yaml"
-        whole_config.write_text(WHOLE_CONFIG.format(port=up_port))
-        whole_port = free_port()
-        whole = start(
-            ["serve", "--config", str(whole_config), "--port", str(whole_port), "--data-dir", str(tmp / f"data-whole{latency}"), "--log-level", "warning"],
-            tmp / f"whole{latency}.log", f"http://127.0.0.1:{whole_port}/readyz", env={"MODELYARD_MASTER_KEY": MASTER_KEY},
-        )
+        gateway, my_url = start_modelyard(MODELYARD_CONFIG, up_port, tmp, f"my{latency}")
+        whole, whole_url = start_modelyard(WHOLE_CONFIG, up_port, tmp, f"whole{latency}")
         lite, lite_url = start_litellm(litellm_bin, up_port, tmp)
         floor, floor_url = start_floor(up_port, tmp)
-        targets = {"direct": f"http://127.0.0.1:{up_port}", "floor": floor_url, "modelyard": f"http://127.0.0.1:{my_port}",
-                   "modelyard_whole": f"http://127.0.0.1:{whole_port}", "litellm": lite_url}
+        targets = {"direct": f"http://127.0.0.1:{up_port}", "floor": floor_url, "modelyard": my_url, "modelyard_whole": whole_url, "litellm": lite_url}
         keys = {"direct": "unused", "floor": "unused", "modelyard": tenant_key(targets["modelyard"]),
                 "modelyard_whole": tenant_key(targets["modelyard_whole"]), "litellm": MASTER_KEY}
         measured_pids = {"modelyard": gateway.pid, "modelyard_whole": whole.pid, "floor": floor.pid}

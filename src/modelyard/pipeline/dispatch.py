@@ -65,6 +65,8 @@ class Dispatcher:
         self.clock = clock
         self.rng = rng or random.Random()
         self.deployments: dict[str, tuple[ModelConfig, DeploymentConfig]] = {d.name: (m, d) for m in config.models for d in m.deployments}
+        # Whether any deployment fetches whole answers: if none does, a non-streamed call is not copied to say so.
+        self.whole_answers = any(d.upstream_streaming != "always" for _, d in self.deployments.values())
         self.engine_load = EngineLoadPoller(fleet, config, clock=clock)
         self.picker = DeploymentPicker(config, fleet, clock, self.rng, self.engine_load.load)
         self.gate = SchedulerGate(config, clock)
@@ -208,7 +210,8 @@ class Dispatcher:
         """For a client that sees nothing until the end: a failure mid-answer is retried too."""
         first_model = self.config.model(models[0]) if models else None
         tries = first_model.retry.max_attempts if first_model else 1
-        call = dataclasses.replace(call, whole=True)
+        if self.whole_answers:
+            call = dataclasses.replace(call, whole=True)
         last: ModelyardError | None = None
         failed: set[str] = set()
         for _ in range(tries):
