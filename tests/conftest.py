@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -51,6 +52,18 @@ class LiveServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def access_lines(self, wanted: Callable[[dict[str, object]], bool], at_least: int = 1, timeout: float = 10.0) -> list[dict[str, object]]:
+        """The access-log lines ``wanted`` accepts, once there are ``at_least`` (lines are written in blocks, within ``access_log_flush_s``)."""
+        found: list[dict[str, object]] = []
+
+        def written() -> bool:
+            lines = [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
+            found[:] = [entry for entry in lines if wanted(entry)]
+            return len(found) >= at_least
+
+        wait_until(written, f"the access log has {at_least} wanted line(s)", timeout)
+        return found
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.process.poll() is None:

@@ -274,8 +274,8 @@ def test_request_id_is_echoed_and_logged(default_server: LiveServer) -> None:
     assert response.headers["x-request-id"] == "trace-abc-123"
     generated = httpx.get(default_server.url + "/v1/models").headers["x-request-id"]
     assert len(generated) == 32
-    logged = [json.loads(line) for line in default_server.log().splitlines() if line.startswith("{")]
-    assert any(entry["request_id"] == "trace-abc-123" and entry["status"] == 200 and entry["path"] == "/v1/models" for entry in logged)
+    logged = default_server.access_lines(lambda entry: entry["request_id"] == "trace-abc-123")
+    assert [(entry["status"], entry["path"]) for entry in logged] == [(200, "/v1/models")]
 
 
 def test_health_and_readiness(default_server: LiveServer) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Iterator
 
 import httpx
@@ -85,8 +84,8 @@ def test_sessions_stick_to_one_deployment(twin_server: LiveServer) -> None:
             seen.setdefault(session, set()).add(reply.headers["x-modelyard-deployment"])
     assert all(len(deployments) == 1 for deployments in seen.values())
     assert {d for s in seen.values() for d in s} == {"twin/one", "twin/two"}  # sessions spread over both
-    logged = [json.loads(x) for x in twin_server.log().splitlines() if x.startswith("{") and '"agent-a"' in x]
-    assert logged and all(entry["session"] == "agent-a" and entry["workload"] == "agent" for entry in logged)
+    logged = twin_server.access_lines(lambda entry: entry["session"] == "agent-a" and entry["path"] == "/v1/chat/completions", at_least=6)
+    assert len(logged) == 6 and all(entry["session"] == "agent-a" and entry["workload"] == "agent" for entry in logged)
 
 
 def test_a_session_stays_on_its_loaded_deployment_within_the_slack(twin_server: LiveServer) -> None:

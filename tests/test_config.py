@@ -45,6 +45,7 @@ def minimal(**overrides: object) -> dict[str, object]:
         (minimal(aliases={"a": {"targets": ["nope"]}}), "aliases.a.targets[0]", "unknown model"),
         (minimal(aliases={"m": {"targets": ["m"]}}), "aliases.m", "same name as a model"),
         (minimal(server={"port": "http"}), "server.port", "integer"),
+        (minimal(server={"access_log_flush_s": -1}), "server.access_log_flush_s", ">= 0"),
         (minimal(extra=1), "extra", "unknown field"),
         ({"models": {"m": {"deployments": [{"backend": "openai", "classes": ["fast"]}]}}}, "models.m.deployments[0].classes[0]", "unknown workload class"),
         ({"models": {"m": {"deployments": [{"backend": "openai", "classes": "batch"}]}}}, "models.m.deployments[0].classes", "list of names"),

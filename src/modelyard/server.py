@@ -18,6 +18,7 @@ from modelyard.api.auth import Keyring
 from modelyard.config import FleetConfig
 from modelyard.economics.budget import BudgetBook
 from modelyard.fleet import artifacts
+from modelyard.observe.access_log import AccessLog, stream_writer
 from modelyard.observe.span_sinks import OtlpHttpSink
 from modelyard.observe.tracing import Tracing, TracingOptions
 from modelyard.pipeline.budget import LocalBudgets, SharedBudgets
@@ -58,12 +59,6 @@ def prepare_artifacts(config: FleetConfig, data_dir: Path) -> list[tuple[str, Pa
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    access = logging.getLogger("modelyard.access")
-    access.propagate = False
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access.addHandler(handler)
-    access.setLevel(logging.INFO)
 
 
 async def serve_fleet(
@@ -119,7 +114,8 @@ async def serve_fleet(
         spans = Tracing(exporter, config, tracing.capture_content, dispatcher.clock).observe
         log.info("traces go to %s over OTLP/HTTP%s", tracing.endpoint, " with prompts" if tracing.capture_content else "")
     pipeline = build_pipeline(dispatcher, config, learned, budgets, limiter=limiter, redis=shared)
-    app = create_app(pipeline, fleet, dispatcher, config, store, ledger, keyring, spans)
+    access_log = AccessLog(stream_writer(sys.stderr), config.server.access_log_flush_s)  # JSON lines on stderr, whatever the log level
+    app = create_app(pipeline, fleet, dispatcher, config, store, ledger, keyring, spans, access_log)
     app.state.batches.start()  # resumes any job a previous run left unfinished
     uv_config = uvicorn.Config(
         app,
@@ -149,6 +145,7 @@ async def serve_fleet(
         await dispatcher.aclose()
         await fleet.aclose()
         await ledger.aclose()  # after the last request: every row is written
+        access_log.close()
         await keyring.aclose()
         await limiter.drain()  # the last settles and commits reach Redis before it is closed
         await budgets.drain()

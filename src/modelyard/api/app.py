@@ -40,6 +40,7 @@ from modelyard.api.usage_route import UsageRoute
 from modelyard.config import FleetConfig
 from modelyard.economics.budget import BudgetBook
 from modelyard.errors import InvalidRequest, MethodNotAllowed, ModelNotFound, ModelyardError, NotFound, NotReady, PayloadTooLarge
+from modelyard.observe.access_log import AccessLog
 from modelyard.observe.metrics import Metrics
 from modelyard.pipeline.batch_runner import BatchRunner
 from modelyard.pipeline.batches import BatchService
@@ -280,11 +281,12 @@ def _ledger_commit(ledger: LedgerWriter) -> LastByteHook:
 
 def create_app(
     handler: Handler, fleet: FleetRuntime, dispatcher: Dispatcher, config: FleetConfig, store: Store, ledger: LedgerWriter, keyring: Keyring,
-    tracing: Observer | None = None,
+    tracing: Observer | None = None, access_log: AccessLog | None = None,
 ) -> Starlette:
     """The ASGI app for one pipeline over a started fleet; ``app.state.batches`` runs batch jobs.
 
     ``tracing``: an observer that turns each finished request into spans (it runs after the ledger's, which costs the request).
+    ``access_log``: where each request's JSON line goes (None: nowhere).
     """
     holder: list[Api] = []
     metrics = Metrics(lambda: holder[0].snapshot())
@@ -322,6 +324,7 @@ def create_app(
     app = Starlette(routes=routes, exception_handlers=handlers)
     app.add_middleware(HotRoutes, endpoints=fixed_post_endpoints(routes), handlers=handlers)  # innermost: after auth
     app.add_middleware(AuthMiddleware, keyring=keyring)
-    app.add_middleware(RequestContextMiddleware, observers=observers, before_last_byte=_ledger_commit(ledger) if config.server.durable_ledger else None)
+    last_byte = _ledger_commit(ledger) if config.server.durable_ledger else None
+    app.add_middleware(RequestContextMiddleware, observers=observers, before_last_byte=last_byte, access_log=access_log)
     app.state.batches = batches
     return app

@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelyard.observe.access_log import AccessLog
 
 Observer = Callable[[dict[str, Any], int, float], None]
 LastByteHook = Callable[[dict[str, Any]], Awaitable[None]]
 
-access_log = logging.getLogger("modelyard.access")
 REQUEST_ID_HEADER = b"x-request-id"
 MAX_REQUEST_ID = 128
 
 
 class RequestContextMiddleware:
-    """Gives every request an id (the client's ``x-request-id`` if sane) and logs it once when done."""
+    """Gives every request an id (the client's ``x-request-id`` if sane) and logs it once when done.
 
-    def __init__(self, app: ASGIApp, observers: list[Observer] | None = None, before_last_byte: LastByteHook | None = None) -> None:
+    ``access_log``: where each request's line goes (None: no access log).
+    """
+
+    def __init__(
+        self, app: ASGIApp, observers: list[Observer] | None = None, before_last_byte: LastByteHook | None = None, access_log: AccessLog | None = None,
+    ) -> None:
         self.app = app
         self.observers = observers or []
+        self.access_log = access_log
         self.before_last_byte = before_last_byte  # awaited after the observers saw the request, before its last byte goes out
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -46,7 +51,8 @@ class RequestContextMiddleware:
             nonlocal logged
             if not logged:
                 logged = True
-                _log(scope, state, status, started)
+                if self.access_log is not None:
+                    self.access_log.line(access_line(scope, state, status, started))
                 state["path"] = scope.get("path")
                 seconds = time.perf_counter() - started
                 for observe in self.observers:
@@ -90,11 +96,10 @@ def _scan_headers(scope: Scope) -> tuple[str | None, dict[str, str]]:
     return request_id, trace
 
 
-def _log(scope: Scope, state: dict[str, Any], status: int, started: float) -> None:
-    if not access_log.isEnabledFor(logging.INFO):
-        return
+def access_line(scope: Scope, state: dict[str, Any], status: int, started: float) -> dict[str, Any]:
+    """One request's access-log fields."""
     usage = state.get("usage")
-    line = {
+    return {
         "ts": round(time.time(), 3),
         "request_id": state.get("request_id"),
         "method": scope.get("method"),
@@ -112,4 +117,3 @@ def _log(scope: Scope, state: dict[str, Any], status: int, started: float) -> No
         "completion_tokens": usage.completion_tokens if usage else None,
         "error": state.get("error"),
     }
-    access_log.info(orjson.dumps(line).decode())

@@ -266,6 +266,7 @@ def _parse_server(r: Reader) -> ServerConfig:
         data_dir=r.string("data_dir", defaults.data_dir),
         max_request_timeout_s=r.number("max_request_timeout_s", defaults.max_request_timeout_s, 0.001),
         durable_ledger=r.boolean("durable_ledger", defaults.durable_ledger),
+        access_log_flush_s=r.number("access_log_flush_s", defaults.access_log_flush_s),
     )
     r.reject_unknown()
     return server

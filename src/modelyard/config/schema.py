@@ -199,6 +199,8 @@ class ServerConfig:
     # true: a response's last byte waits until its ledger row is committed, so a replica killed at any moment
     # loses no answered request's row (one database round trip per response, shared by concurrent ones).
     durable_ledger: bool = False
+    # the access log's lines are written in blocks, at most this long after a block's first line (0: every line at once)
+    access_log_flush_s: float = 0.2
 
 
 @dataclass(frozen=True, slots=True)
