@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 WINDOW_S = 60.0
 
@@ -54,6 +55,28 @@ class Window:
         return WINDOW_S - (now - self.events[0][0]) if self.events else 0.0
 
 
+class _Checked(NamedTuple):
+    key: str
+    limit: int
+    window: Window
+    amount: int
+    settles: bool  # a token window: the estimate is settled to the actual count later
+    used: float
+    reset_s: float
+
+
+def _window(windows: dict[str, Window], name: str) -> Window:
+    window = windows.get(name)
+    if window is None:
+        window = windows[name] = Window()
+    return window
+
+
+def _check(key: str, limit: int, window: Window, amount: int, settles: bool, now: float) -> _Checked:
+    used = window.used(now)
+    return _Checked(key, limit, window, amount, settles, used, window.reset_s(now))
+
+
 @dataclass(slots=True)
 class Reservation:
     token_entries: list[tuple[Window, list[float]]]
@@ -65,29 +88,26 @@ class RateLimiter:
         self.tokens: dict[str, Window] = {}
 
     def check(self, scopes: list[tuple[str, int | None, int | None]], tokens: int, now: float) -> tuple[Reservation | None, float, dict[str, LimitState]]:
-        """``scopes``: (name, rpm, tpm). Returns (reservation or None when refused, retry_after_s, states)."""
-        states: dict[str, LimitState] = {}
-        retry = 0.0
-        for name, rpm, tpm in scopes:
-            for kind, limit, windows, amount in (("requests", rpm, self.requests, 1), ("tokens", tpm, self.tokens, tokens)):
-                if limit is None:
-                    continue
-                window = windows.setdefault(name, Window())
-                used = window.used(now)
-                states[f"{kind}:{name}"] = LimitState(limit, max(0, int(limit - used)), window.reset_s(now))
-                if used + amount > limit:
-                    retry = max(retry, window.reset_s(now) or 1.0)
-        if retry:
-            return None, retry, states
-        entries = []
+        """``scopes``: (name, rpm, tpm). Returns (reservation or None when refused, retry_after_s, states).
+
+        The states count this request's amounts as taken when it is admitted, not when it is refused.
+        """
+        checked: list[_Checked] = []
         for name, rpm, tpm in scopes:
             if rpm is not None:
-                self.requests[name].take(now, 1)
+                checked.append(_check(f"requests:{name}", rpm, _window(self.requests, name), 1, False, now))
             if tpm is not None:
-                entries.append((self.tokens[name], self.tokens[name].take(now, tokens)))
-        for key, state in list(states.items()):
-            amount = 1 if key.startswith("requests") else tokens
-            states[key] = LimitState(state.limit, max(0, state.remaining - amount), state.reset_s)
+                checked.append(_check(f"tokens:{name}", tpm, _window(self.tokens, name), tokens, True, now))
+        retry = max((c.reset_s or 1.0 for c in checked if c.used + c.amount > c.limit), default=0.0)
+        if retry:
+            return None, retry, {c.key: LimitState(c.limit, max(0, int(c.limit - c.used)), c.reset_s) for c in checked}
+        entries = []
+        states: dict[str, LimitState] = {}
+        for c in checked:
+            entry = c.window.take(now, c.amount)
+            if c.settles:
+                entries.append((c.window, entry))
+            states[c.key] = LimitState(c.limit, max(0, int(c.limit - c.used) - c.amount), c.reset_s)
         return Reservation(entries), 0.0, states
 
     def settle(self, reservation: Reservation, actual_tokens: int) -> None:

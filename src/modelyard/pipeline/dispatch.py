@@ -133,9 +133,9 @@ class Dispatcher:
 
     async def _prime_hedged(self, request: Request, model: ModelConfig, deployment: str, call: ModelCall) -> Opened:
         delay = self.picker.hedge_delay_s(model, deployment)
+        if delay is None:  # no hedge: the attempt runs in this task (a task of its own costs a loop turn per request)
+            return await self._prime(request, model, deployment, call)
         primary = asyncio.create_task(self._prime(request, model, deployment, call))
-        if delay is None:
-            return await primary
         done, _ = await asyncio.wait({primary}, timeout=delay)
         if done:
             return primary.result()

@@ -179,7 +179,7 @@ class LedgerWriter:
 
     def record(self, row: dict[str, Any]) -> None:
         """Queue one row (no I/O on the request path)."""
-        self.buffer.append(tuple(row.get(c) for c in COLUMNS))
+        self.buffer.append(tuple(map(row.get, COLUMNS)))
         self.recorded += 1
 
     def record_events(self, events: list[dict[str, Any]]) -> None:
