@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from modelyard.economics.budget import BudgetBook, BudgetLimits, period_keys
+from modelyard.economics.budget import BudgetBook, BudgetLimits, period_keys, utc_day
 
 
 def at(text: str) -> float:
@@ -24,6 +24,7 @@ def at(text: str) -> float:
 )
 def test_a_moment_counts_against_its_utc_day_and_month(moment: str, day: str, month: str) -> None:
     assert period_keys(at(moment)) == {"day": day, "month": month, "total": "all"}
+    assert utc_day(at(moment)) == day  # the ledger's day column agrees with the budget's day
 
 
 def test_the_keys_follow_the_clock_across_midnight() -> None:

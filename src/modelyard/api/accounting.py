@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from modelyard.config import FleetConfig
+from modelyard.economics.budget import utc_day
 from modelyard.economics.cost import PricePlan
 from modelyard.pipeline.costing import PriceCatalog
 from modelyard.pipeline.types import Request
@@ -38,7 +39,7 @@ class LedgerRecorder:
         revenue = plan.revenue(Usage(prompt, completion), status == 200) if plan else 0.0
         self.writer.record({
             "ts": now,
-            "day": time.strftime("%Y-%m-%d", time.gmtime(now)),
+            "day": utc_day(now),
             "request_id": request.request_id,
             "endpoint": state.get("path"),
             "tenant": request.tenant,

@@ -39,6 +39,11 @@ def period_keys(now: float) -> dict[str, str]:
     return dict(_keys_of_day(int(now // SECONDS_PER_DAY)))
 
 
+def utc_day(now: float) -> str:
+    """``now``'s UTC date as YYYY-MM-DD (the ledger's ``day``), formatted once per day."""
+    return _keys_of_day(int(now // SECONDS_PER_DAY))[0][1]
+
+
 @functools.lru_cache(maxsize=4)
 def _keys_of_day(day: int) -> tuple[tuple[str, str], ...]:
     # Every request asks, twice; formatting a date costs more than the rest of the budget check.
