@@ -2,8 +2,8 @@
 
 Through ``logging``, each line built a ``LogRecord``, took the handler's lock,
 formatted, and wrote and flushed the stream: one ``write`` system call per
-request, 10–20% of the gateway's CPU per request at 50 concurrent clients
-(``bench/gateway.py``; the measurement is in docs/performance.md). Here a line
+request, about a tenth of the request path in a cProfile under load
+(docs/performance.md, "The access log in blocks", has what it saved). Here a line
 is one ``orjson.dumps`` appended to a buffer; the buffer goes out when it
 reaches ``FLUSH_BYTES``, ``flush_s`` after its first line, and on ``close``
 (nginx's ``access_log ... buffer= flush=`` does the same). The cost: a process
