@@ -45,11 +45,11 @@ from gateway import BODY, MASTER_KEY, MODELYARD_CONFIG, WHOLE_CONFIG, WRK_SCRIPT
 
 LAUNCHER = """
 import cProfile, signal, sys
-profile = cProfile.Profile()
+profile, out = cProfile.Profile(), sys.argv[1]
 signal.signal(signal.SIGUSR1, lambda *_: profile.enable())
 def written(*_):
     profile.disable()
-    profile.dump_stats(sys.argv[1])
+    profile.dump_stats(out)
 signal.signal(signal.SIGUSR2, written)
 sys.argv = ["modelyard", *sys.argv[2:]]
 from modelyard.cli import main
