@@ -266,3 +266,60 @@ def test_rate_window_arithmetic() -> None:
     limiter.settle(first, 999)  # settling again after the window moved on is harmless
     _, _, later = limiter.check(scopes, 1, now=62.5)  # both entries have expired
     assert later["tokens:key:k"].remaining == 99
+
+
+class BruteForceWindows:
+    """The rate limiter's rules stated plainly: sum every entry of the last 60 s at each check."""
+
+    def __init__(self) -> None:
+        self.entries: list[list[object]] = []  # [scope key, time, amount]
+
+    def _alive(self, key: str, now: float) -> list[list[object]]:
+        return [e for e in self.entries if e[0] == key and now - float(e[1]) < 60.0]  # type: ignore[arg-type]
+
+    def check(self, scopes: list[tuple[str, int | None, int | None]], tokens: int, now: float) -> tuple[bool, float, dict[str, tuple[int, int, float]], list[list[object]]]:
+        windows = [(f"{kind}:{name}", limit, amount) for name, rpm, tpm in scopes for kind, limit, amount in (("requests", rpm, 1), ("tokens", tpm, tokens)) if limit is not None]
+        seen = {}
+        for key, limit, amount in windows:
+            alive = self._alive(key, now)
+            used = sum(int(e[2]) for e in alive)  # type: ignore[call-overload]
+            reset = 60.0 - (now - min(float(e[1]) for e in alive)) if alive else 0.0  # type: ignore[arg-type]
+            seen[key] = (limit, amount, used, reset)
+        retry = max((reset or 1.0 for limit, amount, used, reset in seen.values() if used + amount > limit), default=0.0)
+        if retry:
+            return False, retry, {k: (limit, max(0, limit - used), reset) for k, (limit, _, used, reset) in seen.items()}, []
+        taken = []
+        for key, (_, amount, _, _) in seen.items():
+            entry: list[object] = [key, now, amount]
+            self.entries.append(entry)
+            if key.startswith("tokens:"):
+                taken.append(entry)
+        return True, 0.0, {k: (limit, max(0, limit - used - amount), reset) for k, (limit, amount, used, reset) in seen.items()}, taken
+
+
+def test_rate_limiter_agrees_with_the_rules_stated_plainly() -> None:
+    """Random arrivals, sizes, limits and settlements: the same admissions, retry-afters and header states as a brute-force window."""
+    import random
+
+    from modelyard.economics.ratelimit import RateLimiter
+
+    rng = random.Random(7)
+    refused = 0
+    for _ in range(150):
+        limiter, plain = RateLimiter(), BruteForceWindows()
+        scopes = [("key:k", rng.choice([None, 2, 5]), rng.choice([None, 100, 300])), ("tenant:t", rng.choice([None, 4]), rng.choice([None, 250]))]
+        now = 0.0
+        for _ in range(40):
+            now += rng.choice([0.0, 0.5, 3.0, 20.0, 61.0])
+            tokens = rng.randint(1, 90)
+            reservation, retry, states = limiter.check(scopes, tokens, now)
+            admitted, plain_retry, plain_states, taken = plain.check(scopes, tokens, now)
+            assert (reservation is not None, retry) == (admitted, pytest.approx(plain_retry))
+            assert {k: (s.limit, s.remaining, pytest.approx(s.reset_s)) for k, s in states.items()} == plain_states
+            refused += not admitted
+            if reservation is not None:
+                actual = rng.randint(0, 120)
+                limiter.settle(reservation, actual)
+                for entry in taken:
+                    entry[2] = actual
+    assert refused > 500  # the limits were reached often enough to test refusals
