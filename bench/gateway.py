@@ -15,8 +15,11 @@ response (``upstream_streaming: when_client_streams``, row ``modelyard_whole``),
 and LiteLLM's proxy (installed by this script into bench/.venv-litellm,
 pinned, LITELLM_LOCAL_MODEL_COST_MAP=True) in front of the same upstream.
 Load comes from wrk (installed with apt-get if missing). At concurrency 1, 50
-and 200 it records throughput, latency percentiles and errors; added latency
-is through-gateway minus direct at the same load. Streaming: time to first
+and 200 it records throughput, latency percentiles, errors and the proxies'
+CPU per request, over ``--point-rounds`` rounds (3; the systems alternate
+within each round) reported as the median and range; added latency is
+through-gateway minus direct at the same load, and each ratio between two
+systems also comes per round, with its range. Streaming: time to first
 byte and chunk pacing. Soak: a fixed rate for 5 minutes (30 s with --quick)
 with modelyard's RSS and open file descriptors sampled every 10 s. Then, on
 the 50 ms upstream alone: the learned ``auto`` alias against the plain model
@@ -38,11 +41,13 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -379,15 +384,20 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
             for name, url in targets.items():
                 wrk(wrk_bin, url, 10, 2, scripts[name])  # warm-up
             for concurrency in (1, 50, 200):
-                for name, url in targets.items():
-                    pid = measured_pids.get(name)
-                    cpu_before = cpu_seconds(pid) if pid else 0.0
-                    point = wrk(wrk_bin, url, concurrency, args.seconds, scripts[name])
-                    if pid:
-                        # The proxy's own CPU per request: tells work apart from waiting.
-                        point["cpu_ms_per_request"] = (cpu_seconds(pid) - cpu_before) * 1000 / max(1.0, point["rps"] * args.seconds)
-                    results[f"{name}_lat{latency}_c{concurrency}"] = point
-                    print(f"  upstream {latency} ms  c{concurrency:<3}  {name:<9}  {point['rps']:8.1f} req/s  p50 {point['p50_ms']:7.2f} ms  p99 {point['p99_ms']:7.2f} ms  errors {point['errors']:.0f}", flush=True)
+                rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+                for round_no in range(args.point_rounds):  # the systems alternate within each round: drift hits all of them alike
+                    for name, url in targets.items():
+                        pid = measured_pids.get(name)
+                        cpu_before = cpu_seconds(pid) if pid else 0.0
+                        point = wrk(wrk_bin, url, concurrency, args.seconds, scripts[name])
+                        if pid:
+                            # The proxy's own CPU per request: tells work apart from waiting.
+                            point["cpu_ms_per_request"] = (cpu_seconds(pid) - cpu_before) * 1000 / max(1.0, point["rps"] * args.seconds)
+                        rounds[name].append(point)
+                        print(f"  upstream {latency} ms  c{concurrency:<3}  {name:<15}  round {round_no + 1}  {point['rps']:8.1f} req/s  "
+                              f"p50 {point['p50_ms']:7.2f} ms  p99 {point['p99_ms']:7.2f} ms  errors {point['errors']:.0f}", flush=True)
+                for name, points in rounds.items():
+                    results[f"{name}_lat{latency}_c{concurrency}"] = median_point(points)
             if latency == 50:
                 for name, url in targets.items():
                     results[f"{name}_stream"] = asyncio.run(stream_timing(url, {"Authorization": f"Bearer {keys[name]}"}, 30))
@@ -403,6 +413,43 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
             for process in (lite, floor, gateway, whole, upstream):
                 stop(process)
     return results
+
+
+def median_point(points: list[dict[str, float]]) -> dict[str, object]:
+    """Each field's median over the rounds, its range, and the rounds themselves."""
+    out: dict[str, object] = {}
+    for field in points[0]:
+        values = [p[field] for p in points]
+        out[field] = statistics.median(values)
+        if len(points) > 1:
+            out[f"{field}_range"] = [min(values), max(values)]
+    out["rounds"] = points
+    return out
+
+
+def round_ratios(r: dict[str, object]) -> dict[str, object]:
+    """Ratios computed within each round (the two systems measured minutes apart, not a run apart): median and range."""
+    def per_round(key: str, field: str) -> list[float]:
+        return [float(p[field]) for p in r[key]["rounds"]]  # type: ignore[index]
+
+    pairs = {
+        "cpu_ratio_modelyard_vs_floor_c50": ("modelyard_lat50_c50", "floor_lat50_c50", "cpu_ms_per_request"),
+        "cpu_ratio_modelyard_whole_vs_floor_c50": ("modelyard_whole_lat50_c50", "floor_lat50_c50", "cpu_ms_per_request"),
+        "ratio_modelyard_vs_floor_c50": ("modelyard_lat50_c50", "floor_lat50_c50", "rps"),
+        "ratio_modelyard_whole_vs_floor_c50": ("modelyard_whole_lat50_c50", "floor_lat50_c50", "rps"),
+        "ratio_modelyard_vs_litellm_c50": ("modelyard_lat50_c50", "litellm_lat50_c50", "rps"),
+    }
+    out: dict[str, object] = {}
+    for name, (top, bottom, field) in pairs.items():
+        if "rounds" not in r[top]:  # type: ignore[operator]
+            continue
+        ratios = [a / b for a, b in zip(per_round(top, field), per_round(bottom, field), strict=True) if b]
+        out[f"{name}_per_round"] = {"median": round(statistics.median(ratios), 3), "range": [round(min(ratios), 3), round(max(ratios), 3)]}
+    for system in ("modelyard", "modelyard_whole"):
+        if "rounds" in r[f"{system}_lat50_c1"]:  # type: ignore[operator]
+            added = [a - b for a, b in zip(per_round(f"{system}_lat50_c1", "p50_ms"), per_round("floor_lat50_c1", "p50_ms"), strict=True)]
+            out[f"{system}_added_over_floor_p50_ms_c1_per_round"] = {"median": round(statistics.median(added), 3), "range": [round(min(added), 3), round(max(added), 3)]}
+    return out
 
 
 def summarise(r: dict[str, object]) -> dict[str, object]:
@@ -458,6 +505,7 @@ def summarise(r: dict[str, object]) -> dict[str, object]:
     out["ratio_modelyard_vs_floor_c50_upstream0"] = round(get("modelyard_lat0_c50", "rps") / get("floor_lat0_c50", "rps"), 3)
     out["ratio_modelyard_vs_litellm_c50"] = round(out["modelyard_rps_c50"] / out["litellm_rps_c50"], 2)  # type: ignore[operator]
     out["ratio_modelyard_vs_direct_c50"] = round(out["modelyard_rps_c50"] / out["direct_rps_c50"], 3)  # type: ignore[operator]
+    out.update(round_ratios(r))
     out["goals"] = {
         "throughput_ge_10x_litellm": out["ratio_modelyard_vs_litellm_c50"] >= 10,  # type: ignore[operator]
         "throughput_ge_50pct_direct": out["ratio_modelyard_vs_direct_c50"] >= 0.5,  # type: ignore[operator]
@@ -482,6 +530,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 s per point and a 20 s soak (about a minute of load)")
     parser.add_argument("--tracing", action="store_true", help="only compare modelyard with OpenTelemetry traces off and on (bench/gateway_tracing.py)")
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the learned-alias rows and of --tracing (default 3)")
+    parser.add_argument("--point-rounds", type=int, default=3,
+                        help="rounds of the main table, the systems alternated in each; every figure is the median, with its range (default 3, --quick 1)")
     args = parser.parse_args()
     if args.tracing:
         import gateway_tracing
@@ -492,22 +542,26 @@ def main() -> None:
         gateway_tracing.report(raw, args.rounds, seconds)
         return
     args.seconds, args.soak_s, args.soak_rate = (3, 20.0, 100.0) if args.quick else (10, 300.0, 200.0)
+    if args.quick:
+        args.point_rounds = 1
     with tempfile.TemporaryDirectory() as tmp:
         raw = run(args, Path(tmp))
     summary = summarise(raw)
-    rows = [("upstream", "concurrency", "system", "req/s", "p50 ms", "p99 ms", "errors")]
+    rows = [("upstream", "concurrency", "system", "req/s", "p50 ms", "p99 ms", "errors", "CPU ms/request (range)")]
     for latency in (50, 0):
         for c in (1, 50, 200):
             for name in ("direct", "floor", "modelyard", "modelyard_whole", "litellm"):
-                p = raw[f"{name}_lat{latency}_c{c}"]
-                rows.append((f"{latency} ms", str(c), name, f"{p['rps']:.1f}", f"{p['p50_ms']:.2f}", f"{p['p99_ms']:.2f}", f"{p['errors']:.0f}"))  # type: ignore[index]
+                p: Any = raw[f"{name}_lat{latency}_c{c}"]
+                cpu = f"{p['cpu_ms_per_request']:.3f} ({p['cpu_ms_per_request_range'][0]:.3f}-{p['cpu_ms_per_request_range'][1]:.3f})" \
+                    if "cpu_ms_per_request_range" in p else (f"{p['cpu_ms_per_request']:.3f}" if "cpu_ms_per_request" in p else "")
+                rows.append((f"{latency} ms", str(c), name, f"{p['rps']:.1f}", f"{p['p50_ms']:.2f}", f"{p['p99_ms']:.2f}", f"{p['errors']:.0f}", cpu))
     learned = raw["learned"]
     for name in ("plain", "auto", "auto_torch"):
-        rows.append(("50 ms", "1", f"learned:{name}", "", f"{learned[f'{name}_p50_ms']:.2f}", f"{learned[f'{name}_p99_ms']:.2f}", ""))  # type: ignore[index]
+        rows.append(("50 ms", "1", f"learned:{name}", "", f"{learned[f'{name}_p50_ms']:.2f}", f"{learned[f'{name}_p99_ms']:.2f}", "", ""))  # type: ignore[index]
     if raw.get("redis"):
         for c in (1, 50):
             p = raw["redis"][f"c{c}"]  # type: ignore[index]
-            rows.append(("50 ms", str(c), "modelyard+redis", f"{p['rps']:.1f}", f"{p['p50_ms']:.2f}", f"{p['p99_ms']:.2f}", f"{p['errors']:.0f}"))
+            rows.append(("50 ms", str(c), "modelyard+redis", f"{p['rps']:.1f}", f"{p['p50_ms']:.2f}", f"{p['p99_ms']:.2f}", f"{p['errors']:.0f}", ""))
     print(table(rows))
     print()
     print(table([("metric", "value")] + [(k, str(v)) for k, v in summary.items()]))
