@@ -506,6 +506,12 @@ def summarise(r: dict[str, object]) -> dict[str, object]:
     out["ratio_modelyard_vs_litellm_c50"] = round(out["modelyard_rps_c50"] / out["litellm_rps_c50"], 2)  # type: ignore[operator]
     out["ratio_modelyard_vs_direct_c50"] = round(out["modelyard_rps_c50"] / out["direct_rps_c50"], 3)  # type: ignore[operator]
     out.update(round_ratios(r))
+
+    def judged(name: str, per_round: str | None = None) -> float:
+        """The figure a goal is judged on: its per-round median when the run had rounds, else the single figure."""
+        rounds = out.get(per_round or f"{name}_per_round")
+        return float(rounds["median"]) if isinstance(rounds, dict) else float(out[name])  # type: ignore[arg-type]
+
     out["goals"] = {
         "throughput_ge_10x_litellm": out["ratio_modelyard_vs_litellm_c50"] >= 10,  # type: ignore[operator]
         "throughput_ge_50pct_direct": out["ratio_modelyard_vs_direct_c50"] >= 0.5,  # type: ignore[operator]
@@ -514,13 +520,13 @@ def summarise(r: dict[str, object]) -> dict[str, object]:
         "rss_growth_le_10pct": out["modelyard_rss_growth_pct"] <= 10,  # type: ignore[operator]
         "fds_flat": r["soak"]["fd_last"] <= r["soak"]["fd_first"] + 5,  # type: ignore[index]
         # Issue 18's goals, each against a reference measured in the same run.
-        "cpu_c50_le_1_5x_floor": out["cpu_ratio_modelyard_vs_floor_c50"] <= 1.5,  # type: ignore[operator]
-        "added_p50_le_floor_plus_0_5ms": out["features_added_p50_ms_c1"] <= 0.5,  # type: ignore[operator]
+        "cpu_c50_le_1_5x_floor": judged("cpu_ratio_modelyard_vs_floor_c50") <= 1.5,
+        "added_p50_le_floor_plus_0_5ms": judged("features_added_p50_ms_c1", "modelyard_added_over_floor_p50_ms_c1_per_round") <= 0.5,
         "learned_added_p50_le_3ms": out["learned_added_p50_ms_c1"] <= 3.0,  # type: ignore[operator]
-        "throughput_ge_5x_litellm": out["ratio_modelyard_vs_litellm_c50"] >= 5,  # type: ignore[operator]
-        "throughput_ge_90pct_floor": out["ratio_modelyard_vs_floor_c50"] >= 0.9,  # type: ignore[operator]
-        "whole_cpu_c50_le_1_5x_floor": out["cpu_ratio_modelyard_whole_vs_floor_c50"] <= 1.5,  # type: ignore[operator]
-        "whole_added_p50_le_floor_plus_0_5ms": out["features_whole_added_p50_ms_c1"] <= 0.5,  # type: ignore[operator]
+        "throughput_ge_5x_litellm": judged("ratio_modelyard_vs_litellm_c50") >= 5,
+        "throughput_ge_90pct_floor": judged("ratio_modelyard_vs_floor_c50") >= 0.9,
+        "whole_cpu_c50_le_1_5x_floor": judged("cpu_ratio_modelyard_whole_vs_floor_c50") <= 1.5,
+        "whole_added_p50_le_floor_plus_0_5ms": judged("features_whole_added_p50_ms_c1", "modelyard_whole_added_over_floor_p50_ms_c1_per_round") <= 0.5,
     }
     return out
 
