@@ -81,3 +81,10 @@ def test_the_stream_writer_puts_bytes_after_the_text_already_written() -> None:
     text.write("a warning\n")  # still in the text layer's buffer
     stream_writer(text)(b'{"n":1}\n')
     assert raw.getvalue() == b'a warning\n{"n":1}\n'
+
+
+def test_the_stream_writer_falls_back_to_text_for_a_stream_without_a_binary_buffer() -> None:
+    text = io.StringIO()
+    text.write("a warning\n")
+    stream_writer(text)(b'{"n":1}\n')
+    assert text.getvalue() == 'a warning\n{"n":1}\n'

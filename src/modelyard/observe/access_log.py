@@ -19,7 +19,6 @@ from typing import IO, Any
 
 import orjson
 
-DEFAULT_FLUSH_S = 0.2
 FLUSH_BYTES = 64 * 1024
 
 Writer = Callable[[bytes], object]
@@ -44,7 +43,8 @@ def stream_writer(stream: IO[str]) -> Writer:
 class AccessLog:
     """Buffered JSON lines; ``line`` never blocks and never raises, a failing stream drops its block."""
 
-    def __init__(self, write: Writer, flush_s: float = DEFAULT_FLUSH_S, flush_bytes: int = FLUSH_BYTES) -> None:
+    def __init__(self, write: Writer, flush_s: float, flush_bytes: int = FLUSH_BYTES) -> None:
+        """``flush_s``: the longest a line waits in the buffer (``server.access_log_flush_s``; 0: no buffering)."""
         self._write = write
         self._flush_s = flush_s
         self._flush_bytes = flush_bytes
