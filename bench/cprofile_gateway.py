@@ -51,8 +51,13 @@ def written(*_):
     profile.disable()
     profile.dump_stats(out)
 signal.signal(signal.SIGUSR2, written)
-sys.argv = ["modelyard", *sys.argv[2:]]
-from modelyard.cli import main
+if sys.argv[2] == "floor":
+    sys.argv = ["floor_proxy", *sys.argv[3:]]
+    sys.path.insert(0, sys.argv.pop())
+    from floor_proxy import main
+else:
+    sys.argv = ["modelyard", *sys.argv[2:]]
+    from modelyard.cli import main
 sys.exit(main())
 """
 
@@ -65,6 +70,19 @@ def label(path: str, line: int, function: str) -> str:
     return f"{function} ({path}:{line})"
 
 
+def package_of(path: str) -> str:
+    """The top-level package (or stdlib module) a profiled function belongs to; ``~`` is C builtins."""
+    if path == "~":
+        return "builtins (C)"
+    for marker in ("site-packages/", "src/", "lib/python3.11/"):
+        if marker in path:
+            parts = path.split(marker, 1)[1].removesuffix(".py").split("/")
+            if marker == "src/":  # modelyard by subpackage: which layers a compile would reach
+                return ".".join(parts[:2])
+            return parts[0] + (" (stdlib)" if marker == "lib/python3.11/" else "")
+    return path
+
+
 def per_request(stats_file: Path, requests: int, top: int) -> dict[str, Any]:
     """Own and inclusive microseconds per request, from the dumped stats."""
     stats = pstats.Stats(str(stats_file))
@@ -73,9 +91,14 @@ def per_request(stats_file: Path, requests: int, top: int) -> dict[str, Any]:
     own = sorted(((tottime, label(*key)) for key, (_, _, tottime, _, _) in rows.items()), reverse=True)[:top]
     inclusive = sorted(((cumtime, label(*key)) for key, (_, _, _, cumtime, _) in rows.items() if "modelyard/" in key[0]), reverse=True)[:top]
     scale = 1e6 / max(1, requests)
+    packages: dict[str, float] = {}
+    for key, (_, _, tottime, _, _) in rows.items():
+        packages[package_of(key[0])] = packages.get(package_of(key[0]), 0.0) + tottime
     return {
         "requests": requests,
         "profiled_us_per_request": round(total * scale, 1),
+        "own_us_per_request_by_package": [(name, round(seconds * scale, 1))
+                                           for name, seconds in sorted(packages.items(), key=lambda item: -item[1])],
         "own_us_per_request": [(name, round(seconds * scale, 1)) for seconds, name in own],
         "modelyard_inclusive_us_per_request": [(name, round(seconds * scale, 1)) for seconds, name in inclusive],
     }
@@ -92,13 +115,15 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     launcher = tmp / "launcher.py"
     launcher.write_text(LAUNCHER)
     serve = ["serve", "--config", str(config), "--port", str(port), "--data-dir", str(tmp / "data"), "--log-level", "warning"]
+    if args.floor:  # the bench directory goes last: the launcher pops it onto sys.path
+        serve = ["floor", "--port", str(port), "--upstream", f"http://127.0.0.1:{up_port}", str(Path(__file__).resolve().parent)]
     gateway = subprocess.Popen([sys.executable, str(launcher), str(stats_file), *serve], stdout=(tmp / "gateway.log").open("wb"),
                                stderr=subprocess.STDOUT, env=ENV | {"MODELYARD_MASTER_KEY": MASTER_KEY}, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(gateway, url + "/readyz", tmp / "gateway.log")
+        _wait_ready(gateway, url + ("/v1/chat/completions" if args.floor else "/readyz"), tmp / "gateway.log", post=args.floor)
         script = tmp / "post.lua"
-        script.write_text(WRK_SCRIPT.format(body=json.dumps(BODY), key=tenant_key(url)))
+        script.write_text(WRK_SCRIPT.format(body=json.dumps(BODY), key="floor" if args.floor else tenant_key(url)))
         threads = "1" if args.concurrency == 1 else "2"
         subprocess.run([wrk_bin, "-t", threads, "-c", "10", "-d", "2s", "-s", str(script), url + "/v1/chat/completions"], capture_output=True, check=True)
         os.kill(gateway.pid, signal.SIGUSR1)
@@ -111,7 +136,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         load = parse_wrk(out)
         requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
         point = per_request(stats_file, requests, args.top)
-        name = f"{'whole-' if args.whole else ''}lat{args.latency_ms}_c{args.concurrency}"
+        name = f"{'floor-' if args.floor else ''}{'whole-' if args.whole else ''}lat{args.latency_ms}_c{args.concurrency}"
         text = io.StringIO()
         pstats.Stats(str(stats_file), stream=text).sort_stats("tottime").print_stats(80)
         (RESULTS / "profiles").mkdir(parents=True, exist_ok=True)
@@ -119,11 +144,12 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     finally:
         stop(gateway)
         stop(upstream)
-    return {"config": {"latency_ms": args.latency_ms, "concurrency": args.concurrency, "seconds": args.seconds, "whole": args.whole},
+    return {"config": {"latency_ms": args.latency_ms, "concurrency": args.concurrency, "seconds": args.seconds, "whole": args.whole,
+                       "system": "floor" if args.floor else "modelyard"},
             "machine": machine(), "load": load, "point": name, **point}
 
 
-def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path, post: bool = False) -> None:
     import httpx
 
     deadline = time.monotonic() + 120
@@ -131,7 +157,8 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
         if process.poll() is not None:
             raise RuntimeError(f"modelyard exited early; see {log}")
         try:
-            if httpx.get(url, timeout=1).status_code == 200:
+            answer = httpx.post(url, json=BODY, timeout=1) if post else httpx.get(url, timeout=1)
+            if answer.status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -145,15 +172,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50, help="wrk connections (default 50)")
     parser.add_argument("--seconds", type=int, default=10, help="profiled load window (default 10)")
     parser.add_argument("--whole", action="store_true", help="with upstream_streaming: when_client_streams")
+    parser.add_argument("--floor", action="store_true", help="profile bench/floor_proxy.py instead of modelyard (writes cprofile_floor.json)")
     parser.add_argument("--top", type=int, default=30, help="rows per table (default 30)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = run(args, Path(tmp))
     print(f"{result['requests']} requests, {result['load']['rps']:.0f} req/s under the profiler; "
           f"{result['profiled_us_per_request']} profiled us per request on the main thread")
+    print(table([("own time by package", "us/request")] + [(n, str(v)) for n, v in result["own_us_per_request_by_package"][:args.top]]))
     print(table([("own time", "us/request")] + [(n, str(v)) for n, v in result["own_us_per_request"]]))
     print(table([("modelyard, inclusive", "us/request")] + [(n, str(v)) for n, v in result["modelyard_inclusive_us_per_request"]]))
-    print(write_result("cprofile_gateway", result))
+    print(write_result("cprofile_floor" if args.floor else "cprofile_gateway", result))
 
 
 if __name__ == "__main__":
