@@ -23,9 +23,17 @@ alternated within each of ``--rounds``; the first 20 requests of each run are
 dropped as warm-up. The result is each phase's median (and p90) per server,
 its difference from the floor's, and wrk's p50 beside the probe's
 app-entry-to-last-byte median as a check. The probe's own cost (a few
-microseconds per request) falls on every server alike.
+microseconds per request) falls on every server alike. wrk also measures the
+upstream alone, asked as the floor asks it and asked to stream (as
+modelyard's default path asks it, whatever the client asked): the difference
+is the upstream's own cost of streaming, which the default path pays and the
+floor does not.
 
-Writes bench/results/latency_phases.json.
+``--points`` stamps the first call of chosen functions in each request (as
+milliseconds from the app's entry), to cut a phase finer; each stamp costs
+about a microsecond.
+
+Writes bench/results/latency_phases.json (with ``--points``: latency_phases_points.json).
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ import gateway  # noqa: E402
 from _common import ENV, free_port, machine, median, percentile, start, stop, table, write_result  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
+DIRECT = {"direct": gateway.BODY, "direct_stream": gateway.BODY | {"stream": True, "stream_options": {"include_usage": True}}}
 PHASES = ("before_upstream", "upstream_headers", "upstream_body", "after_upstream", "last_send", "after_last_byte")
 
 PROBE = '''
@@ -96,6 +105,21 @@ def written(*_):
     records.clear()
 signal.signal(signal.SIGUSR2, written)
 
+def point(spec):
+    """Wrap one callable ("module:Qual.name") to stamp its first call in each request, as "at <spec>"."""
+    import functools, importlib
+    module_name, qualname = spec.split(":")
+    owner = importlib.import_module(module_name)
+    *path, name = qualname.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    original = getattr(owner, name)
+    @functools.wraps(original)
+    def stamped(*args, **kwargs):
+        current.setdefault("at " + spec, clock())
+        return original(*args, **kwargs)
+    setattr(owner, name, stamped)
+
 if os.environ.get("PHASE_PROBE_TARGET") == "floor":
     import sys
     sys.path.insert(0, os.environ["PHASE_PROBE_BENCH"])
@@ -104,6 +128,8 @@ if os.environ.get("PHASE_PROBE_TARGET") == "floor":
 else:
     from modelyard.api.middleware import RequestContextMiddleware
     probe(RequestContextMiddleware)
+    for spec in filter(None, os.environ.get("PHASE_PROBE_POINTS", "").split(",")):
+        point(spec)
 '''
 
 
@@ -116,10 +142,13 @@ def phases_of(stamps: dict[str, float]) -> dict[str, float] | None:
               stamps["last_send_start"], stamps["last_send_end"], stamps["exit"]]
     out = {name: (later - earlier) * 1000 for name, earlier, later in zip(PHASES, points[:-1], points[1:], strict=True)}
     out["entry_to_last_byte"] = (stamps["last_send_end"] - stamps["entry"]) * 1000
+    for key, value in stamps.items():
+        if key.startswith("at "):  # --points: milliseconds from the app's entry
+            out[key] = (value - stamps["entry"]) * 1000
     return out
 
 
-def start_servers(up_port: int, tmp: Path, probe_dir: Path) -> dict[str, tuple[subprocess.Popen[bytes], str, str, Path]]:
+def start_servers(up_port: int, tmp: Path, probe_dir: Path, points: str) -> dict[str, tuple[subprocess.Popen[bytes], str, str, Path]]:
     """The floor and the two modelyard variants, each with the probe: name -> (process, url, key, stamps file)."""
     servers: dict[str, tuple[subprocess.Popen[bytes], str, str, Path]] = {}
     port = free_port()
@@ -139,7 +168,8 @@ def start_servers(up_port: int, tmp: Path, probe_dir: Path) -> dict[str, tuple[s
         out = tmp / f"{name}.json"
         process = start(["serve", "--config", str(config), "--port", str(port), "--data-dir", str(tmp / f"data-{name}"), "--log-level", "warning"],
                         tmp / f"{name}.log", f"http://127.0.0.1:{port}/readyz",
-                        env={"MODELYARD_MASTER_KEY": gateway.MASTER_KEY, "PYTHONPATH": str(probe_dir), "PHASE_PROBE_OUT": str(out)})
+                        env={"MODELYARD_MASTER_KEY": gateway.MASTER_KEY, "PYTHONPATH": str(probe_dir), "PHASE_PROBE_OUT": str(out),
+                             "PHASE_PROBE_POINTS": points})
         url = f"http://127.0.0.1:{port}"
         servers[name] = (process, url, gateway.tenant_key(url), out)
     return servers
@@ -184,7 +214,13 @@ def summarise(runs: dict[str, list[dict[str, float]]], wrk_p50: dict[str, list[f
             values = [p[phase] for p in phases]
             row[f"{phase}_p50_ms"] = round(median(values) or 0.0, 3)
             row[f"{phase}_p90_ms"] = round(percentile(values, 90) or 0.0, 3)
+        stamped = sorted({key for p in phases for key in p if key.startswith("at ")}, key=lambda k: median([p[k] for p in phases if k in p]) or 0.0)
+        if stamped:
+            row["points_p50_ms_from_entry"] = {key[3:]: round(median([p[key] for p in phases if key in p]) or 0.0, 3) for key in stamped}
         out[name] = row
+    for name in DIRECT:
+        out[name] = {"wrk_p50_ms": median(wrk_p50[name])}
+    out["upstream_streaming_cost_p50_ms"] = round((median(wrk_p50["direct_stream"]) or 0.0) - (median(wrk_p50["direct"]) or 0.0), 3)
     floor = out["floor"]
     for name in ("modelyard", "modelyard_whole"):
         out[name]["over_floor_p50_ms"] = {phase: round(out[name][f"{phase}_p50_ms"] - floor[f"{phase}_p50_ms"], 3)
@@ -203,7 +239,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                      f"http://127.0.0.1:{up_port}/v1/models")
     servers: dict[str, tuple[subprocess.Popen[bytes], str, str, Path]] = {}
     try:
-        servers = start_servers(up_port, tmp, probe_dir)
+        servers = start_servers(up_port, tmp, probe_dir, args.points)
         scripts = {}
         for name, (process, url, key, out) in servers.items():
             scripts[name] = tmp / f"post-{name}.lua"
@@ -211,8 +247,15 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             gateway.wrk(wrk_bin, url, 10, 2, scripts[name])  # warm-up
             collect(process, out)  # and its stamps dropped
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
-        wrk_p50: dict[str, list[float]] = {name: [] for name in servers}
+        wrk_p50: dict[str, list[float]] = {name: [] for name in (*servers, *DIRECT)}
+        direct_url = f"http://127.0.0.1:{up_port}"
+        for name, body in DIRECT.items():
+            scripts[name] = tmp / f"post-{name}.lua"
+            scripts[name].write_text(gateway.WRK_SCRIPT.format(body=json.dumps(body), key="unused"))
         for round_no in range(args.rounds):
+            for name in DIRECT:  # the upstream alone, asked as the floor asks it and as modelyard's default path asks it
+                wrk_p50[name].append(gateway.wrk(wrk_bin, direct_url, 1, args.seconds, scripts[name])["p50_ms"])
+                print(f"  round {round_no + 1}  {name:<16}  wrk p50 {wrk_p50[name][-1]:.2f} ms", flush=True)
             for name, (process, url, _, out) in servers.items():
                 point = gateway.wrk(wrk_bin, url, 1, args.seconds, scripts[name])
                 phases = [p for p in map(phases_of, collect(process, out)[20:]) if p is not None]
@@ -223,7 +266,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         for process, *_ in servers.values():
             stop(process)
         stop(upstream)
-    return {"config": {"latency_ms": args.latency_ms, "seconds": args.seconds, "rounds": args.rounds, "concurrency": 1},
+    return {"config": {"latency_ms": args.latency_ms, "seconds": args.seconds, "rounds": args.rounds, "concurrency": 1, "points": args.points},
             "machine": machine(), **summarise(runs, wrk_p50)}
 
 
@@ -232,6 +275,8 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=int, default=50, help="the fake upstream's latency before its answer (default 50)")
     parser.add_argument("--seconds", type=int, default=15, help="seconds of wrk per server per round (default 15)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds, the servers alternated in each (default 2)")
+    parser.add_argument("--points", default="", help="extra stamps in modelyard, comma-separated module:Qual.name callables "
+                        "(each call's first time in a request, as ms from the app's entry), e.g. modelyard.api.parse:chat_request")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = run(args, Path(tmp))
@@ -243,7 +288,12 @@ def main() -> None:
     rows.append(("wrk p50 (client)", *(f"{result[n]['wrk_p50_ms']:.3f}" for n in names),
                  f"{result['modelyard']['over_floor_p50_ms']['wrk_p50']:+.3f}", f"{result['modelyard_whole']['over_floor_p50_ms']['wrk_p50']:+.3f}"))
     print(table(rows))
-    print(write_result("latency_phases", result))
+    for name in ("modelyard", "modelyard_whole"):
+        if "points_p50_ms_from_entry" in result[name]:
+            print(table([(f"{name}: first call", "p50 ms from entry")] + [(k, f"{v:.3f}") for k, v in result[name]["points_p50_ms_from_entry"].items()]))
+    print(f"the upstream alone: p50 {result['direct']['wrk_p50_ms']:.3f} ms; asked to stream (as modelyard's default path asks it): "
+          f"{result['direct_stream']['wrk_p50_ms']:.3f} ms ({result['upstream_streaming_cost_p50_ms']:+.3f})")
+    print(write_result("latency_phases_points" if args.points else "latency_phases", result))
 
 
 if __name__ == "__main__":
