@@ -29,11 +29,15 @@ modelyard's default path asks it, whatever the client asked): the difference
 is the upstream's own cost of streaming, which the default path pays and the
 floor does not.
 
+``--learned`` adds bench/gateway.py's learned fleet on one more server and
+measures the learned ``auto`` alias against a plain model on it (the alias's
+cost, phase by phase; the route embedding falls in "before_upstream").
+
 ``--points`` stamps the first call of chosen functions in each request (as
 milliseconds from the app's entry), to cut a phase finer; each stamp costs
 about a microsecond.
 
-Writes bench/results/latency_phases.json (with ``--points``: latency_phases_points.json).
+Writes bench/results/latency_phases.json (``--learned`` adds ``_learned`` to the name, ``--points`` ``_points``).
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ from _common import ENV, free_port, machine, median, percentile, start, stop, ta
 
 BENCH = Path(__file__).resolve().parent
 DIRECT = {"direct": gateway.BODY, "direct_stream": gateway.BODY | {"stream": True, "stream_options": {"include_usage": True}}}
+# The learned targets' request bodies name their model (gateway.LEARNED_CONFIG's fleet).
+TARGET_MODELS = {"learned_plain": {"model": "smollm2-135m"}, "learned_auto": {"model": "auto"}}
 PHASES = ("before_upstream", "upstream_headers", "upstream_body", "after_upstream", "last_send", "after_last_byte")
 
 PROBE = '''
@@ -148,8 +154,8 @@ def phases_of(stamps: dict[str, float]) -> dict[str, float] | None:
     return out
 
 
-def start_servers(up_port: int, tmp: Path, probe_dir: Path, points: str) -> dict[str, tuple[subprocess.Popen[bytes], str, str, Path]]:
-    """The floor and the two modelyard variants, each with the probe: name -> (process, url, key, stamps file)."""
+def start_servers(up_port: int, tmp: Path, probe_dir: Path, points: str, learned: bool) -> dict[str, tuple[subprocess.Popen[bytes], str, str, Path]]:
+    """The floor and the modelyard variants, each with the probe: target name -> (process, url, key, stamps file)."""
     servers: dict[str, tuple[subprocess.Popen[bytes], str, str, Path]] = {}
     port = free_port()
     out = tmp / "floor.json"
@@ -172,6 +178,18 @@ def start_servers(up_port: int, tmp: Path, probe_dir: Path, points: str) -> dict
                              "PHASE_PROBE_POINTS": points})
         url = f"http://127.0.0.1:{port}"
         servers[name] = (process, url, gateway.tenant_key(url), out)
+    if learned:  # one server, two targets: the plain model and the learned alias over it
+        config = tmp / "learned.yaml"
+        config.write_text(gateway.LEARNED_CONFIG.format(port=up_port))
+        port = free_port()
+        out = tmp / "learned.json"
+        process = start(["serve", "--config", str(config), "--port", str(port), "--data-dir", str(tmp / "data-learned"), "--log-level", "warning"],
+                        tmp / "learned.log", f"http://127.0.0.1:{port}/readyz",
+                        env={"MODELYARD_MASTER_KEY": gateway.MASTER_KEY, "PYTHONPATH": str(probe_dir), "PHASE_PROBE_OUT": str(out),
+                             "PHASE_PROBE_POINTS": points})
+        url = f"http://127.0.0.1:{port}"
+        key = gateway.tenant_key(url)
+        servers["learned_plain"] = servers["learned_auto"] = (process, url, key, out)
     return servers
 
 
@@ -226,6 +244,10 @@ def summarise(runs: dict[str, list[dict[str, float]]], wrk_p50: dict[str, list[f
         out[name]["over_floor_p50_ms"] = {phase: round(out[name][f"{phase}_p50_ms"] - floor[f"{phase}_p50_ms"], 3)
                                           for phase in (*PHASES, "entry_to_last_byte")}
         out[name]["over_floor_p50_ms"]["wrk_p50"] = round(out[name]["wrk_p50_ms"] - floor["wrk_p50_ms"], 3)
+    if "learned_auto" in out:
+        plain, auto = out["learned_plain"], out["learned_auto"]
+        auto["over_plain_p50_ms"] = {phase: round(auto[f"{phase}_p50_ms"] - plain[f"{phase}_p50_ms"], 3) for phase in (*PHASES, "entry_to_last_byte")}
+        auto["over_plain_p50_ms"]["wrk_p50"] = round(auto["wrk_p50_ms"] - plain["wrk_p50_ms"], 3)
     return out
 
 
@@ -239,11 +261,11 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                      f"http://127.0.0.1:{up_port}/v1/models")
     servers: dict[str, tuple[subprocess.Popen[bytes], str, str, Path]] = {}
     try:
-        servers = start_servers(up_port, tmp, probe_dir, args.points)
+        servers = start_servers(up_port, tmp, probe_dir, args.points, args.learned)
         scripts = {}
         for name, (process, url, key, out) in servers.items():
             scripts[name] = tmp / f"post-{name}.lua"
-            scripts[name].write_text(gateway.WRK_SCRIPT.format(body=json.dumps(gateway.BODY), key=key))
+            scripts[name].write_text(gateway.WRK_SCRIPT.format(body=json.dumps(gateway.BODY | TARGET_MODELS.get(name, {})), key=key))
             gateway.wrk(wrk_bin, url, 10, 2, scripts[name])  # warm-up
             collect(process, out)  # and its stamps dropped
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
@@ -263,10 +285,11 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 wrk_p50[name].append(point["p50_ms"])
                 print(f"  round {round_no + 1}  {name:<16} {len(phases):4d} requests  wrk p50 {point['p50_ms']:.2f} ms", flush=True)
     finally:
-        for process, *_ in servers.values():
+        for process in {id(p): p for p, *_ in servers.values()}.values():
             stop(process)
         stop(upstream)
-    return {"config": {"latency_ms": args.latency_ms, "seconds": args.seconds, "rounds": args.rounds, "concurrency": 1, "points": args.points},
+    return {"config": {"latency_ms": args.latency_ms, "seconds": args.seconds, "rounds": args.rounds, "concurrency": 1, "points": args.points,
+                       "learned": args.learned},
             "machine": machine(), **summarise(runs, wrk_p50)}
 
 
@@ -275,6 +298,8 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=int, default=50, help="the fake upstream's latency before its answer (default 50)")
     parser.add_argument("--seconds", type=int, default=15, help="seconds of wrk per server per round (default 15)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds, the servers alternated in each (default 2)")
+    parser.add_argument("--learned", action="store_true", help="also the learned `auto` alias against a plain model on one server "
+                        "(bench/gateway.py's learned fleet: the route embedding on ONNX int8)")
     parser.add_argument("--points", default="", help="extra stamps in modelyard, comma-separated module:Qual.name callables "
                         "(each call's first time in a request, as ms from the app's entry), e.g. modelyard.api.parse:chat_request")
     args = parser.parse_args()
@@ -288,12 +313,21 @@ def main() -> None:
     rows.append(("wrk p50 (client)", *(f"{result[n]['wrk_p50_ms']:.3f}" for n in names),
                  f"{result['modelyard']['over_floor_p50_ms']['wrk_p50']:+.3f}", f"{result['modelyard_whole']['over_floor_p50_ms']['wrk_p50']:+.3f}"))
     print(table(rows))
-    for name in ("modelyard", "modelyard_whole"):
+    if "learned_auto" in result:
+        over = result["learned_auto"]["over_plain_p50_ms"]
+        rows = [("phase (p50 ms)", "plain model", "learned auto", "auto - plain")]
+        for phase in (*PHASES, "entry_to_last_byte", "wrk_p50"):
+            key = "wrk_p50_ms" if phase == "wrk_p50" else f"{phase}_p50_ms"
+            rows.append((phase, f"{result['learned_plain'][key]:.3f}", f"{result['learned_auto'][key]:.3f}", f"{over[phase]:+.3f}"))
+        print(table(rows))
+    for name in ("modelyard", "modelyard_whole", "learned_plain", "learned_auto"):
+        if name not in result:
+            continue
         if "points_p50_ms_from_entry" in result[name]:
             print(table([(f"{name}: first call", "p50 ms from entry")] + [(k, f"{v:.3f}") for k, v in result[name]["points_p50_ms_from_entry"].items()]))
     print(f"the upstream alone: p50 {result['direct']['wrk_p50_ms']:.3f} ms; asked to stream (as modelyard's default path asks it): "
           f"{result['direct_stream']['wrk_p50_ms']:.3f} ms ({result['upstream_streaming_cost_p50_ms']:+.3f})")
-    print(write_result("latency_phases_points" if args.points else "latency_phases", result))
+    print(write_result("latency_phases" + ("_learned" if args.learned else "") + ("_points" if args.points else ""), result))
 
 
 if __name__ == "__main__":
