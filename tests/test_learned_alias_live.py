@@ -72,6 +72,11 @@ def ask(server: LiveServer, alias: str, prompt: str, **headers: str) -> httpx.Re
     return httpx.post(server.url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
 
 
+def ask_messages(server: LiveServer, alias: str, messages: list[dict[str, object]]) -> httpx.Response:
+    body = {"model": alias, "messages": messages, "max_tokens": 3}
+    return httpx.post(server.url + "/v1/chat/completions", json=body, timeout=30)
+
+
 def route(response: httpx.Response) -> list[str]:
     return response.headers["x-modelyard-route"].split("; ")
 
@@ -111,3 +116,22 @@ def test_metrics_count_routes_by_how_they_were_chosen(server: LiveServer) -> Non
     assert count(after, degraded) == count(before, degraded) + 1
     assert 'modelyard_routed_requests_total{alias="cheap"' not in after
     assert 'modelyard_route_predicted_quality_bucket{alias="smart",le="1.0",model="cheap"}' in after
+
+
+def test_an_agent_loop_routes_on_the_kept_vector(server: LiveServer, fake_upstream: LiveServer) -> None:
+    def embedded() -> int:
+        return int(httpx.get(fake_upstream.url + "/stats").json()["embeddings"])
+
+    turn = {"role": "user", "content": "y" * 35}  # 35 % 7 = 0: the cheap model
+    before = embedded()
+    first = ask_messages(server, "smart", [turn])
+    assert first.status_code == 200 and embedded() == before + 1
+    # The agent's next step re-sends the same user turn with a tool call and its result: no new embedding, same route.
+    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    step = [turn, {"role": "assistant", "content": None, "tool_calls": [call]}, {"role": "tool", "tool_call_id": "c1", "content": "found"}]
+    second = ask_messages(server, "smart", step)
+    assert second.status_code == 200 and embedded() == before + 1
+    assert route(second) == route(first) == ["learned:target=0.9", "predicted_quality=1.000", "model=cheap"]
+    # A new user turn is a new routing text: embedded.
+    third = ask_messages(server, "smart", [*step, {"role": "assistant", "content": "done"}, {"role": "user", "content": "z" * 34}])
+    assert third.status_code == 200 and embedded() == before + 2

@@ -114,6 +114,7 @@ def test_learned_alias_by_lambda() -> None:
         ({"embedding_model": "embedder", "intents": {"code": {"model": "coder", "examples": []}}}, "at least one example"),
         ({"rules": [{"model": "strong", "colour": "red"}]}, "unknown field"),
         ({"strategy": "learned", "embedding_model": "embedder", "router_file": "r", "quality_target": 2}, "quality_target"),
+        ({"strategy": "learned", "embedding_model": "embedder", "router_file": "r", "embedding_cache": -1}, "embedding_cache"),
     ],
 )
 def test_alias_config_errors_name_the_field(alias: dict[str, object], problem: str) -> None:
@@ -134,3 +135,20 @@ def test_routing_embedding_is_charged_to_the_request_but_not_counted_as_an_attem
     # Default prices: smollm2 $0.02 and minilm $0.01 per replica-hour.
     assert PriceCatalog(default_fleet()).actual(request) == pytest.approx(1.8 * 0.02 / 3600 + 0.36 * 0.01 / 3600)
     assert request.usage() == Usage(10, 2) and len(request.attempts) == 1
+
+
+def test_the_prompt_vector_cache_keeps_the_most_recently_used() -> None:
+    from modelyard.pipeline.route_inputs import VectorCache
+
+    cache = VectorCache(2)
+    cache.put("a", unit(1, 0, 0))
+    cache.put("b", unit(0, 1, 0))
+    assert cache.get("a") is not None  # "a" is now the most recent
+    cache.put("c", unit(0, 0, 1))  # so "b" goes
+    assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None
+    assert (cache.hits, cache.misses) == (3, 1)
+    kept = cache.get("c")
+    assert kept is not None and not kept.flags.writeable  # shared by requests: nobody may change it in place
+    off = VectorCache(0)
+    off.put("a", unit(1, 0, 0))
+    assert off.get("a") is None

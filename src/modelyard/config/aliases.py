@@ -7,7 +7,15 @@ from types import MappingProxyType
 from typing import Mapping
 
 from modelyard.config.reader import Reader, show
-from modelyard.config.schema import DEFAULT_QUALITY_TARGET, AliasConfig, IntentConfig, ModelConfig, RouteRule, ValidatorConfig
+from modelyard.config.schema import (
+    DEFAULT_EMBEDDING_CACHE,
+    DEFAULT_QUALITY_TARGET,
+    AliasConfig,
+    IntentConfig,
+    ModelConfig,
+    RouteRule,
+    ValidatorConfig,
+)
 
 ALIAS_STRATEGIES = ("rule", "cascade", "learned")
 VALIDATOR_KINDS = ("regex", "json_schema", "max_length")
@@ -54,6 +62,7 @@ def _alias(r: Reader, name: str, targets: tuple[str, ...], by_name: Mapping[str,
         router_file=str(r.get("router_file", "") or ""),
         quality_target=DEFAULT_QUALITY_TARGET if target is None else target,
         quality_lambda=r.optional_number("quality_lambda", 0.0),
+        embedding_cache=r.integer("embedding_cache", DEFAULT_EMBEDDING_CACHE, minimum=0),
     )
     if alias.embedding_model:
         model = by_name.get(alias.embedding_model)

@@ -165,6 +165,9 @@ class IntentConfig:
 
 
 DEFAULT_QUALITY_TARGET = 0.9
+# Prompt vectors an alias keeps (by routing text): an agent's tool loop re-sends the same user turns, so its
+# steps after the first route without running the embedding model again. About 1.5 KB each at 384 dimensions.
+DEFAULT_EMBEDDING_CACHE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +187,7 @@ class AliasConfig:
     router_file: str = ""  # learned: a trained router file (builtin:<name> or a path)
     quality_target: float = DEFAULT_QUALITY_TARGET  # learned: the default of the x-modelyard-quality header
     quality_lambda: float | None = None  # learned: maximise quality - lambda x relative cost instead of a target
+    embedding_cache: int = DEFAULT_EMBEDDING_CACHE  # prompt vectors kept, least recently used out (0: embed every request)
 
 
 @dataclass(frozen=True, slots=True)

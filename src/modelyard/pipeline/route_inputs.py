@@ -2,15 +2,21 @@
 
 Learned routers are loaded when the pipeline is built (a bad file fails
 startup, not a request). Intent example vectors are computed on an alias's
-first request with the alias's own embedding model, then kept. When the
-embedding model cannot answer, routing goes on without a vector and the alias
-falls back to its rules (the reason header says so).
+first request with the alias's own embedding model, then kept. A prompt's
+vector is kept too, per alias and by routing text, for the alias's last
+``embedding_cache`` texts: an agent's tool loop re-sends the same user turns,
+so its steps after the first route on the kept vector (the same vector, so
+the same decision) without running the embedding model, and are not charged
+for an embedding they did not use. When the embedding model cannot answer,
+routing goes on without a vector and the alias falls back to its rules (the
+reason header says so).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +55,37 @@ def load_learned(config: FleetConfig) -> dict[str, LearnedRouter]:
     return routers
 
 
+Vector = npt.NDArray[np.float32]
+
+
+class VectorCache:
+    """The last ``capacity`` vectors by text, least recently used out; each vector read-only, since requests share it."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.vectors: OrderedDict[str, Vector] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, text: str) -> Vector | None:
+        vector = self.vectors.get(text)
+        if vector is None:
+            self.misses += 1
+            return None
+        self.vectors.move_to_end(text)
+        self.hits += 1
+        return vector
+
+    def put(self, text: str, vector: Vector) -> None:
+        if self.capacity <= 0:
+            return
+        vector.flags.writeable = False
+        self.vectors[text] = vector
+        self.vectors.move_to_end(text)
+        while len(self.vectors) > self.capacity:
+            self.vectors.popitem(last=False)
+
+
 class RouteInputs:
     """Per-alias assets for :func:`modelyard.routing.router.resolve_model`, and the prompt embedding."""
 
@@ -56,6 +93,7 @@ class RouteInputs:
         self.dispatcher = dispatcher
         self.learned = learned
         self.intents: dict[str, IntentIndex] = {}
+        self.prompt_vectors: dict[str, VectorCache] = {}  # per alias
         self.lock = asyncio.Lock()
 
     def needs_embedding(self, alias: AliasConfig) -> bool:
@@ -72,10 +110,20 @@ class RouteInputs:
                         intents = self.intents[alias.name] = IntentIndex.build(alias.intents, vectors)
         return AliasAssets(learned=self.learned.get(alias.name), intents=intents)
 
-    async def embed_prompt(self, alias: AliasConfig, prompt: str, request: Request) -> npt.NDArray[np.float32] | None:
-        """The prompt's vector, of the same text the router was trained on."""
-        vectors = await self.embed(alias, [routing_text(prompt)], request, charge=True)
-        return None if vectors is None else vectors[0]
+    async def embed_prompt(self, alias: AliasConfig, prompt: str, request: Request) -> Vector | None:
+        """The prompt's vector, of the same text the router was trained on (kept for the alias's next requests)."""
+        text = routing_text(prompt)
+        cache = self.prompt_vectors.get(alias.name)
+        if cache is None:
+            cache = self.prompt_vectors[alias.name] = VectorCache(alias.embedding_cache)
+        vector = cache.get(text)
+        if vector is not None:
+            return vector
+        vectors = await self.embed(alias, [text], request, charge=True)
+        if vectors is None:
+            return None
+        cache.put(text, vectors[0])
+        return vectors[0]
 
     async def embed(self, alias: AliasConfig, texts: list[str], request: Request, charge: bool = False) -> npt.NDArray[np.float32] | None:
         """Normalised vectors for ``texts`` from the alias's embedding model, or None when it cannot answer.

@@ -18,7 +18,8 @@ headers, so one server can script many cases:
 - ``x-fake-echo``: reply with the last message's text (or the prompt), split on spaces into tokens
 - ``x-fake-tool-call``: ``NAME {"json": "arguments"}``: the chat answer is that one tool call (streamed too)
 
-``GET /received`` lists the last 100 generation request bodies, as received.
+``GET /received`` lists the last 100 generation request bodies, as received;
+``GET /stats`` counts generation requests (and those in flight) and embedding requests.
 
 A running server also takes a fault for every later request at ``POST /fault``
 (``{"mode": "hang" | "slow" | "status" | null, "status": 500, "latency_ms": 5000}``):
@@ -74,7 +75,7 @@ LOAD_SCALE = 8  # without a capacity, /metrics reports KV usage as in-flight req
 
 
 def create_fake_app(script: FakeScript) -> Starlette:
-    counter = {"requests": 0, "in_flight": 0}
+    counter = {"requests": 0, "in_flight": 0, "embeddings": 0}
     received: deque[Any] = deque(maxlen=100)
     fault: dict[str, Any] = {"mode": None}
     slots = asyncio.Semaphore(script.capacity) if script.capacity > 0 else None
@@ -116,6 +117,7 @@ def create_fake_app(script: FakeScript) -> Starlette:
         return _json(fault)
 
     async def embeddings(request: Request) -> Response:
+        counter["embeddings"] += 1
         body = orjson.loads(await request.body())
         if status := int(_setting(request, "x-fake-status", 0)):
             return _json({"error": {"message": "scripted failure", "type": "server_error", "param": None, "code": None}}, status)
