@@ -24,7 +24,11 @@ byte and chunk pacing. Soak: a fixed rate for 5 minutes (30 s with --quick)
 with modelyard's RSS and open file descriptors sampled every 10 s. Then, on
 the 50 ms upstream alone: the learned ``auto`` alias against the plain model
 on one server at concurrency 1 (``--rounds`` alternated rounds; the router's
-embedding on ONNX int8, as the default fleet runs it, and on PyTorch), and
+embedding on ONNX int8, as the default fleet runs it, and on PyTorch; a new
+user turn in every request, so the alias embeds each prompt; and once more
+with the same user turn repeated, as an agent's tool loop sends it, where the
+alias routes on its kept vector; ``--learned-only`` runs these rows alone
+into bench/results/gateway_learned.json), and
 the production path with limits and budgets shared through Redis
 (``--redis-url``; left out when no Redis answers on 127.0.0.1:6379).
 Writes bench/results/gateway.json.
@@ -288,6 +292,26 @@ def body_script(tmp: Path, name: str, model: str, key: str) -> Path:
     return script
 
 
+# A new user turn per request ("hello there, question N"), so a learned alias embeds every prompt (its kept vectors
+# would otherwise answer every request after the first). One wrk thread: the counter is per thread.
+DISTINCT_PROMPTS_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, string.format('{{"model": "{model}", "messages": [{{"role": "user", "content": "hello there, question %d"}}], "max_tokens": 16}}', counter))
+end
+"""
+
+
+def distinct_prompts_script(tmp: Path, name: str, model: str, key: str) -> Path:
+    script = tmp / f"post-{name}.lua"
+    script.write_text(DISTINCT_PROMPTS_SCRIPT.format(key=key, model=model))
+    return script
+
+
 def learned_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int, rounds: int) -> dict[str, object]:
     """c1 latency of the plain model and of the learned alias (int8 and PyTorch embeddings) on one server, alternated."""
     config = tmp / "learned.yaml"
@@ -298,7 +322,10 @@ def learned_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int, rounds: in
     url = f"http://127.0.0.1:{port}"
     try:
         key = tenant_key(url)
-        scripts = {name: body_script(tmp, f"learned-{name}", model, key) for name, model in (("plain", "smollm2-135m"), ("auto", "auto"), ("auto_torch", "auto-torch"))}
+        scripts = {name: distinct_prompts_script(tmp, f"learned-{name}", model, key)
+                   for name, model in (("plain", "smollm2-135m"), ("auto", "auto"), ("auto_torch", "auto-torch"))}
+        # An agent's tool loop: the same user turn on every request, so the alias routes on its kept vector.
+        scripts["auto_repeated"] = body_script(tmp, "learned-auto-repeated", "auto", key)
         served = httpx.post(url + "/v1/chat/completions", json=BODY | {"model": "auto"}, headers={"Authorization": f"Bearer {key}"}, timeout=30)
         served.raise_for_status()
         route = served.headers.get("x-modelyard-route", "")
@@ -493,6 +520,8 @@ def summarise(r: dict[str, object]) -> dict[str, object]:
     learned = r["learned"]
     out["learned_added_p50_ms_c1"] = round(learned["auto_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
     out["learned_torch_added_p50_ms_c1"] = round(learned["auto_torch_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
+    if "auto_repeated_p50_ms" in learned:  # type: ignore[operator]
+        out["learned_repeated_added_p50_ms_c1"] = round(learned["auto_repeated_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
     redis_row = r.get("redis")
     if redis_row:
         out["redis_rps_c50"] = redis_row["c50"]["rps"]  # type: ignore[index]
@@ -536,6 +565,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 s per point and a 20 s soak (about a minute of load)")
     parser.add_argument("--tracing", action="store_true", help="only compare modelyard with OpenTelemetry traces off and on (bench/gateway_tracing.py)")
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the learned-alias rows and of --tracing (default 3)")
+    parser.add_argument("--learned-only", action="store_true",
+                        help="only the learned-alias rows on the 50 ms upstream (writes bench/results/gateway_learned.json)")
     parser.add_argument("--point-rounds", type=int, default=3,
                         help="rounds of the main table, the systems alternated in each; every figure is the median, with its range (default 3, --quick 1)")
     args = parser.parse_args()
@@ -548,6 +579,9 @@ def main() -> None:
         gateway_tracing.report(raw, args.rounds, seconds)
         return
     args.seconds, args.soak_s, args.soak_rate = (3, 20.0, 100.0) if args.quick else (10, 300.0, 200.0)
+    if args.learned_only:
+        learned_only(args)
+        return
     if args.quick:
         args.point_rounds = 1
     with tempfile.TemporaryDirectory() as tmp:
@@ -562,7 +596,9 @@ def main() -> None:
                     if "cpu_ms_per_request_range" in p else (f"{p['cpu_ms_per_request']:.3f}" if "cpu_ms_per_request" in p else "")
                 rows.append((f"{latency} ms", str(c), name, f"{p['rps']:.1f}", f"{p['p50_ms']:.2f}", f"{p['p99_ms']:.2f}", f"{p['errors']:.0f}", cpu))
     learned = raw["learned"]
-    for name in ("plain", "auto", "auto_torch"):
+    for name in ("plain", "auto", "auto_torch", "auto_repeated"):
+        if f"{name}_p50_ms" not in learned:  # type: ignore[operator]
+            continue
         rows.append(("50 ms", "1", f"learned:{name}", "", f"{learned[f'{name}_p50_ms']:.2f}", f"{learned[f'{name}_p99_ms']:.2f}", "", ""))  # type: ignore[index]
     if raw.get("redis"):
         for c in (1, 50):
@@ -573,6 +609,29 @@ def main() -> None:
     print(table([("metric", "value")] + [(k, str(v)) for k, v in summary.items()]))
     path = write_result("gateway", summary | {"raw": raw})
     print(f"wrote {path}")
+
+
+def learned_only(args: argparse.Namespace) -> None:
+    """The learned-alias rows alone (the main run's "learned" section), against the 50 ms upstream."""
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        wrk_bin = ensure_wrk()
+        up_port = free_port()
+        upstream = start(["fake-upstream", "--port", str(up_port), "--latency-ms", "50", "--tokens", "16"], tmp / "up.log",
+                         f"http://127.0.0.1:{up_port}/v1/models")
+        try:
+            learned = learned_rows(wrk_bin, up_port, tmp, args.seconds, args.rounds)
+        finally:
+            stop(upstream)
+    out = {name: round(learned[f"{name}_p50_ms"] - learned["plain_p50_ms"], 3) for name in ("auto", "auto_torch", "auto_repeated")}  # type: ignore[operator]
+    rows = [("model", "p50 ms", "p99 ms", "added p50 ms over the plain model")]
+    for name in ("plain", "auto", "auto_torch", "auto_repeated"):
+        rows.append((name, f"{learned[f'{name}_p50_ms']:.2f}", f"{learned[f'{name}_p99_ms']:.2f}", f"{out[name]:+.2f}" if name in out else ""))  # type: ignore[index]
+    print(table(rows))
+    summary = {"config": {"seconds_per_point": args.seconds, "rounds": args.rounds}, "machine": machine(),
+               "learned_added_p50_ms_c1": out["auto"], "learned_torch_added_p50_ms_c1": out["auto_torch"],
+               "learned_repeated_added_p50_ms_c1": out["auto_repeated"], "learned": learned}
+    print(f"wrote {write_result('gateway_learned', summary)}")
 
 
 if __name__ == "__main__":
