@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import re
@@ -50,6 +51,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -292,8 +295,8 @@ def body_script(tmp: Path, name: str, model: str, key: str) -> Path:
     return script
 
 
-# A new user turn per request ("hello there, question N"), so a learned alias embeds every prompt (its kept vectors
-# would otherwise answer every request after the first). One wrk thread: the counter is per thread.
+# A new user turn per request ("hello there, question <run> N"), so a learned alias embeds every prompt (its kept
+# vectors would answer a repeated one). <run> is new for every wrk run, so no run repeats an earlier run's prompts.
 DISTINCT_PROMPTS_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -301,14 +304,15 @@ wrk.headers["Authorization"] = "Bearer {key}"
 counter = 0
 request = function()
   counter = counter + 1
-  return wrk.format(nil, nil, nil, string.format('{{"model": "{model}", "messages": [{{"role": "user", "content": "hello there, question %d"}}], "max_tokens": 16}}', counter))
+  return wrk.format(nil, nil, nil, string.format('{{"model": "{model}", "messages": [{{"role": "user", "content": "hello there, question {run} %d"}}], "max_tokens": 16}}', counter))
 end
 """
 
 
 def distinct_prompts_script(tmp: Path, name: str, model: str, key: str) -> Path:
+    """A wrk script whose every request has a user turn no earlier request had (one wrk thread: the counter is per thread)."""
     script = tmp / f"post-{name}.lua"
-    script.write_text(DISTINCT_PROMPTS_SCRIPT.format(key=key, model=model))
+    script.write_text(DISTINCT_PROMPTS_SCRIPT.format(key=key, model=model, run=uuid.uuid4().hex[:12]))
     return script
 
 
@@ -322,21 +326,23 @@ def learned_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int, rounds: in
     url = f"http://127.0.0.1:{port}"
     try:
         key = tenant_key(url)
-        scripts = {name: distinct_prompts_script(tmp, f"learned-{name}", model, key)
-                   for name, model in (("plain", "smollm2-135m"), ("auto", "auto"), ("auto_torch", "auto-torch"))}
+        models = {"plain": "smollm2-135m", "auto": "auto", "auto_torch": "auto-torch"}
+        scripts: dict[str, Callable[[], Path]] = {  # a fresh script per wrk run: new prompts every time
+            name: functools.partial(distinct_prompts_script, tmp, f"learned-{name}", model, key) for name, model in models.items()}
         # An agent's tool loop: the same user turn on every request, so the alias routes on its kept vector.
-        scripts["auto_repeated"] = body_script(tmp, "learned-auto-repeated", "auto", key)
+        repeated = body_script(tmp, "learned-auto-repeated", "auto", key)
+        scripts["auto_repeated"] = lambda: repeated
         served = httpx.post(url + "/v1/chat/completions", json=BODY | {"model": "auto"}, headers={"Authorization": f"Bearer {key}"}, timeout=30)
         served.raise_for_status()
         route = served.headers.get("x-modelyard-route", "")
         if "learned" not in route:
             raise RuntimeError(f"the auto alias did not route by the learned router: {route!r}")
         for script in scripts.values():
-            wrk(wrk_bin, url, 4, 2, script)  # warm-up
+            wrk(wrk_bin, url, 1, 2, script())  # warm-up
         points: dict[str, list[dict[str, float]]] = {name: [] for name in scripts}
         for i in range(rounds):
             for name in scripts if i % 2 == 0 else list(scripts)[::-1]:
-                points[name].append(wrk(wrk_bin, url, 1, seconds, scripts[name]))
+                points[name].append(wrk(wrk_bin, url, 1, seconds, scripts[name]()))
                 print(f"  learned  round {i + 1}  {name:<10}  p50 {points[name][-1]['p50_ms']:7.2f} ms  p99 {points[name][-1]['p99_ms']:7.2f} ms", flush=True)
     finally:
         stop(server)
