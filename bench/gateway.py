@@ -44,6 +44,7 @@ import asyncio
 import functools
 import json
 import os
+import random
 import re
 import shutil
 import statistics
@@ -51,7 +52,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -295,8 +295,9 @@ def body_script(tmp: Path, name: str, model: str, key: str) -> Path:
     return script
 
 
-# A new user turn per request ("hello there, question <run> N"), so a learned alias embeds every prompt (its kept
-# vectors would answer a repeated one). <run> is new for every wrk run, so no run repeats an earlier run's prompts.
+# A new user turn per request ("hello there <word> N": six word pieces, against four for BODY's "hello there"), so a
+# learned alias embeds every prompt (its kept vectors would answer a repeated one). <word> is new for every wrk
+# run of this process, so no run repeats an earlier run's prompts.
 DISTINCT_PROMPTS_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -304,15 +305,18 @@ wrk.headers["Authorization"] = "Bearer {key}"
 counter = 0
 request = function()
   counter = counter + 1
-  return wrk.format(nil, nil, nil, string.format('{{"model": "{model}", "messages": [{{"role": "user", "content": "hello there, question {run} %d"}}], "max_tokens": 16}}', counter))
+  return wrk.format(nil, nil, nil, string.format('{{"model": "{model}", "messages": [{{"role": "user", "content": "hello there {word} %d"}}], "max_tokens": 16}}', counter))
 end
 """
+# One word piece each in MiniLM's vocabulary.
+RUN_WORDS = ("apple", "river", "stone", "cloud", "forest", "garden", "window", "yellow", "silver", "orange", "summer", "winter",
+             "market", "travel", "doctor", "letter", "planet", "ocean", "mountain", "island", "bridge", "castle", "engine", "flower")
 
 
-def distinct_prompts_script(tmp: Path, name: str, model: str, key: str) -> Path:
-    """A wrk script whose every request has a user turn no earlier request had (one wrk thread: the counter is per thread)."""
+def distinct_prompts_script(tmp: Path, name: str, model: str, key: str, word: str) -> Path:
+    """A wrk script whose user turns are new as long as ``word`` is (one wrk thread: the counter is per thread)."""
     script = tmp / f"post-{name}.lua"
-    script.write_text(DISTINCT_PROMPTS_SCRIPT.format(key=key, model=model, run=uuid.uuid4().hex[:12]))
+    script.write_text(DISTINCT_PROMPTS_SCRIPT.format(key=key, model=model, word=word))
     return script
 
 
@@ -327,8 +331,12 @@ def learned_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int, rounds: in
     try:
         key = tenant_key(url)
         models = {"plain": "smollm2-135m", "auto": "auto", "auto_torch": "auto-torch"}
-        scripts: dict[str, Callable[[], Path]] = {  # a fresh script per wrk run: new prompts every time
-            name: functools.partial(distinct_prompts_script, tmp, f"learned-{name}", model, key) for name, model in models.items()}
+        if 3 * (rounds + 1) > len(RUN_WORDS):
+            raise SystemExit(f"--rounds {rounds}: the learned rows have prompt words for {len(RUN_WORDS) // 3 - 1} rounds at most")
+        words = iter(random.sample(RUN_WORDS, len(RUN_WORDS)))  # a word per wrk run, none twice: new prompts every run
+        scripts: dict[str, Callable[[], Path]] = {
+            name: functools.partial(lambda name, model: distinct_prompts_script(tmp, f"learned-{name}", model, key, next(words)), name, model)
+            for name, model in models.items()}
         # An agent's tool loop: the same user turn on every request, so the alias routes on its kept vector.
         repeated = body_script(tmp, "learned-auto-repeated", "auto", key)
         scripts["auto_repeated"] = lambda: repeated
