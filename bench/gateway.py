@@ -27,7 +27,8 @@ on one server at concurrency 1 (``--rounds`` alternated rounds; the router's
 embedding on ONNX int8, as the default fleet runs it, and on PyTorch; a new
 user turn in every request, so the alias embeds each prompt; and once more
 with the same user turn repeated, as an agent's tool loop sends it, where the
-alias routes on its kept vector; ``--learned-only`` runs these rows alone
+alias routes on its kept vector, and without kept vectors, as runs before
+them measured; ``--learned-only`` runs these rows alone
 into bench/results/gateway_learned.json), and
 the production path with limits and budgets shared through Redis
 (``--redis-url``; left out when no Redis answers on 127.0.0.1:6379).
@@ -109,6 +110,7 @@ models:
 aliases:
   auto: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-int8}}
   auto-torch: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-torch}}
+  auto-uncached: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-int8, embedding_cache: 0}}
 """
 # The production path again, fetching a non-streamed request's answer in one response (not the default).
 WHOLE_CONFIG = MODELYARD_CONFIG.replace("max_connections: 512", "max_connections: 512\n        upstream_streaming: when_client_streams")
@@ -340,6 +342,9 @@ def learned_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int, rounds: in
         # An agent's tool loop: the same user turn on every request, so the alias routes on its kept vector.
         repeated = body_script(tmp, "learned-auto-repeated", "auto", key)
         scripts["auto_repeated"] = lambda: repeated
+        # The same repeated turn with no kept vectors (embedding_cache: 0): what the runs before the cache measured.
+        uncached = body_script(tmp, "learned-auto-uncached", "auto-uncached", key)
+        scripts["auto_repeated_uncached"] = lambda: uncached
         served = httpx.post(url + "/v1/chat/completions", json=BODY | {"model": "auto"}, headers={"Authorization": f"Bearer {key}"}, timeout=30)
         served.raise_for_status()
         route = served.headers.get("x-modelyard-route", "")
@@ -536,6 +541,7 @@ def summarise(r: dict[str, object]) -> dict[str, object]:
     out["learned_torch_added_p50_ms_c1"] = round(learned["auto_torch_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
     if "auto_repeated_p50_ms" in learned:  # type: ignore[operator]
         out["learned_repeated_added_p50_ms_c1"] = round(learned["auto_repeated_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
+        out["learned_repeated_uncached_added_p50_ms_c1"] = round(learned["auto_repeated_uncached_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
     redis_row = r.get("redis")
     if redis_row:
         out["redis_rps_c50"] = redis_row["c50"]["rps"]  # type: ignore[index]
@@ -610,7 +616,7 @@ def main() -> None:
                     if "cpu_ms_per_request_range" in p else (f"{p['cpu_ms_per_request']:.3f}" if "cpu_ms_per_request" in p else "")
                 rows.append((f"{latency} ms", str(c), name, f"{p['rps']:.1f}", f"{p['p50_ms']:.2f}", f"{p['p99_ms']:.2f}", f"{p['errors']:.0f}", cpu))
     learned = raw["learned"]
-    for name in ("plain", "auto", "auto_torch", "auto_repeated"):
+    for name in ("plain", "auto", "auto_torch", "auto_repeated", "auto_repeated_uncached"):
         if f"{name}_p50_ms" not in learned:  # type: ignore[operator]
             continue
         rows.append(("50 ms", "1", f"learned:{name}", "", f"{learned[f'{name}_p50_ms']:.2f}", f"{learned[f'{name}_p99_ms']:.2f}", "", ""))  # type: ignore[index]
@@ -637,14 +643,16 @@ def learned_only(args: argparse.Namespace) -> None:
             learned = learned_rows(wrk_bin, up_port, tmp, args.seconds, args.rounds)
         finally:
             stop(upstream)
-    out = {name: round(learned[f"{name}_p50_ms"] - learned["plain_p50_ms"], 3) for name in ("auto", "auto_torch", "auto_repeated")}  # type: ignore[operator]
+    names = ("auto", "auto_torch", "auto_repeated", "auto_repeated_uncached")
+    out = {name: round(learned[f"{name}_p50_ms"] - learned["plain_p50_ms"], 3) for name in names}  # type: ignore[operator]
     rows = [("model", "p50 ms", "p99 ms", "added p50 ms over the plain model")]
-    for name in ("plain", "auto", "auto_torch", "auto_repeated"):
+    for name in ("plain", *names):
         rows.append((name, f"{learned[f'{name}_p50_ms']:.2f}", f"{learned[f'{name}_p99_ms']:.2f}", f"{out[name]:+.2f}" if name in out else ""))  # type: ignore[index]
     print(table(rows))
     summary = {"config": {"seconds_per_point": args.seconds, "rounds": args.rounds}, "machine": machine(),
                "learned_added_p50_ms_c1": out["auto"], "learned_torch_added_p50_ms_c1": out["auto_torch"],
-               "learned_repeated_added_p50_ms_c1": out["auto_repeated"], "learned": learned}
+               "learned_repeated_added_p50_ms_c1": out["auto_repeated"], "learned_repeated_uncached_added_p50_ms_c1": out["auto_repeated_uncached"],
+               "learned": learned}
     print(f"wrote {write_result('gateway_learned', summary)}")
 
 
