@@ -59,8 +59,8 @@ from _common import ENV, free_port, machine, median, percentile, start, stop, ta
 
 BENCH = Path(__file__).resolve().parent
 DIRECT = {"direct": gateway.BODY, "direct_stream": gateway.BODY | {"stream": True, "stream_options": {"include_usage": True}}}
-# The learned targets' request bodies name their model (gateway.LEARNED_CONFIG's fleet).
-TARGET_MODELS = {"learned_plain": {"model": "smollm2-135m"}, "learned_auto": {"model": "auto"}}
+# The learned targets name their model in gateway.LEARNED_CONFIG's fleet; the alias keeps no prompt vectors (embedding_cache: 0).
+TARGET_MODELS = {"learned_plain": {"model": "smollm2-135m"}, "learned_auto": {"model": "auto-uncached"}}  # no kept vectors: it embeds every time
 PHASES = ("before_upstream", "upstream_headers", "upstream_body", "after_upstream", "last_send", "after_last_byte")
 
 PROBE = '''
