@@ -88,7 +88,8 @@ def main() -> None:
         rows = [("piece", *(f"{m} p50 ms" for m in MODES), "sleep / back to back", "busy / back to back")]
         for name, call in calls.items():
             modes = {mode: timed(call, args.calls, mode, args.idle_ms / 1000) for mode in MODES}
-            row = {mode: {"p50_ms": round(median(v) or 0.0, 4), "p90_ms": round(percentile(v, 90) or 0.0, 4)} for mode, v in modes.items()}
+            row: dict[str, Any] = {mode: {"p50_ms": round(median(v) or 0.0, 4), "p90_ms": round(percentile(v, 90) or 0.0, 4)}
+                                   for mode, v in modes.items()}
             base = row["back_to_back"]["p50_ms"] or 1e-9
             row["idle_sleep_over_back_to_back"] = round(row["idle_sleep"]["p50_ms"] / base, 2)
             row["idle_busy_over_back_to_back"] = round(row["idle_busy"]["p50_ms"] / base, 2)
