@@ -122,8 +122,13 @@ def test_an_agent_loop_routes_on_the_kept_vector(server: LiveServer, fake_upstre
     def embedded() -> int:
         return int(httpx.get(fake_upstream.url + "/stats").json()["embeddings"])
 
+    def counted(result: str) -> float:
+        prefix = f'modelyard_route_embeddings_total{{alias="smart",result="{result}"}} '
+        line = next((row for row in httpx.get(server.url + "/metrics").text.splitlines() if row.startswith(prefix)), None)
+        return 0.0 if line is None else float(line.rsplit(" ", 1)[1])
+
     turn = {"role": "user", "content": "y" * 35}  # 35 % 7 = 0: the cheap model
-    before = embedded()
+    before, kept_before, embedded_before = embedded(), counted("kept"), counted("embedded")
     first = ask_messages(server, "smart", [turn])
     assert first.status_code == 200 and embedded() == before + 1
     # The agent's next step re-sends the same user turn with a tool call and its result: no new embedding, same route.
@@ -135,3 +140,4 @@ def test_an_agent_loop_routes_on_the_kept_vector(server: LiveServer, fake_upstre
     # A new user turn is a new routing text: embedded.
     third = ask_messages(server, "smart", [*step, {"role": "assistant", "content": "done"}, {"role": "user", "content": "z" * 34}])
     assert third.status_code == 200 and embedded() == before + 2
+    assert (counted("kept"), counted("embedded")) == (kept_before + 1, embedded_before + 2)  # what /metrics tells an operator

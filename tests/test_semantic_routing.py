@@ -146,7 +146,6 @@ def test_the_prompt_vector_cache_keeps_the_most_recently_used() -> None:
     assert cache.get("a") is not None  # "a" is now the most recent
     cache.put("c", unit(0, 0, 1))  # so "b" goes
     assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None
-    assert (cache.hits, cache.misses) == (3, 1)
     kept = cache.get("c")
     assert kept is not None and not kept.flags.writeable  # shared by requests: nobody may change it in place
     off = VectorCache(0)

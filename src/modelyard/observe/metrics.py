@@ -90,6 +90,8 @@ class Metrics:
         self.routed = Children(Counter("modelyard_routed_requests", "alias requests by the model that answered and how it was chosen", ["alias", "model", "route"], registry=self.registry))
         self.predicted = Children(Histogram("modelyard_route_predicted_quality", "the learned router's predicted chance of a good answer for the model it chose",
                                             ["alias", "model"], buckets=QUALITY_BUCKETS, registry=self.registry))
+        self.route_embeddings = Children(Counter("modelyard_route_embeddings", "prompt vectors an alias routed on, by where they came from (embedded, kept)",
+                                                 ["alias", "result"], registry=self.registry))
         self.cache = Children(Counter("modelyard_cache_requests", "requests a response cache stage saw, by outcome (hit, miss, bypass)", ["model", "result"], registry=self.registry))
         self.saved = Children(Counter("modelyard_cache_saved_usd", "what cache hits saved: the cost of the cached answers when they were made", ["model", "tenant"],
                                       registry=self.registry))
@@ -131,6 +133,8 @@ class Metrics:
         if not kind:
             return  # a model was named: nothing was routed
         self.routed(request.model, model, kind).inc()
+        if request.route_embedding:
+            self.route_embeddings(request.model, request.route_embedding).inc()
         if request.predicted_quality is not None:
             self.predicted(request.model, model).observe(request.predicted_quality)
 

@@ -64,16 +64,11 @@ class VectorCache:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.vectors: OrderedDict[str, Vector] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, text: str) -> Vector | None:
         vector = self.vectors.get(text)
-        if vector is None:
-            self.misses += 1
-            return None
-        self.vectors.move_to_end(text)
-        self.hits += 1
+        if vector is not None:
+            self.vectors.move_to_end(text)
         return vector
 
     def put(self, text: str, vector: Vector) -> None:
@@ -118,10 +113,12 @@ class RouteInputs:
             cache = self.prompt_vectors[alias.name] = VectorCache(alias.embedding_cache)
         vector = cache.get(text)
         if vector is not None:
+            request.route_embedding = "kept"
             return vector
         vectors = await self.embed(alias, [text], request, charge=True)
         if vectors is None:
             return None
+        request.route_embedding = "embedded"
         cache.put(text, vectors[0])
         return vectors[0]
 
