@@ -62,25 +62,32 @@ sys.exit(main())
 """
 
 
-def label(path: str, line: int, function: str) -> str:
-    for marker in ("site-packages/", "src/", "lib/python3.11/"):
+MARKERS = ("site-packages/", "src/", "lib/python3.11/")  # where a profiled file's import path starts
+
+
+def _split(path: str) -> tuple[str, str]:
+    """The marker a file's path holds ("" for none) and the path after it."""
+    for marker in MARKERS:
         if marker in path:
-            path = path.split(marker, 1)[1]
-            break
-    return f"{function} ({path}:{line})"
+            return marker, path.split(marker, 1)[1]
+    return "", path
+
+
+def label(path: str, line: int, function: str) -> str:
+    return f"{function} ({_split(path)[1]}:{line})"
 
 
 def package_of(path: str) -> str:
     """The top-level package (or stdlib module) a profiled function belongs to; ``~`` is C builtins."""
     if path == "~":
         return "builtins (C)"
-    for marker in ("site-packages/", "src/", "lib/python3.11/"):
-        if marker in path:
-            parts = path.split(marker, 1)[1].removesuffix(".py").split("/")
-            if marker == "src/":  # modelyard by subpackage: which layers a compile would reach
-                return ".".join(parts[:2])
-            return parts[0] + (" (stdlib)" if marker == "lib/python3.11/" else "")
-    return path
+    marker, rest = _split(path)
+    if not marker:
+        return path
+    parts = rest.removesuffix(".py").split("/")
+    if marker == "src/":  # modelyard by subpackage: which layers a compile would reach
+        return ".".join(parts[:2])
+    return parts[0] + (" (stdlib)" if marker == "lib/python3.11/" else "")
 
 
 def per_request(stats_file: Path, requests: int, top: int) -> dict[str, Any]:

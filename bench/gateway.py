@@ -336,9 +336,10 @@ def learned_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int, rounds: in
         if 3 * (rounds + 1) > len(RUN_WORDS):
             raise SystemExit(f"--rounds {rounds}: the learned rows have prompt words for {len(RUN_WORDS) // 3 - 1} rounds at most")
         words = iter(random.sample(RUN_WORDS, len(RUN_WORDS)))  # a word per wrk run, none twice: new prompts every run
-        scripts: dict[str, Callable[[], Path]] = {
-            name: functools.partial(lambda name, model: distinct_prompts_script(tmp, f"learned-{name}", model, key, next(words)), name, model)
-            for name, model in models.items()}
+        def fresh(name: str, model: str) -> Path:
+            return distinct_prompts_script(tmp, f"learned-{name}", model, key, next(words))
+
+        scripts: dict[str, Callable[[], Path]] = {name: functools.partial(fresh, name, model) for name, model in models.items()}
         # An agent's tool loop: the same user turn on every request, so the alias routes on its kept vector.
         repeated = body_script(tmp, "learned-auto-repeated", "auto", key)
         scripts["auto_repeated"] = lambda: repeated
