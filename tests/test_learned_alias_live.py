@@ -3,11 +3,15 @@
 The fake upstream embeds a text as (len % 7, 1, 0.5); the router file built
 here says the cheap model answers prompts whose length is 0-2 mod 7 and
 fails those at 4-6. A second alias's embedding model always fails: the
-request must still be answered, routed by rules.
+request must still be answered, routed by rules. A third alias's router also
+has a word view that knows one word ("easy") and a band: that word settles
+the pick without an embedding.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import zlib
 from collections.abc import Iterator
 
 import httpx
@@ -16,6 +20,7 @@ import pytest
 
 from modelyard.pipeline import router_file
 from modelyard.routing.learned import LearnedRouter
+from modelyard.routing.lexical import HASH_SPACE, LexicalProbe
 
 from .conftest import LiveServer, start_modelyard, write_config
 
@@ -46,6 +51,19 @@ aliases:
     strategy: learned
     embedding_model: broken-embedder
     router_file: '{router}'
+  smart-words:
+    targets: [cheap, strong]
+    strategy: learned
+    embedding_model: embedder
+    router_file: '{worded}'
+    quality_target: 0.5
+  smart-words-off:
+    targets: [cheap, strong]
+    strategy: learned
+    embedding_model: embedder
+    router_file: '{worded}'
+    quality_target: 0.5
+    lexical_first: false
 """
 
 
@@ -62,7 +80,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, fake_upstream: LiveServer) 
     quality = np.array([[1.0, 1.0] if n % 7 <= 2 else [0.0, 1.0] for n in lengths], dtype=np.float32)
     router = LearnedRouter(("cheap", "strong"), np.array([1.0, 10.0], dtype=np.float32), embeddings, quality, k=4, prior_weight=0.0)
     router_file.save(router, tmp / "router.npz", {"target": 0.9})
-    live = start_modelyard(tmp, write_config(tmp / "fleet.yaml", CONFIG.format(url=fake_upstream.url, router=tmp / "router.npz")))
+    # The word "easy" raises the cheap model's word-view score to sigmoid(3) = 0.953; any other text scores 0.5 for both.
+    words = LexicalProbe(np.array([zlib.crc32(b"easy") % HASH_SPACE]), np.ones(1, dtype=np.float32), np.array([[3.0, 0.0], [0.0, 0.0]], dtype=np.float32))
+    band = np.array([[-0.4, -0.4], [0.4, 0.4]], dtype=np.float32)
+    router_file.save(dataclasses.replace(router, lexical=words, word_band=band), tmp / "worded.npz", {"target": 0.5})
+    config = CONFIG.format(url=fake_upstream.url, router=tmp / "router.npz", worded=tmp / "worded.npz")
+    live = start_modelyard(tmp, write_config(tmp / "fleet.yaml", config))
     yield live
     live.stop()
 
@@ -118,14 +141,22 @@ def test_metrics_count_routes_by_how_they_were_chosen(server: LiveServer) -> Non
     assert 'modelyard_route_predicted_quality_bucket{alias="smart",le="1.0",model="cheap"}' in after
 
 
+def embeddings_asked(upstream: LiveServer) -> int:
+    return int(httpx.get(upstream.url + "/stats").json()["embeddings"])
+
+
+def route_embeddings(server: LiveServer, alias: str, result: str) -> float:
+    prefix = f'modelyard_route_embeddings_total{{alias="{alias}",result="{result}"}} '
+    line = next((row for row in httpx.get(server.url + "/metrics").text.splitlines() if row.startswith(prefix)), None)
+    return 0.0 if line is None else float(line.rsplit(" ", 1)[1])
+
+
 def test_an_agent_loop_routes_on_the_kept_vector(server: LiveServer, fake_upstream: LiveServer) -> None:
     def embedded() -> int:
-        return int(httpx.get(fake_upstream.url + "/stats").json()["embeddings"])
+        return embeddings_asked(fake_upstream)
 
     def counted(result: str) -> float:
-        prefix = f'modelyard_route_embeddings_total{{alias="smart",result="{result}"}} '
-        line = next((row for row in httpx.get(server.url + "/metrics").text.splitlines() if row.startswith(prefix)), None)
-        return 0.0 if line is None else float(line.rsplit(" ", 1)[1])
+        return route_embeddings(server, "smart", result)
 
     turn = {"role": "user", "content": "y" * 35}  # 35 % 7 = 0: the cheap model
     before, kept_before, embedded_before = embedded(), counted("kept"), counted("embedded")
@@ -141,3 +172,19 @@ def test_an_agent_loop_routes_on_the_kept_vector(server: LiveServer, fake_upstre
     third = ask_messages(server, "smart", [*step, {"role": "assistant", "content": "done"}, {"role": "user", "content": "z" * 34}])
     assert third.status_code == 200 and embedded() == before + 2
     assert (counted("kept"), counted("embedded")) == (kept_before + 1, embedded_before + 2)  # what /metrics tells an operator
+
+
+def test_the_words_settle_a_pick_without_an_embedding(server: LiveServer, fake_upstream: LiveServer) -> None:
+    before, settled_before = embeddings_asked(fake_upstream), route_embeddings(server, "smart-words", "settled")
+    easy = ask(server, "smart-words", "easy")
+    assert easy.status_code == 200 and easy.json()["model"] == "cheap"
+    assert route(easy) == ["learned:target=0.5:words", "predicted_quality=0.953", "model=cheap"]
+    assert embeddings_asked(fake_upstream) == before  # the embedding model was not asked
+    # No word the probe knows: the embedding could change the pick, so it is asked and decides (13 % 7 = 6: the strong model).
+    hard = ask(server, "smart-words", "x" * 13)
+    assert hard.json()["model"] == "strong" and route(hard)[0] == "learned:target=0.5" and embeddings_asked(fake_upstream) == before + 1
+    # lexical_first: false always embeds.
+    off = ask(server, "smart-words-off", "easy")
+    assert off.status_code == 200 and route(off)[0] == "learned:target=0.5" and embeddings_asked(fake_upstream) == before + 2
+    assert route_embeddings(server, "smart-words", "settled") == settled_before + 1
+    assert route_embeddings(server, "smart-words-off", "settled") == 0.0

@@ -115,6 +115,7 @@ def test_learned_alias_by_lambda() -> None:
         ({"rules": [{"model": "strong", "colour": "red"}]}, "unknown field"),
         ({"strategy": "learned", "embedding_model": "embedder", "router_file": "r", "quality_target": 2}, "quality_target"),
         ({"strategy": "learned", "embedding_model": "embedder", "router_file": "r", "embedding_cache": -1}, "embedding_cache"),
+        ({"strategy": "learned", "embedding_model": "embedder", "router_file": "r", "lexical_first": "yes"}, "lexical_first: expected true or false"),
     ],
 )
 def test_alias_config_errors_name_the_field(alias: dict[str, object], problem: str) -> None:

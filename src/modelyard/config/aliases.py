@@ -63,6 +63,7 @@ def _alias(r: Reader, name: str, targets: tuple[str, ...], by_name: Mapping[str,
         quality_target=DEFAULT_QUALITY_TARGET if target is None else target,
         quality_lambda=r.optional_number("quality_lambda", 0.0),
         embedding_cache=r.integer("embedding_cache", DEFAULT_EMBEDDING_CACHE, minimum=0),
+        lexical_first=r.boolean("lexical_first", True),
     )
     if alias.embedding_model:
         model = by_name.get(alias.embedding_model)

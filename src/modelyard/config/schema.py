@@ -188,6 +188,7 @@ class AliasConfig:
     quality_target: float = DEFAULT_QUALITY_TARGET  # learned: the default of the x-modelyard-quality header
     quality_lambda: float | None = None  # learned: maximise quality - lambda x relative cost instead of a target
     embedding_cache: int = DEFAULT_EMBEDDING_CACHE  # prompt vectors kept, least recently used out (0: embed every request)
+    lexical_first: bool = True  # learned: skip the embedding when the router's word view settles the pick (router files with a word band)
 
 
 @dataclass(frozen=True, slots=True)

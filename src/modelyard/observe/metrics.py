@@ -90,7 +90,7 @@ class Metrics:
         self.routed = Children(Counter("modelyard_routed_requests", "alias requests by the model that answered and how it was chosen", ["alias", "model", "route"], registry=self.registry))
         self.predicted = Children(Histogram("modelyard_route_predicted_quality", "the learned router's predicted chance of a good answer for the model it chose",
                                             ["alias", "model"], buckets=QUALITY_BUCKETS, registry=self.registry))
-        self.route_embeddings = Children(Counter("modelyard_route_embeddings", "prompt vectors an alias routed on, by where they came from (embedded, kept)",
+        self.route_embeddings = Children(Counter("modelyard_route_embeddings", "prompt vectors an alias routed on, by where they came from (embedded, kept), or settled when its word view decided without one",
                                                  ["alias", "result"], registry=self.registry))
         self.cache = Children(Counter("modelyard_cache_requests", "requests a response cache stage saw, by outcome (hit, miss, bypass)", ["model", "result"], registry=self.registry))
         self.saved = Children(Counter("modelyard_cache_saved_usd", "what cache hits saved: the cost of the cached answers when they were made", ["model", "tenant"],

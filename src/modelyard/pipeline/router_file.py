@@ -44,6 +44,8 @@ def save(router: LearnedRouter, path: Path, meta: dict[str, object]) -> None:
             lexical_buckets=router.lexical.buckets.astype(np.int32), lexical_idf=router.lexical.idf.astype(np.float32),
             lexical_weights=router.lexical.weights.astype(np.float32),
         )
+    if router.word_band is not None:
+        arrays["word_band"] = router.word_band.astype(np.float32)
     if router.task_prior is not None:
         arrays.update(task_centroids=router.task_prior.centroids.astype(np.float32), task_quality=router.task_prior.quality.astype(np.float32))
     with path.open("wb") as f:
@@ -74,5 +76,6 @@ def load(path: Path) -> tuple[LearnedRouter, dict[str, object]]:
             quality=data["quality"].astype(np.float32), k=int(header["k"]), prior_weight=float(header["prior_weight"]), sharpness=float(header["sharpness"]),
             linear=data["linear"].astype(np.float32) if "linear" in data.files else None, link=str(header.get("link", "identity")), use_knn=bool(header.get("use_knn", True)),
             lexical=_lexical(data), task_prior=_task_prior(data, header), task_weight=float(header.get("task_weight", 0.5)),
+            word_band=data["word_band"].astype(np.float32) if "word_band" in data.files else None,
         )
     return router, header

@@ -28,7 +28,7 @@ from modelyard.pipeline.stage_registry import default_registry
 from modelyard.pipeline.types import WORKLOAD_CLASSES, Handler, Lifecycle, Request, Response, Stage
 from modelyard.protocol import ModelCall
 from modelyard.routing.learned import LearnedRouter
-from modelyard.routing.router import AliasAssets, PromptFeatures, match_rule, resolve_model
+from modelyard.routing.router import AliasAssets, PromptFeatures, match_rule, resolve_model, settled_by_words
 
 CLASS_HEADER = "x-modelyard-class"
 SESSION_HEADER = "x-modelyard-session"
@@ -111,6 +111,11 @@ async def _alias_inputs(inputs: RouteInputs, config: FleetConfig, request: Reque
     if alias is None or not inputs.needs_embedding(alias) or not features.text or match_rule(alias.rules, features):
         return features, {}  # a rule decides without a vector: no embedding call
     assets = await inputs.assets(alias, request)
+    if alias.lexical_first and not alias.intents and assets.learned is not None:
+        features = dataclasses.replace(features, words=assets.learned.word_view(features.text))
+        if settled_by_words(alias, assets.learned, features) is not None:
+            request.route_embedding = "settled"  # the words decide: no embedding run, none charged
+            return features, {alias.name: assets}
     vector = await inputs.embed_prompt(alias, features.text, request)
     if vector is not None:
         features = dataclasses.replace(features, embedding=vector)

@@ -74,7 +74,7 @@ class Request:
     route_reason: str = ""
     route_kind: str = ""  # how an alias chose the model (RouteDecision.kind); empty when a model was named
     predicted_quality: float | None = None  # the learned router's prediction for the chosen model
-    route_embedding: str = ""  # where an alias's prompt vector came from: embedded | kept (empty: the alias needed none)
+    route_embedding: str = ""  # where an alias's prompt vector came from: embedded | kept, or settled (the words decided without one); empty: the alias needed none
     plan: list[str] = field(default_factory=list)  # the served model, then its fallbacks
     escalations: list[str] = field(default_factory=list)  # cascade targets not yet tried
     deadline: float = float("inf")  # on the dispatcher's clock (time.monotonic unless injected): when the request must be answered

@@ -10,6 +10,12 @@ the cheapest model whose prediction reaches ``target`` of the best prediction,
 or the model maximising ``quality - lam * cost``. With a task prior (see
 :mod:`modelyard.routing.task_prior`) the prediction is blended with the
 expected outcome on the prompt's inferred task, ``task_weight`` of it.
+
+With a word view and a ``word_band`` (how far the embedding view strayed from
+the word view on prompts it was not trained on), :meth:`LearnedRouter.settle`
+decides from the words alone when no embedding view inside the band could
+change the pick, so the serving path can skip the embedding model for that
+prompt.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from modelyard.routing.task_prior import TaskPrior
 from modelyard.routing.text import routing_text
 
 Array = npt.NDArray[np.float32]
+# Predictions are float32 and the band arithmetic float64: a pick is settled only with this much room to spare.
+SETTLE_SLACK = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +57,7 @@ class LearnedRouter:
     lexical: LexicalProbe | None = None  # the word view, averaged with the embedding view when texts are given
     task_prior: TaskPrior | None = None  # the task view, blended in with task_weight (1.0: the task view alone)
     task_weight: float = 0.5
+    word_band: Array | None = None  # (2, m): low and high quantile of (embedding view - word view) out of fold; see settle
 
     @staticmethod
     def fit_linear(embeddings: Array, quality: Array, alpha: float = 10.0) -> Array:
@@ -82,22 +91,25 @@ class LearnedRouter:
     def base_rates(self) -> Array:
         return self.quality.mean(axis=0).astype(np.float32)
 
-    def predict(self, queries: Array, texts: list[str] | None = None) -> Array:
+    def predict(self, queries: Array, texts: list[str] | None = None, words: Array | None = None) -> Array:
         """Predicted probability of a good answer, (q, m), for normalised query embeddings (q, d).
 
-        With a lexical probe and the prompts' routing texts, the embedding view's
-        prediction and the word view's are averaged.
+        With a lexical probe and the prompts' routing texts (or their word view,
+        ``words`` (q, m), already computed), the embedding view's prediction and
+        the word view's are averaged.
         """
         if self.task_prior is not None and self.task_weight >= 1.0:
             return self.task_prior.predict(queries)
-        embedded = self._embedded(queries)
-        if self.lexical is not None and texts is not None:
-            embedded = ((embedded + self.lexical.predict(texts)) / 2).astype(np.float32)
+        embedded = self.embedded_view(queries)
+        if self.lexical is not None and (words is not None or texts is not None):
+            seen = words if words is not None else self.lexical.predict(texts or [])
+            embedded = ((embedded + seen) / 2).astype(np.float32)
         if self.task_prior is None:
             return embedded
         return ((1.0 - self.task_weight) * embedded + self.task_weight * self.task_prior.predict(queries)).astype(np.float32)
 
-    def _embedded(self, queries: Array) -> Array:
+    def embedded_view(self, queries: Array) -> Array:
+        """The embedding view's prediction (q, m): the neighbour vote, the probe, or their average."""
         if self.linear is None:
             return self._knn(queries)
         scores = queries @ self.linear[:-1] + self.linear[-1]
@@ -129,14 +141,68 @@ class LearnedRouter:
         scale = float(self.costs.max()) or 1.0
         return np.argmax(predicted - lam * (self.costs[None, :] / scale), axis=1)
 
-    def route(self, query: Array, target: float | None = None, lam: float | None = None, prompt: str | None = None) -> RouteChoice:
-        """One prompt's choice, by ``target`` (0..1 of the best prediction) or else by ``lam``."""
-        predicted = self.predict(query[None, :], None if prompt is None else [routing_text(prompt)])[0]
+    def route(self, query: Array, target: float | None = None, lam: float | None = None, prompt: str | None = None,
+              words: Array | None = None) -> RouteChoice:
+        """One prompt's choice, by ``target`` (0..1 of the best prediction) or else by ``lam``; ``words`` is the prompt's
+        :meth:`word_view` when the caller already has it."""
+        texts = None if prompt is None else [routing_text(prompt)]
+        predicted = self.predict(query[None, :], texts, None if words is None else words[None, :])[0]
         if target is not None:
             index, reason = int(self.choose_by_target(predicted[None, :], target)[0]), f"learned:target={target:g}"
         else:
             index, reason = int(self.choose_by_lambda(predicted[None, :], lam or 0.0)[0]), f"learned:lambda={lam or 0.0:g}"
         return RouteChoice(self.models[index], float(predicted[index]), reason)
+
+    def word_view(self, prompt: str) -> Array | None:
+        """The word view's prediction (m,) for a prompt, when this router can settle picks by words (see :meth:`settle`)."""
+        if self.lexical is None or self.word_band is None or self.task_prior is not None:
+            return None
+        return self.lexical.predict([routing_text(prompt)])[0]
+
+    def settle(self, words: Array, target: float | None = None, lam: float | None = None) -> RouteChoice | None:
+        """The pick :meth:`route` makes for every embedding view within ``word_band`` of ``words``; None when one could change it.
+
+        The blend is (embedding view + word view) / 2, so with the embedding view
+        between ``words + band[0]`` and ``words + band[1]`` each model's
+        prediction lies between ``words + band[0] / 2`` and ``words + band[1] / 2``.
+        The predicted quality given is the middle of that range.
+        """
+        if self.word_band is None or self.task_prior is not None:
+            return None
+        low = words.astype(np.float64) + self.word_band[0] / 2
+        high = words.astype(np.float64) + self.word_band[1] / 2
+        if target is not None:
+            index, reason = settled_by_target(low, high, self.costs, target), f"learned:target={target:g}:words"
+        else:
+            index, reason = settled_by_lambda(low, high, self.costs, lam or 0.0), f"learned:lambda={lam or 0.0:g}:words"
+        if index is None:
+            return None
+        return RouteChoice(self.models[index], float((low[index] + high[index]) / 2), reason)
+
+
+def settled_by_target(low: npt.NDArray[np.float64], high: npt.NDArray[np.float64], costs: Array, target: float) -> int | None:
+    """The model :meth:`LearnedRouter.choose_by_target` picks for every prediction between ``low`` and ``high``, or None.
+
+    Going from the cheapest model up (ties by index, as ``argmin`` breaks
+    them): one that reaches the target whatever the predictions is the pick;
+    one that may or may not reach it leaves the pick open.
+    """
+    ceiling, floor = target * float(high.max()), target * float(low.max())
+    for j in np.argsort(costs, kind="stable"):
+        if low[j] >= ceiling + SETTLE_SLACK:
+            return int(j)
+        if high[j] >= floor - 1e-9 - SETTLE_SLACK:
+            return None
+    return None
+
+
+def settled_by_lambda(low: npt.NDArray[np.float64], high: npt.NDArray[np.float64], costs: Array, lam: float) -> int | None:
+    """The model :meth:`LearnedRouter.choose_by_lambda` picks for every prediction between ``low`` and ``high``, or None."""
+    penalty = lam * (costs.astype(np.float64) / (float(costs.max()) or 1.0))
+    worst, best = low - penalty, high - penalty
+    pick = int(np.argmax(worst))
+    rivals = np.delete(best, pick)
+    return pick if not len(rivals) or worst[pick] > float(rivals.max()) + SETTLE_SLACK else None
 
 
 def _with_bias(embeddings: Array) -> npt.NDArray[np.float64]:

@@ -35,6 +35,7 @@ class PromptFeatures:
     tenant: str = ""
     key_id: str = ""
     embedding: npt.NDArray[np.float32] | None = None  # the prompt's vector, when the alias compares embeddings
+    words: npt.NDArray[np.float32] | None = None  # the learned router's word view of the prompt, when it can settle picks
     quality_target: float | None = None  # the request's x-modelyard-quality, overriding the alias's
 
 
@@ -85,8 +86,10 @@ def resolve_model(requested: str, fleet: FleetConfig, features: PromptFeatures, 
             return RouteDecision(match.intent.model, reason, label=f"intent:{match.intent.name}")
     if alias.strategy == "cascade":
         return RouteDecision(alias.targets[0], "cascade", alias.targets[1:])
-    if alias.strategy == "learned" and found.learned is not None and features.embedding is not None:
-        return choose_by_prediction(alias, found.learned, features)
+    if alias.strategy == "learned" and found.learned is not None:
+        decision = choose_by_prediction(alias, found.learned, features) if features.embedding is not None else settled_by_words(alias, found.learned, features)
+        if decision is not None:
+            return decision
     return choose_by_rule(alias, features)
 
 
@@ -117,12 +120,27 @@ def _holds(rule: RouteRule, features: PromptFeatures) -> bool:
 def choose_by_prediction(alias: AliasConfig, router: LearnedRouter, features: PromptFeatures) -> RouteDecision:
     """The learned router's pick: the request's quality target, else the alias's lambda, else the alias's target."""
     assert features.embedding is not None
-    if features.quality_target is None and alias.quality_lambda is not None:
-        choice = router.route(features.embedding, lam=alias.quality_lambda, prompt=features.text)
-    else:
-        target = alias.quality_target if features.quality_target is None else features.quality_target
-        choice = router.route(features.embedding, target=target, prompt=features.text)
+    target, lam = _goal(alias, features)
+    choice = router.route(features.embedding, target=target, lam=lam, prompt=features.text, words=features.words)
     return RouteDecision(choice.model, choice.reason, predicted_quality=choice.predicted_quality, label="learned")
+
+
+def settled_by_words(alias: AliasConfig, router: LearnedRouter, features: PromptFeatures) -> RouteDecision | None:
+    """The learned router's pick from the prompt's word view alone, when no embedding could change it (see
+    :meth:`LearnedRouter.settle`); None when the prompt needs its embedding."""
+    if features.words is None:
+        return None
+    choice = router.settle(features.words, *_goal(alias, features))
+    if choice is None:
+        return None
+    return RouteDecision(choice.model, choice.reason, predicted_quality=choice.predicted_quality, label="learned")
+
+
+def _goal(alias: AliasConfig, features: PromptFeatures) -> tuple[float | None, float | None]:
+    """(target, lambda): the request's quality target, else the alias's lambda, else the alias's target."""
+    if features.quality_target is None and alias.quality_lambda is not None:
+        return None, alias.quality_lambda
+    return (alias.quality_target if features.quality_target is None else features.quality_target), None
 
 
 def choose_by_rule(alias: AliasConfig, features: PromptFeatures) -> RouteDecision:

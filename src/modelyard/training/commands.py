@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ def _table_and_embeddings(args: argparse.Namespace) -> tuple[datasets.OutcomeTab
 def train(args: argparse.Namespace) -> int:
     table, embeddings = _table_and_embeddings(args)
     router = evaluate.fit(table, embeddings, args.k, args.learner)
+    band = evaluate.word_band(table, embeddings, args.k, args.band_folds, args.learner) if args.band_folds > 1 else None
+    router = dataclasses.replace(router, word_band=band)
     meta = {"target": args.target, "learner": args.learner, "trained_on": table.source, "split": args.split, "n": len(table.prompts),
             "embedding_runtime": args.embedding_runtime}
     router_file.save(router, Path(args.out), meta)
@@ -194,6 +197,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--k", type=int, help="neighbours per prediction (default: 2%% of the training prompts, at least 16)")
     p.add_argument("--learner", choices=evaluate.LEARNERS, default=evaluate.DEFAULT_LEARNER, help="neighbour vote, embedding probe, or their average")
     p.add_argument("--target", type=float, default=0.9, help="default quality target (0..1 of the best prediction)")
+    p.add_argument("--band-folds", type=int, default=5,
+                   help="folds that measure how far the embedding view strays from the word view, so serving can skip the "
+                        "embedding when the words settle the pick (learners with lexical; 0: no band, always embed)")
     p.set_defaults(func=train)
     p = router.add_parser("eval", help="evaluate a router on an outcome table")
     data_args(p)

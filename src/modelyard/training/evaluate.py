@@ -174,6 +174,30 @@ def predict(router: LearnedRouter, prompts: list[str], embeddings: npt.NDArray[n
     return router.predict(embeddings, texts_of(prompts) if router.lexical is not None else None)
 
 
+WORD_BAND_QUANTILE = 0.99  # the band spans the 1st to the 99th percentile of the out-of-fold gap
+
+
+def word_band(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int | None, folds: int, learner: str = DEFAULT_LEARNER,
+              quantile: float = WORD_BAND_QUANTILE, seed: int = 0) -> npt.NDArray[np.float32] | None:
+    """(2, m): how far the embedding view strays from the word view on prompts the router never saw, per model,
+    as the low and high ``quantile`` of the gap; None for a learner without a word view, or with the task view.
+
+    :meth:`LearnedRouter.settle` skips the embedding when no gap inside the band changes the pick.
+    """
+    parts = set(learner.split("+"))
+    folds = min(folds, len(table.prompts))
+    if "lexical" not in parts or "task" in parts or folds < 2:
+        return None
+    order = np.random.default_rng(seed).permutation(len(table.prompts))
+    gaps = np.zeros(table.quality.shape, dtype=np.float32)
+    for fold in range(folds):
+        test = order[fold::folds]
+        router = fit(table.subset(np.setdiff1d(order, test)), embeddings[np.setdiff1d(order, test)], k, learner)
+        assert router.lexical is not None
+        gaps[test] = router.embedded_view(embeddings[test]) - router.lexical.predict(texts_of([table.prompts[i] for i in test]))
+    return np.stack([np.quantile(gaps, 1.0 - quantile, axis=0), np.quantile(gaps, quantile, axis=0)]).astype(np.float32)
+
+
 def cross_validate(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int | None, folds: int, learner: str = DEFAULT_LEARNER, seed: int = 0) -> tuple[LearnedRouter, npt.NDArray[np.float32]]:
     """Out-of-fold predictions for every prompt (each predicted by a router that never saw it)."""
     order = np.random.default_rng(seed).permutation(len(table.prompts))
