@@ -1,0 +1,168 @@
+"""How often the learned router's word view settles a pick without the embedding, and what that does to routing quality.
+
+    .venv/bin/python bench/word_settle.py [--folds 5] [--sets local,routerbench,llmrouter]
+
+A learned alias with ``lexical_first`` (the default) computes the router's
+word view of a prompt first and skips the embedding model when no embedding
+view inside the router's band could change the pick
+(:meth:`LearnedRouter.settle`). The band is measured when the router is
+trained: the 1st to 99th percentile of (embedding view - word view) on
+prompts each fold's router never saw. Inside the band a settled pick is
+exactly the full router's; outside it, it may differ.
+
+Per data set, with nothing tuned on the prompts it reports:
+
+1. Outer ``--folds``-fold cross-validation. Each fold's router and its band
+   (an inner cross-validation on the training folds only, as
+   ``modelyard router train`` does) are fitted without the test fold; on the
+   test fold every point of the cost/quality sweep (26 targets, 301 lambdas)
+   is routed twice: always embedding, and words first.
+2. The share of picks settled by words, the share of settled picks that
+   differ from the full router's, and the quality, cost and AIQ of both.
+3. For the local fleet, also the shipped ``builtin:auto`` as served (int8
+   vectors, target 0.35) on the held-out 25% it was not trained on.
+
+Prints a table, writes bench/results/word_settle.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, machine, table, write_result  # noqa: E402
+
+from modelyard.pipeline import router_file  # noqa: E402
+from modelyard.routing.learned import LearnedRouter  # noqa: E402
+from modelyard.training import datasets, evaluate, features  # noqa: E402
+from modelyard.training.metrics import aiq, outcome  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "routing"
+LOCAL = ROOT / "data" / "routing" / "local_outcomes.jsonl"
+SETS: dict[str, tuple[str, list[Path], str]] = {
+    "local": ("local fleet (router collect)", [LOCAL], "onnx-int8"),
+    "routerbench": ("RouterBench, three pooled", [DATA / f"routerbench_{n}_train.csv" for n in ("arc_challenge", "mbpp", "winograde")], "torch"),
+    "llmrouter": ("LLMRouter 9 models", [DATA / "llmrouter_nim9_train.json"], "torch"),
+    "routellm": ("RouteLLM MMLU", [DATA / "routellm_mmlu"], "torch"),
+}
+SWEEP: list[tuple[str, float]] = [("target", t) for t in evaluate.TARGETS] + [("lam", lam) for lam in evaluate.LAMBDAS]
+REPORTED_TARGETS = (0.35, 0.5, 0.8, 0.9)  # 0.35: the shipped auto's; 0.9: `router train`'s default
+GOALS = SWEEP + [("target", t) for t in REPORTED_TARGETS]  # the sweep (the AIQ's points), then the reported targets
+Choices = npt.NDArray[np.int64]
+
+
+def route_fold(router: LearnedRouter, prompts: list[str], vectors: npt.NDArray[np.float32],
+               goals: list[tuple[str, float]]) -> tuple[Choices, Choices, npt.NDArray[np.bool_]]:
+    """(full, words first, settled): the pick of every test prompt (rows) at every goal (columns), and which the words settled."""
+    words = np.stack([router.word_view(p) for p in prompts])
+    predicted = router.predict(vectors, words=words)
+    full = np.empty((len(prompts), len(goals)), dtype=np.int64)
+    first = np.empty_like(full)
+    settled = np.zeros(full.shape, dtype=bool)
+    for g, (kind, value) in enumerate(goals):
+        full[:, g] = router.choose_by_target(predicted, value) if kind == "target" else router.choose_by_lambda(predicted, value)
+        for i, seen in enumerate(words):
+            choice = router.settle(seen, value, None) if kind == "target" else router.settle(seen, None, value)
+            settled[i, g] = choice is not None
+            first[i, g] = full[i, g] if choice is None else router.models.index(choice.model)
+    return full, first, settled
+
+
+def cross_validated(whole: datasets.OutcomeTable, vectors: npt.NDArray[np.float32], folds: int, goals: list[tuple[str, float]]) -> dict[str, Any]:
+    order = np.random.default_rng(0).permutation(len(whole.prompts))
+    n = len(order)
+    full = np.zeros((n, len(goals)), dtype=np.int64)
+    first = np.zeros_like(full)
+    settled = np.zeros((n, len(goals)), dtype=bool)
+    for fold in range(folds):
+        test, train = order[fold::folds], np.setdiff1d(order, order[fold::folds])
+        part = whole.subset(train)
+        band = evaluate.word_band(part, vectors[train], None, folds)
+        router = dataclasses.replace(evaluate.fit(part, vectors[train]), word_band=band)
+        prompts = [whole.prompts[i] for i in test]
+        full[test], first[test], settled[test] = route_fold(router, prompts, vectors[test], goals)
+    return summarise(whole, goals, full, first, settled)
+
+
+def summarise(table_: datasets.OutcomeTable, goals: list[tuple[str, float]], full: Choices, first: Choices, settled: npt.NDArray[np.bool_]) -> dict[str, Any]:
+    q, c = table_.quality, table_.cost
+    singles = [float(c[:, j].mean()) for j in range(q.shape[1])]
+    lo, hi = min(singles), max(singles)
+    points_full = [outcome(q, c, full[:, g]) for g in range(len(goals))]
+    points_first = [outcome(q, c, first[:, g]) for g in range(len(goals))]
+    sweep = len(SWEEP)
+    sweep_full, sweep_first = points_full[:sweep], points_first[:sweep]
+    targets = {f"{value:g}": point(points_full[g], points_first[g], full[:, g], first[:, g], settled[:, g])
+               for g, (_, value) in enumerate(goals) if g >= sweep}
+    in_sweep = settled[:, :sweep]
+    return {
+        "n": len(table_.prompts),
+        "models": list(table_.models),
+        "settled_share_over_sweep": float(in_sweep.mean()),
+        "differing_share_of_settled_over_sweep": float((full != first)[:, :sweep][in_sweep].mean()) if in_sweep.any() else 0.0,
+        "aiq_full": aiq([(cost, quality) for quality, cost in sweep_full], lo, hi),
+        "aiq_words_first": aiq([(cost, quality) for quality, cost in sweep_first], lo, hi),
+        "at_target": targets,
+    }
+
+
+def point(full: tuple[float, float], first: tuple[float, float], full_pick: Choices, first_pick: Choices, settled: npt.NDArray[np.bool_]) -> dict[str, float]:
+    return {
+        "settled_share": float(settled.mean()),
+        "differing_picks": int((full_pick != first_pick).sum()),
+        "quality_full": full[0], "quality_words_first": first[0],
+        "cost_full": full[1], "cost_words_first": first[1],
+    }
+
+
+def shipped_auto() -> dict[str, Any]:
+    """``builtin:auto`` as served, on the held-out 25% of the local table it was not trained on."""
+    router, header = router_file.load(router_file.resolve("builtin:auto"))
+    held = datasets.split(datasets.load([LOCAL]), "test", 0.25).for_models(router.models)
+    vectors = features.embed(held.prompts, Path("~/.cache/modelyard/embeddings").expanduser(), runtime="onnx-int8")
+    target = float(header["target"])
+    full, first, settled = route_fold(router, held.prompts, vectors, [("target", target)])
+    result = point(outcome(held.quality, held.cost, full[:, 0]), outcome(held.quality, held.cost, first[:, 0]), full[:, 0], first[:, 0], settled[:, 0])
+    return {"n": len(held.prompts), "target": target, "word_band": np.asarray(router.word_band).tolist(), **result}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--sets", default="local,routerbench,llmrouter", help=f"comma-separated, of: {', '.join(SETS)}")
+    args = parser.parse_args()
+    results: dict[str, Any] = {}
+    rows = [("data set", "n", "settled (sweep)", "differ (of settled)", "AIQ full", "AIQ words first", "settled @0.35", "settled @0.9",
+             "quality @0.9 full → words")]
+    for key in args.sets.split(","):
+        name, paths, runtime = SETS[key]
+        whole = datasets.load(paths)
+        vectors = features.embed(whole.prompts, Path("~/.cache/modelyard/embeddings").expanduser(), runtime=runtime)
+        result = results[name] = cross_validated(whole, vectors, args.folds, GOALS) | {"embedding_runtime": runtime}
+        at = result["at_target"]["0.9"]
+        rows.append((name, str(result["n"]), f"{result['settled_share_over_sweep']:.1%}", f"{result['differing_share_of_settled_over_sweep']:.2%}",
+                     f"{result['aiq_full']:.4f}", f"{result['aiq_words_first']:.4f}", f"{result['at_target']['0.35']['settled_share']:.1%}",
+                     f"{at['settled_share']:.1%}",
+                     f"{at['quality_full']:.4f} → {at['quality_words_first']:.4f}"))
+        print(table(rows[-1:]), flush=True)
+    shipped = shipped_auto() if "local" in args.sets.split(",") else None
+    print()
+    print(table(rows))
+    if shipped:
+        print(f"\nbuiltin:auto as served, held-out {shipped['n']} prompts at target {shipped['target']:g}: {shipped['settled_share']:.1%} settled by words, "
+              f"{shipped['differing_picks']} picks differ; quality {shipped['quality_full']:.4f} → {shipped['quality_words_first']:.4f}")
+    path = write_result("word_settle", {"machine": machine(), "folds": args.folds, "band_quantile": evaluate.WORD_BAND_QUANTILE,
+                                        "sets": results, "builtin_auto_held_out": shipped})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
