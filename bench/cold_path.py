@@ -9,6 +9,7 @@ concurrency 1 in front of a 50 ms upstream runs them:
 
     encode   the default fleet's route embedding: MiniLM-L6 on ONNX int8, one short prompt
     route    the shipped learned router's decision for one vector (builtin:auto)
+    words    its word view and settling for a multiple-choice question the words settle (no vector needed)
     parse    orjson parse and dump of a chat request body, 200 times (plain Python and C)
 
 Reports each one's median and p90 in each mode and the ratio to back to
@@ -35,6 +36,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, median, percentile, table, write_result  # noqa: E402
 
+SETTLED = "Where would you most likely see a bridge?\n\nA. a park 7\nB. a book\nC. a cup\nD. a shoe\n\nAnswer with the letter of the correct option only."
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "hello there, what is the capital of France?"}], "max_tokens": 16}
 MODES = ("back_to_back", "idle_sleep", "idle_busy")
 
@@ -49,6 +51,13 @@ def pieces(models_dir: Path) -> dict[str, Callable[[], Any]]:
     vector = encoder.encode([str(BODY["messages"][0]["content"])])[0][0]  # type: ignore[index]
     raw = orjson.dumps(BODY)
 
+    def words() -> Any:
+        seen = router.word_view(SETTLED)
+        assert seen is not None
+        choice = router.settle(seen, target=0.35)
+        assert choice is not None, "the question is no longer settled by words"
+        return choice
+
     def parse() -> None:
         for _ in range(200):
             orjson.dumps(orjson.loads(raw))
@@ -56,6 +65,7 @@ def pieces(models_dir: Path) -> dict[str, Callable[[], Any]]:
     return {
         "encode": lambda: encoder.encode(["hello there, what is the capital of France?"]),
         "route": lambda: router.route(np.asarray(vector, dtype=np.float32), target=0.9, prompt="hello there, what is the capital of France?"),
+        "words": words,
         "parse": parse,
     }
 

@@ -25,7 +25,9 @@ with modelyard's RSS and open file descriptors sampled every 10 s. Then, on
 the 50 ms upstream alone: the learned ``auto`` alias against the plain model
 on one server at concurrency 1 (``--rounds`` alternated rounds; the router's
 embedding on ONNX int8, as the default fleet runs it, and on PyTorch; a new
-user turn in every request, so the alias embeds each prompt; and once more
+user turn in every request that the router's word view cannot settle, so the
+alias embeds each prompt; a new multiple-choice question in every request
+that the word view settles, so the alias skips the embedding; and once more
 with the same user turn repeated, as an agent's tool loop sends it, where the
 alias routes on its kept vector, and without kept vectors, as runs before
 them measured; ``--learned-only`` runs these rows alone
@@ -307,18 +309,22 @@ wrk.headers["Authorization"] = "Bearer {key}"
 counter = 0
 request = function()
   counter = counter + 1
-  return wrk.format(nil, nil, nil, string.format('{{"model": "{model}", "messages": [{{"role": "user", "content": "hello there {word} %d"}}], "max_tokens": 16}}', counter))
+  return wrk.format(nil, nil, nil, string.format('{{"model": "{model}", "messages": [{{"role": "user", "content": "{content}"}}], "max_tokens": 16}}', counter))
 end
 """
+NEW_TURN = "hello there {word} %d"
+# A new multiple-choice question per request that the shipped router's word view settles (checked before measuring):
+# the alias skips the embedding. "\\n" is a JSON newline escape inside the Lua string.
+SETTLED_TURN = "Where would you most likely see a {word}?\\\\n\\\\nA. a park %d\\\\nB. a book\\\\nC. a cup\\\\nD. a shoe\\\\n\\\\nAnswer with the letter of the correct option only."
 # One word piece each in MiniLM's vocabulary.
 RUN_WORDS = ("apple", "river", "stone", "cloud", "forest", "garden", "window", "yellow", "silver", "orange", "summer", "winter",
              "market", "travel", "doctor", "letter", "planet", "ocean", "mountain", "island", "bridge", "castle", "engine", "flower")
 
 
-def distinct_prompts_script(tmp: Path, name: str, model: str, key: str, word: str) -> Path:
+def distinct_prompts_script(tmp: Path, name: str, model: str, key: str, word: str, turn: str = NEW_TURN) -> Path:
     """A wrk script whose user turns are new as long as ``word`` is (one wrk thread: the counter is per thread)."""
     script = tmp / f"post-{name}.lua"
-    script.write_text(DISTINCT_PROMPTS_SCRIPT.format(key=key, model=model, word=word))
+    script.write_text(DISTINCT_PROMPTS_SCRIPT.format(key=key, model=model, content=turn.format(word=word)))
     return script
 
 
@@ -333,13 +339,16 @@ def learned_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int, rounds: in
     try:
         key = tenant_key(url)
         models = {"plain": "smollm2-135m", "auto": "auto", "auto_torch": "auto-torch"}
-        if 3 * (rounds + 1) > len(RUN_WORDS):
-            raise SystemExit(f"--rounds {rounds}: the learned rows have prompt words for {len(RUN_WORDS) // 3 - 1} rounds at most")
+        if 4 * (rounds + 1) > len(RUN_WORDS):
+            raise SystemExit(f"--rounds {rounds}: the learned rows have prompt words for {len(RUN_WORDS) // 4 - 1} rounds at most")
         words = iter(random.sample(RUN_WORDS, len(RUN_WORDS)))  # a word per wrk run, none twice: new prompts every run
-        def fresh(name: str, model: str) -> Path:
-            return distinct_prompts_script(tmp, f"learned-{name}", model, key, next(words))
+        def fresh(name: str, model: str, turn: str = NEW_TURN) -> Path:
+            return distinct_prompts_script(tmp, f"learned-{name}", model, key, next(words), turn)
 
         scripts: dict[str, Callable[[], Path]] = {name: functools.partial(fresh, name, model) for name, model in models.items()}
+        # New questions the word view settles: the alias routes without running the embedding model.
+        scripts["auto_words"] = functools.partial(fresh, "auto_words", "auto", SETTLED_TURN)
+        check_settled(url, key)
         # An agent's tool loop: the same user turn on every request, so the alias routes on its kept vector.
         repeated = body_script(tmp, "learned-auto-repeated", "auto", key)
         scripts["auto_repeated"] = lambda: repeated
@@ -365,6 +374,16 @@ def learned_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int, rounds: in
         out[f"{name}_p50_ms"] = median([p["p50_ms"] for p in points[name]])
         out[f"{name}_p99_ms"] = median([p["p99_ms"] for p in points[name]])
     return out
+
+
+def check_settled(url: str, key: str) -> None:
+    """The settled row measures what it says only if the shipped router's word view settles its questions."""
+    content = SETTLED_TURN.replace("\\\\n", "\n").format(word="bridge").replace("%d", "1")
+    served = httpx.post(url + "/v1/chat/completions", json=BODY | {"model": "auto", "messages": [{"role": "user", "content": content}]},
+                        headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    served.raise_for_status()
+    if ":words" not in served.headers.get("x-modelyard-route", ""):
+        raise RuntimeError(f"the settled row's question was not settled by words: {served.headers.get('x-modelyard-route')!r}")
 
 
 def redis_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int) -> dict[str, object] | None:
@@ -540,6 +559,7 @@ def summarise(r: dict[str, object]) -> dict[str, object]:
     learned = r["learned"]
     out["learned_added_p50_ms_c1"] = round(learned["auto_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
     out["learned_torch_added_p50_ms_c1"] = round(learned["auto_torch_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
+    out["learned_settled_added_p50_ms_c1"] = round(learned["auto_words_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
     if "auto_repeated_p50_ms" in learned:  # type: ignore[operator]
         out["learned_repeated_added_p50_ms_c1"] = round(learned["auto_repeated_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
         out["learned_repeated_uncached_added_p50_ms_c1"] = round(learned["auto_repeated_uncached_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
@@ -644,14 +664,14 @@ def learned_only(args: argparse.Namespace) -> None:
             learned = learned_rows(wrk_bin, up_port, tmp, args.seconds, args.rounds)
         finally:
             stop(upstream)
-    names = ("auto", "auto_torch", "auto_repeated", "auto_repeated_uncached")
+    names = ("auto", "auto_words", "auto_torch", "auto_repeated", "auto_repeated_uncached")
     out = {name: round(learned[f"{name}_p50_ms"] - learned["plain_p50_ms"], 3) for name in names}  # type: ignore[operator]
     rows = [("model", "p50 ms", "p99 ms", "added p50 ms over the plain model")]
     for name in ("plain", *names):
         rows.append((name, f"{learned[f'{name}_p50_ms']:.2f}", f"{learned[f'{name}_p99_ms']:.2f}", f"{out[name]:+.2f}" if name in out else ""))  # type: ignore[index]
     print(table(rows))
     summary = {"config": {"seconds_per_point": args.seconds, "rounds": args.rounds}, "machine": machine(),
-               "learned_added_p50_ms_c1": out["auto"], "learned_torch_added_p50_ms_c1": out["auto_torch"],
+               "learned_added_p50_ms_c1": out["auto"], "learned_settled_added_p50_ms_c1": out["auto_words"], "learned_torch_added_p50_ms_c1": out["auto_torch"],
                "learned_repeated_added_p50_ms_c1": out["auto_repeated"], "learned_repeated_uncached_added_p50_ms_c1": out["auto_repeated_uncached"],
                "learned": learned}
     print(f"wrote {write_result('gateway_learned', summary)}")
