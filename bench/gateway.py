@@ -94,7 +94,8 @@ general_settings:
   master_key: {key}
 """
 # The learned `auto` alias over two fake models (named as the shipped router's models), with the
-# router's embedding on ONNX int8 (what the default fleet uses) and on PyTorch (what it used before).
+# router's embedding on ONNX int8 (what the default fleet uses) and on PyTorch (what it used before), at the
+# default fleet's quality target (AUTO_QUALITY_TARGET, 0.35).
 LEARNED_CONFIG = """
 models:
   smollm2-135m:
@@ -110,9 +111,9 @@ models:
     kind: embedding
     deployments: [{{backend: sentence-transformers, model_path: 'builtin:all-minilm-l6-v2', runtime: torch}}]
 aliases:
-  auto: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-int8}}
-  auto-torch: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-torch}}
-  auto-uncached: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-int8, embedding_cache: 0}}
+  auto: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-int8, quality_target: 0.35}}
+  auto-torch: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-torch, quality_target: 0.35}}
+  auto-uncached: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-int8, embedding_cache: 0, quality_target: 0.35}}
 """
 # The production path again, fetching a non-streamed request's answer in one response (not the default).
 WHOLE_CONFIG = MODELYARD_CONFIG.replace("max_connections: 512", "max_connections: 512\n        upstream_streaming: when_client_streams")
@@ -348,7 +349,8 @@ def learned_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int, rounds: in
         scripts: dict[str, Callable[[], Path]] = {name: functools.partial(fresh, name, model) for name, model in models.items()}
         # New questions the word view settles: the alias routes without running the embedding model.
         scripts["auto_words"] = functools.partial(fresh, "auto_words", "auto", SETTLED_TURN)
-        check_settled(url, key)
+        check_words(url, key, SETTLED_TURN, settled=True)
+        check_words(url, key, NEW_TURN, settled=False)
         # An agent's tool loop: the same user turn on every request, so the alias routes on its kept vector.
         repeated = body_script(tmp, "learned-auto-repeated", "auto", key)
         scripts["auto_repeated"] = lambda: repeated
@@ -376,14 +378,15 @@ def learned_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int, rounds: in
     return out
 
 
-def check_settled(url: str, key: str) -> None:
-    """The settled row measures what it says only if the shipped router's word view settles its questions."""
-    content = SETTLED_TURN.replace("\\\\n", "\n").format(word="bridge").replace("%d", "1")
+def check_words(url: str, key: str, turn: str, settled: bool) -> None:
+    """A row measures what it says only if the shipped router's word view settles its turns (``settled``) or does not."""
+    content = turn.replace("\\\\n", "\n").format(word="bridge").replace("%d", "1")
     served = httpx.post(url + "/v1/chat/completions", json=BODY | {"model": "auto", "messages": [{"role": "user", "content": content}]},
                         headers={"Authorization": f"Bearer {key}"}, timeout=30)
     served.raise_for_status()
-    if ":words" not in served.headers.get("x-modelyard-route", ""):
-        raise RuntimeError(f"the settled row's question was not settled by words: {served.headers.get('x-modelyard-route')!r}")
+    route = served.headers.get("x-modelyard-route", "")
+    if (":words" in route) != settled or "learned" not in route:
+        raise RuntimeError(f"{content!r} should {'' if settled else 'not '}be settled by the word view: {route!r}")
 
 
 def redis_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int) -> dict[str, object] | None:
