@@ -26,8 +26,10 @@ the 50 ms upstream alone: the learned ``auto`` alias against the plain model
 on one server at concurrency 1 (``--rounds`` alternated rounds; the router's
 embedding on ONNX int8, as the default fleet runs it, and on PyTorch; a new
 user turn in every request that the router's word view cannot settle, so the
-alias embeds each prompt; a new multiple-choice question in every request
-that the word view settles, so the alias skips the embedding; and once more
+alias embeds each prompt (and the same with ``lexical_first: false``, what
+asking the words first costs such a turn); a new multiple-choice question in
+every request that the word view settles, so the alias skips the embedding;
+and once more
 with the same user turn repeated, as an agent's tool loop sends it, where the
 alias routes on its kept vector, and without kept vectors, as runs before
 them measured; ``--learned-only`` runs these rows alone
@@ -113,6 +115,7 @@ models:
 aliases:
   auto: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-int8, quality_target: 0.35}}
   auto-torch: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-torch, quality_target: 0.35}}
+  auto-embedding-first: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-int8, quality_target: 0.35, lexical_first: false}}
   auto-uncached: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-int8, embedding_cache: 0, quality_target: 0.35}}
 """
 # The production path again, fetching a non-streamed request's answer in one response (not the default).
@@ -339,9 +342,10 @@ def learned_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int, rounds: in
     url = f"http://127.0.0.1:{port}"
     try:
         key = tenant_key(url)
-        models = {"plain": "smollm2-135m", "auto": "auto", "auto_torch": "auto-torch"}
-        if 4 * (rounds + 1) > len(RUN_WORDS):
-            raise SystemExit(f"--rounds {rounds}: the learned rows have prompt words for {len(RUN_WORDS) // 4 - 1} rounds at most")
+        # auto_no_words: the same new turns with lexical_first off, what words first costs a turn the words do not settle.
+        models = {"plain": "smollm2-135m", "auto": "auto", "auto_no_words": "auto-embedding-first", "auto_torch": "auto-torch"}
+        if 5 * (rounds + 1) > len(RUN_WORDS):
+            raise SystemExit(f"--rounds {rounds}: the learned rows have prompt words for {len(RUN_WORDS) // 5 - 1} rounds at most")
         words = iter(random.sample(RUN_WORDS, len(RUN_WORDS)))  # a word per wrk run, none twice: new prompts every run
         def fresh(name: str, model: str, turn: str = NEW_TURN) -> Path:
             return distinct_prompts_script(tmp, f"learned-{name}", model, key, next(words), turn)
@@ -563,6 +567,7 @@ def summarise(r: dict[str, object]) -> dict[str, object]:
     out["learned_added_p50_ms_c1"] = round(learned["auto_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
     out["learned_torch_added_p50_ms_c1"] = round(learned["auto_torch_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
     out["learned_settled_added_p50_ms_c1"] = round(learned["auto_words_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
+    out["learned_embedding_first_added_p50_ms_c1"] = round(learned["auto_no_words_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
     if "auto_repeated_p50_ms" in learned:  # type: ignore[operator]
         out["learned_repeated_added_p50_ms_c1"] = round(learned["auto_repeated_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
         out["learned_repeated_uncached_added_p50_ms_c1"] = round(learned["auto_repeated_uncached_p50_ms"] - learned["plain_p50_ms"], 3)  # type: ignore[index]
@@ -667,14 +672,15 @@ def learned_only(args: argparse.Namespace) -> None:
             learned = learned_rows(wrk_bin, up_port, tmp, args.seconds, args.rounds)
         finally:
             stop(upstream)
-    names = ("auto", "auto_words", "auto_torch", "auto_repeated", "auto_repeated_uncached")
+    names = ("auto", "auto_no_words", "auto_words", "auto_torch", "auto_repeated", "auto_repeated_uncached")
     out = {name: round(learned[f"{name}_p50_ms"] - learned["plain_p50_ms"], 3) for name in names}  # type: ignore[operator]
     rows = [("model", "p50 ms", "p99 ms", "added p50 ms over the plain model")]
     for name in ("plain", *names):
         rows.append((name, f"{learned[f'{name}_p50_ms']:.2f}", f"{learned[f'{name}_p99_ms']:.2f}", f"{out[name]:+.2f}" if name in out else ""))  # type: ignore[index]
     print(table(rows))
     summary = {"config": {"seconds_per_point": args.seconds, "rounds": args.rounds}, "machine": machine(),
-               "learned_added_p50_ms_c1": out["auto"], "learned_settled_added_p50_ms_c1": out["auto_words"], "learned_torch_added_p50_ms_c1": out["auto_torch"],
+               "learned_added_p50_ms_c1": out["auto"], "learned_settled_added_p50_ms_c1": out["auto_words"],
+               "learned_embedding_first_added_p50_ms_c1": out["auto_no_words"], "learned_torch_added_p50_ms_c1": out["auto_torch"],
                "learned_repeated_added_p50_ms_c1": out["auto_repeated"], "learned_repeated_uncached_added_p50_ms_c1": out["auto_repeated_uncached"],
                "learned": learned}
     print(f"wrote {write_result('gateway_learned', summary)}")
