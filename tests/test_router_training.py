@@ -44,6 +44,12 @@ def test_routerbench_round_trip(tmp_path: Path) -> None:
     assert 0 < report["aiq_router"] <= 1 and 0 < report["aiq_best_single"] <= 1
     # In-sample the neighbours include the prompt itself: the router must at least match the best single model.
     assert report["router_cost_at_best_single_quality"] is not None
+    # The default learner has a word view, so train measured its band and eval says what share the words settle.
+    words = report["words_first"]
+    assert 0 <= words["settled"] <= 200 and words["settled_share"] == words["settled"] / 200 and words["differing_picks"] <= words["settled"]
+    run("train", "--data", str(train), "--out", str(tmp_path / "no-band.npz"), "--band-folds", "0", *cache)
+    plain = json.loads(run("eval", "--router", str(tmp_path / "no-band.npz"), "--data", str(train), "--json", *cache).stdout.splitlines()[-1])
+    assert "words_first" not in plain
     cv = json.loads(run("cv", "--data", str(train), "--folds", "4", "--json", *cache).stdout.splitlines()[-1])
     assert cv["cross_validation_folds"] == 4 and cv["n"] == 200
 

@@ -106,3 +106,15 @@ def test_training_measures_the_band_out_of_fold() -> None:
     assert band is not None and band.shape == (2, 3) and np.all(band[0] < band[1])
     assert evaluate.word_band(table, vectors, None, 5, "knn+logistic") is None  # no word view
     assert evaluate.word_band(table.subset(np.arange(1)), vectors[:1], None, 5) is None  # too few prompts for folds
+
+
+def test_eval_reports_the_share_the_words_settle_and_no_different_pick_inside_the_band() -> None:
+    router, texts, vectors = random_router(4)
+    assert router.lexical is not None
+    gaps = router.embedded_view(vectors) - router.lexical.predict(texts)
+    banded = dataclasses.replace(router, word_band=np.stack([gaps.min(axis=0), gaps.max(axis=0)]).astype(np.float32))
+    predicted = evaluate.predict(banded, texts, vectors)
+    words = evaluate.words_first(banded, texts, predicted, 0.3)
+    expected = sum(banded.settle(banded.word_view(t), 0.3) is not None for t in texts)  # type: ignore[arg-type]
+    assert words == {"settled_share": expected / 300, "settled": expected, "differing_picks": 0} and expected > 0
+    assert evaluate.words_first(router, texts, predicted, 0.3) is None  # no band

@@ -153,9 +153,14 @@ class LearnedRouter:
             index, reason = int(self.choose_by_lambda(predicted[None, :], lam or 0.0)[0]), f"learned:lambda={lam or 0.0:g}"
         return RouteChoice(self.models[index], float(predicted[index]), reason)
 
+    @property
+    def settles_by_words(self) -> bool:
+        """Whether :meth:`settle` can decide: a word view, a band, and no task view (which the band does not cover)."""
+        return self.lexical is not None and self.word_band is not None and self.task_prior is None
+
     def word_view(self, prompt: str) -> Array | None:
         """The word view's prediction (m,) for a prompt, when this router can settle picks by words (see :meth:`settle`)."""
-        if self.lexical is None or self.word_band is None or self.task_prior is not None:
+        if self.lexical is None or not self.settles_by_words:
             return None
         return self.lexical.predict([routing_text(prompt)])[0]
 
@@ -167,7 +172,7 @@ class LearnedRouter:
         prediction lies between ``words + band[0] / 2`` and ``words + band[1] / 2``.
         The predicted quality given is the middle of that range.
         """
-        if self.word_band is None or self.task_prior is not None:
+        if self.word_band is None or not self.settles_by_words:
             return None
         low = words.astype(np.float64) + self.word_band[0] / 2
         high = words.astype(np.float64) + self.word_band[1] / 2

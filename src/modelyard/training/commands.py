@@ -42,7 +42,12 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
         print(f"note: the data's {', '.join(extra)} are not among the router's models and are left out")
     table = matched
     target = args.target if args.target is not None else float(header.get("target", 0.9))  # type: ignore[arg-type]
-    return _print(evaluate.report(table, router, evaluate.predict(router, table.prompts, embeddings), target), args.json, args.group_by)
+    predicted = evaluate.predict(router, table.prompts, embeddings)
+    result = evaluate.report(table, router, predicted, target)
+    words = evaluate.words_first(router, table.prompts, predicted, target)
+    if words is not None:
+        result["words_first"] = words
+    return _print(result, args.json, args.group_by)
 
 
 def shares_cmd(args: argparse.Namespace) -> int:
@@ -106,6 +111,10 @@ def _print(result: dict[str, Any], as_json: bool, group_by: str | None = None) -
         print(f"AIQ of a router told each prompt's task (same folds): {result['aiq_task_label']:.4f}")
     if "apgr" in result:
         print(f"APGR {result['apgr']:.4f}, CPT(50%) {result['cpt50']}, CPT(80%) {result['cpt80']}")
+    if "words_first" in result:
+        words = result["words_first"]
+        print(f"settled by words (no embedding when served with lexical_first): {words['settled_share']:.1%} of prompts, "
+              f"{words['differing_picks']} of them picked differently")
     if group_by == "task":
         _print_by_task(result)
     if as_json:

@@ -198,6 +198,23 @@ def word_band(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int |
     return np.stack([np.quantile(gaps, 1.0 - quantile, axis=0), np.quantile(gaps, quantile, axis=0)]).astype(np.float32)
 
 
+def words_first(router: LearnedRouter, prompts: list[str], predicted: npt.NDArray[np.float32], target: float) -> dict[str, Any] | None:
+    """At ``target``: the share of ``prompts`` whose pick the router's word view settles (no embedding run when serving
+    with ``lexical_first``), and how many settled picks differ from the full router's; None for a router without a band."""
+    if not router.settles_by_words:
+        return None
+    full = router.choose_by_target(predicted, target)
+    settled = differing = 0
+    for prompt, pick in zip(prompts, full, strict=True):
+        words = router.word_view(prompt)
+        choice = None if words is None else router.settle(words, target)
+        if choice is None:
+            continue
+        settled += 1
+        differing += router.models.index(choice.model) != int(pick)
+    return {"settled_share": settled / max(1, len(prompts)), "settled": settled, "differing_picks": differing}
+
+
 def cross_validate(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int | None, folds: int, learner: str = DEFAULT_LEARNER, seed: int = 0) -> tuple[LearnedRouter, npt.NDArray[np.float32]]:
     """Out-of-fold predictions for every prompt (each predicted by a router that never saw it)."""
     order = np.random.default_rng(seed).permutation(len(table.prompts))
