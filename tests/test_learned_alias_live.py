@@ -39,6 +39,10 @@ models:
     kind: embedding
     retry: {{max_attempts: 1}}
     deployments: [{{backend: openai, base_url: '{url}/v1', headers: {{x-fake-status: '500'}}}}]
+  slow-embedder:
+    kind: embedding
+    retry: {{max_attempts: 1}}
+    deployments: [{{backend: openai, base_url: '{url}/v1', headers: {{x-fake-latency-ms: '3000'}}, timeouts: {{total_s: 0.3}}}}]
 aliases:
   smart:
     targets: [cheap, strong]
@@ -50,6 +54,11 @@ aliases:
     targets: [cheap, strong]
     strategy: learned
     embedding_model: broken-embedder
+    router_file: '{router}'
+  smart-slow:
+    targets: [cheap, strong]
+    strategy: learned
+    embedding_model: slow-embedder
     router_file: '{router}'
   smart-words:
     targets: [cheap, strong]
@@ -118,6 +127,16 @@ def test_a_failing_embedding_model_degrades_to_rules(server: LiveServer) -> None
     response = ask(server, "smart-degraded", "x" * 13)
     assert response.status_code == 200
     assert route(response) == ["rule:short-chat", "model=cheap"]  # no vector: the built-in rule, not an error
+
+
+def test_an_embedding_model_past_its_timeout_is_cut_off_and_routing_goes_on_by_rules(server: LiveServer) -> None:
+    # The slow embedding model answers after 3 s; its deployment's total_s is 0.3 s.
+    direct = httpx.post(server.url + "/v1/embeddings", json={"model": "slow-embedder", "input": "hello"}, timeout=30)
+    assert direct.status_code == 504 and "did not answer within 0.3s" in direct.json()["error"]["message"]
+    assert direct.elapsed.total_seconds() < 2.5
+    routed = ask(server, "smart-slow", "x" * 13)
+    assert routed.status_code == 200 and route(routed) == ["rule:short-chat", "model=cheap"]
+    assert routed.elapsed.total_seconds() < 2.5
 
 
 def test_metrics_count_routes_by_how_they_were_chosen(server: LiveServer) -> None:

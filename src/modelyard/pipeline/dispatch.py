@@ -253,7 +253,8 @@ class Dispatcher:
         batcher = self.batchers.get(deployment)
         try:
             call = batcher.submit(request.inputs) if batcher else self._backend(deployment).embed(request.inputs)
-            result = await asyncio.wait_for(call, limit)
+            async with asyncio.timeout(limit):  # no extra task per call, unlike wait_for (a route embedding is on the request path)
+                result = await call
         except TimeoutError:
             error: ModelyardError = UpstreamTimeout(f"deployment {deployment} did not answer within {limit:.1f}s")
         except ModelyardError as exc:

@@ -3,7 +3,7 @@
 Defaults come from :class:`FakeScript`; each request can override them with
 headers, so one server can script many cases:
 
-- ``x-fake-latency-ms``: delay before the first byte
+- ``x-fake-latency-ms``: delay before the first byte (embeddings too)
 - ``x-fake-tokens``: tokens in the completion
 - ``x-fake-status``: answer with this HTTP error status instead (e.g. 429, 500), embeddings too
 - ``x-fake-fail-after``: stream this many tokens, then drop the connection (a non-streamed answer: drop it halfway)
@@ -119,6 +119,8 @@ def create_fake_app(script: FakeScript) -> Starlette:
     async def embeddings(request: Request) -> Response:
         counter["embeddings"] += 1
         body = orjson.loads(await request.body())
+        if latency := _setting(request, "x-fake-latency-ms", 0) / 1000:
+            await asyncio.sleep(latency)
         if status := int(_setting(request, "x-fake-status", 0)):
             return _json({"error": {"message": "scripted failure", "type": "server_error", "param": None, "code": None}}, status)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
