@@ -192,7 +192,8 @@ def word_band(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int |
     gaps = np.zeros(table.quality.shape, dtype=np.float32)
     for fold in range(folds):
         test = order[fold::folds]
-        router = fit(table.subset(np.setdiff1d(order, test)), embeddings[np.setdiff1d(order, test)], k, learner)
+        train = np.setdiff1d(order, test)
+        router = fit(table.subset(train), embeddings[train], k, learner)
         assert router.lexical is not None
         gaps[test] = router.embedded_view(embeddings[test]) - router.lexical.predict(texts_of([table.prompts[i] for i in test]))
     return np.stack([np.quantile(gaps, 1.0 - quantile, axis=0), np.quantile(gaps, quantile, axis=0)]).astype(np.float32)
