@@ -1,14 +1,16 @@
 """How often the learned router's word view settles a pick without the embedding, and what that does to routing quality.
 
-    .venv/bin/python bench/word_settle.py [--folds 5] [--sets local,routerbench,llmrouter]
+    .venv/bin/python bench/word_settle.py [--folds 5] [--sets local,routerbench,llmrouter] [--quantiles 0.99,0.95,0.9,0.8]
 
 A learned alias with ``lexical_first`` (the default) computes the router's
 word view of a prompt first and skips the embedding model when no embedding
 view inside the router's band could change the pick
 (:meth:`LearnedRouter.settle`). The band is measured when the router is
-trained: the 1st to 99th percentile of (embedding view - word view) on
-prompts each fold's router never saw. Inside the band a settled pick is
-exactly the full router's; outside it, it may differ.
+trained: by default the 1st to 99th percentile of (embedding view - word
+view) on prompts each fold's router never saw (``router train
+--band-quantile``). Inside the band a settled pick is exactly the full
+router's; outside it, it may differ: a narrower band settles more picks and
+risks more differing ones, which ``--quantiles`` measures.
 
 Per data set, with nothing tuned on the prompts it reports:
 
@@ -17,8 +19,9 @@ Per data set, with nothing tuned on the prompts it reports:
    ``modelyard router train`` does) are fitted without the test fold; on the
    test fold every point of the cost/quality sweep (26 targets, 301 lambdas)
    is routed twice: always embedding, and words first.
-2. The share of picks settled by words, the share of settled picks that
-   differ from the full router's, and the quality, cost and AIQ of both.
+2. Per band quantile: the share of picks settled by words, the share of
+   settled picks that differ from the full router's, and the quality, cost
+   and AIQ of both.
 3. For the local fleet, also the shipped ``builtin:auto`` as served (int8
    vectors, target 0.35) on the held-out 25% it was not trained on.
 
@@ -61,7 +64,9 @@ Choices = npt.NDArray[np.int64]
 def route_fold(router: LearnedRouter, prompts: list[str], vectors: npt.NDArray[np.float32],
                goals: list[tuple[str, float]]) -> tuple[Choices, Choices, npt.NDArray[np.bool_]]:
     """(full, words first, settled): the pick of every test prompt (rows) at every goal (columns), and which the words settled."""
-    words = np.stack([router.word_view(p) for p in prompts])
+    views = [router.word_view(p) for p in prompts]
+    assert all(v is not None for v in views), "a router with a band has a word view"
+    words = np.stack([v for v in views if v is not None])
     predicted = router.predict(vectors, words=words)
     full = np.empty((len(prompts), len(goals)), dtype=np.int64)
     first = np.empty_like(full)
@@ -75,20 +80,25 @@ def route_fold(router: LearnedRouter, prompts: list[str], vectors: npt.NDArray[n
     return full, first, settled
 
 
-def cross_validated(whole: datasets.OutcomeTable, vectors: npt.NDArray[np.float32], folds: int, goals: list[tuple[str, float]]) -> dict[str, Any]:
+def cross_validated(whole: datasets.OutcomeTable, vectors: npt.NDArray[np.float32], folds: int, goals: list[tuple[str, float]],
+                    quantiles: list[float]) -> dict[str, Any]:
+    """Per band quantile, the summary of routing every prompt by a router and band fitted without its fold."""
     order = np.random.default_rng(0).permutation(len(whole.prompts))
-    n = len(order)
-    full = np.zeros((n, len(goals)), dtype=np.int64)
-    first = np.zeros_like(full)
-    settled = np.zeros((n, len(goals)), dtype=bool)
+    shape = (len(order), len(goals))
+    full = {q: np.zeros(shape, dtype=np.int64) for q in quantiles}
+    first = {q: np.zeros(shape, dtype=np.int64) for q in quantiles}
+    settled = {q: np.zeros(shape, dtype=bool) for q in quantiles}
     for fold in range(folds):
         test, train = order[fold::folds], np.setdiff1d(order, order[fold::folds])
         part = whole.subset(train)
-        band = evaluate.word_band(part, vectors[train], None, folds)
-        router = dataclasses.replace(evaluate.fit(part, vectors[train]), word_band=band)
+        gaps = evaluate.word_gaps(part, vectors[train], None, folds)  # the inner folds, as `router train` runs them
+        assert gaps is not None, "the default learner has a word view"
+        router = evaluate.fit(part, vectors[train])
         prompts = [whole.prompts[i] for i in test]
-        full[test], first[test], settled[test] = route_fold(router, prompts, vectors[test], goals)
-    return summarise(whole, goals, full, first, settled)
+        for q in quantiles:
+            banded = dataclasses.replace(router, word_band=evaluate.band_of(gaps, q))
+            full[q][test], first[q][test], settled[q][test] = route_fold(banded, prompts, vectors[test], goals)
+    return {f"{q:g}": summarise(whole, goals, full[q], first[q], settled[q]) for q in quantiles}
 
 
 def summarise(table_: datasets.OutcomeTable, goals: list[tuple[str, float]], full: Choices, first: Choices, settled: npt.NDArray[np.bool_]) -> dict[str, Any]:
@@ -127,7 +137,7 @@ def shipped_auto() -> dict[str, Any]:
     router, header = router_file.load(router_file.resolve("builtin:auto"))
     held = datasets.split(datasets.load([LOCAL]), "test", 0.25).for_models(router.models)
     vectors = features.embed(held.prompts, Path("~/.cache/modelyard/embeddings").expanduser(), runtime="onnx-int8")
-    target = float(header["target"])
+    target = float(str(header["target"]))
     full, first, settled = route_fold(router, held.prompts, vectors, [("target", target)])
     result = point(outcome(held.quality, held.cost, full[:, 0]), outcome(held.quality, held.cost, first[:, 0]), full[:, 0], first[:, 0], settled[:, 0])
     return {"n": len(held.prompts), "target": target, "word_band": np.asarray(router.word_band).tolist(), **result}
@@ -137,29 +147,31 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--sets", default="local,routerbench,llmrouter", help=f"comma-separated, of: {', '.join(SETS)}")
+    parser.add_argument("--quantiles", default="0.99,0.95,0.9,0.8", help="band quantiles to compare (0.99: router train's default)")
     args = parser.parse_args()
+    quantiles = [float(q) for q in args.quantiles.split(",")]
     results: dict[str, Any] = {}
-    rows = [("data set", "n", "settled (sweep)", "differ (of settled)", "AIQ full", "AIQ words first", "settled @0.35", "settled @0.9",
-             "quality @0.9 full → words")]
+    rows = [("data set", "band", "n", "settled (sweep)", "differ (of settled)", "AIQ full", "AIQ words first", "settled @0.35",
+             "differ @0.35", "quality @0.35 full → words")]
     for key in args.sets.split(","):
         name, paths, runtime = SETS[key]
         whole = datasets.load(paths)
         vectors = features.embed(whole.prompts, Path("~/.cache/modelyard/embeddings").expanduser(), runtime=runtime)
-        result = results[name] = cross_validated(whole, vectors, args.folds, GOALS) | {"embedding_runtime": runtime}
-        at = result["at_target"]["0.9"]
-        rows.append((name, str(result["n"]), f"{result['settled_share_over_sweep']:.1%}", f"{result['differing_share_of_settled_over_sweep']:.2%}",
-                     f"{result['aiq_full']:.4f}", f"{result['aiq_words_first']:.4f}", f"{result['at_target']['0.35']['settled_share']:.1%}",
-                     f"{at['settled_share']:.1%}",
-                     f"{at['quality_full']:.4f} → {at['quality_words_first']:.4f}"))
-        print(table(rows[-1:]), flush=True)
+        results[name] = {"embedding_runtime": runtime, "by_band_quantile": cross_validated(whole, vectors, args.folds, GOALS, quantiles)}
+        for q, result in results[name]["by_band_quantile"].items():
+            at = result["at_target"]["0.35"]
+            rows.append((name, q, str(result["n"]), f"{result['settled_share_over_sweep']:.1%}", f"{result['differing_share_of_settled_over_sweep']:.2%}",
+                         f"{result['aiq_full']:.4f}", f"{result['aiq_words_first']:.4f}", f"{at['settled_share']:.1%}", str(at["differing_picks"]),
+                         f"{at['quality_full']:.4f} → {at['quality_words_first']:.4f}"))
+            print(table(rows[-1:]), flush=True)
     shipped = shipped_auto() if "local" in args.sets.split(",") else None
     print()
     print(table(rows))
     if shipped:
         print(f"\nbuiltin:auto as served, held-out {shipped['n']} prompts at target {shipped['target']:g}: {shipped['settled_share']:.1%} settled by words, "
               f"{shipped['differing_picks']} picks differ; quality {shipped['quality_full']:.4f} → {shipped['quality_words_first']:.4f}")
-    path = write_result("word_settle", {"machine": machine(), "folds": args.folds, "band_quantile": evaluate.WORD_BAND_QUANTILE,
-                                        "sets": results, "builtin_auto_held_out": shipped})
+    path = write_result("word_settle", {"machine": machine(), "folds": args.folds, "default_band_quantile": evaluate.WORD_BAND_QUANTILE,
+                                        "band_quantiles": quantiles, "sets": results, "builtin_auto_held_out": shipped})
     print(f"wrote {path}")
     return 0
 

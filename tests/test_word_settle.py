@@ -118,3 +118,19 @@ def test_eval_reports_the_share_the_words_settle_and_no_different_pick_inside_th
     expected = sum(banded.settle(banded.word_view(t), 0.3) is not None for t in texts)  # type: ignore[arg-type]
     assert words == {"settled_share": expected / 300, "settled": expected, "differing_picks": 0} and expected > 0
     assert evaluate.words_first(router, texts, predicted, 0.3) is None  # no band
+
+
+def test_a_narrower_band_quantile_gives_a_narrower_band() -> None:
+    router, texts, vectors = random_router(5)
+    quality = (np.random.default_rng(5).random((300, 3)) < [0.4, 0.6, 0.8]).astype(np.float64)
+    table = OutcomeTable(texts, ("a", "b", "c"), quality, np.tile([1.0, 3.0, 9.0], (300, 1)), "random")
+    gaps = evaluate.word_gaps(table, vectors, None, 5)
+    assert gaps is not None and gaps.shape == (300, 3)
+    wide, narrow = evaluate.band_of(gaps, 0.99), evaluate.band_of(gaps, 0.8)
+    assert np.all(wide[0] <= narrow[0]) and np.all(narrow[1] <= wide[1]) and np.any(wide[0] < narrow[0])
+    def inside(band: np.ndarray) -> float:
+        return float(np.mean(np.all((gaps >= band[0]) & (gaps <= band[1]), axis=1)))
+
+    assert inside(narrow) < inside(wide) and inside(wide) > 0.9  # 1% out per model and side for the wide band
+    band = evaluate.word_band(table, vectors, None, 5, quantile=0.8)
+    assert band is not None and np.allclose(band, narrow)

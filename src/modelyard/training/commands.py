@@ -20,7 +20,10 @@ def _table_and_embeddings(args: argparse.Namespace) -> tuple[datasets.OutcomeTab
 def train(args: argparse.Namespace) -> int:
     table, embeddings = _table_and_embeddings(args)
     router = evaluate.fit(table, embeddings, args.k, args.learner)
-    band = evaluate.word_band(table, embeddings, args.k, args.band_folds, args.learner) if args.band_folds > 1 else None
+    if not 0.5 < args.band_quantile <= 1.0:
+        print(f"modelyard: --band-quantile must be above 0.5 and at most 1, not {args.band_quantile:g}")
+        return 2
+    band = evaluate.word_band(table, embeddings, args.k, args.band_folds, args.learner, args.band_quantile) if args.band_folds > 1 else None
     router = dataclasses.replace(router, word_band=band)
     meta = {"target": args.target, "learner": args.learner, "trained_on": table.source, "split": args.split, "n": len(table.prompts),
             "embedding_runtime": args.embedding_runtime}
@@ -209,6 +212,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--band-folds", type=int, default=5,
                    help="folds that measure how far the embedding view strays from the word view, so serving can skip the "
                         "embedding when the words settle the pick (learners with lexical; 0: no band, always embed)")
+    p.add_argument("--band-quantile", type=float, default=evaluate.WORD_BAND_QUANTILE,
+                   help="the band spans this quantile of the out-of-fold gap and 1 minus it (default 0.99; narrower settles more "
+                        "picks and risks more that differ from the full router's: bench/word_settle.py --quantiles)")
     p.set_defaults(func=train)
     p = router.add_parser("eval", help="evaluate a router on an outcome table")
     data_args(p)

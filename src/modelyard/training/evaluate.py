@@ -177,13 +177,10 @@ def predict(router: LearnedRouter, prompts: list[str], embeddings: npt.NDArray[n
 WORD_BAND_QUANTILE = 0.99  # the band spans the 1st to the 99th percentile of the out-of-fold gap
 
 
-def word_band(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int | None, folds: int, learner: str = DEFAULT_LEARNER,
-              quantile: float = WORD_BAND_QUANTILE, seed: int = 0) -> npt.NDArray[np.float32] | None:
-    """(2, m): how far the embedding view strays from the word view on prompts the router never saw, per model,
-    as the low and high ``quantile`` of the gap; None for a learner without a word view, or with the task view.
-
-    :meth:`LearnedRouter.settle` skips the embedding when no gap inside the band changes the pick.
-    """
+def word_gaps(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int | None, folds: int, learner: str = DEFAULT_LEARNER,
+              seed: int = 0) -> npt.NDArray[np.float32] | None:
+    """(n, m): each prompt's embedding view minus its word view, predicted by a router fitted without its fold;
+    None for a learner without a word view, or with the task view, or too few prompts for ``folds``."""
     parts = set(learner.split("+"))
     folds = min(folds, len(table.prompts))
     if "lexical" not in parts or "task" in parts or folds < 2:
@@ -196,7 +193,23 @@ def word_band(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int |
         router = fit(table.subset(train), embeddings[train], k, learner)
         assert router.lexical is not None
         gaps[test] = router.embedded_view(embeddings[test]) - router.lexical.predict(texts_of([table.prompts[i] for i in test]))
+    return gaps
+
+
+def band_of(gaps: npt.NDArray[np.float32], quantile: float = WORD_BAND_QUANTILE) -> npt.NDArray[np.float32]:
+    """(2, m): the low (1 - ``quantile``) and high ``quantile`` of the gaps, per model."""
     return np.stack([np.quantile(gaps, 1.0 - quantile, axis=0), np.quantile(gaps, quantile, axis=0)]).astype(np.float32)
+
+
+def word_band(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int | None, folds: int, learner: str = DEFAULT_LEARNER,
+              quantile: float = WORD_BAND_QUANTILE, seed: int = 0) -> npt.NDArray[np.float32] | None:
+    """(2, m): how far the embedding view strays from the word view on prompts the router never saw (:func:`word_gaps`),
+    per model, as the low and high ``quantile`` of the gap; None where :func:`word_gaps` is.
+
+    :meth:`LearnedRouter.settle` skips the embedding when no gap inside the band changes the pick.
+    """
+    gaps = word_gaps(table, embeddings, k, folds, learner, seed)
+    return None if gaps is None else band_of(gaps, quantile)
 
 
 def words_first(router: LearnedRouter, prompts: list[str], predicted: npt.NDArray[np.float32], target: float) -> dict[str, Any] | None:
