@@ -83,13 +83,11 @@ def route_fold(router: LearnedRouter, prompts: list[str], vectors: npt.NDArray[n
 def cross_validated(whole: datasets.OutcomeTable, vectors: npt.NDArray[np.float32], folds: int, goals: list[tuple[str, float]],
                     quantiles: list[float]) -> dict[str, Any]:
     """Per band quantile, the summary of routing every prompt by a router and band fitted without its fold."""
-    order = np.random.default_rng(0).permutation(len(whole.prompts))
-    shape = (len(order), len(goals))
+    shape = (len(whole.prompts), len(goals))
     full = {q: np.zeros(shape, dtype=np.int64) for q in quantiles}
     first = {q: np.zeros(shape, dtype=np.int64) for q in quantiles}
     settled = {q: np.zeros(shape, dtype=bool) for q in quantiles}
-    for fold in range(folds):
-        test, train = order[fold::folds], np.setdiff1d(order, order[fold::folds])
+    for test, train in evaluate.fold_splits(len(whole.prompts), folds):
         part = whole.subset(train)
         gaps = evaluate.word_gaps(part, vectors[train], None, folds)  # the inner folds, as `router train` runs them
         assert gaps is not None, "the default learner has a word view"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -174,6 +175,14 @@ def predict(router: LearnedRouter, prompts: list[str], embeddings: npt.NDArray[n
     return router.predict(embeddings, texts_of(prompts) if router.lexical is not None else None)
 
 
+def fold_splits(n: int, folds: int, seed: int = 0) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+    """(test rows, training rows) of each of ``folds`` folds over ``n`` prompts, shuffled by ``seed``."""
+    order = np.random.default_rng(seed).permutation(n)
+    for fold in range(folds):
+        test = order[fold::folds]
+        yield test, np.setdiff1d(order, test)
+
+
 WORD_BAND_QUANTILE = 0.99  # the band spans the 1st to the 99th percentile of the out-of-fold gap
 
 
@@ -185,11 +194,8 @@ def word_gaps(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int |
     folds = min(folds, len(table.prompts))
     if "lexical" not in parts or "task" in parts or folds < 2:
         return None
-    order = np.random.default_rng(seed).permutation(len(table.prompts))
     gaps = np.zeros(table.quality.shape, dtype=np.float32)
-    for fold in range(folds):
-        test = order[fold::folds]
-        train = np.setdiff1d(order, test)
+    for test, train in fold_splits(len(table.prompts), folds, seed):
         router = fit(table.subset(train), embeddings[train], k, learner)
         assert router.lexical is not None
         gaps[test] = router.embedded_view(embeddings[test]) - router.lexical.predict(texts_of([table.prompts[i] for i in test]))
@@ -231,11 +237,8 @@ def words_first(router: LearnedRouter, prompts: list[str], predicted: npt.NDArra
 
 def cross_validate(table: OutcomeTable, embeddings: npt.NDArray[np.float32], k: int | None, folds: int, learner: str = DEFAULT_LEARNER, seed: int = 0) -> tuple[LearnedRouter, npt.NDArray[np.float32]]:
     """Out-of-fold predictions for every prompt (each predicted by a router that never saw it)."""
-    order = np.random.default_rng(seed).permutation(len(table.prompts))
     predicted = np.zeros(table.quality.shape, dtype=np.float32)
-    for fold in range(folds):
-        test = order[fold::folds]
-        train = np.setdiff1d(order, test)
+    for test, train in fold_splits(len(table.prompts), folds, seed):
         router = fit(table.subset(train), embeddings[train], k, learner)
         predicted[test] = predict(router, [table.prompts[i] for i in test], embeddings[test])
     return fit(table, embeddings, k, learner), predicted
