@@ -73,6 +73,20 @@ aliases:
     router_file: '{worded}'
     quality_target: 0.5
     lexical_first: false
+  smart-words-intent-same:
+    targets: [cheap, strong]
+    strategy: learned
+    embedding_model: embedder
+    router_file: '{worded}'
+    quality_target: 0.5
+    intents: {{short: {{model: cheap, examples: [abc], threshold: 0.999}}}}
+  smart-words-intent-other:
+    targets: [cheap, strong]
+    strategy: learned
+    embedding_model: embedder
+    router_file: '{worded}'
+    quality_target: 0.5
+    intents: {{short: {{model: strong, examples: [abc], threshold: 0.999}}}}
 """
 
 
@@ -207,3 +221,17 @@ def test_the_words_settle_a_pick_without_an_embedding(server: LiveServer, fake_u
     assert off.status_code == 200 and route(off)[0] == "learned:target=0.5" and embeddings_asked(fake_upstream) == before + 2
     assert route_embeddings(server, "smart-words", "settled") == settled_before + 1
     assert route_embeddings(server, "smart-words-off", "settled") == 0.0
+
+
+def test_words_settle_past_intents_only_when_every_intent_names_the_pick(server: LiveServer, fake_upstream: LiveServer) -> None:
+    for alias in ("smart-words-intent-same", "smart-words-intent-other"):
+        assert ask(server, alias, "warm").status_code == 200  # the first request embeds the intents' examples
+    before = embeddings_asked(fake_upstream)
+    # The words settle on the cheap model, and the one intent names it too: no vector could change the model served.
+    same = ask(server, "smart-words-intent-same", "easy")
+    assert same.json()["model"] == "cheap" and route(same)[0] == "learned:target=0.5:words"
+    assert embeddings_asked(fake_upstream) == before
+    # An intent naming the strong model could take the prompt there if its vector matched: the vector is asked for.
+    other = ask(server, "smart-words-intent-other", "easy")
+    assert other.status_code == 200 and not route(other)[0].endswith(":words")
+    assert embeddings_asked(fake_upstream) == before + 1

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from modelyard.config import AliasConfig, IntentConfig
 from modelyard.pipeline import router_file
 from modelyard.routing.learned import LearnedRouter, settled_by_lambda, settled_by_target
+from modelyard.routing.router import PromptFeatures, settled_by_words
 from modelyard.training import evaluate
 from modelyard.training.datasets import OutcomeTable
 from modelyard.training.lexical_fit import fit_lexical
@@ -134,3 +136,25 @@ def test_a_narrower_band_quantile_gives_a_narrower_band() -> None:
     assert inside(narrow) < inside(wide) and inside(wide) > 0.9  # 1% out per model and side for the wide band
     band = evaluate.word_band(table, vectors, None, 5, quantile=0.8)
     assert band is not None and np.allclose(band, narrow)
+
+
+def test_an_intent_naming_another_model_leaves_the_pick_to_the_vector() -> None:
+    router, texts, vectors = random_router(6)
+    assert router.lexical is not None
+    gaps = router.embedded_view(vectors) - router.lexical.predict(texts)
+    banded = dataclasses.replace(router, word_band=np.stack([gaps.min(axis=0), gaps.max(axis=0)]).astype(np.float32))
+    settled = [(t, c.model) for t in texts if (c := banded.settle(banded.word_view(t), 0.3)) is not None]  # type: ignore[arg-type]
+    assert settled, "the test needs a pick the words settle"
+    text, model = settled[0]
+    features = PromptFeatures(text=text, words=banded.word_view(text))
+    plain = AliasConfig("a", ("a", "b", "c"), strategy="learned", quality_target=0.3)
+
+    def with_intents(*models: str) -> AliasConfig:
+        return dataclasses.replace(plain, intents=tuple(IntentConfig(f"i{n}", m, ("x",)) for n, m in enumerate(models)))
+
+    assert settled_by_words(plain, banded, features) is not None
+    # Intents are checked on the vector before the learned router: only those naming the pick's own model cannot change it.
+    decision = settled_by_words(with_intents(model, model), banded, features)
+    assert decision is not None and decision.model == model
+    other = next(m for m in banded.models if m != model)
+    assert settled_by_words(with_intents(model, other), banded, features) is None

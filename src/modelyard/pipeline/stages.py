@@ -111,7 +111,7 @@ async def _alias_inputs(inputs: RouteInputs, config: FleetConfig, request: Reque
     if alias is None or not inputs.needs_embedding(alias) or not features.text or match_rule(alias.rules, features):
         return features, {}  # a rule decides without a vector: no embedding call
     assets = await inputs.assets(alias, request)
-    if alias.lexical_first and not alias.intents and assets.learned is not None:
+    if alias.lexical_first and assets.learned is not None:
         features = dataclasses.replace(features, words=assets.learned.word_view(features.text))
         if settled_by_words(alias, assets.learned, features) is not None:
             request.route_embedding = "settled"  # the words decide: no embedding run, none charged

@@ -127,12 +127,14 @@ def choose_by_prediction(alias: AliasConfig, router: LearnedRouter, features: Pr
 
 def settled_by_words(alias: AliasConfig, router: LearnedRouter, features: PromptFeatures) -> RouteDecision | None:
     """The learned router's pick from the prompt's word view alone, when no embedding could change it (see
-    :meth:`LearnedRouter.settle`); None when the prompt needs its embedding."""
+    :meth:`LearnedRouter.settle`) and no intent of the alias names another model; None when the prompt needs its
+    embedding. (Intents are checked on the vector before the learned router, so one that names the settled pick's
+    own model cannot change the model served, only the reason given.)"""
     if features.words is None:
         return None
     choice = router.settle(features.words, *_goal(alias, features))
-    if choice is None:
-        return None
+    if choice is None or any(intent.model != choice.model for intent in alias.intents):
+        return None  # an intent matched by the vector could send the prompt elsewhere: the vector decides
     return RouteDecision(choice.model, choice.reason, predicted_quality=choice.predicted_quality, label="learned")
 
 
