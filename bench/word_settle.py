@@ -23,7 +23,10 @@ Per data set, with nothing tuned on the prompts it reports:
    settled picks that differ from the full router's, and the quality, cost
    and AIQ of both.
 3. For the local fleet, also the shipped ``builtin:auto`` as served (int8
-   vectors, target 0.35) on the held-out 25% it was not trained on.
+   vectors, target 0.35) on the held-out 25% it was not trained on: the
+   router alone, and the default fleet's ``auto`` alias, whose code intent
+   (matched on the vector, before the router) lets the words settle only the
+   picks of the intent's model.
 
 Prints a table, writes bench/results/word_settle.json.
 """
@@ -42,8 +45,10 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, machine, table, write_result  # noqa: E402
 
+from modelyard.config.defaults import default_fleet  # noqa: E402
 from modelyard.pipeline import router_file  # noqa: E402
 from modelyard.routing.learned import LearnedRouter  # noqa: E402
+from modelyard.routing.router import PromptFeatures, settled_by_words  # noqa: E402
 from modelyard.training import datasets, evaluate, features  # noqa: E402
 from modelyard.training.metrics import aiq, outcome  # noqa: E402
 
@@ -138,7 +143,12 @@ def shipped_auto() -> dict[str, Any]:
     target = float(str(header["target"]))
     full, first, settled = route_fold(router, held.prompts, vectors, [("target", target)])
     result = point(outcome(held.quality, held.cost, full[:, 0]), outcome(held.quality, held.cost, first[:, 0]), full[:, 0], first[:, 0], settled[:, 0])
-    return {"n": len(held.prompts), "target": target, "word_band": np.asarray(router.word_band).tolist(), **result}
+    alias = default_fleet().alias("auto")
+    assert alias is not None and alias.quality_target == target, "the default alias serves builtin:auto at its file's target"
+    served = [settled_by_words(alias, router, PromptFeatures(text=p, words=router.word_view(p))) for p in held.prompts]
+    by_alias = {"intent_models": sorted({i.model for i in alias.intents}), "settled_share": sum(d is not None for d in served) / len(served),
+                "settled": sum(d is not None for d in served)}
+    return {"n": len(held.prompts), "target": target, "word_band": np.asarray(router.word_band).tolist(), **result, "default_alias": by_alias}
 
 
 def main() -> int:
@@ -168,6 +178,8 @@ def main() -> int:
     if shipped:
         print(f"\nbuiltin:auto as served, held-out {shipped['n']} prompts at target {shipped['target']:g}: {shipped['settled_share']:.1%} settled by words, "
               f"{shipped['differing_picks']} picks differ; quality {shipped['quality_full']:.4f} → {shipped['quality_words_first']:.4f}")
+        served = shipped["default_alias"]
+        print(f"the default fleet's auto alias (intents naming {', '.join(served['intent_models'])}): {served['settled_share']:.1%} settled by words")
     path = write_result("word_settle", {"machine": machine(), "folds": args.folds, "default_band_quantile": evaluate.WORD_BAND_QUANTILE,
                                         "band_quantiles": quantiles, "sets": results, "builtin_auto_held_out": shipped})
     print(f"wrote {path}")

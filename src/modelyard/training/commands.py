@@ -213,7 +213,7 @@ def add_commands(sub: Any) -> None:
                    help="folds that measure how far the embedding view strays from the word view, so serving can skip the "
                         "embedding when the words settle the pick (learners with lexical; 0: no band, always embed)")
     p.add_argument("--band-quantile", type=float, default=evaluate.WORD_BAND_QUANTILE,
-                   help="the band spans this quantile of the out-of-fold gap and 1 minus it (default 0.99; narrower settles more "
+                   help=f"the band spans this quantile of the out-of-fold gap and 1 minus it (default {evaluate.WORD_BAND_QUANTILE:g}; narrower settles more "
                         "picks and risks more that differ from the full router's: bench/word_settle.py --quantiles)")
     p.set_defaults(func=train)
     p = router.add_parser("eval", help="evaluate a router on an outcome table")
