@@ -6,7 +6,7 @@ A learned alias with ``lexical_first`` (the default) computes the router's
 word view of a prompt first and skips the embedding model when no embedding
 view inside the router's band could change the pick
 (:meth:`LearnedRouter.settle`). The band is measured when the router is
-trained: by default the 1st to 99th percentile of (embedding view - word
+trained: by default the 5th to 95th percentile of (embedding view - word
 view) on prompts each fold's router never saw (``router train
 --band-quantile``). Inside the band a settled pick is exactly the full
 router's; outside it, it may differ: a narrower band settles more picks and
@@ -155,7 +155,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--sets", default="local,routerbench,llmrouter", help=f"comma-separated, of: {', '.join(SETS)}")
-    parser.add_argument("--quantiles", default="0.99,0.95,0.9,0.8", help="band quantiles to compare (0.99: router train's default)")
+    parser.add_argument("--quantiles", default="0.99,0.95,0.9,0.8", help=f"band quantiles to compare ({evaluate.WORD_BAND_QUANTILE:g}: router train's default)")
     args = parser.parse_args()
     quantiles = [float(q) for q in args.quantiles.split(",")]
     results: dict[str, Any] = {}
