@@ -12,7 +12,8 @@ to int8 ONNX by modelyard's own exporter (modelyard.backends.onnx_encoder):
 1. Latency per prompt, one prompt per call as the router embeds, on one
    thread: a short chat turn (a new one per call, about 13 word pieces) and
    the local fleet's routing prompts (long multiple-choice and code
-   questions). Depths alternate within each of ``--rounds`` rounds; medians
+   questions). Depths alternate within each of ``--rounds`` rounds, in
+   reverse order every other round; medians
    per round, the median of rounds and its range, and the ratio to 6 layers
    computed within each round.
 2. Routing quality: per table (the local fleet's ``router collect`` table,
@@ -76,7 +77,8 @@ def latency(encoders: dict[int, OnnxEncoder], long_texts: list[str], rounds: int
     for kind in ("short", "long"):
         per_round: dict[int, list[float]] = {d: [] for d in encoders}
         for r in range(rounds):
-            for depth, encoder in encoders.items():
+            order = list(encoders.items())
+            for depth, encoder in order if r % 2 == 0 else reversed(order):  # no depth always runs first (or after the same one)
                 texts = [f"Which gas do plants absorb, question {r}-{i} of {depth}?" for i in range(300)] if kind == "short" else long_texts
                 times = []
                 for text in texts:
@@ -118,17 +120,21 @@ def main() -> int:
     parser.add_argument("--depths", default="6,3", help="comma-separated layer counts, 1 to 6 (6: the packaged model)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=3, help="fold seeds of the 5-fold cross-validation")
+    parser.add_argument("--parts", default="latency,quality", help="what to measure: latency, quality or both")
     args = parser.parse_args()
     depths = sorted({int(d) for d in args.depths.split(",")}, reverse=True)
     if not depths or depths[-1] < 1 or depths[0] > 6:
         parser.error("--depths are layer counts from 1 to 6")
+    if not set(args.parts.split(",")) <= {"latency", "quality"}:
+        parser.error("--parts takes latency, quality or both")
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = resolve("builtin:all-minilm-l6-v2", Path(tmp) / "models")
         graphs = Path(tmp) / "onnx"  # exported for this run: a cut's config is new each run, so its graph would be too
         encoders = {d: OnnxEncoder(model_dir if d == 6 else cut(model_dir, d, Path(tmp)), graphs, "int8", 1) for d in depths}
         local = datasets.load(TABLES["local"])
-        timing = latency(encoders, [routing_text(p) for p in local.prompts[:200]], args.rounds)
-        routing = quality(encoders, args.seeds)
+        parts = set(args.parts.split(","))
+        timing = latency(encoders, [routing_text(p) for p in local.prompts[:200]], args.rounds) if "latency" in parts else {}
+        routing = quality(encoders, args.seeds) if "quality" in parts else {}
     rows: list[tuple[str, ...]] = [("prompts", "layers", "median ms per call", "range over rounds", "ratio to deepest, per round")]
     for kind, by_depth in timing.items():
         rows += [(kind, d, f"{v['median_ms']:.3f}", f"{v['range_ms'][0]:.3f}-{v['range_ms'][1]:.3f}", str(v["ratio_to_deepest_per_round"])) for d, v in by_depth.items()]
