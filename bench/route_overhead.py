@@ -1,6 +1,6 @@
 """What the learned `auto` alias adds to a request: the prompt's embedding and the router's decision.
 
-    .venv/bin/python bench/route_overhead.py [--requests 40]
+    .venv/bin/python bench/route_overhead.py [--requests 200]
 
 One modelyard server on the default fleet. The same one-token requests (each with a
 unique first line, so no cached prompt is reused) go, interleaved in
@@ -40,7 +40,7 @@ def timed(http: httpx.Client, url: str, model: str, prompt: str, headers: dict[s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--requests", type=int, default=200, help="pairs (40 were too few to pin the p50 down on a busy machine)")
     args = parser.parse_args()
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
