@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -125,3 +126,42 @@ def test_training_features_on_the_served_runtime(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("minilm-onnx-int8-*.npy"))) == 1  # cached apart from the PyTorch vectors
     with pytest.raises(ValueError, match="runtime"):
         features.embed(["x"], tmp_path, runtime="tensorrt")
+
+
+def test_a_cut_encoder_is_the_models_first_layers(model_dir: Path, tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+    transformer: Any = reference[0].auto_model
+    encoder = transformer.encoder
+    encoder.layer = encoder.layer[:2]  # the same weights, two of six layers
+    expected = np.asarray(reference.encode(TEXTS, convert_to_numpy=True, show_progress_bar=False))
+    cut = OnnxEncoder(model_dir, tmp_path, "fp32", layers=2)
+    vectors, _ = cut.encode(TEXTS)
+    cosines = (vectors * expected).sum(axis=1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cosines.min() >= 0.99999
+    whole = OnnxEncoder(model_dir, tmp_path, "fp32")
+    assert cut.path != whole.path and cut.path == graph_path(model_dir, tmp_path, "fp32", 2)  # kept apart in the cache
+    assert ((whole.encode(TEXTS)[0] * vectors).sum(axis=1) < 0.99).any()  # a different encoder: routers must be trained on it
+    with pytest.raises(ValueError, match="from 1 to the model's 6"):
+        OnnxEncoder(model_dir, tmp_path, "fp32", layers=7)
+
+
+@pytest.mark.parametrize(("runtime", "layers", "problem"), [("torch", 3, "needs an ONNX runtime"), ("onnx-int8", 0, "at least 1")])
+def test_layers_need_an_onnx_runtime_and_a_positive_count(tmp_path: Path, runtime: str, layers: int, problem: str) -> None:
+    config = parse_config({"models": {"m": {"kind": "embedding", "deployments": [
+        {"backend": "sentence-transformers", "model_path": "builtin:all-minilm-l6-v2", "runtime": runtime, "layers": layers}]}}})
+    model = config.models[0]
+    with pytest.raises(ConfigError, match=problem):
+        backend_factory("sentence-transformers")(model.deployments[0], model, BackendContext(models_dir=tmp_path))
+
+
+def test_training_features_from_a_cut_encoder(tmp_path: Path) -> None:
+    from modelyard.training import features
+
+    prompts = ["What is the capital of France?", "Write a function that adds two numbers."]
+    cut = features.embed(prompts, tmp_path, runtime="onnx-int8", layers=3)
+    assert cut.shape == (2, 384) and not np.array_equal(cut, features.embed(prompts, tmp_path, runtime="onnx-int8"))
+    assert len(list(tmp_path.glob("minilm-onnx-int8-3layers-*.npy"))) == 1
+    with pytest.raises(ValueError, match="onnx-int8"):
+        features.embed(prompts, tmp_path, layers=3)

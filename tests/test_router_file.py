@@ -70,3 +70,33 @@ def test_a_router_for_other_models_is_refused_before_startup(tmp_path: Path) -> 
     result = subprocess.run(serve, capture_output=True, text=True, timeout=60)
     assert result.returncode == 3 and "cannot start: aliases.auto.router_file: trained for cheap, strong" in result.stderr
     assert "Traceback" not in result.stderr and "starting" not in result.stderr
+
+
+@pytest.mark.parametrize(("trained", "served", "problem"), [
+    (3, None, "trained on vectors from its first 3 layers, but minilm's deployments embed with layers: none"),
+    (None, 3, "trained on vectors from the whole model, but minilm's deployments embed with layers: 3"),
+    (3, 2, "its first 3 layers.*layers: 2"),
+    (3, 3, None),
+    (None, None, None),
+])
+def test_a_router_must_be_served_by_the_encoder_depth_it_was_trained_on(tmp_path: Path, trained: int | None, served: int | None,
+                                                                         problem: str | None) -> None:
+    router = small_router("logistic", True)
+    router_file.save(router, tmp_path / "r.npz", {} if trained is None else {"embedding_layers": trained})
+    layers = "" if served is None else f", layers: {served}"
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        "models:\n"
+        "  cheap: {kind: chat, deployments: [{backend: openai, base_url: 'http://127.0.0.1:9/v1'}]}\n"
+        "  strong: {kind: chat, deployments: [{backend: openai, base_url: 'http://127.0.0.1:9/v1'}]}\n"
+        f"  minilm: {{kind: embedding, deployments: [{{backend: sentence-transformers, model_path: 'builtin:all-minilm-l6-v2', runtime: onnx-int8{layers}}}]}}\n"
+        "aliases:\n"
+        f"  auto: {{targets: [cheap, strong], strategy: learned, embedding_model: minilm, router_file: '{tmp_path / 'r.npz'}'}}\n"
+    )
+    from modelyard.config import load_config
+
+    if problem is None:
+        assert set(load_learned(load_config(fleet))) == {"auto"}
+    else:
+        with pytest.raises(RouterFileError, match=problem):
+            load_learned(load_config(fleet))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from modelyard.pipeline import router_file
 from modelyard.training.questions import load_questions, score
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "routing"
@@ -52,6 +53,18 @@ def test_routerbench_round_trip(tmp_path: Path) -> None:
     assert "words_first" not in plain
     cv = json.loads(run("cv", "--data", str(train), "--folds", "4", "--json", *cache).stdout.splitlines()[-1])
     assert cv["cross_validation_folds"] == 4 and cv["n"] == 200
+
+
+def test_a_router_trained_on_a_cut_encoder_says_so_and_is_evaluated_on_it(tmp_path: Path) -> None:
+    train = slice_csv(DATA / "routerbench_mbpp_train.csv", tmp_path / "mbpp_train.csv", 60)
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    run("train", "--data", str(train), "--out", str(tmp_path / "r.npz"), "--embedding-runtime", "onnx-int8", "--embedding-layers", "3", *cache)
+    assert router_file.load(tmp_path / "r.npz")[1]["embedding_layers"] == 3
+    run("eval", "--router", str(tmp_path / "r.npz"), "--data", str(train), "--json", *cache)  # the file's depth, unless told
+    assert ["-3layers-" in p.name for p in (tmp_path / "cache").glob("*.npy")] == [True]  # one set of vectors, from the cut
+    refused = subprocess.run([sys.executable, "-m", "modelyard.cli", "router", "train", "--data", str(train), "--out", str(tmp_path / "x.npz"),
+                              "--embedding-layers", "3", *cache], capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "needs --embedding-runtime onnx-int8" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_routellm_two_model_metrics(tmp_path: Path) -> None:

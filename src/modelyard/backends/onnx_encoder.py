@@ -73,11 +73,17 @@ def onnx_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "modelyard" / "onnx"
 
 
-def graph_path(model_dir: Path, cache_dir: Path, precision: str) -> Path:
-    """Where the exported graph of these exact weights at ``precision`` is kept."""
+def graph_path(model_dir: Path, cache_dir: Path, precision: str, layers: int | None = None) -> Path:
+    """Where the exported graph of these exact weights at ``precision`` (cut to ``layers``, if given) is kept."""
     files = tuple((model_dir / name).resolve() for name in ("config.json", "model.safetensors"))
     identity = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-    return cache_dir / f"{model_dir.parent.name}-{_weights_digest(identity)}-{precision}.onnx"
+    cut = "" if layers is None else f"-{layers}layers"
+    return cache_dir / f"{model_dir.parent.name}-{_weights_digest(identity)}{cut}-{precision}.onnx"
+
+
+def model_layers(model_dir: Path) -> int:
+    """How many transformer layers the model has (its ``config.json``)."""
+    return int(json.loads((model_dir / "config.json").read_text())["num_hidden_layers"])
 
 
 @functools.lru_cache(maxsize=8)
@@ -91,10 +97,14 @@ def _weights_digest(files: tuple[tuple[str, int, int], ...]) -> str:
     return digest.hexdigest()[:16]
 
 
-def export(model_dir: Path, out: Path, precision: str) -> Path:
-    """Export the transformer to ONNX (and quantize its weights to int8 when asked); atomic, so a crash leaves no half file."""
+def export(model_dir: Path, out: Path, precision: str, layers: int | None = None) -> Path:
+    """Export the transformer to ONNX (and quantize its weights to int8 when asked); atomic, so a crash leaves no half file.
+
+    ``layers`` keeps only the first that many transformer layers (the same weights; the rest are not loaded):
+    a shallower, faster encoder whose vectors differ from the full model's, so a router must be trained on them.
+    """
     import torch
-    from transformers import AutoModel
+    from transformers import AutoConfig, AutoModel
 
     class LastHiddenState(torch.nn.Module):
         def __init__(self, model: Any) -> None:
@@ -105,7 +115,12 @@ def export(model_dir: Path, out: Path, precision: str) -> Path:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
+    config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    if layers is not None:
+        config.num_hidden_layers = layers  # the deeper layers' weights are left unloaded, as intended
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModel.from_pretrained(str(model_dir), config=config, local_files_only=True).eval()
     sample = torch.ones((1, 8), dtype=torch.int64)
     fp32 = out.with_suffix(f".fp32-{os.getpid()}.tmp")
     axes = {name: {0: "batch", 1: "tokens"} for name in (*INPUTS, "last_hidden_state")}
@@ -130,17 +145,19 @@ def export(model_dir: Path, out: Path, precision: str) -> Path:
 class OnnxEncoder:
     """Texts in, pooled (and normalised) vectors and token counts out; not thread-safe, one caller at a time."""
 
-    def __init__(self, model_dir: Path, cache_dir: Path, precision: str = "int8", threads: int = 1) -> None:
+    def __init__(self, model_dir: Path, cache_dir: Path, precision: str = "int8", threads: int = 1, layers: int | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.pipeline = read_pipeline(model_dir)
         self.precision = precision
-        path = graph_path(model_dir, cache_dir, precision)
+        if layers is not None and not 1 <= layers <= (available := model_layers(model_dir)):
+            raise ValueError(f"layers must be from 1 to the model's {available}, not {layers}")
+        path = graph_path(model_dir, cache_dir, precision, layers)
         if not path.exists():
             with _EXPORTING:
                 if not path.exists():  # another thread may have exported it while this one waited
                     log.info("exporting %s to ONNX (%s) at %s; later starts reuse it", model_dir.parent.name, precision, path)
-                    export(model_dir, path, precision)
+                    export(model_dir, path, precision, layers)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1

@@ -9,7 +9,10 @@ model's exported graph, the same vectors as PyTorch in half the time),
 ``onnx-int8`` (int8 weights: about 4x faster than PyTorch, vectors within a
 cosine of 0.9 or more of the published model's; what the routers use) or
 ``torch`` (sentence-transformers itself, for models the ONNX path does not
-support). ``bench/embed_runtimes.py`` measures all three.
+support). ``bench/embed_runtimes.py`` measures all three. ``layers`` (ONNX
+runtimes) keeps the model's first N transformer layers: a faster encoder for
+a router trained on its vectors (``router train --embedding-layers``;
+``bench/encoder_depth.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class SentenceTransformersOptions:
     threads: int | None = None
     normalize: bool = False
     runtime: str = "onnx"
+    layers: int | None = None  # ONNX runtimes: keep the first N transformer layers (a faster encoder for routers trained on it)
 
 
 RUNTIMES = ("onnx", "onnx-int8", "torch")
@@ -58,6 +62,9 @@ class SentenceTransformersBackend:
         self.options = build_options(SentenceTransformersOptions, deployment.options, where, context.config_source)
         if self.options.runtime not in RUNTIMES:
             raise ConfigError(context.config_source, f"{where}.runtime", f"{self.options.runtime!r} is not one of {', '.join(RUNTIMES)}")
+        if self.options.layers is not None and (self.options.runtime == "torch" or self.options.layers < 1):
+            problem = "needs an ONNX runtime (onnx or onnx-int8)" if self.options.runtime == "torch" else "must be at least 1"
+            raise ConfigError(context.config_source, f"{where}.layers", problem)
         self.deployment = deployment
         self.model = model
         self.context = context
@@ -69,7 +76,7 @@ class SentenceTransformersBackend:
         path = artifacts.resolve(self.options.model_path, self.context.models_dir)
         threads = self.options.threads or self.context.threads_per_worker
         loader = _load if self.options.runtime == "torch" else _load_onnx
-        self._model = await asyncio.get_running_loop().run_in_executor(self._executor, loader, path, threads, self.options.runtime)
+        self._model = await asyncio.get_running_loop().run_in_executor(self._executor, loader, path, threads, self.options.runtime, self.options.layers)
 
     def health(self) -> Health:
         return Health(ready=self._model is not None, detail="" if self._model is not None else "loading")
@@ -104,7 +111,7 @@ class SentenceTransformersBackend:
         self._model = None
 
 
-def _load(path: Path, threads: int, runtime: str) -> Any:
+def _load(path: Path, threads: int, runtime: str, layers: int | None) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
@@ -114,10 +121,12 @@ def _load(path: Path, threads: int, runtime: str) -> Any:
     return SentenceTransformer(str(path), device="cpu", local_files_only=True)
 
 
-def _load_onnx(path: Path, threads: int, runtime: str) -> OnnxEncoder:
+def _load_onnx(path: Path, threads: int, runtime: str, layers: int | None) -> OnnxEncoder:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
-        return OnnxEncoder(path, onnx_cache_dir(), "int8" if runtime == "onnx-int8" else "fp32", threads)
+        return OnnxEncoder(path, onnx_cache_dir(), "int8" if runtime == "onnx-int8" else "fp32", threads, layers)
     except UnsupportedModel as exc:
         raise RuntimeError(f"{exc}; set runtime: torch for this model") from None
+    except ValueError as exc:  # layers beyond the model's
+        raise RuntimeError(str(exc)) from None

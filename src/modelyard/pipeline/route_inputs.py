@@ -45,14 +45,27 @@ def load_learned(config: FleetConfig) -> dict[str, LearnedRouter]:
         if alias.strategy != "learned":
             continue
         try:
-            router, _ = router_file.load(router_file.resolve(alias.router_file))
+            router, header = router_file.load(router_file.resolve(alias.router_file))
         except (OSError, ValueError, KeyError) as exc:
             raise RouterFileError(f"aliases.{alias.name}.router_file: {exc}") from None
         unknown = [m for m in router.models if m not in alias.targets]
         if unknown:
             raise RouterFileError(f"aliases.{alias.name}.router_file: trained for {', '.join(unknown)}, not among the alias's targets ({', '.join(alias.targets)})")
+        _check_depth(config, alias.name, alias.embedding_model, header.get("embedding_layers"))
         routers[alias.name] = router
     return routers
+
+
+def _check_depth(config: FleetConfig, alias: str, embedding_model: str, trained: object) -> None:
+    """A router trained on a cut encoder's vectors (``router train --embedding-layers``) must be served by the same cut."""
+    model = config.model(embedding_model)
+    served = {d.options.get("layers") for d in model.deployments} if model is not None else set()
+    if not served or served == {trained}:
+        return
+    trained_on = "the whole model" if trained is None else f"its first {trained} layers"
+    cuts = ", ".join(sorted("none" if s is None else str(s) for s in served))
+    raise RouterFileError(f"aliases.{alias}.router_file: trained on vectors from {trained_on}, but {embedding_model}'s deployments "
+                          f"embed with layers: {cuts}; give them all the router's depth, or retrain (router train --embedding-layers)")
 
 
 Vector = npt.NDArray[np.float32]

@@ -12,9 +12,15 @@ from modelyard.pipeline import router_file
 from modelyard.training import datasets, evaluate, features
 
 
-def _table_and_embeddings(args: argparse.Namespace) -> tuple[datasets.OutcomeTable, Any]:
+def _table_and_embeddings(args: argparse.Namespace, header: dict[str, Any] | None = None) -> tuple[datasets.OutcomeTable, Any]:
+    """The outcome table and its prompts' vectors; for a router (``header``), cut to the depth it was trained on unless told."""
+    if args.embedding_layers is None and header and header.get("embedding_layers") is not None:
+        args.embedding_layers = int(header["embedding_layers"])
+        args.embedding_runtime = "onnx-int8"  # the only runtime a cut encoder is trained on
+    if args.embedding_layers is not None and (args.embedding_runtime != "onnx-int8" or args.embedding_layers < 1):
+        raise SystemExit("modelyard: --embedding-layers takes a positive number and needs --embedding-runtime onnx-int8")
     table = datasets.split(datasets.load([Path(p) for p in args.data], args.format), args.split, args.test_fraction)
-    return table, features.embed(table.prompts, Path(args.cache_dir).expanduser(), runtime=args.embedding_runtime)
+    return table, features.embed(table.prompts, Path(args.cache_dir).expanduser(), runtime=args.embedding_runtime, layers=args.embedding_layers)
 
 
 def train(args: argparse.Namespace) -> int:
@@ -26,7 +32,7 @@ def train(args: argparse.Namespace) -> int:
     band = evaluate.word_band(table, embeddings, args.k, args.band_folds, args.learner, args.band_quantile) if args.band_folds > 1 else None
     router = dataclasses.replace(router, word_band=band)
     meta = {"target": args.target, "learner": args.learner, "trained_on": table.source, "split": args.split, "n": len(table.prompts),
-            "embedding_runtime": args.embedding_runtime}
+            "embedding_runtime": args.embedding_runtime, "embedding_layers": args.embedding_layers}
     router_file.save(router, Path(args.out), meta)
     print(f"trained on {len(table.prompts)} prompts x {len(table.models)} models ({table.source}); wrote {args.out}")
     return 0
@@ -34,7 +40,7 @@ def train(args: argparse.Namespace) -> int:
 
 def evaluate_cmd(args: argparse.Namespace) -> int:
     router, header = router_file.load(Path(args.router))
-    table, embeddings = _table_and_embeddings(args)
+    table, embeddings = _table_and_embeddings(args, header)
     try:
         matched = table.for_models(router.models)  # by name: the data may list the router's models in any order
     except ValueError as exc:
@@ -56,7 +62,7 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
 def shares_cmd(args: argparse.Namespace) -> int:
     """Write, per quality target, where the router sends the table's prompts and what that scores (for ``plan --target-shares``)."""
     router, header = router_file.load(Path(args.router))
-    table, embeddings = _table_and_embeddings(args)
+    table, embeddings = _table_and_embeddings(args, header)
     try:
         table = table.for_models(router.models)
         targets = tuple(float(t) for t in args.targets.split(",") if t.strip())
@@ -202,6 +208,9 @@ def add_commands(sub: Any) -> None:
         p.add_argument("--test-fraction", type=float, default=0.25, help="the share of prompts in the test part")
         p.add_argument("--embedding-runtime", choices=("torch", "onnx-int8"), default="torch",
                        help="MiniLM on PyTorch, or the int8 ONNX graph the default fleet serves routers with (minilm-l6-int8)")
+        p.add_argument("--embedding-layers", type=int,
+                       help="onnx-int8 only: MiniLM cut to its first N layers, as a deployment with `layers: N` embeds (eval and shares: "
+                            "the router file's, by default)")
 
     p = router.add_parser("train", help="train a router on outcome tables")
     data_args(p)

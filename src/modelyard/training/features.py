@@ -13,15 +13,19 @@ from modelyard.fleet.artifacts import resolve
 from modelyard.routing.text import routing_text
 
 
-def embed(prompts: list[str], cache_dir: Path, batch_size: int = 64, runtime: str = "torch") -> npt.NDArray[np.float32]:
+def embed(prompts: list[str], cache_dir: Path, batch_size: int = 64, runtime: str = "torch", layers: int | None = None) -> npt.NDArray[np.float32]:
     """Normalised MiniLM vectors of each prompt's :func:`routing_text` (what the server embeds too).
 
-    ``runtime``: ``torch`` (sentence-transformers; what routers are trained on) or ``onnx-int8`` (what
-    the default fleet's ``minilm-l6-int8`` serves the router with), to measure a router as served.
+    ``runtime``: ``torch`` (sentence-transformers) or ``onnx-int8`` (what the default fleet's
+    ``minilm-l6-int8`` serves the router with). ``layers`` (``onnx-int8`` only): the model cut to its
+    first N transformer layers, as a deployment with ``layers: N`` embeds.
     """
+    if layers is not None and runtime != "onnx-int8":
+        raise ValueError("layers needs the onnx-int8 runtime")
     texts = [routing_text(p) for p in prompts]
     digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:24]
-    cache = cache_dir / (f"minilm-{digest}.npy" if runtime == "torch" else f"minilm-{runtime}-{digest}.npy")
+    name = runtime if layers is None else f"{runtime}-{layers}layers"
+    cache = cache_dir / (f"minilm-{digest}.npy" if runtime == "torch" else f"minilm-{name}-{digest}.npy")
     if cache.exists():
         return np.load(cache, allow_pickle=False)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,7 +38,7 @@ def embed(prompts: list[str], cache_dir: Path, batch_size: int = 64, runtime: st
     elif runtime == "onnx-int8":
         from modelyard.backends.onnx_encoder import OnnxEncoder, onnx_cache_dir
 
-        vectors = OnnxEncoder(model_dir, onnx_cache_dir(), "int8").encode(texts, batch_size)[0]
+        vectors = OnnxEncoder(model_dir, onnx_cache_dir(), "int8", layers=layers).encode(texts, batch_size)[0]
     else:
         raise ValueError(f"runtime must be torch or onnx-int8, not {runtime!r}")
     cache_dir.mkdir(parents=True, exist_ok=True)
