@@ -29,6 +29,9 @@ user turn in every request that the router's word view cannot settle, so the
 alias embeds each prompt (and the same with ``lexical_first: false``, what
 asking the words first costs such a turn); a new multiple-choice question in
 every request that the word view settles, so the alias skips the embedding;
+the same new turns through ``auto-l3``, a router trained by the run on the
+vectors of MiniLM's first 3 layers (``router train --embedding-layers 3``,
+otherwise builtin:auto's documented command) and served by them;
 and once more
 with the same user turn repeated, as an agent's tool loop sends it, where the
 alias routes on its kept vector, and without kept vectors, as runs before
@@ -112,12 +115,20 @@ models:
   minilm-l6-torch:
     kind: embedding
     deployments: [{{backend: sentence-transformers, model_path: 'builtin:all-minilm-l6-v2', runtime: torch}}]
+  minilm-l3-int8:
+    kind: embedding
+    deployments: [{{backend: sentence-transformers, model_path: 'builtin:all-minilm-l6-v2', runtime: onnx-int8, layers: 3}}]
 aliases:
   auto: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-int8, quality_target: 0.35}}
   auto-torch: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-torch, quality_target: 0.35}}
   auto-embedding-first: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-int8, quality_target: 0.35, lexical_first: false}}
   auto-uncached: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-int8, embedding_cache: 0, quality_target: 0.35}}
+  auto-l3: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: '{l3_router}', embedding_model: minilm-l3-int8, quality_target: 0.35}}
 """
+# builtin:auto's documented train command with the encoder cut to its first 3 layers (bench/encoder_depth.py): the
+# auto-l3 alias's router, trained by each run.
+L3_TRAIN = ["router", "train", "--data", str(ROOT / "data" / "routing" / "local_outcomes.jsonl"), "--split", "train", "--learner", "knn+logistic+lexical",
+            "--target", "0.35", "--embedding-runtime", "onnx-int8", "--embedding-layers", "3"]
 # The production path again, fetching a non-streamed request's answer in one response (not the default).
 WHOLE_CONFIG = MODELYARD_CONFIG.replace("max_connections: 512", "max_connections: 512\n        upstream_streaming: when_client_streams")
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -335,7 +346,8 @@ def distinct_prompts_script(tmp: Path, name: str, model: str, key: str, word: st
 def learned_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int, rounds: int) -> dict[str, object]:
     """c1 latency of the plain model and of the learned alias (int8 and PyTorch embeddings) on one server, alternated."""
     config = tmp / "learned.yaml"
-    config.write_text(LEARNED_CONFIG.format(port=up_port))
+    subprocess.run([str(ROOT / ".venv" / "bin" / "modelyard"), *L3_TRAIN, "--out", str(tmp / "auto-l3.npz")], check=True, capture_output=True, env=ENV)
+    config.write_text(LEARNED_CONFIG.format(port=up_port, l3_router=tmp / "auto-l3.npz"))
     port = free_port()
     server = start(["serve", "--config", str(config), "--port", str(port), "--data-dir", str(tmp / "data-learned"), "--log-level", "warning"],
                    tmp / "learned.log", f"http://127.0.0.1:{port}/readyz", env={"MODELYARD_MASTER_KEY": MASTER_KEY})
@@ -343,9 +355,11 @@ def learned_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int, rounds: in
     try:
         key = tenant_key(url)
         # auto_no_words: the same new turns with lexical_first off, what words first costs a turn the words do not settle.
-        models = {"plain": "smollm2-135m", "auto": "auto", "auto_no_words": "auto-embedding-first", "auto_torch": "auto-torch"}
-        if 5 * (rounds + 1) > len(RUN_WORDS):
-            raise SystemExit(f"--rounds {rounds}: the learned rows have prompt words for {len(RUN_WORDS) // 5 - 1} rounds at most")
+        # auto_l3: the same new turns through a router trained on, and served by, MiniLM's first 3 layers.
+        models = {"plain": "smollm2-135m", "auto": "auto", "auto_no_words": "auto-embedding-first", "auto_torch": "auto-torch", "auto_l3": "auto-l3"}
+        fresh_rows = len(models) + 1  # and auto_words
+        if fresh_rows * (rounds + 1) > len(RUN_WORDS):
+            raise SystemExit(f"--rounds {rounds}: the learned rows have prompt words for {len(RUN_WORDS) // fresh_rows - 1} rounds at most")
         words = iter(random.sample(RUN_WORDS, len(RUN_WORDS)))  # a word per wrk run, none twice: new prompts every run
         def fresh(name: str, model: str, turn: str = NEW_TURN) -> Path:
             return distinct_prompts_script(tmp, f"learned-{name}", model, key, next(words), turn)
@@ -355,6 +369,7 @@ def learned_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int, rounds: in
         scripts["auto_words"] = functools.partial(fresh, "auto_words", "auto", SETTLED_TURN)
         check_words(url, key, SETTLED_TURN, settled=True)
         check_words(url, key, NEW_TURN, settled=False)
+        check_words(url, key, NEW_TURN, settled=False, alias="auto-l3")
         # An agent's tool loop: the same user turn on every request, so the alias routes on its kept vector.
         repeated = body_script(tmp, "learned-auto-repeated", "auto", key)
         scripts["auto_repeated"] = lambda: repeated
@@ -382,10 +397,10 @@ def learned_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int, rounds: in
     return out
 
 
-def check_words(url: str, key: str, turn: str, settled: bool) -> None:
-    """A row measures what it says only if the shipped router's word view settles its turns (``settled``) or does not."""
+def check_words(url: str, key: str, turn: str, settled: bool, alias: str = "auto") -> None:
+    """A row measures what it says only if the alias's router's word view settles its turns (``settled``) or does not."""
     content = turn.replace("\\\\n", "\n").format(word="bridge").replace("%d", "1")
-    served = httpx.post(url + "/v1/chat/completions", json=BODY | {"model": "auto", "messages": [{"role": "user", "content": content}]},
+    served = httpx.post(url + "/v1/chat/completions", json=BODY | {"model": alias, "messages": [{"role": "user", "content": content}]},
                         headers={"Authorization": f"Bearer {key}"}, timeout=30)
     served.raise_for_status()
     route = served.headers.get("x-modelyard-route", "")
@@ -645,7 +660,7 @@ def main() -> None:
                     if "cpu_ms_per_request_range" in p else (f"{p['cpu_ms_per_request']:.3f}" if "cpu_ms_per_request" in p else "")
                 rows.append((f"{latency} ms", str(c), name, f"{p['rps']:.1f}", f"{p['p50_ms']:.2f}", f"{p['p99_ms']:.2f}", f"{p['errors']:.0f}", cpu))
     learned = raw["learned"]
-    for name in ("plain", "auto", "auto_torch", "auto_repeated", "auto_repeated_uncached"):
+    for name in ("plain", "auto", "auto_l3", "auto_torch", "auto_repeated", "auto_repeated_uncached"):
         if f"{name}_p50_ms" not in learned:  # type: ignore[operator]
             continue
         rows.append(("50 ms", "1", f"learned:{name}", "", f"{learned[f'{name}_p50_ms']:.2f}", f"{learned[f'{name}_p99_ms']:.2f}", "", ""))  # type: ignore[index]
@@ -672,7 +687,7 @@ def learned_only(args: argparse.Namespace) -> None:
             learned = learned_rows(wrk_bin, up_port, tmp, args.seconds, args.rounds)
         finally:
             stop(upstream)
-    names = ("auto", "auto_no_words", "auto_words", "auto_torch", "auto_repeated", "auto_repeated_uncached")
+    names = ("auto", "auto_no_words", "auto_words", "auto_l3", "auto_torch", "auto_repeated", "auto_repeated_uncached")
     out = {name: round(learned[f"{name}_p50_ms"] - learned["plain_p50_ms"], 3) for name in names}  # type: ignore[operator]
     rows = [("model", "p50 ms", "p99 ms", "added p50 ms over the plain model")]
     for name in ("plain", *names):
@@ -682,7 +697,7 @@ def learned_only(args: argparse.Namespace) -> None:
                "learned_added_p50_ms_c1": out["auto"], "learned_settled_added_p50_ms_c1": out["auto_words"],
                "learned_embedding_first_added_p50_ms_c1": out["auto_no_words"], "learned_torch_added_p50_ms_c1": out["auto_torch"],
                "learned_repeated_added_p50_ms_c1": out["auto_repeated"], "learned_repeated_uncached_added_p50_ms_c1": out["auto_repeated_uncached"],
-               "learned": learned}
+               "learned_3_layers_added_p50_ms_c1": out["auto_l3"], "learned": learned}
     print(f"wrote {write_result('gateway_learned', summary)}")
 
 
