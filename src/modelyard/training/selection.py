@@ -87,7 +87,7 @@ def repeated_cv(table: OutcomeTable, embeddings: Embeddings, learner: str, folds
 def uninformative_predictions(table: OutcomeTable, spread: npt.NDArray[np.float64], folds: int, rng: np.random.Generator) -> npt.NDArray[np.float32]:
     """Per fold, each model's base rate on the training rows plus Gaussian noise of ``spread`` (one per model): a router that knows nothing of the prompt."""
     n = len(table.prompts)
-    order = rng.permutation(n)
+    order = rng.permutation(n)  # not evaluate.fold_splits: the noise below draws from the same generator, and the band's figures with it
     predicted = np.zeros(table.quality.shape, dtype=np.float32)
     for fold in range(folds):
         test = order[fold::folds]
@@ -129,11 +129,8 @@ def task_label_cv(table: OutcomeTable, folds: int, seeds: Sequence[int], target:
     router = evaluate.sweep_router(table)
     out = []
     for seed in seeds:
-        order = np.random.default_rng(seed).permutation(len(table.prompts))
         predicted = np.zeros(table.quality.shape, dtype=np.float32)
-        for fold in range(folds):
-            test = order[fold::folds]
-            train = np.setdiff1d(order, test)
+        for test, train in evaluate.fold_splits(len(table.prompts), folds, seed):
             predicted[test] = evaluate.task_label_predictions(table.subset(train), table.subset(test))
         out.append(float(evaluate.report(table, router, predicted, target)["aiq_router"]))
     return out
