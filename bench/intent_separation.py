@@ -79,9 +79,9 @@ def main() -> int:
             results[str(depth)] = separation(encoder, examples_of(alias.intents), texts, is_code, intent.threshold)
     rows: list[tuple[str, ...]] = [("layers", "code: min p5 median p95 max", "other: min p5 median p95 max",
                                     f"matched at {intent.threshold:g}: code / other", "thresholds that separate")]
-    for depth, r in results.items():
+    for layers, r in results.items():
         band = "none" if r["separating_thresholds"] is None else f"{r['separating_thresholds'][0]:.3f} < t <= {r['separating_thresholds'][1]:.3f}"
-        rows.append((depth, " ".join(f"{q:.2f}" for q in r["code_quantiles"]), " ".join(f"{q:.2f}" for q in r["other_quantiles"]),
+        rows.append((layers, " ".join(f"{q:.2f}" for q in r["code_quantiles"]), " ".join(f"{q:.2f}" for q in r["other_quantiles"]),
                      f"{r['code_matched_share']:.1%} / {r['other_matched_share']:.1%}", band))
     print(f"intent {intent.name!r} -> {intent.model}, {len(intent.examples)} examples; {int(is_code.sum())} code prompts, {int((~is_code).sum())} others")
     print(table(rows))
