@@ -5,9 +5,10 @@
 The learned alias's new turns wait on one int8 MiniLM encode (issue 18's
 "learned routing in under 3 ms"). The encoder's cost grows with its
 transformer layers, so this measures a cut of the packaged
-all-MiniLM-L6-v2 to its first N layers (the same weights, a config of N
-hidden layers, mean pooling and normalisation as the full model), exported
-to int8 ONNX by modelyard's own exporter (modelyard.backends.onnx_encoder):
+all-MiniLM-L6-v2 to its first N layers (the same weights, mean pooling and
+normalisation as the full model), exported to int8 ONNX as a
+sentence-transformers deployment with ``layers: N`` runs it
+(``OnnxEncoder(..., layers=N)``):
 
 1. Latency per prompt, one prompt per call as the router embeds, on one
    thread: a short chat turn (a new one per call, about 13 word pieces) and
@@ -29,7 +30,6 @@ writes bench/results/encoder_depth.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -55,19 +55,6 @@ TABLES = {
     "local": [ROOT / "data" / "routing" / "local_outcomes.jsonl"],
     "routerbench": [DATA / f"routerbench_{n}_train.csv" for n in ("arc_challenge", "mbpp", "winograde")],
 }
-
-
-def cut(model_dir: Path, layers: int, into: Path) -> Path:
-    """A copy of the model directory whose config keeps the first ``layers`` transformer layers (weights linked, not copied)."""
-    out = into / f"minilm-{layers}-layers" / "model"
-    out.mkdir(parents=True, exist_ok=True)
-    for item in model_dir.iterdir():
-        target = out / item.name
-        if item.name != "config.json" and not target.exists():
-            target.symlink_to(item.resolve())
-    config = json.loads((model_dir / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps(config | {"num_hidden_layers": layers}))
-    return out
 
 
 def latency(encoders: dict[int, OnnxEncoder], long_texts: list[str], rounds: int) -> dict[str, Any]:
@@ -129,8 +116,8 @@ def main() -> int:
         parser.error("--parts takes latency, quality or both")
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = resolve("builtin:all-minilm-l6-v2", Path(tmp) / "models")
-        graphs = Path(tmp) / "onnx"  # exported for this run: a cut's config is new each run, so its graph would be too
-        encoders = {d: OnnxEncoder(model_dir if d == 6 else cut(model_dir, d, Path(tmp)), graphs, "int8", 1) for d in depths}
+        graphs = Path(tmp) / "onnx"  # exported for this run, as a fresh deployment would
+        encoders = {d: OnnxEncoder(model_dir, graphs, "int8", 1, layers=None if d == 6 else d) for d in depths}
         local = datasets.load(TABLES["local"])
         parts = set(args.parts.split(","))
         timing = latency(encoders, [routing_text(p) for p in local.prompts[:200]], args.rounds) if "latency" in parts else {}

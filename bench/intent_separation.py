@@ -8,7 +8,7 @@ example utterances (config/defaults.py). This embeds those examples and the
 local fleet's 430 routing prompts (`router collect`'s table; its mbpp and
 human_eval questions are the code prompts) with the int8 MiniLM as the
 default fleet serves it, and cut to its first N layers as a deployment with
-``layers: N`` would (bench/encoder_depth.py's cut), and reports per depth:
+``layers: N`` does, and reports per depth:
 the nearest-example similarity of code and of other prompts (quantiles), the
 share of each that the configured threshold matches, and the thresholds that
 would match every code prompt and no other. Prints a table, writes
@@ -31,7 +31,6 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, machine, table, write_result  # noqa: E402
-from encoder_depth import cut  # noqa: E402
 
 from modelyard.backends.onnx_encoder import OnnxEncoder  # noqa: E402
 from modelyard.config.defaults import default_fleet  # noqa: E402
@@ -75,7 +74,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = resolve("builtin:all-minilm-l6-v2", Path(tmp) / "models")
         for depth in depths:
-            encoder = OnnxEncoder(model_dir if depth == 6 else cut(model_dir, depth, Path(tmp)), Path(tmp) / "onnx", "int8", 1)
+            encoder = OnnxEncoder(model_dir, Path(tmp) / "onnx", "int8", 1, layers=None if depth == 6 else depth)
             results[str(depth)] = separation(encoder, examples_of(alias.intents), texts, is_code, intent.threshold)
     rows: list[tuple[str, ...]] = [("layers", "code: min p5 median p95 max", "other: min p5 median p95 max",
                                     f"matched at {intent.threshold:g}: code / other", "thresholds that separate")]
