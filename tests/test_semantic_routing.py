@@ -98,6 +98,18 @@ def test_learned_alias_takes_the_cheapest_model_that_reaches_the_target() -> Non
     assert resolve_model("smart", config, PromptFeatures("q", embedding=unit(1, 0, 0), quality_target=0.0), assets).model == "cheap"
 
 
+def test_a_code_rule_takes_prompts_with_code_markers_and_needs_no_vector() -> None:
+    config = fleet({"rules": [{"name": "code", "code": True, "model": "coder"}, {"name": "prose", "code": False, "model": "strong"}]})
+
+    def pick(text: str) -> str:
+        return resolve_model("smart", config, PromptFeatures(text)).reason
+
+    for text in ("Write a Python function that reverses a list", "Fix the bug in this code", "```\nx = 1\n```", "if (a) {"):
+        assert pick(text) == "rule:code", text
+    for text in ("What is the capital of France?", "Tell me a story about a classy cat"):
+        assert pick(text) == "rule:prose", text
+
+
 def test_learned_alias_by_lambda() -> None:
     config = fleet({"strategy": "learned", "embedding_model": "embedder", "router_file": "r.npz", "quality_lambda": 5.0})
     decision = resolve_model("smart", config, PromptFeatures("q", embedding=unit(1, 0, 0)), learned_assets())
@@ -113,6 +125,7 @@ def test_learned_alias_by_lambda() -> None:
         ({"embedding_model": "embedder", "intents": {"code": {"model": "nope", "examples": ["x"]}}}, "not one of the alias's targets"),
         ({"embedding_model": "embedder", "intents": {"code": {"model": "coder", "examples": []}}}, "at least one example"),
         ({"rules": [{"model": "strong", "colour": "red"}]}, "unknown field"),
+        ({"rules": [{"model": "strong", "code": "yes"}]}, "code: expected true or false"),
         ({"strategy": "learned", "embedding_model": "embedder", "router_file": "r", "quality_target": 2}, "quality_target"),
         ({"strategy": "learned", "embedding_model": "embedder", "router_file": "r", "embedding_cache": -1}, "embedding_cache"),
         ({"strategy": "learned", "embedding_model": "embedder", "router_file": "r", "lexical_first": "yes"}, "lexical_first: expected true or false"),

@@ -87,6 +87,7 @@ def _parse_rules(r: Reader, targets: tuple[str, ...]) -> tuple[RouteRule, ...]:
             key=str(v.get("key", "") or ""),
             tools=_optional_bool(v, "tools"),
             json=_optional_bool(v, "json"),
+            code=_optional_bool(v, "code"),
             min_prompt_chars=v.integer("min_prompt_chars", 0, minimum=0),
         )
         v.reject_unknown()

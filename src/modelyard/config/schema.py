@@ -151,6 +151,7 @@ class RouteRule:
     key: str = ""  # an API key id
     tools: bool | None = None  # the request offers tools
     json: bool | None = None  # the request asks for JSON output
+    code: bool | None = None  # the prompt shows code markers (fences, keywords, language names: routing.router.CODE_MARKERS)
     min_prompt_chars: int = 0
 
 

@@ -114,7 +114,13 @@ def _holds(rule: RouteRule, features: PromptFeatures) -> bool:
         rule.json is None or rule.json == features.wants_json,
         len(features.text) >= rule.min_prompt_chars,
     )
-    return all(checks)
+    # The pattern runs last and only for a rule that asks, so the other rules cost no scan of the prompt.
+    return all(checks) and (rule.code is None or rule.code == looks_like_code(features.text))
+
+
+def looks_like_code(text: str) -> bool:
+    """Whether ``text`` shows :data:`CODE_MARKERS` (the rule strategy's code test and a rule's ``code`` condition)."""
+    return CODE_MARKERS.search(text) is not None
 
 
 def choose_by_prediction(alias: AliasConfig, router: LearnedRouter, features: PromptFeatures) -> RouteDecision:
@@ -154,6 +160,6 @@ def choose_by_rule(alias: AliasConfig, features: PromptFeatures) -> RouteDecisio
         return RouteDecision(strongest, "rule:json")
     if len(features.text) > alias.long_prompt_chars:
         return RouteDecision(strongest, "rule:long-prompt")
-    if CODE_MARKERS.search(features.text):
+    if looks_like_code(features.text):
         return RouteDecision(strongest, "rule:code")
     return RouteDecision(cheapest, "rule:short-chat")
