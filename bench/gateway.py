@@ -24,14 +24,14 @@ byte and chunk pacing. Soak: a fixed rate for 5 minutes (30 s with --quick)
 with modelyard's RSS and open file descriptors sampled every 10 s. Then, on
 the 50 ms upstream alone: the learned ``auto`` alias against the plain model
 on one server at concurrency 1 (``--rounds`` alternated rounds; the router's
-embedding on ONNX int8, as the default fleet runs it, and on PyTorch; a new
+embedding on MiniLM's first 3 layers, int8, as the default fleet runs it; a new
 user turn in every request that the router's word view cannot settle, so the
 alias embeds each prompt (and the same with ``lexical_first: false``, what
 asking the words first costs such a turn); a new multiple-choice question in
 every request that the word view settles, so the alias skips the embedding;
-the same new turns through ``auto-l3``, a router trained by the run on the
-vectors of MiniLM's first 3 layers (``router train --embedding-layers 3``,
-otherwise builtin:auto's documented command) and served by them;
+the same new turns through ``auto-l6``, the former default: a router trained
+by the run with the former documented command on the whole int8 MiniLM and
+served by it, and through the same router on PyTorch (``auto-torch``);
 and once more
 with the same user turn repeated, as an agent's tool loop sends it, where the
 alias routes on its kept vector, and without kept vectors, as runs before
@@ -69,6 +69,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ENV, ROOT, free_port, machine, median, percentile, start, stop, table, write_result  # noqa: E402
 
+from modelyard.config.defaults import AUTO_QUALITY_TARGET  # noqa: E402
+
 # 1.110.x declares its proxy extra on a litellm-proxy release that PyPI does not serve.
 LITELLM_VERSION = "1.80.0"
 LITELLM_VENV = ROOT / "bench" / ".venv-litellm"
@@ -98,9 +100,9 @@ litellm_settings:
 general_settings:
   master_key: {key}
 """
-# The learned `auto` alias over two fake models (named as the shipped router's models), with the
-# router's embedding on ONNX int8 (what the default fleet uses) and on PyTorch (what it used before), at the
-# default fleet's quality target (AUTO_QUALITY_TARGET, 0.35).
+# The learned `auto` alias over two fake models (named as the shipped router's models), as the default fleet serves it
+# (builtin:auto on MiniLM's first 3 layers, int8, at AUTO_QUALITY_TARGET), and the former default: a router on the whole
+# int8 model (trained by each run with the former documented command) and on PyTorch.
 LEARNED_CONFIG = """
 models:
   smollm2-135m:
@@ -109,26 +111,26 @@ models:
   qwen2.5-0.5b:
     kind: chat
     deployments: [{{backend: openai, base_url: 'http://127.0.0.1:{port}/v1', max_concurrency: 1024, max_queue: 1024, max_connections: 512}}]
+  minilm-l3-int8:
+    kind: embedding
+    deployments: [{{backend: sentence-transformers, model_path: 'builtin:all-minilm-l6-v2', runtime: onnx-int8, layers: 3}}]
   minilm-l6-int8:
     kind: embedding
     deployments: [{{backend: sentence-transformers, model_path: 'builtin:all-minilm-l6-v2', runtime: onnx-int8}}]
   minilm-l6-torch:
     kind: embedding
     deployments: [{{backend: sentence-transformers, model_path: 'builtin:all-minilm-l6-v2', runtime: torch}}]
-  minilm-l3-int8:
-    kind: embedding
-    deployments: [{{backend: sentence-transformers, model_path: 'builtin:all-minilm-l6-v2', runtime: onnx-int8, layers: 3}}]
 aliases:
-  auto: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-int8, quality_target: 0.35}}
-  auto-torch: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-torch, quality_target: 0.35}}
-  auto-embedding-first: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-int8, quality_target: 0.35, lexical_first: false}}
-  auto-uncached: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l6-int8, embedding_cache: 0, quality_target: 0.35}}
-  auto-l3: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: '{l3_router}', embedding_model: minilm-l3-int8, quality_target: 0.35}}
+  auto: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l3-int8, quality_target: {target}}}
+  auto-embedding-first: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l3-int8, quality_target: {target}, lexical_first: false}}
+  auto-uncached: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l3-int8, embedding_cache: 0, quality_target: {target}}}
+  auto-l6: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: '{l6_router}', embedding_model: minilm-l6-int8, quality_target: 0.35}}
+  auto-torch: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: '{l6_router}', embedding_model: minilm-l6-torch, quality_target: 0.35}}
 """
-# builtin:auto's documented train command with the encoder cut to its first 3 layers (bench/encoder_depth.py): the
-# auto-l3 alias's router, trained by each run.
-L3_TRAIN = ["router", "train", "--data", str(ROOT / "data" / "routing" / "local_outcomes.jsonl"), "--split", "train", "--learner", "knn+logistic+lexical",
-            "--target", "0.35", "--embedding-runtime", "onnx-int8", "--embedding-layers", "3"]
+# The former builtin:auto's documented train command (the whole encoder; bench/auto_policy.py): the auto-l6 and
+# auto-torch aliases' router, trained by each run.
+L6_TRAIN = ["router", "train", "--data", str(ROOT / "data" / "routing" / "local_outcomes.jsonl"), "--split", "train", "--learner", "knn+logistic+lexical",
+            "--target", "0.35", "--embedding-runtime", "onnx-int8"]
 # The production path again, fetching a non-streamed request's answer in one response (not the default).
 WHOLE_CONFIG = MODELYARD_CONFIG.replace("max_connections: 512", "max_connections: 512\n        upstream_streaming: when_client_streams")
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -346,8 +348,8 @@ def distinct_prompts_script(tmp: Path, name: str, model: str, key: str, word: st
 def learned_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int, rounds: int) -> dict[str, object]:
     """c1 latency of the plain model and of the learned alias (int8 and PyTorch embeddings) on one server, alternated."""
     config = tmp / "learned.yaml"
-    subprocess.run([str(ROOT / ".venv" / "bin" / "modelyard"), *L3_TRAIN, "--out", str(tmp / "auto-l3.npz")], check=True, capture_output=True, env=ENV)
-    config.write_text(LEARNED_CONFIG.format(port=up_port, l3_router=tmp / "auto-l3.npz"))
+    subprocess.run([str(ROOT / ".venv" / "bin" / "modelyard"), *L6_TRAIN, "--out", str(tmp / "auto-l6.npz")], check=True, capture_output=True, env=ENV)
+    config.write_text(LEARNED_CONFIG.format(port=up_port, l6_router=tmp / "auto-l6.npz", target=AUTO_QUALITY_TARGET))
     port = free_port()
     server = start(["serve", "--config", str(config), "--port", str(port), "--data-dir", str(tmp / "data-learned"), "--log-level", "warning"],
                    tmp / "learned.log", f"http://127.0.0.1:{port}/readyz", env={"MODELYARD_MASTER_KEY": MASTER_KEY})
@@ -355,8 +357,8 @@ def learned_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int, rounds: in
     try:
         key = tenant_key(url)
         # auto_no_words: the same new turns with lexical_first off, what words first costs a turn the words do not settle.
-        # auto_l3: the same new turns through a router trained on, and served by, MiniLM's first 3 layers.
-        models = {"plain": "smollm2-135m", "auto": "auto", "auto_no_words": "auto-embedding-first", "auto_torch": "auto-torch", "auto_l3": "auto-l3"}
+        # auto_l6: the same new turns through the former default, a router trained on, and served by, the whole int8 MiniLM.
+        models = {"plain": "smollm2-135m", "auto": "auto", "auto_no_words": "auto-embedding-first", "auto_torch": "auto-torch", "auto_l6": "auto-l6"}
         fresh_rows = len(models) + 1  # and auto_words
         if fresh_rows * (rounds + 1) > len(RUN_WORDS):
             raise SystemExit(f"--rounds {rounds}: the learned rows have prompt words for {len(RUN_WORDS) // fresh_rows - 1} rounds at most")
@@ -369,7 +371,7 @@ def learned_rows(wrk_bin: str, up_port: int, tmp: Path, seconds: int, rounds: in
         scripts["auto_words"] = functools.partial(fresh, "auto_words", "auto", SETTLED_TURN)
         check_words(url, key, SETTLED_TURN, settled=True)
         check_words(url, key, NEW_TURN, settled=False)
-        check_words(url, key, NEW_TURN, settled=False, alias="auto-l3")
+        check_words(url, key, NEW_TURN, settled=False, alias="auto-l6")
         # An agent's tool loop: the same user turn on every request, so the alias routes on its kept vector.
         repeated = body_script(tmp, "learned-auto-repeated", "auto", key)
         scripts["auto_repeated"] = lambda: repeated
@@ -660,7 +662,7 @@ def main() -> None:
                     if "cpu_ms_per_request_range" in p else (f"{p['cpu_ms_per_request']:.3f}" if "cpu_ms_per_request" in p else "")
                 rows.append((f"{latency} ms", str(c), name, f"{p['rps']:.1f}", f"{p['p50_ms']:.2f}", f"{p['p99_ms']:.2f}", f"{p['errors']:.0f}", cpu))
     learned = raw["learned"]
-    for name in ("plain", "auto", "auto_l3", "auto_torch", "auto_repeated", "auto_repeated_uncached"):
+    for name in ("plain", "auto", "auto_l6", "auto_torch", "auto_repeated", "auto_repeated_uncached"):
         if f"{name}_p50_ms" not in learned:  # type: ignore[operator]
             continue
         rows.append(("50 ms", "1", f"learned:{name}", "", f"{learned[f'{name}_p50_ms']:.2f}", f"{learned[f'{name}_p99_ms']:.2f}", "", ""))  # type: ignore[index]
@@ -687,7 +689,7 @@ def learned_only(args: argparse.Namespace) -> None:
             learned = learned_rows(wrk_bin, up_port, tmp, args.seconds, args.rounds)
         finally:
             stop(upstream)
-    names = ("auto", "auto_no_words", "auto_words", "auto_l3", "auto_torch", "auto_repeated", "auto_repeated_uncached")
+    names = ("auto", "auto_no_words", "auto_words", "auto_l6", "auto_torch", "auto_repeated", "auto_repeated_uncached")
     out = {name: round(learned[f"{name}_p50_ms"] - learned["plain_p50_ms"], 3) for name in names}  # type: ignore[operator]
     rows = [("model", "p50 ms", "p99 ms", "added p50 ms over the plain model")]
     for name in ("plain", *names):
@@ -697,7 +699,7 @@ def learned_only(args: argparse.Namespace) -> None:
                "learned_added_p50_ms_c1": out["auto"], "learned_settled_added_p50_ms_c1": out["auto_words"],
                "learned_embedding_first_added_p50_ms_c1": out["auto_no_words"], "learned_torch_added_p50_ms_c1": out["auto_torch"],
                "learned_repeated_added_p50_ms_c1": out["auto_repeated"], "learned_repeated_uncached_added_p50_ms_c1": out["auto_repeated_uncached"],
-               "learned_3_layers_added_p50_ms_c1": out["auto_l3"], "learned": learned}
+               "learned_6_layers_added_p50_ms_c1": out["auto_l6"], "learned": learned}
     print(f"wrote {write_result('gateway_learned', summary)}")
 
 

@@ -1,14 +1,15 @@
-"""How well the default `auto` alias's code intent separates code prompts from the rest, by encoder depth.
+"""How well the default `auto` alias's former code intent separates code prompts from the rest, by encoder depth.
 
     .venv/bin/python bench/intent_separation.py [--depths 6,3]
 
-The default fleet's `auto` sends a prompt to its code intent's model when the
-prompt's MiniLM vector is within the intent's cosine threshold of one of its
-example utterances (config/defaults.py). This embeds those examples and the
-local fleet's 430 routing prompts (`router collect`'s table; its mbpp and
-human_eval questions are the code prompts) with the int8 MiniLM as the
-default fleet serves it, and cut to its first N layers as a deployment with
-``layers: N`` does, and reports per depth:
+Until its route encoder was cut to 3 layers, the default fleet's `auto` sent
+a prompt to its code intent's model (:data:`FORMER_CODE_INTENT`, as
+config/defaults.py had it at 68adb20) when the prompt's MiniLM vector was
+within the intent's cosine threshold of one of its example utterances. This
+embeds those examples and the local fleet's 430 routing prompts (`router
+collect`'s table; its mbpp and human_eval questions are the code prompts)
+with the whole int8 MiniLM, and cut to its first N layers as a deployment
+with ``layers: N`` does, and reports per depth:
 the nearest-example similarity of code and of other prompts (quantiles), the
 share of each that the configured threshold matches, and the thresholds that
 would match every code prompt and no other. Prints a table, writes
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, machine, table, write_result  # noqa: E402
 
 from modelyard.backends.onnx_encoder import OnnxEncoder  # noqa: E402
-from modelyard.config.defaults import default_fleet  # noqa: E402
+from modelyard.config.schema import IntentConfig  # noqa: E402
 from modelyard.fleet.artifacts import resolve  # noqa: E402
 from modelyard.routing.semantic import examples_of, normalise  # noqa: E402
 from modelyard.routing.text import routing_text  # noqa: E402
@@ -41,6 +42,24 @@ from modelyard.training import datasets  # noqa: E402
 
 CODE_TASKS = ("mbpp", "human_eval")
 QUANTILES = (0.0, 0.05, 0.5, 0.95, 1.0)
+# The default `auto`'s code intent until a code rule replaced it (config/defaults.py at 68adb20; bench/auto_policy.py).
+FORMER_CODE_INTENT = IntentConfig(
+    name="code",
+    model="qwen2.5-0.5b",
+    threshold=0.3,
+    examples=(
+        "Write a Python function that reverses a list",
+        "Write a function to add two numbers",
+        "Fix the bug in this code",
+        "How do I parse JSON in JavaScript?",
+        "Write a SQL query that counts rows per day",
+        "Explain what this regular expression does",
+        "Implement binary search in Rust",
+        "Why does my program throw a null pointer exception?",
+        "Write a bash script that renames files",
+        "Refactor this class to use dependency injection",
+    ),
+)
 
 
 def separation(encoder: OnnxEncoder, examples: list[str], texts: list[str], is_code: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -64,9 +83,7 @@ def main() -> int:
     depths = sorted({int(d) for d in args.depths.split(",")}, reverse=True)
     if not depths or depths[-1] < 1 or depths[0] > 6:
         parser.error("--depths are layer counts from 1 to 6")
-    alias = default_fleet().alias("auto")
-    assert alias is not None and len(alias.intents) == 1, "the default auto has one intent"
-    intent = alias.intents[0]
+    intent = FORMER_CODE_INTENT
     outcomes = datasets.load([ROOT / "data" / "routing" / "local_outcomes.jsonl"])
     texts = [routing_text(p) for p in outcomes.prompts]
     is_code = np.array([task in CODE_TASKS for task in outcomes.tasks])
@@ -75,7 +92,7 @@ def main() -> int:
         model_dir = resolve("builtin:all-minilm-l6-v2", Path(tmp) / "models")
         for depth in depths:
             encoder = OnnxEncoder(model_dir, Path(tmp) / "onnx", "int8", 1, layers=None if depth == 6 else depth)
-            results[str(depth)] = separation(encoder, examples_of(alias.intents), texts, is_code, intent.threshold)
+            results[str(depth)] = separation(encoder, examples_of((intent,)), texts, is_code, intent.threshold)
     rows: list[tuple[str, ...]] = [("layers", "code: min p5 median p95 max", "other: min p5 median p95 max",
                                     f"matched at {intent.threshold:g}: code / other", "thresholds that separate")]
     for layers, r in results.items():

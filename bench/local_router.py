@@ -8,7 +8,8 @@ tasks). A fixed 25% of its questions (by prompt hash) is held out; nothing
 below is tuned on them.
 
 ``--train`` first chooses the learner and the quality target on the training
-part only (5-fold cross-validation: the learner with the largest AIQ; then the
+part only (5-fold cross-validation: of the learners with a word view, which
+words first needs, the one with the largest AIQ; then the
 cheapest target, 0.1 to 1, whose cross-validated accuracy is at least
 always-qwen's), then writes the shipped
 router with ``modelyard router train`` (the command is printed) and records
@@ -48,7 +49,8 @@ from modelyard.training.metrics import aiq, oracle_choice, outcome  # noqa: E402
 OUTCOMES = ROOT / "data" / "routing" / "local_outcomes.jsonl"
 SHIPPED = ROOT / "src" / "modelyard" / "data" / "routers" / "auto.npz"
 CACHE = Path("~/.cache/modelyard/embeddings").expanduser()
-RUNTIME = "onnx-int8"  # what the default fleet's minilm-l6-int8 embeds routed prompts with
+RUNTIME = "onnx-int8"  # what the default fleet's route encoder (minilm-l3-int8) embeds routed prompts with
+LAYERS = 3  # the route encoder keeps MiniLM's first 3 layers (bench/encoder_depth.py, bench/auto_policy.py)
 TEST_FRACTION = 0.25
 TARGETS = [round(t, 3) for t in np.linspace(0.1, 1.0, 37)]  # the alias's quality_target candidates
 PLOT = ROOT / "docs" / "local_routing.png"
@@ -64,7 +66,9 @@ def mcnemar(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> dict[str,
 
 def choose(train: datasets.OutcomeTable, vectors: npt.NDArray[np.float32]) -> dict[str, Any]:
     """Learner by cross-validated AIQ, then the target, on the training part only."""
-    learners = [name for name in evaluate.LEARNERS if "task" not in name or train.tasks]
+    # Only learners with a word view: the default alias asks the words first and skips the embedding when they
+    # settle the pick (docs/routing.md), which a router without one never does.
+    learners = [name for name in evaluate.LEARNERS if "lexical" in name and ("task" not in name or train.tasks)]
     learner, scores = selection.choose_learner(train, vectors, learners, 5, 0.7)
     router, predicted = evaluate.cross_validate(train, vectors, None, 5, learner)
     strong = int(np.argmax(train.quality.mean(axis=0)))
@@ -82,7 +86,8 @@ def choose(train: datasets.OutcomeTable, vectors: npt.NDArray[np.float32]) -> di
 
 def train_shipped(outcomes: Path, learner: str, target: float) -> str:
     command = [sys.executable, "-m", "modelyard.cli", "router", "train", "--data", str(outcomes), "--split", "train",
-               "--learner", learner, "--target", str(target), "--embedding-runtime", RUNTIME, "--out", str(SHIPPED)]
+               "--learner", learner, "--target", str(target), "--embedding-runtime", RUNTIME,
+               "--embedding-layers", str(LAYERS), "--out", str(SHIPPED)]
     subprocess.run(command, check=True)
     return shlex.join(["modelyard", *command[3:]]).replace(str(ROOT) + "/", "")
 
@@ -112,13 +117,15 @@ def main() -> int:
     train, test = whole.subset(rows["train"]), whole.subset(rows["test"])
     chosen = None
     if args.train:
-        chosen = choose(train, features.embed(train.prompts, CACHE, runtime=RUNTIME))
+        chosen = choose(train, features.embed(train.prompts, CACHE, runtime=RUNTIME, layers=LAYERS))
         chosen["command"] = train_shipped(outcomes, chosen["learner"], chosen["target"])
         print(f"chose {chosen['learner']} at target {chosen['target']} on the training part; ran: {chosen['command']}")
     router, header = router_file.load(SHIPPED)
     test = test.for_models(router.models)
     target = float(header.get("target", 0.7))  # type: ignore[arg-type]
-    predicted = evaluate.predict(router, test.prompts, features.embed(test.prompts, CACHE, runtime=RUNTIME))
+    layers = header.get("embedding_layers")  # the shipped file's depth (None: the whole model)
+    vectors = features.embed(test.prompts, CACHE, runtime=RUNTIME, layers=int(layers) if isinstance(layers, int) else None)
+    predicted = evaluate.predict(router, test.prompts, vectors)
     task_label = evaluate.task_label_predictions(train.for_models(router.models), test)
     recorded = cascade_eval.load_recorded(outcomes).subset(rows["test"])
     result = evaluate_held_out(test, recorded, router, predicted, task_label, target, args.draws)

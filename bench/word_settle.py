@@ -23,10 +23,10 @@ Per data set, with nothing tuned on the prompts it reports:
    settled picks that differ from the full router's, and the quality, cost
    and AIQ of both.
 3. For the local fleet, also the shipped ``builtin:auto`` as served (int8
-   vectors, target 0.35) on the held-out 25% it was not trained on: the
-   router alone, and the default fleet's ``auto`` alias, whose code intent
-   (matched on the vector, before the router) lets the words settle only the
-   picks of the intent's model.
+   vectors at the file's depth and target) on the held-out 25% it was not
+   trained on: the router alone, and the default fleet's ``auto`` alias,
+   whose rules (the code rule among them) decide some prompts before the
+   words, with no vector either.
 
 Prints a table, writes bench/results/word_settle.json.
 """
@@ -48,7 +48,7 @@ from _common import ROOT, machine, table, write_result  # noqa: E402
 from modelyard.config.defaults import default_fleet  # noqa: E402
 from modelyard.pipeline import router_file  # noqa: E402
 from modelyard.routing.learned import LearnedRouter  # noqa: E402
-from modelyard.routing.router import PromptFeatures, settled_by_words  # noqa: E402
+from modelyard.routing.router import PromptFeatures, match_rule, settled_by_words  # noqa: E402
 from modelyard.training import datasets, evaluate, features  # noqa: E402
 from modelyard.training.metrics import aiq, outcome  # noqa: E402
 
@@ -139,15 +139,21 @@ def shipped_auto() -> dict[str, Any]:
     """``builtin:auto`` as served, on the held-out 25% of the local table it was not trained on."""
     router, header = router_file.load(router_file.resolve("builtin:auto"))
     held = datasets.split(datasets.load([LOCAL]), "test", 0.25).for_models(router.models)
-    vectors = features.embed(held.prompts, Path("~/.cache/modelyard/embeddings").expanduser(), runtime="onnx-int8")
+    layers = header.get("embedding_layers")  # the route encoder's depth the file was trained at (None: all six)
+    vectors = features.embed(held.prompts, Path("~/.cache/modelyard/embeddings").expanduser(), runtime="onnx-int8",
+                             layers=int(layers) if isinstance(layers, int) else None)
     target = float(str(header["target"]))
     full, first, settled = route_fold(router, held.prompts, vectors, [("target", target)])
     result = point(outcome(held.quality, held.cost, full[:, 0]), outcome(held.quality, held.cost, first[:, 0]), full[:, 0], first[:, 0], settled[:, 0])
     alias = default_fleet().alias("auto")
     assert alias is not None and alias.quality_target == target, "the default alias serves builtin:auto at its file's target"
-    served = [settled_by_words(alias, router, PromptFeatures(text=p, words=router.word_view(p))) for p in held.prompts]
-    by_alias = {"intent_models": sorted({i.model for i in alias.intents}), "settled_share": sum(d is not None for d in served) / len(served),
-                "settled": sum(d is not None for d in served)}
+    # As the pipeline asks: a rule first (no vector), then the words; what neither decides is embedded.
+    ruled = [match_rule(alias.rules, PromptFeatures(text=p)) is not None for p in held.prompts]
+    served = [not r and settled_by_words(alias, router, PromptFeatures(text=p, words=router.word_view(p))) is not None
+              for p, r in zip(held.prompts, ruled, strict=True)]
+    by_alias = {"intent_models": sorted({i.model for i in alias.intents}), "rule_share": sum(ruled) / len(ruled), "ruled": sum(ruled),
+                "settled_share": sum(served) / len(served), "settled": sum(served),
+                "embedded_share": 1 - (sum(ruled) + sum(served)) / len(served)}
     return {"n": len(held.prompts), "target": target, "word_band": np.asarray(router.word_band).tolist(), **result, "default_alias": by_alias}
 
 
@@ -179,7 +185,8 @@ def main() -> int:
         print(f"\nbuiltin:auto as served, held-out {shipped['n']} prompts at target {shipped['target']:g}: {shipped['settled_share']:.1%} settled by words, "
               f"{shipped['differing_picks']} picks differ; quality {shipped['quality_full']:.4f} → {shipped['quality_words_first']:.4f}")
         served = shipped["default_alias"]
-        print(f"the default fleet's auto alias (intents naming {', '.join(served['intent_models'])}): {served['settled_share']:.1%} settled by words")
+        print(f"the default fleet's auto alias: {served['rule_share']:.1%} decided by a rule, {served['settled_share']:.1%} settled by words, "
+              f"{served['embedded_share']:.1%} embedded (intents naming {', '.join(served['intent_models']) or 'none'})")
     path = write_result("word_settle", {"machine": machine(), "folds": args.folds, "default_band_quantile": evaluate.WORD_BAND_QUANTILE,
                                         "band_quantiles": quantiles, "sets": results, "builtin_auto_held_out": shipped})
     print(f"wrote {path}")

@@ -7,7 +7,7 @@ from typing import Any
 from modelyard.config.loader import parse_config
 from modelyard.config.schema import FleetConfig
 
-AUTO_QUALITY_TARGET = 0.35  # the cheapest target whose 5-fold CV accuracy on the train split reaches always-qwen's (bench/local_router.py --train)
+AUTO_QUALITY_TARGET = 0.325  # the cheapest target whose 5-fold CV accuracy on the train split reaches always-qwen's (bench/local_router.py --train)
 
 # Self-hosted prices are per replica-hour; the figures are a small CPU VM's
 # share, so the cost accounting has something honest to multiply.
@@ -54,18 +54,19 @@ DEFAULT_FLEET: dict[str, Any] = {
                 }
             ],
         },
-        # The same model with int8 weights, for the learned router: the alias adds 2.3-3.0 ms at p50
-        # instead of 8.5-9.0 ms with PyTorch (bench/gateway.py), and the router's AIQ with these
-        # vectors is within the fold-to-fold noise of PyTorch's (bench/embed_runtimes.py).
-        "minilm-l6-int8": {
+        # The route encoder: MiniLM's first 3 of 6 layers with int8 weights (ONNX Runtime). A new prompt embeds in about
+        # 0.6x the whole int8 model's time (bench/encoder_depth.py); builtin:auto is trained on these vectors and routes
+        # no worse held out and cross-validated (bench/local_router.py, bench/auto_policy.py).
+        "minilm-l3-int8": {
             "kind": "embedding",
             "context_window": 256,
-            "description": "all-MiniLM-L6-v2 with int8 weights (ONNX Runtime): the routers' fast embedding",
+            "description": "all-MiniLM-L6-v2's first 3 layers, int8 weights (ONNX Runtime): the routers' fast embedding",
             "deployments": [
                 {
                     "backend": "sentence-transformers",
                     "model_path": "builtin:all-minilm-l6-v2",
                     "runtime": "onnx-int8",
+                    "layers": 3,
                     "price": {"replica_hour": 0.01},
                 }
             ],
@@ -78,32 +79,16 @@ DEFAULT_FLEET: dict[str, Any] = {
             "strategy": "learned",
             # Trained by `modelyard router collect` + `router train` on the fleet's own answers (docs/routing.md).
             "router_file": "builtin:auto",
-            "embedding_model": "minilm-l6-int8",
+            "embedding_model": "minilm-l3-int8",
             "quality_target": AUTO_QUALITY_TARGET,
+            # Rules decide without an embedding. The code rule is lexical: a cut encoder's similarities cannot tell code
+            # from other prompts (bench/intent_separation.py), and the router alone sends short code questions unlike its
+            # table's to the cheap model (bench/auto_policy.py).
             "rules": [
                 {"name": "tools", "tools": True, "model": "qwen2.5-0.5b"},
                 {"name": "json", "json": True, "model": "qwen2.5-0.5b"},
+                {"name": "code", "code": True, "model": "qwen2.5-0.5b"},
             ],
-            "intents": {
-                "code": {
-                    "model": "qwen2.5-0.5b",
-                    # int8 MiniLM cosine to the nearest example on the local table (bench/intent_separation.py): its 90 code
-                    # prompts 0.15-0.59 (median 0.32; 58.9% reach 0.3), its 340 others 0.04-0.36 (2.6% reach 0.3).
-                    "threshold": 0.3,
-                    "examples": [
-                        "Write a Python function that reverses a list",
-                        "Write a function to add two numbers",
-                        "Fix the bug in this code",
-                        "How do I parse JSON in JavaScript?",
-                        "Write a SQL query that counts rows per day",
-                        "Explain what this regular expression does",
-                        "Implement binary search in Rust",
-                        "Why does my program throw a null pointer exception?",
-                        "Write a bash script that renames files",
-                        "Refactor this class to use dependency injection",
-                    ],
-                }
-            },
         }
     },
 }

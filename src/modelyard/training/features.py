@@ -17,8 +17,8 @@ def embed(prompts: list[str], cache_dir: Path, batch_size: int = 64, runtime: st
     """Normalised MiniLM vectors of each prompt's :func:`routing_text` (what the server embeds too).
 
     ``runtime``: ``torch`` (sentence-transformers) or ``onnx-int8`` (what the default fleet's
-    ``minilm-l6-int8`` serves the router with). ``layers`` (``onnx-int8`` only): the model cut to its
-    first N transformer layers, as a deployment with ``layers: N`` embeds.
+    ``minilm-l3-int8`` serves the router with, at 3 layers). ``layers`` (``onnx-int8`` only): the model cut
+    to its first N transformer layers, as a deployment with ``layers: N`` embeds.
     """
     if layers is not None and runtime != "onnx-int8":
         raise ValueError("layers needs the onnx-int8 runtime")
