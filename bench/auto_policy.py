@@ -6,8 +6,8 @@ Until commit 68adb20 the default fleet's `auto` routed a prompt that no rule
 took by a code intent first (cosine to ten example utterances,
 ``intent_separation.FORMER_CODE_INTENT``) and then by builtin:auto, both on
 the whole int8 MiniLM at target 0.35. Now it has a ``code`` rule (lexical, no
-embedding) in the intent's place, and builtin:auto on MiniLM's first 3 layers
-(config/defaults.py). This replays the local fleet's questions through the
+embedding) in the intent's place, and builtin:auto on MiniLM's first layers
+(the depth its file records; config/defaults.py). This replays the local fleet's questions through the
 serving code (``resolve_model`` with the alias's assets, rules before any
 vector and words first as the pipeline runs them) under three policies at
 each depth:
@@ -18,11 +18,13 @@ each depth:
 
 each with its depth's router: at 6 layers one trained by the former
 documented command (``router train ... --learner knn+logistic+lexical
---target 0.35``, the training part), at 3 layers the shipped builtin:auto
-(at its file's target; where that differs from 0.35, the code rule at 0.35
-too, the depth's effect at the former operating point). ``code intent, 6
-layers`` is the former default and the reference; ``code rule, 3 layers`` is
-the default now.
+--target 0.35``, the training part); at the shipped file's depth the shipped
+builtin:auto; at each other depth of ``--depths`` one whose learner and
+target ``bench/local_router.py --train``'s rule chooses on the training part
+at that depth. Each routes at its file's target, and where that differs
+from 0.35 the code rule at 0.35 is replayed too (the depth's effect at the
+former operating point). ``code intent, 6 layers`` is the former default
+and the reference; ``code rule`` at the shipped depth is the default now.
 
 On the held-out 25% (bench/local_router.py's split; nothing here is tuned on
 it), and cross-validated over the whole table (5 folds, 3 shuffles; each
@@ -56,7 +58,7 @@ import numpy.typing as npt  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, machine, table, write_result  # noqa: E402
 from intent_separation import FORMER_CODE_INTENT  # noqa: E402
-from local_router import CACHE, OUTCOMES, RUNTIME, SHIPPED, TEST_FRACTION, mcnemar  # noqa: E402
+from local_router import CACHE, OUTCOMES, RUNTIME, SHIPPED, TEST_FRACTION, choose, mcnemar  # noqa: E402
 
 from modelyard.config import AliasConfig, FleetConfig, RouteRule  # noqa: E402
 from modelyard.config.defaults import default_fleet  # noqa: E402
@@ -148,11 +150,21 @@ class Depth:
         return f"{self.layers or 6} layers"
 
 
-def depths(tmp: Path) -> list[Depth]:
+def depths(tmp: Path, others: list[int]) -> list[Depth]:
+    """The former default's router (6 layers), one chosen and trained at each of ``others``, and the shipped one."""
     former = tmp / "auto-6layers.npz"
     subprocess.run([str(ROOT / ".venv" / "bin" / "modelyard"), *FORMER_TRAIN, "--out", str(former)], check=True, capture_output=True)
+    paths = [former]
+    whole = datasets.load([OUTCOMES])
+    train = whole.subset(datasets.split_rows(whole.prompts, "train", TEST_FRACTION))
+    for layers in others:
+        chosen = choose(train, features.embed(train.prompts, CACHE, runtime=RUNTIME, layers=layers))
+        paths.append(tmp / f"auto-{layers}layers.npz")
+        command = [*FORMER_TRAIN[:FORMER_TRAIN.index("--learner")], "--learner", chosen["learner"], "--target", str(chosen["target"]),
+                   "--embedding-runtime", RUNTIME, "--embedding-layers", str(layers), "--out", str(paths[-1])]
+        subprocess.run([str(ROOT / ".venv" / "bin" / "modelyard"), *command], check=True, capture_output=True)
     out = []
-    for path in (former, SHIPPED):
+    for path in [*paths, SHIPPED]:
         router, header = router_file.load(path)
         layers = header.get("embedding_layers")
         out.append(Depth(int(layers) if isinstance(layers, int) else None, router, str(header["learner"]), float(header["target"])))  # type: ignore[arg-type]
@@ -201,12 +213,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--outcomes", default=str(OUTCOMES))
     parser.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
+    parser.add_argument("--depths", default="3", help="comma-separated other depths (1 to 5) to choose, train and replay a router at")
     args = parser.parse_args()
+    others = sorted({int(d) for d in args.depths.split(",") if d}, reverse=True)
+    if any(not 1 <= d <= 5 for d in others):
+        parser.error("--depths are layer counts from 1 to 5 (6, the whole model, and the shipped depth always run)")
     fleet = default_fleet()
     alias = fleet.alias("auto")
     assert alias is not None
     with tempfile.TemporaryDirectory() as tmp:
-        levels = depths(Path(tmp))
+        levels = depths(Path(tmp), [d for d in others if d != router_file.load(SHIPPED)[1].get("embedding_layers")])
     models = levels[-1].router.models
     whole = datasets.load([Path(args.outcomes)]).for_models(models)
     test = whole.subset(datasets.split_rows(whole.prompts, "test", TEST_FRACTION))

@@ -24,7 +24,7 @@ byte and chunk pacing. Soak: a fixed rate for 5 minutes (30 s with --quick)
 with modelyard's RSS and open file descriptors sampled every 10 s. Then, on
 the 50 ms upstream alone: the learned ``auto`` alias against the plain model
 on one server at concurrency 1 (``--rounds`` alternated rounds; the router's
-embedding on MiniLM's first 3 layers, int8, as the default fleet runs it; a new
+embedding on MiniLM's first 2 layers, int8, as the default fleet runs it; a new
 user turn in every request that the router's word view cannot settle, so the
 alias embeds each prompt (and the same with ``lexical_first: false``, what
 asking the words first costs such a turn); a new multiple-choice question in
@@ -101,7 +101,7 @@ general_settings:
   master_key: {key}
 """
 # The learned `auto` alias over two fake models (named as the shipped router's models), as the default fleet serves it
-# (builtin:auto on MiniLM's first 3 layers, int8, at AUTO_QUALITY_TARGET), and the former default: a router on the whole
+# (builtin:auto on MiniLM's first 2 layers, int8, at AUTO_QUALITY_TARGET), and the former default: a router on the whole
 # int8 model (trained by each run with the former documented command) and on PyTorch.
 LEARNED_CONFIG = """
 models:
@@ -111,9 +111,9 @@ models:
   qwen2.5-0.5b:
     kind: chat
     deployments: [{{backend: openai, base_url: 'http://127.0.0.1:{port}/v1', max_concurrency: 1024, max_queue: 1024, max_connections: 512}}]
-  minilm-l3-int8:
+  minilm-l2-int8:
     kind: embedding
-    deployments: [{{backend: sentence-transformers, model_path: 'builtin:all-minilm-l6-v2', runtime: onnx-int8, layers: 3}}]
+    deployments: [{{backend: sentence-transformers, model_path: 'builtin:all-minilm-l6-v2', runtime: onnx-int8, layers: 2}}]
   minilm-l6-int8:
     kind: embedding
     deployments: [{{backend: sentence-transformers, model_path: 'builtin:all-minilm-l6-v2', runtime: onnx-int8}}]
@@ -121,9 +121,9 @@ models:
     kind: embedding
     deployments: [{{backend: sentence-transformers, model_path: 'builtin:all-minilm-l6-v2', runtime: torch}}]
 aliases:
-  auto: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l3-int8, quality_target: {target}}}
-  auto-embedding-first: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l3-int8, quality_target: {target}, lexical_first: false}}
-  auto-uncached: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l3-int8, embedding_cache: 0, quality_target: {target}}}
+  auto: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l2-int8, quality_target: {target}}}
+  auto-embedding-first: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l2-int8, quality_target: {target}, lexical_first: false}}
+  auto-uncached: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: 'builtin:auto', embedding_model: minilm-l2-int8, embedding_cache: 0, quality_target: {target}}}
   auto-l6: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: '{l6_router}', embedding_model: minilm-l6-int8, quality_target: 0.35}}
   auto-torch: {{targets: [smollm2-135m, qwen2.5-0.5b], strategy: learned, router_file: '{l6_router}', embedding_model: minilm-l6-torch, quality_target: 0.35}}
 """

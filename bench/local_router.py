@@ -49,8 +49,8 @@ from modelyard.training.metrics import aiq, oracle_choice, outcome  # noqa: E402
 OUTCOMES = ROOT / "data" / "routing" / "local_outcomes.jsonl"
 SHIPPED = ROOT / "src" / "modelyard" / "data" / "routers" / "auto.npz"
 CACHE = Path("~/.cache/modelyard/embeddings").expanduser()
-RUNTIME = "onnx-int8"  # what the default fleet's route encoder (minilm-l3-int8) embeds routed prompts with
-LAYERS = 3  # the route encoder keeps MiniLM's first 3 layers (bench/encoder_depth.py, bench/auto_policy.py)
+RUNTIME = "onnx-int8"  # what the default fleet's route encoder (minilm-l2-int8) embeds routed prompts with
+LAYERS = 2  # the route encoder keeps MiniLM's first 2 layers (bench/encoder_depth.py, bench/auto_policy.py)
 TEST_FRACTION = 0.25
 TARGETS = [round(t, 3) for t in np.linspace(0.1, 1.0, 37)]  # the alias's quality_target candidates
 PLOT = ROOT / "docs" / "local_routing.png"

@@ -283,7 +283,7 @@ def test_health_and_readiness(default_server: LiveServer) -> None:
     assert httpx.get(default_server.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(default_server.url + "/readyz").status_code == 200
     fleet = httpx.get(default_server.url + "/admin/fleet").json()
-    assert fleet["ready"] and {d["deployment"] for d in fleet["deployments"]} == {"smollm2-135m/0", "qwen2.5-0.5b/0", "minilm-l6/0", "minilm-l3-int8/0"}
+    assert fleet["ready"] and {d["deployment"] for d in fleet["deployments"]} == {"smollm2-135m/0", "qwen2.5-0.5b/0", "minilm-l6/0", "minilm-l2-int8/0"}
 
 
 def test_auto_sends_tool_requests_to_the_model_that_takes_tools(client: openai.OpenAI) -> None:

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_default_fleet_is_valid() -> None:
     fleet = default_fleet()
-    assert [m.name for m in fleet.models] == ["smollm2-135m", "qwen2.5-0.5b", "minilm-l6", "minilm-l3-int8"]
+    assert [m.name for m in fleet.models] == ["smollm2-135m", "qwen2.5-0.5b", "minilm-l6", "minilm-l2-int8"]
     assert fleet.alias("auto") is not None and fleet.alias("auto").targets == ("smollm2-135m", "qwen2.5-0.5b")  # type: ignore[union-attr]
     assert fleet.server.port == 8000 and fleet.server.host == "127.0.0.1"
 

@@ -207,7 +207,7 @@ def add_commands(sub: Any) -> None:
         p.add_argument("--split", choices=datasets.SPLITS, default="all", help="use one part of a fixed split by prompt hash (train or test)")
         p.add_argument("--test-fraction", type=float, default=0.25, help="the share of prompts in the test part")
         p.add_argument("--embedding-runtime", choices=("torch", "onnx-int8"), default="torch",
-                       help="MiniLM on PyTorch, or the int8 ONNX graph the default fleet serves routers with (minilm-l3-int8, with --embedding-layers 3)")
+                       help="MiniLM on PyTorch, or the int8 ONNX graph the default fleet serves routers with (minilm-l2-int8, with --embedding-layers 2)")
         p.add_argument("--embedding-layers", type=int,
                        help="onnx-int8 only: MiniLM cut to its first N layers, as a deployment with `layers: N` embeds (eval and shares: "
                             "the router file's, by default)")

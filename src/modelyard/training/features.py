@@ -17,7 +17,7 @@ def embed(prompts: list[str], cache_dir: Path, batch_size: int = 64, runtime: st
     """Normalised MiniLM vectors of each prompt's :func:`routing_text` (what the server embeds too).
 
     ``runtime``: ``torch`` (sentence-transformers) or ``onnx-int8`` (what the default fleet's
-    ``minilm-l3-int8`` serves the router with, at 3 layers). ``layers`` (``onnx-int8`` only): the model cut
+    ``minilm-l2-int8`` serves the router with, at 2 layers). ``layers`` (``onnx-int8`` only): the model cut
     to its first N transformer layers, as a deployment with ``layers: N`` embeds.
     """
     if layers is not None and runtime != "onnx-int8":
