@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from modelyard.economics.budget import BudgetBook, BudgetLimits, period_keys
 from modelyard.errors import BudgetExceeded
 from modelyard.pipeline.budget import SharedBudgets
-from modelyard.store.redis_budgets import RedisBudgets
+from modelyard.store.redis_budgets import RedisBudgets, SharedHold
 from modelyard.store.redis_client import connect_redis
 
 from .conftest import free_port
@@ -110,6 +110,33 @@ async def test_what_a_replica_knows_was_spent_survives_a_redis_that_lost_it(redi
     a.book.spent[("acme", "month", period_keys(time.time())["month"])] = 0.045  # from the ledger at startup
     with pytest.raises(BudgetExceeded):
         await a.reserve(["acme"], COST)
+
+
+class HeldCommits(RedisBudgets):
+    """Redis budgets whose commits wait for ``release``: a commit still on its way when the next check is sent."""
+
+    def __init__(self, client: Redis, hold_ttl_s: float, prefix: str) -> None:
+        super().__init__(client, hold_ttl_s, prefix)
+        self.release = asyncio.Event()
+
+    async def commit(self, hold: SharedHold, actual: float) -> None:
+        await self.release.wait()
+        await super().commit(hold, actual)
+
+
+async def test_a_commit_on_its_way_is_not_counted_twice(redis_pair: tuple[Redis, Redis, str]) -> None:
+    client, _, prefix = redis_pair
+    shared = HeldCommits(client, 60.0, prefix)
+    a = SharedBudgets(shared, book(acme=BudgetLimits(total=0.05)))
+    (await a.reserve(["acme"], COST))(COST)  # in this replica's book at once; in Redis once released
+    (await a.reserve(["acme"], COST))(0.0)  # a check sent meanwhile (then released unspent)
+    shared.release.set()
+    await settled(a)
+    total = period_keys(time.time())["total"]
+    assert float(await client.get(f"{prefix}:acme:spent:total:{total}") or 0) == pytest.approx(COST)  # not 2 x COST
+    fresh = SharedBudgets(RedisBudgets(client, 60.0, prefix), book(acme=BudgetLimits(total=0.05)))
+    with pytest.raises(BudgetExceeded, match=r"tenant 'acme' has \$0\.041000 of budget left"):
+        await fresh.reserve(["acme"], 0.045)
 
 
 async def test_without_redis_each_replica_enforces_alone(caplog: pytest.LogCaptureFixture) -> None:

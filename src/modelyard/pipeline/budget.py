@@ -90,8 +90,9 @@ class LocalBudgets:
 
 class SharedBudgets:
     """Budgets counted in Redis. This replica's book keeps the limits and what it knows was
-    spent (passed along so a Redis that lost its data is corrected). When Redis cannot be
-    reached, budgets are enforced by this replica alone, with a warning at most once a minute."""
+    spent (passed along, less the commits Redis has not answered yet, so a Redis that lost its
+    data is corrected and none is counted twice). When Redis cannot be reached, budgets are
+    enforced by this replica alone, with a warning at most once a minute."""
 
     def __init__(
         self, shared: RedisBudgets, book: BudgetBook, clock: Callable[[], float] = time.time, reload: SpendReload | None = None
@@ -105,6 +106,9 @@ class SharedBudgets:
         self._restoring = asyncio.Lock()
         self.restorations = 0  # ledger reloads after Redis lost its figures
         self._reloaded_at = -float("inf")
+        # Spend in the book whose commit Redis has not answered yet: left out of the floor passed along, or a check
+        # sent meanwhile would raise Redis to it and the commit would then add it a second time.
+        self.unsent: dict[tuple[str, str, str], float] = {}
 
     async def reserve(self, owners: list[str], amount: float) -> Commit:
         periods = period_keys(self.clock())
@@ -143,13 +147,24 @@ class SharedBudgets:
     def _check_of(self, owner: str, periods: dict[str, str]) -> OwnerCheck:
         limits = self.book.limits[owner]
         day, month, total = (limits.of(p) for p in PERIODS)
-        known = tuple(self.book.spent.get((owner, p, periods[p]), 0.0) for p in PERIODS)
+        known = tuple(self.book.spent.get((owner, p, periods[p]), 0.0) - self.unsent.get((owner, p, periods[p]), 0.0) for p in PERIODS)
         return OwnerCheck(owner, (day, month, total), (known[0], known[1], known[2]))
 
     def _commit(self, hold: SharedHold, owners: list[str], periods: dict[str, str], actual: float) -> None:
-        for owner in owners:  # this replica's own spend: the floor it passes along next time
-            for period in PERIODS:
-                slot = (owner, period, periods[period])
-                self.book.spent[slot] = self.book.spent.get(slot, 0.0) + actual
+        slots = [(owner, period, periods[period]) for owner in owners for period in PERIODS]
+        for slot in slots:  # this replica's own spend: the floor it passes along once Redis has answered the commit
+            self.book.spent[slot] = self.book.spent.get(slot, 0.0) + actual
+            self.unsent[slot] = self.unsent.get(slot, 0.0) + actual
         # If Redis is gone the hold expires by itself; the spend is in this replica's book and the ledger.
-        self.writes.start(self.shared.commit(hold, actual))
+        self.writes.start(self._send(hold, slots, actual))
+
+    async def _send(self, hold: SharedHold, slots: list[tuple[str, str, str]], actual: float) -> None:
+        try:
+            await self.shared.commit(hold, actual)
+        finally:  # answered, or failed: either way the floor now carries it (a failed commit is what the floor is for)
+            for slot in slots:
+                left = self.unsent.get(slot, 0.0) - actual
+                if left > 1e-12:
+                    self.unsent[slot] = left
+                else:
+                    self.unsent.pop(slot, None)
