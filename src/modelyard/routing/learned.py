@@ -130,6 +130,29 @@ class LearnedRouter:
         knn = (votes + self.prior_weight * self.base_rates) / (total + self.prior_weight)
         return knn.astype(np.float32)
 
+    def _predict_one(self, query: Array, words: Array | None) -> Array:
+        """:meth:`predict` for one query (d,) without a task view, in fewer NumPy calls: at low load each call
+        on the request path runs with cold caches and costs several times its warm time (bench/cold_path.py)."""
+        if self.linear is None:
+            view = self._knn_one(query)
+        else:
+            scores = query @ self.linear[:-1] + self.linear[-1]
+            probe = 1.0 / (1.0 + np.exp(-scores)) if self.link == "logistic" else np.clip(scores, 0.0, 1.0)
+            view = (self._knn_one(query) + probe) / 2 if self.use_knn else probe
+        if self.lexical is not None and words is not None:
+            view = (view.astype(np.float32) + words) / 2
+        return view.astype(np.float32)
+
+    def _knn_one(self, query: Array) -> Array:
+        """:meth:`_knn` for one query (d,)."""
+        sims = self.embeddings @ query
+        k = min(self.k, len(sims))
+        idx = np.argpartition(-sims, k - 1)[:k]
+        near = sims[idx]
+        weights = np.exp(self.sharpness * (near - near.max()))
+        knn = (weights @ self.quality[idx] + self.prior_weight * self.base_rates) / (weights.sum() + self.prior_weight)
+        return knn.astype(np.float32)
+
     def choose_by_target(self, predicted: Array, target: float) -> npt.NDArray[np.int64]:
         """Per row: the cheapest model predicted to reach ``target`` x the best prediction (0..1)."""
         reach = predicted >= target * predicted.max(axis=1, keepdims=True) - 1e-9
@@ -145,8 +168,13 @@ class LearnedRouter:
               words: Array | None = None) -> RouteChoice:
         """One prompt's choice, by ``target`` (0..1 of the best prediction) or else by ``lam``; ``words`` is the prompt's
         :meth:`word_view` when the caller already has it."""
-        texts = None if prompt is None else [routing_text(prompt)]
-        predicted = self.predict(query[None, :], texts, None if words is None else words[None, :])[0]
+        if self.task_prior is None:
+            if words is None and prompt is not None and self.lexical is not None:
+                words = self.lexical.predict([routing_text(prompt)])[0]
+            predicted = self._predict_one(query, words)
+        else:
+            texts = None if prompt is None else [routing_text(prompt)]
+            predicted = self.predict(query[None, :], texts, None if words is None else words[None, :])[0]
         if target is not None:
             index, reason = int(self.choose_by_target(predicted[None, :], target)[0]), f"learned:target={target:g}"
         else:
