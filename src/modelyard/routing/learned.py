@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -133,6 +134,7 @@ class LearnedRouter:
     def _predict_one(self, query: Array, words: Array | None) -> Array:
         """:meth:`predict` for one query (d,) without a task view, in fewer NumPy calls: at low load each call
         on the request path runs with cold caches and costs several times its warm time (bench/cold_path.py)."""
+        view: npt.NDArray[np.floating[Any]]
         if self.linear is None:
             view = self._knn_one(query)
         else:
