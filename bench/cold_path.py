@@ -7,7 +7,8 @@ each ``--calls`` times back to back and then ``--calls`` times with
 ``--idle-ms`` of sleep (or of busy-waiting) between calls, as a gateway at
 concurrency 1 in front of a 50 ms upstream runs them:
 
-    encode   the default fleet's route embedding: MiniLM-L6 on ONNX int8, one short prompt
+    encode   the default fleet's route embedding (its `auto` alias's embedding model: MiniLM on ONNX int8,
+             at the deployment's ``layers``), one short prompt
     route    the shipped learned router's decision for one vector (builtin:auto)
     words    its word view and settling for a multiple-choice question the words settle (no vector needed)
     parse    orjson parse and dump of a chat request body, 200 times (plain Python and C)
@@ -43,10 +44,12 @@ MODES = ("back_to_back", "idle_sleep", "idle_busy")
 
 def pieces(models_dir: Path) -> dict[str, Callable[[], Any]]:
     from modelyard.backends.sentence_embeddings import _load_onnx
+    from modelyard.config.defaults import DEFAULT_FLEET
     from modelyard.fleet.artifacts import resolve
     from modelyard.pipeline import router_file
 
-    encoder = _load_onnx(resolve("builtin:all-minilm-l6-v2", models_dir), 1, "onnx-int8")
+    deployment = DEFAULT_FLEET["models"][DEFAULT_FLEET["aliases"]["auto"]["embedding_model"]]["deployments"][0]
+    encoder = _load_onnx(resolve(deployment["model_path"], models_dir), 1, deployment["runtime"], deployment.get("layers"))
     router, _ = router_file.load(router_file.resolve("builtin:auto"))
     vector = encoder.encode([str(BODY["messages"][0]["content"])])[0][0]  # type: ignore[index]
     raw = orjson.dumps(BODY)

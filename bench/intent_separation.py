@@ -1,6 +1,6 @@
 """How well the default `auto` alias's former code intent separates code prompts from the rest, by encoder depth.
 
-    .venv/bin/python bench/intent_separation.py [--depths 6,3]
+    .venv/bin/python bench/intent_separation.py [--depths 6,4,3,2]
 
 Until its route encoder was cut to 3 layers, the default fleet's `auto` sent
 a prompt to its code intent's model (:data:`FORMER_CODE_INTENT`, as
@@ -78,7 +78,7 @@ def separation(encoder: OnnxEncoder, examples: list[str], texts: list[str], is_c
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--depths", default="6,3", help="comma-separated layer counts, 1 to 6 (6: the packaged model)")
+    parser.add_argument("--depths", default="6,4,3,2", help="comma-separated layer counts, 1 to 6 (6: the packaged model)")
     args = parser.parse_args()
     depths = sorted({int(d) for d in args.depths.split(",")}, reverse=True)
     if not depths or depths[-1] < 1 or depths[0] > 6:
