@@ -108,6 +108,10 @@ def test_a_code_rule_takes_prompts_with_code_markers_and_needs_no_vector() -> No
         assert pick(text) == "rule:code", text
     for text in ("What is the capital of France?", "Tell me a story about a classy cat"):
         assert pick(text) == "rule:prose", text
+    prose = "The quick brown fox jumps over the lazy dog. " * 500  # 22,500 characters
+    assert pick(prose + "Now write it as a Python function.") == "rule:code"  # the end is scanned
+    assert pick("```\n" + prose) == "rule:code"  # and the start
+    assert pick(prose[:11000] + " def f(): " + prose[:11000]) == "rule:prose"  # not the middle of a long prompt (docs/configuration.md)
 
 
 def test_learned_alias_by_lambda() -> None:
