@@ -60,9 +60,10 @@ def prompt_of(words: int, salt: int, filler: Sequence[str] = tuple(FILLER.split(
 def shuffled_filler(rng: random.Random) -> tuple[str, ...]:
     """The filler words in an order of this profile's own.
 
-    Salts start at 1 in every profile, so without it a second profile of the same
+    Salts once started at 1 in every profile, so without it a second profile of the same
     running server sent the first one's prompts again and the engine's prompt cache
-    answered them: prefill looked almost free (a negative per-token slope).
+    answered them: prefill looked almost free (a negative per-token slope). Salts now
+    start at a random offset too (a one-word prompt could still repeat).
     """
     words = FILLER.split()
     rng.shuffle(words)
@@ -142,11 +143,13 @@ async def profile_backend(
     backend: Backend, model: str, slots: int, repeats: int = 2, max_prompt: int = 4096, rng: random.Random | None = None
 ) -> dict[str, Any]:
     """The deployment's prefill line and decode intervals by batch size (``rng``: the prompts' word order; a fresh one by default)."""
-    filler = shuffled_filler(rng or random.Random())
+    rng = rng or random.Random()
+    filler = shuffled_filler(rng)
     await timed(backend, chat(model, prompt_of(8, 0, filler), 2))  # warm-up: first-call costs are not the model's speed
     prefill_points: list[tuple[float, float]] = []
     overheads: list[int] = []
-    salt = 1
+    # Salts of this profile's own too: two word orders can still agree on a short prompt's one or two words.
+    salt = 1 + 10_000 * rng.randrange(100_000)
     for length in (n for n in PROMPT_LENGTHS if n < max_prompt):
         for _ in range(repeats):
             t = await timed(backend, chat(model, prompt_of(length, salt, filler), 1))
