@@ -96,12 +96,11 @@ def picks(fleet: FleetConfig, alias: AliasConfig, router: LearnedRouter, prompts
     chosen = []
     for prompt, vector in zip(prompts, encoder.prompts, strict=True):
         asked = PromptFeatures(text=prompt)
-        if match_rule(alias.rules, asked) is None and alias.lexical_first:
-            asked = dataclasses.replace(asked, words=router.word_view(prompt))
-            if settled_by_words(alias, router, asked) is None:
+        if match_rule(alias.rules, asked) is None:  # a rule decides without a vector
+            if alias.lexical_first:
+                asked = dataclasses.replace(asked, words=router.word_view(prompt))
+            if not alias.lexical_first or settled_by_words(alias, router, asked) is None:
                 asked = dataclasses.replace(asked, embedding=vector)
-        elif match_rule(alias.rules, asked) is None:
-            asked = dataclasses.replace(asked, embedding=vector)
         chosen.append(resolve_model(alias.name, fleet, asked, assets).model)
     return chosen
 
